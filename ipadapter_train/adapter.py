@@ -1,0 +1,145 @@
+"""The trainable IP-Adapter: an image projection plus `to_k_ip`/`to_v_ip` per cross-attention layer.
+
+`IPAdapter.state_dict()` *is* the official file layout (`image_proj.*`, `ip_adapter.<n>.to_k_ip.weight`),
+so saving and loading need no renaming. `AdapterSpec` describes an adapter's shape and can be read
+back from any state dict in that layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Mapping
+
+import torch
+from torch import nn
+
+from .errors import IPAdapterError
+from .layout import AdapterLayer
+from .resampler import Resampler
+
+Variant = Literal["base", "plus"]
+VARIANTS = ("base", "plus")
+DEFAULT_TOKENS = {"base": 4, "plus": 16}
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What an adapter file needs: variant, its image-encoder width, token count and layer widths."""
+
+    variant: Variant
+    clip_dim: int  # base: CLIP image-embedding width (after projection); plus: CLIP hidden width
+    cross_dim: int  # the UNet's cross-attention width (768 for SD1.5)
+    tokens: int
+    layers: tuple[tuple[int, int], ...]  # (n, hidden) for each ip_adapter.<n>
+
+    @property
+    def encoder_requirement(self) -> str:
+        """Say in words which encoder output this adapter reads, for error messages."""
+        if self.variant == "base":
+            return f"a CLIP vision encoder whose image embedding is {self.clip_dim}-d"
+        return f"a CLIP vision encoder whose hidden states are {self.clip_dim}-d"
+
+    @classmethod
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], source: str = "the adapter") -> "AdapterSpec":
+        """Infer the spec from a flat official-layout state dict; raise IPAdapterError if it is not one."""
+        if "image_proj.latents" in sd:
+            latents = sd["image_proj.latents"]  # [1, Q, D]
+            proj_in = sd.get("image_proj.proj_in.weight")
+            out = sd.get("image_proj.norm_out.weight")
+            if proj_in is None or out is None:
+                raise IPAdapterError(f"{source} has a Resampler without proj_in/norm_out: the file is incomplete.")
+            variant, clip_dim, cross_dim, tokens = "plus", proj_in.shape[1], out.shape[0], latents.shape[1]
+        elif "image_proj.proj.weight" in sd and "image_proj.norm.weight" in sd:
+            proj = sd["image_proj.proj.weight"]  # [tokens * cross_dim, clip_dim]
+            cross_dim = sd["image_proj.norm.weight"].shape[0]
+            variant, clip_dim, tokens = "base", proj.shape[1], proj.shape[0] // cross_dim
+        elif "image_proj.proj.0.weight" in sd:
+            raise IPAdapterError(f"{source} is an ip-adapter-full (MLP projection) file, which this version does "
+                                 "not support: use a base or plus adapter.")
+        else:
+            raise IPAdapterError(f"{source} has no image_proj weights: it is not an IP-Adapter in the official layout.")
+        layers = []
+        for key, value in sd.items():
+            if key.startswith("ip_adapter.") and key.endswith(".to_k_ip.weight"):
+                n = int(key.split(".")[1])
+                if f"ip_adapter.{n}.to_v_ip.weight" not in sd:
+                    raise IPAdapterError(f"{source} has ip_adapter.{n}.to_k_ip but no to_v_ip: the file is incomplete.")
+                if value.shape[1] != cross_dim:
+                    raise IPAdapterError(f"{source}: ip_adapter.{n}.to_k_ip reads {value.shape[1]}-d tokens but the "
+                                         f"image projection makes {cross_dim}-d ones; the file is inconsistent.")
+                layers.append((n, value.shape[0]))
+        if not layers:
+            raise IPAdapterError(f"{source} has no ip_adapter.<n>.to_k_ip weights: it is not a complete IP-Adapter.")
+        return cls(variant, int(clip_dim), int(cross_dim), int(tokens), tuple(sorted(layers)))
+
+
+class IPLayer(nn.Module):
+    """The two new projections of one cross-attention layer (no bias, as in the paper)."""
+
+    def __init__(self, hidden: int, cross_dim: int) -> None:
+        super().__init__()
+        self.to_k_ip = nn.Linear(cross_dim, hidden, bias=False)
+        self.to_v_ip = nn.Linear(cross_dim, hidden, bias=False)
+
+
+class ImageProjection(nn.Module):
+    """Base variant: CLIP image embedding [B, clip_dim] -> `tokens` tokens [B, tokens, cross_dim]."""
+
+    def __init__(self, clip_dim: int, cross_dim: int, tokens: int) -> None:
+        super().__init__()
+        self.tokens, self.cross_dim = tokens, cross_dim
+        self.proj = nn.Linear(clip_dim, tokens * cross_dim)
+        self.norm = nn.LayerNorm(cross_dim)
+
+    def forward(self, embeds: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(embeds).reshape(-1, self.tokens, self.cross_dim))
+
+
+class IPAdapter(nn.Module):
+    """Image projection + per-layer `to_k_ip`/`to_v_ip`; state dict = official file layout."""
+
+    def __init__(self, spec: AdapterSpec) -> None:
+        super().__init__()
+        if spec.variant not in VARIANTS:
+            raise IPAdapterError(f"Unknown adapter variant {spec.variant!r}: use one of {', '.join(VARIANTS)}.")
+        self.spec = spec
+        if spec.variant == "base":
+            self.image_proj: nn.Module = ImageProjection(spec.clip_dim, spec.cross_dim, spec.tokens)
+        else:
+            self.image_proj = Resampler(embedding_dim=spec.clip_dim, output_dim=spec.cross_dim,
+                                        num_queries=spec.tokens)
+        self.ip_adapter = nn.ModuleDict({str(n): IPLayer(hidden, spec.cross_dim) for n, hidden in spec.layers})
+
+    @classmethod
+    def new(cls, variant: Variant, clip_dim: int, cross_dim: int, layers: list[AdapterLayer],
+            tokens: int | None = None) -> "IPAdapter":
+        """A fresh adapter for the given UNet layers (weights still random: see `init_from_unet`)."""
+        spec = AdapterSpec(variant, clip_dim, cross_dim, tokens or DEFAULT_TOKENS[variant],
+                           tuple((layer.index, layer.hidden) for layer in layers))
+        return cls(spec)
+
+    def init_from_unet(self, to_k_to_v: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy each layer's own `to_k`/`to_v` into `to_k_ip`/`to_v_ip`, as the training recipe does."""
+        with torch.no_grad():
+            for n, layer in self.ip_adapter.items():
+                k, v = to_k_to_v[int(n)]
+                layer.to_k_ip.weight.copy_(k)
+                layer.to_v_ip.weight.copy_(v)
+
+    def project(self, image_features: torch.Tensor) -> torch.Tensor:
+        """CLIP features (embeds for base, hidden states for plus) -> image tokens [B, T, cross_dim]."""
+        return self.image_proj(image_features)
+
+    def layer(self, n: int) -> IPLayer:
+        """The `to_k_ip`/`to_v_ip` pair of file index n."""
+        return self.ip_adapter[str(n)]
+
+    def check_layers(self, layers: list[AdapterLayer], model_name: str = "the model") -> None:
+        """Raise IPAdapterError unless this adapter has weights of the right width for every layer."""
+        have = dict(self.spec.layers)
+        want = {layer.index: layer.hidden for layer in layers}
+        if have != want:
+            missing = sorted(set(want) - set(have))
+            wrong = sorted(n for n in set(want) & set(have) if want[n] != have[n])
+            raise IPAdapterError(
+                f"The adapter's {len(have)} layers do not fit {model_name}'s {len(want)} cross-attention layers "
+                f"(missing indices {missing}, wrong widths at {wrong}): it was trained for another UNet.")
