@@ -1,0 +1,73 @@
+"""The small public API that the CLI and the ComfyUI nodes call.
+
+    from ipadapter_train.api import train_adapter
+    from ipadapter_train.config import TrainConfig
+    result = train_adapter("my_photos/", "sd15.safetensors", "clip_vision/", "my_adapter.safetensors",
+                           TrainConfig(max_steps=50))
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .clip_features import CLIPFeatureEncoder
+from .config import TrainConfig
+from .data import load_image_folder
+from .diffusers_backend import DiffusersBackend
+from .errors import IPAdapterError
+from .precision import frozen_dtype, make_accelerator
+from .trainer import StepCallback, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+def default_run_dir(out: Path) -> Path:
+    """Where a run keeps report.json, loss.png and its checkpoint: `<out without suffix>-run/`."""
+    return out.with_name(out.stem + "-run")
+
+
+def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str | Path, out: str | Path,
+                  config: TrainConfig, run_dir: str | Path | None = None, init_adapter: str | Path | None = None,
+                  resume: str | Path | None = None, prompt: str | None = None,
+                  callbacks: Sequence[StepCallback] = (), device: str | None = None,
+                  encode_progress=None) -> TrainResult:
+    """Load the models and images from paths, train, save the adapter and the report."""
+    from .clip_vision import load_clip_vision
+    from .sd15 import load_sd15
+
+    out = Path(out)
+    if out.suffix not in (".safetensors", ".bin"):
+        raise IPAdapterError(f"The output {out} must end in .safetensors (or .bin for the old layout).")
+    config.validate()
+    samples, report = load_image_folder(Path(images), prompt=prompt)
+    log.info("%s", report.summary())
+    accelerator = make_accelerator(config, device)
+    dtype = frozen_dtype(accelerator.mixed_precision)
+    t0 = time.perf_counter()
+    sd = load_sd15(Path(base_model), dtype=dtype, device="cpu")
+    clip = load_clip_vision(Path(image_encoder), dtype=dtype, device="cpu")
+    load_seconds = time.perf_counter() - t0
+    backend = DiffusersBackend(sd, accelerator.device, dtype)
+    encoder = CLIPFeatureEncoder(clip, accelerator.device, dtype, name=Path(image_encoder).name)
+    backend.name = Path(base_model).name
+    result = train(backend, encoder, samples, config, Path(run_dir) if run_dir else default_run_dir(out), out,
+                   Path(init_adapter) if init_adapter else None, Path(resume) if resume else None, callbacks,
+                   encode_progress, metadata={"dataset_images": len(samples)}, accelerator=accelerator)
+    result.report["model_load_seconds"] = load_seconds
+    result.report["dataset"] = report.to_dict()
+    return result
+
+
+def train_in_memory(samples, sd, clip, config: TrainConfig, run_dir: Path, out: Path | None,
+                    metadata: dict[str, Any] | None = None, callbacks: Sequence[StepCallback] = (),
+                    device: str | None = None, **kwargs) -> TrainResult:
+    """Train on already loaded models (the demo and the tests use this with random-weight models)."""
+    accelerator = make_accelerator(config, device)
+    dtype = frozen_dtype(accelerator.mixed_precision)
+    backend = DiffusersBackend(sd, accelerator.device, dtype)
+    encoder = CLIPFeatureEncoder(clip, accelerator.device, dtype, name=getattr(clip, "name_or_path", "clip"))
+    return train(backend, encoder, samples, config, run_dir, out, callbacks=callbacks, metadata=metadata,
+                 accelerator=accelerator, **kwargs)
+

@@ -1,0 +1,56 @@
+"""Decoupled cross-attention for a diffusers UNet: out = attn(q, K_text, V_text) + scale * attn(q, K_ip, V_ip).
+
+The processor is a plain object (not an nn.Module) so the adapter's weights are never registered
+inside the frozen UNet: they stay owned by the `IPAdapter` module that the optimizer (and DDP) see.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .adapter import IPLayer
+
+
+@dataclass
+class IPState:
+    """What every patched layer reads during one UNet call: the image tokens and the scale."""
+
+    tokens: torch.Tensor | None = None  # [B, T, cross_dim]; None = adapter off
+    scale: float = 1.0
+
+
+class IPAttnProcessor:
+    """A diffusers attention processor for one `attn2` layer with image-prompt keys and values."""
+
+    def __init__(self, layer: IPLayer, state: IPState) -> None:
+        self.layer = layer
+        self.state = state
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
+                 *args, **kwargs) -> torch.Tensor:
+        residual = hidden_states
+        b, n, _ = hidden_states.shape  # [B, HW, C]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        heads = attn.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # [B, H, L, d]
+
+        q = split(attn.to_q(hidden_states))
+        out = F.scaled_dot_product_attention(q, split(attn.to_k(context)), split(attn.to_v(context)))
+        tokens, scale = self.state.tokens, self.state.scale
+        if tokens is not None and scale != 0:
+            tokens = tokens.to(hidden_states.dtype)
+            k_ip = split(self.layer.to_k_ip(tokens))
+            v_ip = split(self.layer.to_v_ip(tokens))
+            out = out + scale * F.scaled_dot_product_attention(q, k_ip, v_ip)
+        out = out.transpose(1, 2).reshape(b, n, -1).to(q.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor

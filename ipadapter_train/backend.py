@@ -1,0 +1,65 @@
+"""The seam between the training loop and a diffusion model.
+
+The loop never touches a UNet directly: it encodes once through a `DiffusionBackend` and an
+`ImageFeatureEncoder`, then asks the backend to predict noise with image tokens patched in. The
+diffusers back end lives in `diffusers_backend.py`; the node pack gives the same loop a ComfyUI one.
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import torch
+from PIL import Image
+
+from .adapter import IPAdapter
+from .layout import AdapterLayer
+
+
+class DiffusionBackend(Protocol):
+    """A frozen SD1.5-style model the adapter trains against."""
+
+    name: str  # what the adapter metadata records as base model
+    device: torch.device
+    dtype: torch.dtype  # dtype of the frozen weights
+    cross_dim: int  # the UNet's cross-attention width (768 for SD1.5)
+    alphas_cumprod: torch.Tensor  # [num_train_timesteps] float32 noise schedule
+
+    def adapter_layers(self) -> list[AdapterLayer]:
+        """The cross-attention layers in file order."""
+
+    def base_kv(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's own to_k / to_v weights by file index, for initialising a new adapter."""
+
+    def attach(self, adapter: IPAdapter) -> None:
+        """Route every cross-attention layer through the adapter's to_k_ip / to_v_ip."""
+
+    def detach(self) -> None:
+        """Undo `attach`, leaving the model as it was."""
+
+    def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels [B,3,H,W] in [-1,1] -> scaled latent mean and std [B,4,H/8,W/8] (float32, CPU)."""
+
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions -> text context [B, 77, cross_dim] (CPU)."""
+
+    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                      ip_tokens: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+        """Epsilon prediction with the image tokens applied at `scale` (None = adapter off)."""
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Trade compute for memory in the frozen UNet's backward."""
+
+
+class ImageFeatureEncoder(Protocol):
+    """The frozen CLIP vision model that conditions the adapter."""
+
+    name: str
+
+    def feature_width(self, variant: str) -> int:
+        """Width the adapter's image projection reads (embedding dim for base, hidden for plus)."""
+
+    def encode(self, images: Sequence[Image.Image], variant: str) -> torch.Tensor:
+        """RGB images -> features [B, D] (base) or [B, N, D] (plus), float32 on CPU."""
+
+    def dropped(self, variant: str) -> torch.Tensor:
+        """The features of a dropped image (condition dropout), batch of one."""

@@ -1,0 +1,102 @@
+"""Resumable training state as plain files: no pickle anywhere.
+
+    <run_dir>/checkpoint/adapter.safetensors    fp32 adapter weights (official key layout)
+    <run_dir>/checkpoint/optimizer.safetensors  AdamW moments, flattened as state.<param>.<name>
+    <run_dir>/checkpoint/state.json             step, config, losses, param groups, dataset fingerprint
+
+Every random draw of step s is a function of (seed, s, rank) (see trainer.py), so the step number
+*is* the RNG state: a resumed run draws exactly what an uninterrupted one would have drawn.
+The folder is written beside the old one and swapped in, so a crash leaves the previous checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import IPAdapterError
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+@dataclass
+class TrainingState:
+    """What `load_checkpoint` returns."""
+
+    step: int
+    adapter: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    info: dict[str, Any]  # state.json: config, losses, fingerprint, ...
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    tensors = {}
+    for pid, entries in state["state"].items():
+        for name, value in entries.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"state.{pid}.{name}"] = value.detach().cpu().contiguous()
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, groups
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str, Any]]) -> dict[str, Any]:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = value
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(run_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer: dict[str, Any],
+                    info: dict[str, Any]) -> Path:
+    """Write the checkpoint folder atomically (new folder, then swap) and return its path."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / CHECKPOINT_DIR
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
+    try:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in adapter.items()},
+                  str(tmp / "adapter.safetensors"))
+        tensors, groups = _flatten_optimizer(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**info, "step": step, "param_groups": groups}, indent=1))
+        old = run_dir / ".checkpoint-old"
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def find_checkpoint(path: Path) -> Path:
+    """Accept a run folder or its checkpoint folder; raise IPAdapterError if neither holds one."""
+    path = Path(path)
+    for candidate in (path / CHECKPOINT_DIR, path):
+        if (candidate / "state.json").is_file():
+            return candidate
+    raise IPAdapterError(f"No training checkpoint in {path}: give the run folder of an earlier run "
+                         f"(it holds {CHECKPOINT_DIR}/state.json).")
+
+
+def load_checkpoint(path: Path) -> TrainingState:
+    """Read a checkpoint written by `save_checkpoint`."""
+    folder = find_checkpoint(path)
+    try:
+        info = json.loads((folder / "state.json").read_text())
+        adapter = load_file(str(folder / "adapter.safetensors"))
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise IPAdapterError(f"The checkpoint in {folder} is damaged ({exc}): resume from another run or start anew.") from exc
+    groups = info.pop("param_groups")
+    return TrainingState(int(info["step"]), adapter, _unflatten_optimizer(tensors, groups), info)

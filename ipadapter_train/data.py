@@ -1,0 +1,314 @@
+"""Training images: load a folder of pictures (and their captions) robustly, and the small
+preprocessing helpers the trainer applies before the VAE.
+
+Every image ends up as 8-bit RGB with its EXIF orientation applied, whatever the file stored
+(alpha, palettes, 16-bit, float, CMYK), so the trainer never sees a surprise mode. Files that
+cannot be used are skipped and reported rather than aborting the whole run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import IPAdapterError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+
+
+@dataclass
+class Sample:
+    """One training image and its caption."""
+
+    path: Path
+    image: Image.Image  # RGB, 8-bit, EXIF orientation applied
+    caption: str
+
+
+@dataclass
+class DatasetReport:
+    """What `load_image_folder` used, skipped and why: shown to the user before training."""
+
+    folder: str
+    used: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file name, reason)
+    captions_from: str = "none"  # "txt", "data.json", "prompt", "none" or "mixed"
+    missing_captions: list[str] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)  # (width, height) of used images
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {
+            "folder": self.folder,
+            "used": list(self.used),
+            "skipped": [[name, reason] for name, reason in self.skipped],
+            "captions_from": self.captions_from,
+            "missing_captions": list(self.missing_captions),
+            "sizes": [[w, h] for w, h in self.sizes],
+        }
+
+    def summary(self) -> str:
+        """Short human-readable report: counts, size range, uncaptioned and skipped files."""
+        lines = [f"{len(self.used)} image(s) used from {self.folder} (captions: {self.captions_from})."]
+        if self.sizes:
+            small = min(self.sizes, key=lambda s: s[0] * s[1])
+            large = max(self.sizes, key=lambda s: s[0] * s[1])
+            lines.append(f"Sizes: smallest {small[0]}x{small[1]}, largest {large[0]}x{large[1]}.")
+        if self.missing_captions:
+            lines.append(f"{len(self.missing_captions)} without caption: {', '.join(self.missing_captions)}.")
+        if self.skipped:
+            lines.append(f"{len(self.skipped)} skipped:")
+            lines.extend(f"  - {name}: {reason}" for name, reason in self.skipped)
+        return "\n".join(lines)
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit int and float images to 8 bits by their bit depth or value range.
+
+    Pillow's own convert() clips these to 0..255, which turns most 16-bit photos white.
+    """
+    values = np.nan_to_num(np.asarray(image).astype(np.float64), posinf=0.0, neginf=0.0)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and lo >= 0 and hi <= 65535):
+        scaled = values / 65535.0 * 255.0
+    elif image.mode == "F" and lo >= 0 and hi <= 1:
+        scaled = values * 255.0
+    elif hi > lo:  # arbitrary range (signed ints, HDR floats): stretch what is there
+        scaled = (values - lo) / (hi - lo) * 255.0
+    else:
+        scaled = np.clip(values, 0, 255)
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    return grey.convert("RGB")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB; transparent areas become white."""
+    if image.mode in _HIGH_DEPTH_MODES:
+        return _high_depth_to_rgb(image)
+    # A palette/grey/RGB image can carry a transparent colour key (PNG tRNS) instead of alpha.
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except ValueError as exc:  # e.g. LAB, which Pillow cannot convert without a colour profile
+        raise ValueError(f"unsupported colour mode {image.mode}") from exc
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    """Open, fully decode, orient and convert; raises Pillow's own errors."""
+    with Image.open(path) as opened:
+        opened.load()  # decode now so truncated files fail here, not mid-training
+        try:
+            oriented = ImageOps.exif_transpose(opened)
+        except Exception as exc:  # a malformed EXIF block should not cost the user a good photo
+            logger.warning("Ignoring unreadable EXIF orientation of %s: %s", path, exc)
+            oriented = opened
+        return _to_rgb(oriented)
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for the report, without the path Pillow puts in some messages."""
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image or an unsupported format"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Load one image as 8-bit RGB with EXIF orientation applied; IPAdapterError if unreadable."""
+    path = Path(path)
+    try:
+        return _open_rgb(path)
+    except Exception as exc:  # Pillow plugins raise many types (OSError, SyntaxError, struct.error...)
+        raise IPAdapterError(
+            f"Could not read image '{path}' ({_reason(exc)}); replace it with a valid JPEG, PNG, WebP or BMP file."
+        ) from exc
+
+
+def _read_text(path: Path) -> str:
+    """Read a UTF-8 text file (a BOM is tolerated) or fail with a user-facing error."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise IPAdapterError(f"'{path}' is not UTF-8 text; re-save it with UTF-8 encoding.") from exc
+    except OSError as exc:
+        raise IPAdapterError(f"Could not read '{path}' ({exc.strerror or exc}); check its permissions.") from exc
+
+
+def _txt_caption(image_path: Path) -> str:
+    """The stripped caption from the same-named .txt next to an image, or "" when there is none."""
+    for suffix in (".txt", ".TXT"):
+        candidate = image_path.with_suffix(suffix)
+        if candidate.is_file():
+            return _read_text(candidate).strip()
+    return ""
+
+
+def _read_data_json(path: Path) -> list[tuple[str, str]]:
+    """Parse the reference recipe's data.json into (image_file, caption) pairs."""
+    shape = 'a list of {"image_file": "name.jpg", "text": "caption"} entries'
+    try:
+        entries = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise IPAdapterError(
+            f"'{path}' is not valid JSON ({exc.msg} at line {exc.lineno}); fix it or delete it to use .txt captions."
+        ) from exc
+    if not isinstance(entries, list):
+        raise IPAdapterError(f"'{path}' must be {shape}, but it holds a JSON {type(entries).__name__}.")
+    if not entries:
+        raise IPAdapterError(f"'{path}' lists no images; add entries to it or delete it to use the folder's images.")
+    pairs = []
+    for number, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image_file"), str) or not entry["image_file"]:
+            raise IPAdapterError(f'Entry {number} of \'{path}\' has no "image_file" name; the file must be {shape}.')
+        text = entry.get("text", "")
+        if not isinstance(text, str):
+            raise IPAdapterError(f'Entry {number} of \'{path}\' has a "text" that is not a string; make it a caption.')
+        pairs.append((entry["image_file"], text.strip()))
+    return pairs
+
+
+def _list_preview(items: list[str], limit: int = 5) -> str:
+    """Join names for a message, cutting long lists so the sentence stays readable."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+def _is_image_file(path: Path) -> bool:
+    """True for a visible file with an image extension (any letter case)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def load_image_folder(
+    folder: str | Path, prompt: str | None = None, min_side: int = 64
+) -> tuple[list[Sample], DatasetReport]:
+    """Load the training images of a folder (not recursive, sorted by name) with their captions.
+
+    Captions come from `prompt` when it is non-blank (same caption for every image in the
+    folder), else from a `data.json` in the folder (which then also decides the images), else
+    from a same-named `.txt` per image. Unusable images are skipped and reported.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.exists():
+        raise IPAdapterError(f"Image folder '{folder}' does not exist; check the path.")
+    if not folder.is_dir():
+        raise IPAdapterError(f"'{folder}' is a file, not a folder; pass the folder that holds the training images.")
+    # Hidden files are skipped: macOS leaves "._name.jpg" metadata twins that are not images.
+    files = sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+    use_prompt = prompt is not None and prompt.strip() != ""
+    data_json = folder / "data.json"
+    candidates: list[tuple[str, Path, str | None]]  # (report name, path, caption; None = read the .txt)
+    if use_prompt:
+        if data_json.is_file():
+            logger.info("A prompt was given, so the captions in %s are not used.", data_json)
+        captions_from = "prompt"
+        candidates = [(p.name, p, prompt.strip()) for p in files]  # type: ignore[union-attr]
+    elif data_json.is_file():
+        captions_from = "data.json"
+        candidates = [(name, folder / name, text) for name, text in _read_data_json(data_json)]
+        listed = {path.resolve() for _, path, _ in candidates}
+        unlisted = [p.name for p in files if p.resolve() not in listed]
+        if unlisted:
+            logger.info("Not in data.json, so not used: %s", _list_preview(unlisted))
+    else:
+        captions_from = "txt"
+        candidates = [(p.name, p, None) for p in files]
+    if not candidates:
+        raise IPAdapterError(f"Image folder '{folder}' contains no images (jpg, png, webp, bmp); add some to it.")
+
+    samples: list[Sample] = []
+    report = DatasetReport(folder=str(folder))
+    for name, path, caption in candidates:
+        if not path.is_file():
+            report.skipped.append((name, "listed in data.json but the file does not exist"))
+            continue
+        try:
+            image = _open_rgb(path)
+        except Exception as exc:  # any decoder failure means "skip this file", never abort the run
+            report.skipped.append((name, f"unreadable: {_reason(exc)}"))
+            continue
+        width, height = image.size
+        if min(width, height) < min_side:
+            report.skipped.append((name, f"too small: {width}x{height}, short side under {min_side} px"))
+            continue
+        caption = _txt_caption(path) if caption is None else caption
+        samples.append(Sample(path=path, image=image, caption=caption))
+        report.used.append(name)
+        report.sizes.append((width, height))
+        if not caption:
+            report.missing_captions.append(name)
+
+    if not samples:
+        reasons = [f"{name} ({reason})" for name, reason in report.skipped]
+        raise IPAdapterError(
+            f"Image folder '{folder}' has no usable image: {_list_preview(reasons)} were skipped; "
+            f"use images that open in a viewer and are at least {min_side} px on the short side."
+        )
+    if report.skipped:
+        logger.warning(
+            "Skipped %d of %d image(s) in %s: %s",
+            len(report.skipped), len(candidates), folder,
+            "; ".join(f"{name} ({reason})" for name, reason in report.skipped),
+        )
+    if captions_from == "txt" and report.missing_captions:
+        captions_from = "none" if len(report.missing_captions) == len(samples) else "mixed"
+    report.captions_from = captions_from
+    if report.missing_captions:
+        logger.warning(
+            "%d image(s) have no caption and train with an empty prompt (add a same-named .txt): %s",
+            len(report.missing_captions), ", ".join(report.missing_captions),
+        )
+    return samples, report
+
+
+def resize_short_side(image: Image.Image, size: int, multiple: int = 8) -> Image.Image:
+    """Resize so the short side is `size` and the long side a multiple of `multiple`.
+
+    The multiple keeps the long side on the VAE's 8-pixel latent grid; Lanczos keeps detail.
+    """
+    if size < 1 or multiple < 1:
+        raise ValueError(f"size and multiple must be positive, got size={size}, multiple={multiple}")
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    new_long = max(multiple, int(long * size / short / multiple + 0.5) * multiple)
+    if new_long < size:  # rounding down must not make the long side shorter than the short one
+        new_long = math.ceil(size / multiple) * multiple
+    target = (size, new_long) if width <= height else (new_long, size)
+    if target == image.size:
+        return image.copy()
+    return image.resize(target, Image.Resampling.LANCZOS)
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Cut the central `size` x `size` square; the image must be at least that large."""
+    width, height = image.size
+    if width < size or height < size:
+        raise ValueError(f"image is {width}x{height}, smaller than the {size}px crop; resize it first")
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB image -> float32 tensor [3, H, W] in [-1, 1], the range the VAE encoder expects."""
+    if image.mode != "RGB":
+        raise ValueError(f"to_tensor expects an RGB image, got mode {image.mode}; load it with load_image")
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous() / 127.5 - 1.0
+
+
+def hflip(image: Image.Image) -> Image.Image:
+    """Mirror left-right (the usual augmentation for a few training images)."""
+    return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -1,0 +1,66 @@
+"""Where training runs and in which precision: resolve "auto" and build the accelerate `Accelerator`."""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .errors import IPAdapterError
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    """CUDA if present, else Apple MPS, else CPU; `accelerate launch --cpu` forces the CPU."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 pays."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # older torch: be conservative
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """Turn "auto" into "bf16", "fp16" or "no" for this device; refuse what the device cannot do."""
+    kind = torch.device(device).type
+    if requested == "auto":
+        if kind == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if kind == "cpu":
+            return "bf16" if cpu_has_bf16() else "no"
+        return "no"  # MPS: fp32 is the safe default; ask for fp16/bf16 explicitly
+    if requested == "fp16" and kind == "cpu":
+        raise IPAdapterError("fp16 training needs a GPU: on the CPU use --precision bf16 or --precision no.")
+    return requested
+
+
+def frozen_dtype(precision: str) -> torch.dtype:
+    """The frozen UNet/VAE/text encoder need no fp32 copy when training in bf16 or fp16."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+
+def make_accelerator(config, device: torch.device | str | None = None):
+    """An `Accelerator` for this run; under `accelerate launch` it joins the process group."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    device = torch.device(device) if device is not None else default_device()
+    precision = resolve_precision(config.mixed_precision, device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # accelerate keeps one global state per process; a second run in the same process (tests, a
+        # ComfyUI server) with another precision must start from a clean state.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    log.info("Training on %s with precision %s (%d process(es)).", accelerator.device, precision,
+             accelerator.num_processes)
+    return accelerator

@@ -1,0 +1,130 @@
+"""The training loop on micro random-weight models: it learns, saves, resumes, cancels and stops on NaN."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import micro_clip, micro_sd15
+from ipadapter_train.api import train_in_memory
+from ipadapter_train.clip_features import CLIPFeatureEncoder
+from ipadapter_train.config import TrainConfig
+from ipadapter_train.diffusers_backend import DiffusersBackend
+from ipadapter_train.errors import IPAdapterError, TrainingCancelled, TrainingDiverged
+from ipadapter_train.fileformat import inspect_adapter, load_adapter
+
+
+def cfg(**kw) -> TrainConfig:
+    base = dict(resolution=64, max_steps=6, checkpoint_every=2, mixed_precision="no", validation=False, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def run(tmp_path, samples, config, name="a", **kw):
+    return train_in_memory(samples, micro_sd15(), micro_clip(), config, tmp_path / f"{name}-run",
+                           tmp_path / f"{name}.safetensors", **kw)
+
+
+def fixed_batch_loss(adapter, samples) -> float:
+    """Loss on one fixed batch (same noise and timesteps every call) with the given adapter."""
+    sd = micro_sd15()
+    backend = DiffusersBackend(sd)
+    enc = CLIPFeatureEncoder(micro_clip())
+    from ipadapter_train.encoding import encode_dataset
+
+    data = encode_dataset(samples, backend, enc, cfg())
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.stack([m[:, :8, :8] for m in data.latent_mean])
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.randint(100, 900, (len(samples),), generator=gen)
+    a = backend.alphas_cumprod[t].view(-1, 1, 1, 1)
+    text = data.text[data.text_index]
+    backend.attach(adapter)
+    with torch.no_grad():
+        pred = backend.predict_noise(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text, adapter.project(data.features))
+    backend.detach()
+    return float(F.mse_loss(pred, noise))
+
+
+def test_loss_goes_down_on_the_sample_images(tmp_path, samples):
+    config = cfg(max_steps=40, learning_rate=1e-3, checkpoint_every=0)
+    from ipadapter_train.adapter_init import build_adapter
+
+    initial = build_adapter(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip()), config)
+    result = run(tmp_path, samples, config)
+    before, after = fixed_batch_loss(initial, samples), fixed_batch_loss(result.adapter, samples)
+    assert after < 0.9 * before, (before, after)
+    assert len(result.losses) == 40 and result.steps_done == 40 and not result.cancelled
+
+
+def test_saved_adapter_round_trips_with_metadata(tmp_path, samples):
+    result = run(tmp_path, samples, cfg(max_steps=2), metadata={"random_weights": True})
+    state, meta = load_adapter(tmp_path / "a.safetensors")
+    for key, value in result.adapter.state_dict().items():
+        torch.testing.assert_close(state[key].float(), value.half().float())
+    info = inspect_adapter(tmp_path / "a.safetensors")
+    assert info["variant"] == "base" and info["tokens"] == 4 and info["clip_dim"] == 32
+    assert int(meta["steps"]) == 2
+    assert json.loads(meta["training_config"])["resolution"] == 64
+    report = json.loads((tmp_path / "a-run" / "report.json").read_text())
+    assert report["random_weights"] is True and report["steps"] == 2 and len(report["losses"]) == 2
+    assert report["seconds_per_step"] > 0 and report["peak_memory"]["peak_rss_bytes"] > 0
+    assert (tmp_path / "a-run" / "loss.png").stat().st_size > 1000
+
+
+def test_plus_variant_trains(tmp_path, samples):
+    result = run(tmp_path, samples, cfg(variant="plus", max_steps=2))
+    info = inspect_adapter(tmp_path / "a.safetensors")
+    assert info["variant"] == "plus" and info["tokens"] == 16 and info["clip_dim"] == 64
+    assert result.steps_done == 2
+
+
+def test_resume_equals_uninterrupted(tmp_path, samples):
+    full = run(tmp_path, samples, cfg(flip=True, random_crop=True), name="full")
+
+    def stop_at_3(step, total, loss):
+        if step == 3:
+            raise TrainingCancelled()
+
+    part = run(tmp_path, samples, cfg(flip=True, random_crop=True), name="part", callbacks=[stop_at_3])
+    assert part.cancelled and part.steps_done == 3
+    resumed = run(tmp_path, samples, cfg(flip=True, random_crop=True), name="part", resume=tmp_path / "part-run")
+    assert resumed.steps_done == 6
+    assert resumed.losses == full.losses
+    for key, value in full.adapter.state_dict().items():
+        assert torch.equal(value, resumed.adapter.state_dict()[key]), key
+
+
+def test_cancel_keeps_a_loadable_adapter(tmp_path, samples):
+    def stop(step, total, loss):
+        if step == 1:
+            raise TrainingCancelled()
+
+    result = run(tmp_path, samples, cfg(), callbacks=[stop])
+    assert result.cancelled and result.steps_done == 1
+    state, meta = load_adapter(tmp_path / "a.safetensors")
+    assert meta["cancelled_at_step"] == "1" and "image_proj.proj.weight" in state
+    assert json.loads((tmp_path / "a-run" / "checkpoint" / "state.json").read_text())["step"] == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
+    with pytest.raises(TrainingDiverged, match="step"):
+        run(tmp_path, samples, cfg(max_steps=20, learning_rate=1e30, checkpoint_every=1))
+    state = json.loads((tmp_path / "a-run" / "checkpoint" / "state.json").read_text())
+    assert all(v == v and abs(v) != float("inf") for v in state["losses"])  # only finite losses were kept
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, samples):
+    run(tmp_path, samples, cfg(max_steps=2))
+    with pytest.raises(IPAdapterError, match="other settings"):
+        run(tmp_path, samples, cfg(max_steps=4, learning_rate=5e-4), resume=tmp_path / "a-run")
+
+
+def test_conditioning_gain_is_reported(tmp_path, samples):
+    result = run(tmp_path, samples, cfg(max_steps=2, validation=True, validation_timesteps=(300, 700)))
+    gain = result.report["conditioning_gain"]
+    assert gain["own_loss"] > 0 and gain["shuffled_loss"] > 0
+    assert gain["gain"] == pytest.approx(gain["shuffled_loss"] - gain["own_loss"])
