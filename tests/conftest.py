@@ -12,7 +12,9 @@ SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "
 
 
 def micro_sd15(seed: int = 0):
-    """A 4-level SD1.5-style UNet only 32/64 wide, a 2-layer CLIP text encoder and a tiny VAE (8x down)."""
+    """A 2-level SD1.5-style UNet 32/64 wide, a 1-layer 768-d CLIP text encoder and a tiny VAE (8x down).
+
+    The cross-attention width stays 768, as in SD1.5, so the loaders accept it as an SD1.5 model."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -21,13 +23,13 @@ def micro_sd15(seed: int = 0):
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=32,
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=768,
         attention_head_dim=2, sample_size=8,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     vae = AutoencoderKL(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                        num_attention_heads=4, vocab_size=49408, max_position_embeddings=77))
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=12, vocab_size=49408, max_position_embeddings=77))
     sched = json.loads((shipped_config_dir() / "scheduler" / "scheduler_config.json").read_text())
     for m in (unet, vae, text):
         m.eval().requires_grad_(False)

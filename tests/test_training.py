@@ -49,14 +49,14 @@ def fixed_batch_loss(adapter, samples) -> float:
 
 
 def test_loss_goes_down_on_the_sample_images(tmp_path, samples):
-    config = cfg(max_steps=40, learning_rate=1e-3, checkpoint_every=0)
+    config = cfg(max_steps=60, learning_rate=2e-3, checkpoint_every=0)
     from ipadapter_train.adapter_init import build_adapter
 
     initial = build_adapter(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip()), config)
     result = run(tmp_path, samples, config)
     before, after = fixed_batch_loss(initial, samples), fixed_batch_loss(result.adapter, samples)
-    assert after < 0.9 * before, (before, after)
-    assert len(result.losses) == 40 and result.steps_done == 40 and not result.cancelled
+    assert after < 0.9 * before, (before, after)  # a real drop, far beyond float noise
+    assert len(result.losses) == 60 and result.steps_done == 60 and not result.cancelled
 
 
 def test_saved_adapter_round_trips_with_metadata(tmp_path, samples):

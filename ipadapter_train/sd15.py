@@ -1,0 +1,356 @@
+"""Load, build and save the frozen Stable Diffusion 1.5 parts the trainer needs.
+
+A model comes either from a diffusers folder or from a single original-layout file
+(`.safetensors`, or `.ckpt`/`.pt` read with `weights_only=True`, so a pickle never runs code). For a
+single file the configs are read from the weight shapes and the tokenizer and scheduler config ship
+with the package. Models are built on the meta device and the file's tensors are assigned into them,
+so the weights exist once in memory. The small file helpers here are shared with `clip_vision`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import nn
+
+from . import ldm_layout as L
+from .errors import IPAdapterError
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+_TOKENIZER_MAX = 77  # CLIP-L has 77 positions; ComfyUI's tokenizer copy says 8192 and would pad to that
+
+
+@dataclass
+class SD15:
+    """The frozen SD1.5 components and where they came from."""
+
+    unet: Any  # diffusers UNet2DConditionModel
+    vae: Any  # diffusers AutoencoderKL
+    text_encoder: Any  # transformers CLIPTextModel
+    tokenizer: Any  # transformers CLIPTokenizer
+    scheduler_config: dict
+    source: str
+
+
+# ---------------------------------------------------------------- file helpers (shared)
+
+def _torch_load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise IPAdapterError(f"{path} contains Python objects other than tensors and was refused for safety; "
+                             "convert it to .safetensors.") from None
+    except Exception as exc:  # torch raises many types for a damaged archive
+        raise IPAdapterError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]  # Lightning-style wrapper of the original SD releases
+    if not isinstance(obj, dict):
+        raise IPAdapterError(f"{path} does not hold a dictionary of tensors.")
+    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+class WeightFile:
+    """A weights file opened for reading: all shapes up front, tensors one at a time.
+
+    For `.safetensors` only the header is read until a tensor is asked for, so a wrong file is
+    rejected without loading it.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise IPAdapterError(f"{self.path} does not exist or is not a file.")
+        suffix = self.path.suffix.lower()
+        self._st = None
+        self._tensors: dict[str, torch.Tensor] = {}
+        if suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                self._st = safe_open(str(self.path), framework="pt", device="cpu")
+                self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+            except Exception as exc:
+                raise IPAdapterError(f"{self.path} is not a readable .safetensors file ({exc}).") from None
+        elif suffix in PICKLE_SUFFIXES:
+            self._tensors = _torch_load(self.path)
+            self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
+        else:
+            raise IPAdapterError(f"{self.path} has an unsupported extension; expected one of "
+                                 f"{', '.join(WEIGHT_SUFFIXES)}.")
+
+    def take(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Return one tensor cast to `dtype`; a pickled file's copy is dropped to keep one copy in memory."""
+        try:
+            t = self._st.get_tensor(key) if self._st is not None else self._tensors.pop(key)
+        except Exception as exc:
+            raise IPAdapterError(f"{self.path} could not be read at {key} ({exc}); the file is damaged.") from None
+        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+    def close(self) -> None:
+        """Release the file handle and any tensors not taken."""
+        self._st = None
+        self._tensors = {}
+
+    def __enter__(self) -> "WeightFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _new_file_mode() -> int:
+    # the umask can only be read by changing it (racy) except through /proc on Linux
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o644
+
+
+def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> Path:
+    """Write `tensors` to `path` through a temp file in the same folder, so a crash never leaves half a file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise IPAdapterError(f"{path} must end in .safetensors.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata or {"format": "pt"})
+        # safetensors creates files 0600; give the usual mode so a ComfyUI run as another user can read it
+        os.chmod(tmp, _new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def empty_model(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model with its parameters on the meta device (no memory, no init); buffers stay real."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return factory()
+
+
+def fill_random_(module: nn.Module, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Give every parameter a real random value: N(0, std) weights, zero biases, norms at 1/0.
+
+    A plain normal fill is much faster than the models' own init; keeping norms at identity keeps
+    activations bounded, which is all test and demo models need.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for mod in module.modules():
+        is_norm = isinstance(mod, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d))
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            t = torch.empty(p.shape, dtype=dtype)
+            if is_norm and name == "weight":
+                t.fill_(1.0)
+            elif name == "bias":
+                t.zero_()
+            else:
+                t.normal_(0.0, std, generator=gen)
+            mod._parameters[name] = nn.Parameter(t, requires_grad=False)
+    return module
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a model in eval mode with no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise IPAdapterError(f"{path} is not a readable JSON file ({exc}).") from None
+
+
+# ---------------------------------------------------------------- configs and tokenizer
+
+def shipped_config_dir() -> Path:
+    """Folder of the SD1.5 configs and tokenizer that ship with the package."""
+    return Path(__file__).resolve().parent / "assets" / "sd15"
+
+
+def _shipped(name: str) -> dict:
+    return _read_json(shipped_config_dir() / name)
+
+
+def load_tokenizer(path: str | os.PathLike | None = None):
+    """Load a CLIPTokenizer from `path` (default: the shipped SD1.5 tokenizer), capped at 77 tokens."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(path) if path is not None else shipped_config_dir() / "tokenizer"
+    try:
+        tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise IPAdapterError(f"{folder} is not a CLIP tokenizer folder with vocab.json and merges.txt "
+                             f"({type(exc).__name__}).") from None
+    if tok.model_max_length > _TOKENIZER_MAX:
+        tok.model_max_length = _TOKENIZER_MAX
+    return tok
+
+
+def tiny_unet_config() -> dict:
+    """The tiny UNet: SD1.5's block layout (16 cross-attention layers) with every level 320 wide."""
+    cfg = _shipped("unet/config.json")
+    cfg["block_out_channels"] = [320, 320, 320, 320]
+    return cfg
+
+
+# ---------------------------------------------------------------- build / load / save
+
+def _empty_parts(unet_cfg: dict, vae_cfg: dict, text_cfg: dict):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    unet = empty_model(lambda: UNet2DConditionModel.from_config(unet_cfg))
+    vae = empty_model(lambda: AutoencoderKL.from_config(vae_cfg))
+    text = empty_model(lambda: CLIPTextModel(CLIPTextConfig.from_dict(text_cfg)))
+    return unet, vae, text
+
+
+def build_sd15(size: Literal["tiny", "full"] = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> SD15:
+    """Build an SD1.5 with random weights: "full" is the real shape, "tiny" a cheap ComfyUI-loadable one."""
+    if size not in ("tiny", "full"):
+        raise IPAdapterError(f"Unknown model size {size!r}; expected 'tiny' or 'full'.")
+    unet_cfg = tiny_unet_config() if size == "tiny" else _shipped("unet/config.json")
+    unet, vae, text = _empty_parts(unet_cfg, _shipped("vae/config.json"), _shipped("text_encoder/config.json"))
+    for i, model in enumerate((unet, vae, text)):
+        freeze(fill_random_(model, seed=seed * 3 + i, dtype=dtype))
+    return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), f"random:{size}")
+
+
+def _key_maps(unet, vae, text, text_prefix: str = L.TEXT_PREFIX):
+    return ((unet, L.unet_key_map(unet.config, unet.state_dict().keys())),
+            (vae, L.vae_key_map(vae.config, vae.state_dict().keys())),
+            (text, L.text_key_map(text.state_dict().keys(), text_prefix)))
+
+
+def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:
+    name = str(path)
+    with WeightFile(path) as wf:
+        shapes = wf.shapes
+        unet_cfg = L.infer_unet_config(shapes, base=_shipped("unet/config.json"), source=name)
+        vae_cfg = L.infer_vae_config(shapes, base=_shipped("vae/config.json"), source=name)
+        text_cfg = L.infer_text_config(shapes, base=_shipped("text_encoder/config.json"), source=name)
+        text_prefix = L.find_text_prefix(shapes.keys())
+        unet, vae, text = _empty_parts(unet_cfg, vae_cfg, text_cfg)
+        used: set[str] = set()
+        for model, kmap in _key_maps(unet, vae, text, text_prefix):
+            missing = [k for k in kmap.values() if k not in shapes]
+            if missing:
+                raise IPAdapterError(f"{name} lacks {len(missing)} weights an SD1.5 checkpoint needs "
+                                     f"(for example {missing[0]}).")
+            expected = model.state_dict()  # meta tensors: shapes only
+            state = {}
+            for dk, lk in kmap.items():
+                t = L.from_ldm_tensor(dk, wf.take(lk, dtype))
+                if tuple(t.shape) != tuple(expected[dk].shape):
+                    raise IPAdapterError(f"{name} has {lk} of shape {tuple(t.shape)} where "
+                                         f"{tuple(expected[dk].shape)} was expected.")
+                state[dk] = t
+            model.load_state_dict(state, strict=True, assign=True)
+            used.update(kmap.values())
+        ours = (L.UNET_PREFIX, L.VAE_PREFIX, "cond_stage_model.")
+        extra = [k for k in shapes if k.startswith(ours) and k not in used
+                 and not k.endswith("position_ids") and not k.startswith(L.VAE_PREFIX + "loss.")]
+        if extra:
+            raise IPAdapterError(f"{name} has {len(extra)} weights that do not fit the SD1.5 layout read from "
+                                 f"its shapes (for example {extra[0]}).")
+    return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), name)
+
+
+def _variant(folder: Path) -> str | None:
+    # folders saved with variant="fp16" only have `*.fp16.safetensors`; from_pretrained needs to be told
+    names = [p.name for p in folder.glob("*") if p.suffix in (".safetensors", ".bin")]
+    plain = [n for n in names if n.count(".") == 1]
+    return "fp16" if not plain and any(".fp16." in n for n in names) else None
+
+
+def _load_folder(path: Path, dtype: torch.dtype) -> SD15:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if not (path / "model_index.json").is_file():
+        raise IPAdapterError(f"{path} is a folder without model_index.json; give a diffusers SD1.5 folder "
+                             "or a single-file checkpoint.")
+    for sub in ("unet", "vae", "text_encoder"):
+        if not (path / sub / "config.json").is_file():
+            raise IPAdapterError(f"{path} has no {sub}/config.json; it is not a complete diffusers SD1.5 folder.")
+    unet_json = _read_json(path / "unet" / "config.json")
+    context = unet_json.get("cross_attention_dim")
+    if (path / "text_encoder_2").exists() or context != L.SD15_CONTEXT_DIM:
+        raise IPAdapterError(f"{path} is not a Stable Diffusion 1.5 folder (its UNet cross-attention width is "
+                             f"{context}, SD1.5 uses {L.SD15_CONTEXT_DIM}).")
+    sub = "unet"
+    try:
+        unet = UNet2DConditionModel.from_pretrained(str(path), subfolder="unet", torch_dtype=dtype,
+                                                    local_files_only=True, variant=_variant(path / "unet"))
+        sub = "vae"
+        vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae", torch_dtype=dtype,
+                                            local_files_only=True, variant=_variant(path / "vae"))
+        sub = "text_encoder"
+        text = CLIPTextModel.from_pretrained(str(path / "text_encoder"), dtype=dtype, local_files_only=True,
+                                             variant=_variant(path / "text_encoder"))
+    except IPAdapterError:
+        raise
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise IPAdapterError(f"{path / sub} could not be loaded ({reason}).") from None
+    tok_dir = path / "tokenizer"
+    if (tok_dir / "vocab.json").is_file():
+        tokenizer = load_tokenizer(tok_dir)
+    else:
+        log.warning("%s has no tokenizer/ folder; using the SD1.5 tokenizer shipped with the package.", path)
+        tokenizer = load_tokenizer()
+    sched = path / "scheduler" / "scheduler_config.json"
+    scheduler_config = _read_json(sched) if sched.is_file() else _shipped("scheduler/scheduler_config.json")
+    return SD15(unet, vae, text, tokenizer, scheduler_config, str(path))
+
+
+def load_sd15(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> SD15:
+    """Load SD1.5 from a diffusers folder or an original-layout single file; every part frozen, in `dtype`."""
+    path = Path(path)
+    if not path.exists():
+        raise IPAdapterError(f"{path} does not exist; give a diffusers SD1.5 folder or a "
+                             ".safetensors/.ckpt single-file checkpoint.")
+    sd15 = _load_folder(path, dtype) if path.is_dir() else _load_single_file(path, dtype)
+    for model in (sd15.unet, sd15.vae, sd15.text_encoder):
+        freeze(model.to(device))  # already in `dtype`: loaded that way (casting again makes diffusers warn)
+    log.info("Loaded SD1.5 from %s (%s, %s).", path, dtype, device)
+    return sd15
+
+
+def save_single_file(sd15: SD15, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+    """Write `sd15` as one original-layout `.safetensors` checkpoint (what ComfyUI and A1111 load)."""
+    out: dict[str, torch.Tensor] = {}
+    for model, kmap in _key_maps(sd15.unet, sd15.vae, sd15.text_encoder):
+        state = model.state_dict()
+        for dk, lk in kmap.items():
+            out[lk] = L.to_ldm_tensor(dk, state[dk].detach()).to(device="cpu", dtype=dtype)
+    path = save_safetensors_atomic(out, path)
+    log.info("Wrote %s (%d tensors, %.1f MiB).", path, len(out), path.stat().st_size / 2**20)
+    return path

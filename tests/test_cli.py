@@ -1,0 +1,150 @@
+"""The `ipadapter-train` command end to end, in subprocesses, on real files written to disk."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import SAMPLES, micro_clip, micro_sd15
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, timeout: int = 600, module: tuple[str, ...] = ("-m", "ipadapter_train")) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    """A micro SD1.5 in diffusers folder layout and a tiny CLIP vision file, random weights."""
+    from diffusers import PNDMScheduler
+
+    from ipadapter_train.clip_vision import save_clip_vision
+    from ipadapter_train.sd15 import shipped_config_dir
+
+    root = tmp_path_factory.mktemp("models")
+    sd = micro_sd15()
+    folder = root / "sd15"
+    sd.unet.save_pretrained(folder / "unet")
+    sd.vae.save_pretrained(folder / "vae")
+    sd.text_encoder.save_pretrained(folder / "text_encoder")
+    sd.tokenizer.save_pretrained(folder / "tokenizer")
+    PNDMScheduler.from_config(sd.scheduler_config).save_pretrained(folder / "scheduler")
+    shutil.copy(shipped_config_dir() / "model_index.json", folder / "model_index.json")
+    clip = root / "clip.safetensors"
+    save_clip_vision(micro_clip(), clip)
+    return {"sd": folder, "clip": clip, "root": root}
+
+
+def train_args(models, out: Path, *extra: str) -> list[str]:
+    return ["train", "--images", str(SAMPLES), "--base-model", str(models["sd"]), "--image-encoder",
+            str(models["clip"]), "--out", str(out), "--resolution", "64", "--precision", "no",
+            "--no-validation", *extra]
+
+
+def test_train_then_inspect(models, tmp_path):
+    out = tmp_path / "mine.safetensors"
+    r = cli(*train_args(models, out, "--max-steps", "3"))
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and (tmp_path / "mine-run" / "report.json").is_file()
+    r = cli("inspect", str(out))
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["variant"] == "base" and info["metadata"]["steps"] == "3"
+    assert info["metadata"]["base_model"] == "sd15"
+
+
+def test_two_process_accelerate_run_trains_and_saves_one_file(models, tmp_path):
+    out = tmp_path / "ddp.safetensors"
+    # accelerate's own `--cpu` launcher starts a single process unless MPI is set up; its torchrun-based
+    # launcher (`--multi_gpu`) starts real CPU processes with the gloo backend when there is no GPU.
+    r = cli("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "ipadapter_train", *train_args(models, out, "--max-steps", "4", "--device", "cpu"),
+            module=("-m", "accelerate.commands.launch"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp-run", "ddp.safetensors"]
+    report = json.loads((tmp_path / "ddp-run" / "report.json").read_text())
+    assert report["world_size"] == 2 and report["steps"] == 4
+    # 5 images, batch 1 per process, 2 processes: 3 steps per epoch
+    assert report["images_per_second"] > 0
+
+
+def test_bad_inputs_get_one_clear_sentence(models, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "no images": (["train", "--images", str(empty), "--base-model", str(models["sd"]), "--image-encoder",
+                       str(models["clip"]), "--out", str(tmp_path / "x.safetensors")], "contains no images"),
+        "missing model": (train_args(models, tmp_path / "x.safetensors")[:3] + [
+            "--base-model", str(tmp_path / "nope.safetensors"), "--image-encoder", str(models["clip"]),
+            "--out", str(tmp_path / "x.safetensors")], "nope.safetensors"),
+        "bad out": (train_args(models, tmp_path / "x.txt"), "must end in .safetensors"),
+    }
+    for name, (args, needle) in cases.items():
+        r = cli(*args)
+        assert r.returncode == 2, (name, r.stderr)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
+        assert len(errors) == 1 and needle in errors[0], (name, r.stderr)
+        assert "Traceback" not in r.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_init_adapter_for_another_encoder_is_refused_before_training(models, tmp_path):
+    from ipadapter_train.adapter import IPAdapter
+    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.layout import adapter_layers
+
+    sd = micro_sd15()
+    other = IPAdapter.new("base", 1024, 768, adapter_layers(sd.unet.config))  # a ViT-H-width adapter
+    save_adapter(other.state_dict(), tmp_path / "vith.safetensors")
+    out = tmp_path / "ft.safetensors"
+    r = cli(*train_args(models, out, "--init-adapter", str(tmp_path / "vith.safetensors")))
+    assert r.returncode == 2
+    assert "1024-d" in r.stderr and "32-d" in r.stderr
+    assert not out.exists() and not (tmp_path / "ft-run").exists()
+
+
+def test_fine_tune_from_init_adapter(models, tmp_path):
+    first = tmp_path / "first.safetensors"
+    assert cli(*train_args(models, first, "--max-steps", "2")).returncode == 0
+    second = tmp_path / "second.safetensors"
+    r = cli(*train_args(models, second, "--max-steps", "2", "--init-adapter", str(first)))
+    assert r.returncode == 0, r.stderr
+    from ipadapter_train.fileformat import load_adapter
+
+    a, b = load_adapter(first)[0], load_adapter(second)[0]
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_every_command_has_help_with_examples():
+    for command in ("train", "demo", "inspect", "convert", "make-test-models"):
+        r = cli(command, "--help")
+        assert r.returncode == 0 and "example" in r.stdout, command
+
+
+def test_make_test_models_then_train_from_the_single_file(tmp_path):
+    r = cli("make-test-models", str(tmp_path / "m"), "--size", "tiny", "--vision", "tiny")
+    assert r.returncode == 0, r.stderr
+    paths = json.loads(r.stdout)
+    out = tmp_path / "a.safetensors"
+    r = cli("train", "--images", str(SAMPLES), "--base-model", paths["sd15"], "--image-encoder",
+            paths["clip_vision"], "--out", str(out), "--resolution", "64", "--max-steps", "2", "--no-validation")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(cli("inspect", str(out)).stdout)
+    assert info["layer_indices"] == list(range(1, 32, 2))
+
+
+def test_demo_runs_on_random_weights_and_says_so(tmp_path):
+    r = cli("demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    assert "RANDOM" in r.stderr and "random-weight" in r.stdout
+    assert (tmp_path / "demo" / "demo_adapter.safetensors").is_file()
+    assert (tmp_path / "demo" / "run" / "loss.png").is_file()
