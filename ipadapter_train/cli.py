@@ -161,7 +161,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed (default 42)")
     g.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints, 0 = off (default 5)")
     g.add_argument("--precision", choices=["auto", "no", "fp16", "bf16"],
-                   help="mixed precision; auto = bf16 on GPUs and bf16-capable CPUs, else fp32 (default auto)")
+                   help="mixed precision; auto = bf16 (or fp16) on CUDA GPUs, fp32 on CPU and MPS (default auto)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="less memory, more compute")
     g.add_argument("--no-validation", dest="validation", action="store_false", default=None,
                    help="skip the conditioning-gain measurement after training")

@@ -197,7 +197,10 @@ def save_clip_vision(model, path: str | os.PathLike, dtype: torch.dtype = torch.
 @functools.lru_cache(maxsize=4)
 def image_processor(image_size: int = 224):
     """transformers' CLIP preprocessing (resize short side, centre crop, OpenAI mean/std), offline."""
-    from transformers import CLIPImageProcessor
+    try:  # transformers 5 names the Pillow-only processor; it needs no torchvision
+        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    except ImportError:
+        from transformers import CLIPImageProcessor
 
     if image_size == 224:
         return CLIPImageProcessor()

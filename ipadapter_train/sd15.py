@@ -48,9 +48,12 @@ class SD15:
 def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise IPAdapterError(f"{path} contains Python objects other than tensors and was refused for safety; "
-                             "convert it to .safetensors.") from None
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # torch names the blocked callable/class: the file wanted to run code
+            raise IPAdapterError(f"{path} contains Python objects other than tensors and was refused for "
+                                 "safety; convert it to .safetensors.") from None
+        raise IPAdapterError(f"{path} is not a readable PyTorch checkpoint of plain tensors "
+                             "(it could not be unpickled safely).") from None
     except Exception as exc:  # torch raises many types for a damaged archive
         raise IPAdapterError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):

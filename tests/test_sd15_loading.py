@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 
 import pytest
@@ -32,10 +33,10 @@ def _states_equal(a, b, cast=None):
         x, y = sa[k].reshape(-1), sb[k].reshape(-1)
         assert x.shape == y.shape, k
         # chunks: casting a 100M-element tensor whole costs seconds of page faults on this machine
-        for i in range(0, x.numel(), 1 << 18):
-            xc = x[i:i + (1 << 18)]
+        for i in range(0, x.numel(), 1 << 22):
+            xc = x[i:i + (1 << 22)]
             xc = xc if cast is None or not xc.is_floating_point() else xc.to(cast).to(y.dtype)
-            assert torch.equal(xc, y[i:i + (1 << 18)]), k
+            assert torch.equal(xc, y[i:i + (1 << 22)]), k
 
 
 class _Records(logging.Handler):
@@ -392,3 +393,13 @@ def test_malicious_ckpt_is_refused_and_never_runs(tmp_path):
     # control: the payload is real, an unsafe load would have run it
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_raw_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "raw.pt"
+    path.write_bytes(pickle.dumps({"model.diffusion_model.x": _RunsCode(marker)}))
+    with pytest.raises(IPAdapterError, match=r"raw\.pt is not a readable PyTorch checkpoint"):
+        load_sd15(path)
+    assert not marker.exists()
