@@ -6,22 +6,25 @@
 
 Every random draw of step s is a function of (seed, s, rank) (see trainer.py), so the step number
 *is* the RNG state: a resumed run draws exactly what an uninterrupted one would have drawn.
-The folder is written beside the old one and swapped in, so a crash leaves the previous checkpoint.
+The folder is written beside the old one and swapped in (`weights_io.atomic_write_dir`), so a crash
+leaves the previous checkpoint.
 """
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import IPAdapterError
+from .weights_io import atomic_write_dir, atomic_write_text, save_safetensors_atomic
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 
@@ -57,25 +60,16 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str
 def save_checkpoint(run_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer: dict[str, Any],
                     info: dict[str, Any]) -> Path:
     """Write the checkpoint folder atomically (new folder, then swap) and return its path."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / CHECKPOINT_DIR
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint-", dir=run_dir))
-    try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in adapter.items()},
-                  str(tmp / "adapter.safetensors"))
-        tensors, groups = _flatten_optimizer(optimizer)
-        save_file(tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({**info, "step": step, "param_groups": groups}, indent=1))
-        old = run_dir / ".checkpoint-old"
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    tensors, groups = _flatten_optimizer(optimizer)
+
+    def write(folder: Path) -> None:
+        save_safetensors_atomic({k: v.detach().float().cpu() for k, v in adapter.items()},
+                                folder / "adapter.safetensors")
+        save_safetensors_atomic(tensors, folder / "optimizer.safetensors")
+        atomic_write_text(folder / "state.json", json.dumps({**info, "step": step, "param_groups": groups}, indent=1))
+
+    final = atomic_write_dir(Path(run_dir) / CHECKPOINT_DIR, write)
+    log.debug("saved the step-%d checkpoint to %s", step, final)
     return final
 
 

@@ -6,222 +6,30 @@
     ipadapter-train inspect my_adapter.safetensors
     ipadapter-train convert tencent_checkpoint/ my_adapter.safetensors
     ipadapter-train make-test-models test_models/ --size tiny
+    ipadapter-train generate --base-model sd15.safetensors --image-encoder clip_vision/ \\
+        --adapter my_adapter.safetensors --image ref.jpg --prompt "a cat in a palace" --output result.png
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
 
 from .errors import IPAdapterError
 
 log = logging.getLogger("ipadapter_train")
 
-TRAIN_EXAMPLES = """examples:
-  ipadapter-train train --images my_photos/ --base-model sd15.safetensors \\
-      --image-encoder models/clip_vision/CLIP-ViT-H-14.safetensors --out my_adapter.safetensors
-  # fine-tune the public adapter (what small data sets need):
-  ipadapter-train train --images my_photos/ --base-model sd15/ --image-encoder clip_vision/ \\
-      --init-adapter ip-adapter_sd15.safetensors --out my_adapter.safetensors --max-steps 200
-  # continue a stopped run:
-  ipadapter-train train --images my_photos/ --base-model sd15.safetensors \\
-      --image-encoder clip_vision/ --out my_adapter.safetensors --resume my_adapter-run/
-  # two processes, data-parallel:
-  accelerate launch --num_processes 2 -m ipadapter_train train ...
-"""
-
-
-@contextmanager
-def _progress(desc: str) -> Iterator:
-    """A tqdm bar that shows the loss and ETA; logging goes above it."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    bar = tqdm(desc=desc, unit="step", dynamic_ncols=True)
-
-    def update(step: int, total: int, loss: float) -> None:
-        bar.total = total
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        bar.refresh()
-
-    with logging_redirect_tqdm():
-        try:
-            yield update
-        finally:
-            bar.close()
-
-
-def _config_from_args(args: argparse.Namespace):
-    from .checkpoint import load_checkpoint
-    from .config import TrainConfig
-
-    base = TrainConfig()
-    if getattr(args, "resume", None):
-        base = TrainConfig.from_dict(load_checkpoint(Path(args.resume)).info["config"])
-    fields = {"variant": args.variant, "epochs": args.epochs, "max_steps": args.max_steps,
-              "batch_size": args.batch_size, "learning_rate": args.lr, "weight_decay": args.weight_decay,
-              "resolution": args.resolution, "random_crop": args.random_crop, "flip": args.flip,
-              "seed": args.seed, "checkpoint_every": args.checkpoint_every, "mixed_precision": args.precision,
-              "gradient_checkpointing": args.gradient_checkpointing,
-              "validation": None if args.validation is None else args.validation}
-    for name, value in fields.items():
-        if value is not None:
-            setattr(base, name, value)
-    return base
-
-
-def _print_summary(result) -> None:
-    r = result.report
-    gain = r.get("conditioning_gain") or {}
-    lines = [f"steps: {result.steps_done}/{result.total_steps}" + (" (cancelled)" if result.cancelled else ""),
-             f"loss: first {result.losses[0]:.4f}, last {result.losses[-1]:.4f}" if result.losses else "loss: none",
-             f"seconds per step: {r['seconds_per_step']:.3f}" if r.get("seconds_per_step") else "",
-             f"conditioning gain (shuffled - own loss): {gain['gain']:+.5f}" if gain.get("gain") is not None else "",
-             f"report: {result.files.get('report')}  loss plot: {result.files.get('loss_plot')}",
-             f"adapter: {result.files.get('adapter')}"]
-    if r.get("random_weights"):
-        lines.insert(0, "NOTE: random-weight models; these figures show the pipeline runs, not adapter quality.")
-    print("\n".join(line for line in lines if line))
-
-
-def cmd_train(args: argparse.Namespace) -> int:
-    from .api import default_run_dir, train_adapter
-
-    config = _config_from_args(args)
-    out = Path(args.out)
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
-    with _progress("training") as update:
-        result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
-                               init_adapter=args.init_adapter, resume=args.resume, prompt=args.prompt,
-                               callbacks=[update], device=args.device)
-    _print_summary(result)
-    if result.cancelled:
-        log.warning("Stopped early; continue with --resume %s", run_dir)
-        return 130
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import TrainConfig
-    from .demo import RANDOM_DEMO, run_demo
-
-    config = None
-    if args.steps or args.resolution:
-        config = TrainConfig(**RANDOM_DEMO) if args.base_model is None else TrainConfig()
-        config.max_steps = args.steps or config.max_steps
-        config.resolution = args.resolution or config.resolution
-    with _progress("demo training") as update:
-        result, info = run_demo(Path(args.out_dir), args.base_model, args.image_encoder, config, [update],
-                                args.device)
-    print(json.dumps(info, indent=2))
-    _print_summary(result)
-    return 130 if result.cancelled else 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    from .fileformat import inspect_adapter
-
-    print(json.dumps(inspect_adapter(Path(args.file)), indent=2))
-    return 0
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    from .convert import convert_checkpoint
-
-    out = convert_checkpoint(Path(args.src), Path(args.dst))
-    print(f"wrote {out}")
-    return 0
-
-
-def cmd_make_test_models(args: argparse.Namespace) -> int:
-    from .testmodels import make_test_models
-
-    paths = make_test_models(Path(args.dir), size=args.size, vision=args.vision, seed=args.seed)
-    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
-    return 0
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("training (defaults: the kit's; with --resume, the checkpoint's)")
-    g.add_argument("--variant", choices=["base", "plus"], help="base: 4 tokens from the image embedding; "
-                   "plus: 16 tokens from a Resampler over hidden states (default base)")
-    g.add_argument("--epochs", type=int, help="passes over the images (default 10)")
-    g.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, help="images per step and process (default 1)")
-    g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
-    g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    g.add_argument("--resolution", type=int, help="training size in pixels, multiple of 8 (default 512)")
-    g.add_argument("--random-crop", action="store_true", default=None, help="random instead of centre crop")
-    g.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
-    g.add_argument("--seed", type=int, help="random seed (default 42)")
-    g.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints, 0 = off (default 5)")
-    g.add_argument("--precision", choices=["auto", "no", "fp16", "bf16"],
-                   help="mixed precision; auto = bf16 (or fp16) on CUDA GPUs, fp32 on CPU and MPS (default auto)")
-    g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="less memory, more compute")
-    g.add_argument("--no-validation", dest="validation", action="store_false", default=None,
-                   help="skip the conditioning-gain measurement after training")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
+    from . import cli_generation, cli_training
+
     parser = argparse.ArgumentParser(prog="ipadapter-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    raw = argparse.RawDescriptionHelpFormatter
-
-    p = sub.add_parser("train", help="train an adapter on a folder of images", epilog=TRAIN_EXAMPLES,
-                       formatter_class=raw)
-    p.add_argument("--images", required=True, help="folder of images (.txt captions or data.json)")
-    p.add_argument("--base-model", required=True, help="SD1.5 single file (.safetensors/.ckpt) or diffusers folder")
-    p.add_argument("--image-encoder", required=True, help="CLIP vision .safetensors file or transformers folder")
-    p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
-    p.add_argument("--prompt", help="one caption for every image (overrides .txt and data.json)")
-    p.add_argument("--init-adapter", help="adapter file to fine-tune instead of starting from scratch")
-    p.add_argument("--resume", help="run folder of a stopped run to continue")
-    p.add_argument("--run-dir", help="folder for report.json, loss.png and checkpoints (default <out>-run/)")
-    _add_train_args(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("demo", help="train on the shipped sample photos (random-weight models if no paths)",
-                       epilog="examples:\n  ipadapter-train demo\n  ipadapter-train demo --base-model sd15.safetensors"
-                              " --image-encoder clip_vision.safetensors --out-dir demo/", formatter_class=raw)
-    p.add_argument("--out-dir", default="ipadapter-demo", help="where to write the adapter and report")
-    p.add_argument("--base-model", help="SD1.5 model (optional)")
-    p.add_argument("--image-encoder", help="CLIP vision model (optional)")
-    p.add_argument("--steps", type=int, help="training steps")
-    p.add_argument("--resolution", type=int, help="training resolution")
-    p.add_argument("--device", help="cpu, cuda or mps")
-    p.set_defaults(func=cmd_demo)
-
-    p = sub.add_parser("inspect", help="print an adapter's layout and metadata as JSON",
-                       epilog="example:\n  ipadapter-train inspect my_adapter.safetensors", formatter_class=raw)
-    p.add_argument("file", help="adapter .safetensors or .bin")
-    p.set_defaults(func=cmd_inspect)
-
-    p = sub.add_parser("convert", help="turn a reference-script checkpoint into the official file",
-                       epilog="examples:\n  ipadapter-train convert output/checkpoint-1000/ my_adapter.safetensors\n"
-                              "  ipadapter-train convert ip-adapter_sd15.bin ip-adapter_sd15.safetensors",
-                       formatter_class=raw)
-    p.add_argument("src", help="accelerate checkpoint folder, or a .bin/.safetensors file")
-    p.add_argument("dst", help="output .safetensors")
-    p.set_defaults(func=cmd_convert)
-
-    p = sub.add_parser("make-test-models", help="write random-weight SD1.5 and CLIP vision files",
-                       epilog="examples:\n  ipadapter-train make-test-models test_models/\n"
-                              "  ipadapter-train make-test-models bench_models/ --size full", formatter_class=raw)
-    p.add_argument("dir", help="output folder")
-    p.add_argument("--size", choices=["tiny", "full"], default="tiny",
-                   help="tiny: narrow SD1.5 layout; full: the real SD1.5 shape (860M UNet)")
-    p.add_argument("--vision", choices=["tiny", "vit-l", "vit-h"], default="vit-l", help="CLIP vision shape")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_make_test_models)
+    cli_training.register(sub)
+    cli_generation.register(sub)
     return parser
 
 

@@ -19,7 +19,8 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from .errors import IPAdapterError
-from .sd15 import WeightFile, empty_model, fill_random_, freeze, save_safetensors_atomic
+from .random_init import empty_model, fill_random_, freeze
+from .weights_io import WeightFile, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from typing import Any, Mapping
 import torch
 
 from .errors import IPAdapterError
-from .fileformat import (adapter_output_path, existing_file, flatten_adapter, guess_file_kind,
-                         read_weights_file, save_adapter)
+from .fileformat import adapter_output_path, flatten_adapter, guess_file_kind, save_adapter
 from .layout import adapter_layers, index_for_module_name
+from .weights_io import existing_file, read_weights_file
 
 log = logging.getLogger(__name__)
 

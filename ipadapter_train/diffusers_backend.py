@@ -64,6 +64,7 @@ class DiffusersBackend:
         if self._saved_processors is not None:
             self.sd.unet.set_attn_processor(self._saved_processors)
             self._saved_processors = None
+        self.state.tokens = None
 
     @torch.no_grad()
     def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,11 +83,10 @@ class DiffusersBackend:
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
                       ip_tokens: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
         """UNet epsilon prediction with the image tokens routed through the patched layers."""
+        # The tokens stay set after the call: gradient checkpointing re-runs the layers during backward
+        # and must see the same tokens. Every call sets them anew, so nothing leaks into the next one.
         self.state.tokens, self.state.scale = ip_tokens, scale
-        try:
-            return self.sd.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
-        finally:
-            self.state.tokens = None
+        return self.sd.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=text.to(self.dtype)).sample
 
     def enable_gradient_checkpointing(self) -> None:
         """diffusers checkpoints each block; it only applies while the UNet is in train mode."""

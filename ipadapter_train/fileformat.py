@@ -1,9 +1,9 @@
-"""Reading and writing IP-Adapter files, and crash-safe file writes for the rest of the package.
+"""Reading and writing IP-Adapter files: the official layout, validated on the way in and out.
 
 The file is the official layout (see `adapter.py`): a flat `.safetensors` (`image_proj.*`,
 `ip_adapter.<n>.to_k_ip.weight`) with str->str metadata, or tencent's `.bin`,
-`torch.save({"image_proj": {...}, "ip_adapter": {...}})`. Pickle files from users are only ever
-read with `torch.load(..., weights_only=True)`, so a file carrying code is refused, never run.
+`torch.save({"image_proj": {...}, "ip_adapter": {...}})`. The bytes are read and written by
+`weights_io`: pickles only with `weights_only=True`, every write crash-safe.
 
     sd, meta = load_adapter("my-adapter.safetensors")
     save_adapter(sd, "copy.safetensors", metadata={"base_model": "sd15"})
@@ -13,149 +13,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import secrets
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from . import __version__
 from .adapter import AdapterSpec
 from .errors import IPAdapterError
+from .weights_io import SAFETENSORS_SUFFIX, atomic_write, existing_file, read_weights_file, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
-SAFETENSORS_SUFFIX = ".safetensors"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ADAPTER_PREFIXES = ("image_proj.", "ip_adapter.")
 
 
-# ---------------------------------------------------------------- crash-safe writes
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`.
-
-    A crash or an exception mid-write leaves an existing `path` untouched and no temp file behind.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise IPAdapterError(f"Cannot write {path}: it is a folder; give a file name instead.")
-    # Same directory, so os.replace is a rename on one file system; os.open applies the umask,
-    # which mkstemp's fixed 0600 would not.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    except PermissionError as err:
-        raise IPAdapterError(f"Cannot write {path}: no permission to create files in {path.parent}; "
-                             "choose another folder.") from err
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; directories cannot be opened this way on Windows.
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        log.debug("could not fsync folder %s", folder)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` atomically (see `atomic_write`)."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
-    """Write `text` to `path` atomically (see `atomic_write`)."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
-
-
-# ---------------------------------------------------------------- reading files
-
-def _short(err: BaseException) -> str:
-    # Library messages can run to paragraphs; the first line is enough to tell causes apart.
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
-def existing_file(path: str | os.PathLike) -> Path:
-    """Return `path` as a Path, or raise IPAdapterError if it is missing or a folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise IPAdapterError(f"{path} is a folder, not a weights file: pass the .safetensors or .bin file inside it.")
-    if not path.is_file():
-        raise IPAdapterError(f"The file {path} does not exist: check the path.")
-    return path
-
-
-def safe_torch_load(path: str | os.PathLike) -> Any:
-    """`torch.load` that only rebuilds tensors and plain containers; anything else is refused."""
-    path = existing_file(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise IPAdapterError(f"{path} could not be read ({_short(err)}): the file is damaged; "
-                                 "download or save it again.") from err
-        raise IPAdapterError(f"{path} contains pickled code or objects and was refused: only plain tensors are "
-                             "loaded from pickle files, so use a .safetensors file or one saved as a plain "
-                             "state dict.") from err
-    except Exception as err:  # torch raises RuntimeError/KeyError/EOFError for damaged archives
-        raise IPAdapterError(f"{path} could not be read as a PyTorch file ({type(err).__name__}: {_short(err)}): "
-                             "it is damaged or not a weights file; download or save it again.") from err
-
-
-def read_safetensors(path: str | os.PathLike, keep: Callable[[str], bool] | None = None,
-                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read the tensors (those `keep` accepts, or all) and the metadata of a `.safetensors` file."""
-    path = existing_file(path)
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys() if keep is None or keep(key)}
-    except Exception as err:  # SafetensorError for a truncated or foreign file
-        raise IPAdapterError(f"{path} is not a readable .safetensors file ({_short(err)}): it is truncated or damaged; "
-                             "download or save it again.") from err
-    return tensors, metadata
-
-
-def read_weights_file(path: str | os.PathLike, keep: Callable[[str], bool] | None = None,
-                      ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Read a `.safetensors` or pickle weights file into (mapping, metadata); pickles have no metadata."""
-    path = existing_file(path)
-    suffix = path.suffix.lower()
-    if suffix == SAFETENSORS_SUFFIX:
-        return read_safetensors(path, keep)
-    if suffix in PICKLE_SUFFIXES:
-        obj = safe_torch_load(path)
-        if not isinstance(obj, Mapping):
-            raise IPAdapterError(f"{path} holds a {type(obj).__name__}, not a dict of weights: "
-                                 "it is not an IP-Adapter file.")
-        return dict(obj), {}
-    raise IPAdapterError(f"{path} has the extension {suffix or '(none)'!r}: weights files must be .safetensors, "
-                         f"or {', '.join(PICKLE_SUFFIXES)}; rename or re-save it.")
-
+# ---------------------------------------------------------------- recognising files
 
 def guess_file_kind(keys: Iterable[str]) -> str | None:
     """Name the kind of model a non-adapter state dict looks like, for error messages (None if unknown)."""
@@ -231,8 +105,7 @@ def save_adapter(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
                   "ip_adapter": {k[len("ip_adapter."):]: v for k, v in tensors.items() if k.startswith("ip_adapter.")}}
         atomic_write(path, lambda tmp: torch.save(nested, tmp))
     else:
-        meta = _file_metadata(spec, metadata)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+        save_safetensors_atomic(tensors, path, _file_metadata(spec, metadata))
     log.info("saved %s adapter (%d layers) to %s", spec.variant, len(spec.layers), path)
     return path
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image, ImageDraw
 
-from .fileformat import atomic_write
+from .weights_io import atomic_write
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:

@@ -4,30 +4,26 @@ A model comes either from a diffusers folder or from a single original-layout fi
 (`.safetensors`, or `.ckpt`/`.pt` read with `weights_only=True`, so a pickle never runs code). For a
 single file the configs are read from the weight shapes and the tokenizer and scheduler config ship
 with the package. Models are built on the meta device and the file's tensors are assigned into them,
-so the weights exist once in memory. The small file helpers here are shared with `clip_vision`.
+so the weights exist once in memory. File reading and writing live in `weights_io`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import pickle
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 import torch
-from torch import nn
 
 from . import ldm_layout as L
 from .errors import IPAdapterError
+from .random_init import empty_model, fill_random_, freeze
+from .weights_io import WeightFile, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 _TOKENIZER_MAX = 77  # CLIP-L has 77 positions; ComfyUI's tokenizer copy says 8192 and would pad to that
 
 
@@ -43,145 +39,7 @@ class SD15:
     source: str
 
 
-# ---------------------------------------------------------------- file helpers (shared)
-
-def _torch_load(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "GLOBAL" in str(exc):  # torch names the blocked callable/class: the file wanted to run code
-            raise IPAdapterError(f"{path} contains Python objects other than tensors and was refused for "
-                                 "safety; convert it to .safetensors.") from None
-        raise IPAdapterError(f"{path} is not a readable PyTorch checkpoint of plain tensors "
-                             "(it could not be unpickled safely).") from None
-    except Exception as exc:  # torch raises many types for a damaged archive
-        raise IPAdapterError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}).") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # Lightning-style wrapper of the original SD releases
-    if not isinstance(obj, dict):
-        raise IPAdapterError(f"{path} does not hold a dictionary of tensors.")
-    return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-class WeightFile:
-    """A weights file opened for reading: all shapes up front, tensors one at a time.
-
-    For `.safetensors` only the header is read until a tensor is asked for, so a wrong file is
-    rejected without loading it.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise IPAdapterError(f"{self.path} does not exist or is not a file.")
-        suffix = self.path.suffix.lower()
-        self._st = None
-        self._tensors: dict[str, torch.Tensor] = {}
-        if suffix == ".safetensors":
-            from safetensors import safe_open
-
-            try:
-                self._st = safe_open(str(self.path), framework="pt", device="cpu")
-                self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
-            except Exception as exc:
-                raise IPAdapterError(f"{self.path} is not a readable .safetensors file ({exc}).") from None
-        elif suffix in PICKLE_SUFFIXES:
-            self._tensors = _torch_load(self.path)
-            self.shapes = {k: tuple(v.shape) for k, v in self._tensors.items()}
-        else:
-            raise IPAdapterError(f"{self.path} has an unsupported extension; expected one of "
-                                 f"{', '.join(WEIGHT_SUFFIXES)}.")
-
-    def take(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Return one tensor cast to `dtype`; a pickled file's copy is dropped to keep one copy in memory."""
-        try:
-            t = self._st.get_tensor(key) if self._st is not None else self._tensors.pop(key)
-        except Exception as exc:
-            raise IPAdapterError(f"{self.path} could not be read at {key} ({exc}); the file is damaged.") from None
-        return t.to(dtype) if dtype is not None and t.is_floating_point() else t
-
-    def close(self) -> None:
-        """Release the file handle and any tensors not taken."""
-        self._st = None
-        self._tensors = {}
-
-    def __enter__(self) -> "WeightFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _new_file_mode() -> int:
-    # the umask can only be read by changing it (racy) except through /proc on Linux
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
-
-
-def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
-                            metadata: dict[str, str] | None = None) -> Path:
-    """Write `tensors` to `path` through a temp file in the same folder, so a crash never leaves half a file."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise IPAdapterError(f"{path} must end in .safetensors.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata or {"format": "pt"})
-        # safetensors creates files 0600; give the usual mode so a ComfyUI run as another user can read it
-        os.chmod(tmp, _new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def empty_model(factory: Callable[[], nn.Module]) -> nn.Module:
-    """Build a model with its parameters on the meta device (no memory, no init); buffers stay real."""
-    from accelerate import init_empty_weights
-
-    with init_empty_weights(include_buffers=False):
-        return factory()
-
-
-def fill_random_(module: nn.Module, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Give every parameter a real random value: N(0, std) weights, zero biases, norms at 1/0.
-
-    A plain normal fill is much faster than the models' own init; keeping norms at identity keeps
-    activations bounded, which is all test and demo models need.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for mod in module.modules():
-        is_norm = isinstance(mod, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d))
-        for name, p in list(mod._parameters.items()):
-            if p is None:
-                continue
-            t = torch.empty(p.shape, dtype=dtype)
-            if is_norm and name == "weight":
-                t.fill_(1.0)
-            elif name == "bias":
-                t.zero_()
-            else:
-                t.normal_(0.0, std, generator=gen)
-            mod._parameters[name] = nn.Parameter(t, requires_grad=False)
-    return module
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Put a model in eval mode with no gradients."""
-    model.eval()
-    model.requires_grad_(False)
-    return model
-
+# ---------------------------------------------------------------- configs and tokenizer
 
 def _read_json(path: Path) -> dict:
     try:
@@ -189,8 +47,6 @@ def _read_json(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise IPAdapterError(f"{path} is not a readable JSON file ({exc}).") from None
 
-
-# ---------------------------------------------------------------- configs and tokenizer
 
 def shipped_config_dir() -> Path:
     """Folder of the SD1.5 configs and tokenizer that ship with the package."""
@@ -254,7 +110,7 @@ def _key_maps(unet, vae, text, text_prefix: str = L.TEXT_PREFIX):
 
 def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:
     name = str(path)
-    with WeightFile(path) as wf:
+    with WeightFile(path, unwrap_state_dict=True) as wf:  # the original SD releases wrap it in "state_dict"
         shapes = wf.shapes
         unet_cfg = L.infer_unet_config(shapes, base=_shipped("unet/config.json"), source=name)
         vae_cfg = L.infer_vae_config(shapes, base=_shipped("vae/config.json"), source=name)

@@ -169,6 +169,7 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
 
     backend.attach(adapter)
     step_times: list[float] = []
+    train_start = time.perf_counter()
     done, cancelled = start, False
     try:
         for step in range(start, total):
@@ -211,6 +212,7 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     finally:
         backend.detach()
 
+    training_seconds = time.perf_counter() - train_start  # steps plus checkpoints
     checkpoint(done)
     adapter = accelerator.unwrap_model(step_module).adapter
     meta = {**(metadata or {}), "steps": done, "training_config": config.to_dict(),
@@ -220,13 +222,14 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     files: dict[str, Path] = {}
     if main and out_path is not None:
         files["adapter"] = save_adapter(adapter.state_dict(), Path(out_path), meta)
-    gain = None
+    gain, t0 = None, time.perf_counter()
     if config.validation and not cancelled:
         backend.attach(adapter)
         try:
             gain = conditioning_gain(adapter, backend, data, config, accelerator.autocast)
         finally:
             backend.detach()
+    validation_seconds = time.perf_counter() - t0
     new_times = step_times[1:] or step_times  # the first step pays one-off warm-up costs
     sec = median(new_times) if new_times else None
     report = {
@@ -235,7 +238,8 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
         "losses": losses, "seconds_per_step": sec,
         "mean_seconds_per_step": sum(new_times) / len(new_times) if new_times else None,
         "images_per_second": config.batch_size * world / sec if sec else None,
-        "encode_seconds": encode_seconds, "wall_seconds": time.perf_counter() - wall_start,
+        "encode_seconds": encode_seconds, "training_seconds": training_seconds,
+        "validation_seconds": validation_seconds, "wall_seconds": time.perf_counter() - wall_start,
         "peak_memory": peak_memory(backend.device), "device": device_description(backend.device),
         "precision": accelerator.mixed_precision, "frozen_dtype": str(backend.dtype).replace("torch.", ""),
         "world_size": world, "conditioning_gain": gain, "base_model": backend.name,

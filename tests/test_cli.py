@@ -2,52 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import SAMPLES, micro_clip, micro_sd15
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, timeout: int = 600, module: tuple[str, ...] = ("-m", "ipadapter_train")) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=ROOT)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """A micro SD1.5 in diffusers folder layout and a tiny CLIP vision file, random weights."""
-    from diffusers import PNDMScheduler
-
-    from ipadapter_train.clip_vision import save_clip_vision
-    from ipadapter_train.sd15 import shipped_config_dir
-
-    root = tmp_path_factory.mktemp("models")
-    sd = micro_sd15()
-    folder = root / "sd15"
-    sd.unet.save_pretrained(folder / "unet")
-    sd.vae.save_pretrained(folder / "vae")
-    sd.text_encoder.save_pretrained(folder / "text_encoder")
-    sd.tokenizer.save_pretrained(folder / "tokenizer")
-    PNDMScheduler.from_config(sd.scheduler_config).save_pretrained(folder / "scheduler")
-    shutil.copy(shipped_config_dir() / "model_index.json", folder / "model_index.json")
-    clip = root / "clip.safetensors"
-    save_clip_vision(micro_clip(), clip)
-    return {"sd": folder, "clip": clip, "root": root}
-
-
-def train_args(models, out: Path, *extra: str) -> list[str]:
-    return ["train", "--images", str(SAMPLES), "--base-model", str(models["sd"]), "--image-encoder",
-            str(models["clip"]), "--out", str(out), "--resolution", "64", "--precision", "no",
-            "--no-validation", *extra]
+from conftest import SAMPLES, cli, micro_sd15, train_args
 
 
 def test_train_then_inspect(models, tmp_path):

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from ipadapter_train.clip_vision import (build_clip_vision, encode_images, image_processor, infer_clip_vision_config,
                                          load_clip_vision, preset_config, save_clip_vision, zero_image_features)
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.sd15 import WeightFile
+from ipadapter_train.weights_io import WeightFile
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "ipadapter_train", "assets", "samples")
 

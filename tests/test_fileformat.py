@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipadapter_train import fileformat
+from ipadapter_train import weights_io
 from ipadapter_train.adapter import IPAdapter
 from ipadapter_train.convert import default_unet_config
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.fileformat import (atomic_write_bytes, atomic_write_text, inspect_adapter, load_adapter,
-                                        safe_torch_load, save_adapter)
+from ipadapter_train.fileformat import inspect_adapter, load_adapter, save_adapter
 from ipadapter_train.layout import adapter_layers
+from ipadapter_train.weights_io import atomic_write_bytes, atomic_write_text, safe_torch_load
 
 ASSETS = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "sd15"
 
@@ -195,7 +195,7 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path, sd15_layers, monk
         Path(filename).write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(fileformat, "save_file", broken_save)
+    monkeypatch.setattr(weights_io, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         save_adapter({k: v * 2 for k, v in state.items()}, path)
     assert path.read_bytes() == before

@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 from ipadapter_train import ldm_layout as L
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.layout import adapter_layers
-from ipadapter_train.sd15 import (SD15, WeightFile, build_sd15, load_sd15, load_tokenizer, save_single_file,
-                                  shipped_config_dir, tiny_unet_config)
+from ipadapter_train.sd15 import (SD15, build_sd15, load_sd15, load_tokenizer, save_single_file, shipped_config_dir,
+                                  tiny_unet_config)
 from ipadapter_train.testmodels import make_test_models
+from ipadapter_train.weights_io import WeightFile
 
 P = L.UNET_PREFIX
 

@@ -128,3 +128,39 @@ def test_conditioning_gain_is_reported(tmp_path, samples):
     gain = result.report["conditioning_gain"]
     assert gain["own_loss"] > 0 and gain["shuffled_loss"] > 0
     assert gain["gain"] == pytest.approx(gain["shuffled_loss"] - gain["own_loss"])
+
+
+def test_frozen_encoders_run_once_per_image_never_in_the_step(tmp_path, samples, monkeypatch):
+    calls = {"vae": 0, "text": 0, "clip": 0}
+    vae, text, clip = DiffusersBackend.encode_latents, DiffusersBackend.encode_text, CLIPFeatureEncoder.encode
+
+    def count(name, fn):
+        def wrapper(self, x, *a, **kw):
+            calls[name] += len(x)
+            return fn(self, x, *a, **kw)
+        return wrapper
+
+    monkeypatch.setattr(DiffusersBackend, "encode_latents", count("vae", vae))
+    monkeypatch.setattr(DiffusersBackend, "encode_text", count("text", text))
+    monkeypatch.setattr(CLIPFeatureEncoder, "encode", count("clip", clip))
+    run(tmp_path, samples, cfg(max_steps=12, flip=True))
+    # 5 images (and their flips), 5 distinct captions plus the empty one: independent of the 12 steps
+    assert calls == {"vae": 10, "text": 6, "clip": 10}
+
+
+def test_gradient_checkpointing_gives_the_same_weights(tmp_path, samples):
+    plain = run(tmp_path, samples, cfg(max_steps=3), name="plain")
+    ckpt = run(tmp_path, samples, cfg(max_steps=3, gradient_checkpointing=True), name="ckpt")
+    assert plain.losses == pytest.approx(ckpt.losses, rel=1e-5)
+    for key, value in plain.adapter.state_dict().items():
+        torch.testing.assert_close(ckpt.adapter.state_dict()[key], value, atol=1e-6, rtol=1e-5)
+    moved = [k for k, v in ckpt.adapter.state_dict().items() if k.endswith("to_k_ip.weight")]
+    assert moved  # every layer is trained, checkpointed blocks included (compared above)
+
+
+def test_precision_choices_are_checked():
+    from ipadapter_train.precision import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "no"
+    with pytest.raises(IPAdapterError, match="needs a GPU"):
+        resolve_precision("fp16", torch.device("cpu"))

@@ -1,0 +1,137 @@
+"""Test generation with a trained adapter: a diffusers Stable Diffusion pipeline whose cross-attention
+layers run through the core's own `IPAttnProcessor` (the same modules training used).
+
+    images = Generator(sd, clip, adapter).generate(reference=[ref], prompt="a cat in a palace", seed=42)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from .adapter import AdapterSpec, IPAdapter
+from .clip_features import CLIPFeatureEncoder
+from .diffusers_backend import DiffusersBackend
+from .errors import IPAdapterError
+from .sd15 import SD15
+
+log = logging.getLogger(__name__)
+
+SCHEDULERS = ("ddim", "euler", "euler_a", "dpm++", "pndm")
+
+
+def make_scheduler(name: str, scheduler_config: dict):
+    """A diffusers scheduler by short name, configured with the model's noise schedule."""
+    import diffusers
+
+    classes = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+               "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler"}
+    if name not in classes:
+        raise IPAdapterError(f"Unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}.")
+    return getattr(diffusers, classes[name]).from_config(scheduler_config)
+
+
+@dataclass
+class GenerationSettings:
+    """The knobs of one generation call."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    scale: float = 1.0  # adapter scale; 0 = the base model alone
+    steps: int = 30
+    guidance: float = 7.5
+    seed: int = 42
+    num_images: int = 1
+    width: int = 512
+    height: int = 512
+    scheduler: str = "ddim"
+
+    def validate(self) -> None:
+        """Raise IPAdapterError on settings that cannot generate."""
+        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 64:
+            raise IPAdapterError(f"Size {self.width}x{self.height} is not usable: give multiples of 8, at least 64.")
+        if self.steps < 1 or self.num_images < 1:
+            raise IPAdapterError("steps and the number of images must be at least 1.")
+
+
+def check_compatible(spec: AdapterSpec, encoder: CLIPFeatureEncoder, backend: DiffusersBackend, source: str) -> None:
+    """Refuse an adapter that does not fit the image encoder or the UNet, before any sampling."""
+    width = encoder.feature_width(spec.variant)
+    if spec.clip_dim != width:
+        raise IPAdapterError(f"{source} needs {spec.encoder_requirement}, but {encoder.name} gives {width}-d "
+                             "features: use the image encoder the adapter was trained with.")
+    if spec.cross_dim != backend.cross_dim:
+        raise IPAdapterError(f"{source} is an adapter for a {spec.cross_dim}-d cross-attention model (SD1.5 is 768), "
+                             f"but this model's cross-attention is {backend.cross_dim}-d: use a matching base model.")
+
+
+class Generator:
+    """Loaded models + one adapter, ready to generate many times."""
+
+    def __init__(self, sd: SD15, clip_vision, adapter: IPAdapter | None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, adapter_name: str = "the adapter",
+                 encoder_name: str = "clip_vision") -> None:
+        from diffusers import StableDiffusionPipeline
+
+        self.backend = DiffusersBackend(sd, device, dtype)
+        self.encoder = CLIPFeatureEncoder(clip_vision, device, dtype, name=encoder_name)
+        self.adapter = adapter
+        if adapter is not None:
+            check_compatible(adapter.spec, self.encoder, self.backend, adapter_name)
+            adapter.to(self.backend.device, dtype).eval().requires_grad_(False)
+            self.backend.attach(adapter)
+        self.pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
+                                            unet=sd.unet, scheduler=make_scheduler("ddim", sd.scheduler_config),
+                                            safety_checker=None, feature_extractor=None, image_encoder=None,
+                                            requires_safety_checker=False)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    @torch.no_grad()
+    def image_tokens(self, reference: Sequence[Image.Image], negative: Sequence[Image.Image] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) image tokens [1, T, D]; several references are averaged in CLIP space."""
+        variant = self.adapter.spec.variant
+        feats = self.encoder.encode(reference, variant).mean(dim=0, keepdim=True)
+        neg = (self.encoder.encode(negative, variant).mean(dim=0, keepdim=True) if negative
+               else self.encoder.dropped(variant))
+        dev, dt = self.backend.device, self.backend.dtype
+        return self.adapter.project(feats.to(dev, dt)), self.adapter.project(neg.to(dev, dt))
+
+    @torch.no_grad()
+    def generate(self, reference: Sequence[Image.Image] | None, settings: GenerationSettings,
+                 negative_image: Sequence[Image.Image] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> list[Image.Image]:
+        """Generate `settings.num_images` images; the same settings and seed give the same images."""
+        settings.validate()
+        self.pipe.scheduler = make_scheduler(settings.scheduler, self.backend.sd.scheduler_config)
+        state = self.backend.state
+        use_adapter = self.adapter is not None and settings.scale != 0
+        if use_adapter:
+            if not reference:
+                raise IPAdapterError("Give at least one reference image to generate with the adapter.")
+            cond, uncond = self.image_tokens(reference, negative_image)
+            n = settings.num_images
+            cfg = settings.guidance > 1.0
+            # The pipeline batches [unconditional; conditional] prompts when guidance is on.
+            state.tokens = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)]) if cfg else cond.expand(n, -1, -1)
+            state.scale = settings.scale
+        else:
+            state.tokens = None
+        callback = None
+        if progress is not None:
+            def callback(pipe, i, t, kwargs):
+                progress(i + 1, settings.steps)
+                return kwargs
+        generator = torch.Generator("cpu").manual_seed(settings.seed)
+        try:
+            out = self.pipe(prompt=settings.prompt, negative_prompt=settings.negative_prompt or None,
+                            num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                            num_images_per_prompt=settings.num_images, width=settings.width,
+                            height=settings.height, generator=generator, output_type="pil",
+                            callback_on_step_end=callback)
+        finally:
+            state.tokens = None
+        return list(out.images)

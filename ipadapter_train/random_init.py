@@ -1,0 +1,53 @@
+"""Building models without paying for their init: meta-device construction, a cheap random fill, freezing.
+
+Loaders build a model empty and assign a file's tensors into it, so the weights exist once in memory;
+test and demo models fill the empty model with random values instead.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+def empty_model(factory: Callable[[], nn.Module]) -> nn.Module:
+    """Build a model with its parameters on the meta device (no memory, no init); buffers stay real."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        return factory()
+
+
+def fill_random_(module: nn.Module, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Give every parameter a real random value: N(0, std) weights, zero biases, norms at 1/0.
+
+    A plain normal fill is much faster than the models' own init; keeping norms at identity keeps
+    activations bounded, which is all test and demo models need.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for mod in module.modules():
+        is_norm = isinstance(mod, (nn.GroupNorm, nn.LayerNorm, nn.BatchNorm2d))
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            t = torch.empty(p.shape, dtype=dtype)
+            if is_norm and name == "weight":
+                t.fill_(1.0)
+            elif name == "bias":
+                t.zero_()
+            else:
+                t.normal_(0.0, std, generator=gen)
+            mod._parameters[name] = nn.Parameter(t, requires_grad=False)
+    log.debug("filled %s with random weights (seed %d)", type(module).__name__, seed)
+    return module
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a model in eval mode with no gradients."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
