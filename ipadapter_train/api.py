@@ -18,6 +18,7 @@ from .data import load_image_folder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
 from .precision import frozen_dtype, make_accelerator
+from .random_init import is_random
 from .trainer import StepCallback, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     backend.name = Path(base_model).name
     result = train(backend, encoder, samples, config, Path(run_dir) if run_dir else default_run_dir(out), out,
                    Path(init_adapter) if init_adapter else None, Path(resume) if resume else None, callbacks,
-                   encode_progress, metadata={"dataset_images": len(samples)}, accelerator=accelerator)
+                   encode_progress, accelerator=accelerator,
+                   metadata={"dataset_images": len(samples), "random_weights": sd.random_weights or is_random(clip)})
     result.report["model_load_seconds"] = load_seconds
     result.report["dataset"] = report.to_dict()
     return result

@@ -21,7 +21,7 @@ import torch
 from .clip_vision import PRESETS as VISION_PRESETS
 from .clip_vision import infer_clip_vision_config
 from .errors import IPAdapterError
-from .random_init import empty_model, fill_random_, freeze
+from .random_init import RANDOM_MARK, empty_model, fill_random_, freeze, is_random, mark_random, random_metadata
 from .sd15 import load_tokenizer
 from .weights_io import WeightFile, save_safetensors_atomic
 
@@ -44,7 +44,6 @@ _TEXT_COMMON = dict(vocab_size=49408, max_position_embeddings=77, layer_norm_eps
 _TOKEN_EMB = "text_model.embeddings.token_embedding.weight"
 _VISION_PATCH = "vision_model.embeddings.patch_embedding.weight"
 # a marker carried in the config and in file metadata so random test models are never mistaken for real ones
-RANDOM_MARK = "ipadapter_train_random_weights"
 _FULL_CLIP_HINT = "scoring needs a full CLIP model with both towers, e.g. openai/clip-vit-large-patch14"
 
 
@@ -133,19 +132,6 @@ def _strict_load(config, state: dict[str, torch.Tensor], source: str):
     return model
 
 
-def _file_is_marked_random(path: Path) -> bool:
-    """Whether a `.safetensors` file was written by `save_clip` from a random-weight model (header only)."""
-    if path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return (f.metadata() or {}).get(RANDOM_MARK) == "true"
-    except Exception:  # unreadable headers were already reported by WeightFile
-        return False
-
-
 def _folder_config(folder: Path):
     from transformers import CLIPConfig
 
@@ -201,7 +187,7 @@ def load_clip(path: str | os.PathLike, dtype: torch.dtype = torch.float32, devic
         with WeightFile(path) as wf:
             config = infer_clip_config(wf.shapes, source=str(path))  # header only: cheap rejection
             state = {k: wf.take(k, dtype) for k in wf.shapes if not k.endswith("position_ids")}
-        random_weights = _file_is_marked_random(path)
+            random_weights = wf.metadata.get(RANDOM_MARK) == "true"
     model = _strict_load(config, state, str(path))
     setattr(model.config, RANDOM_MARK, random_weights)
     freeze(model.to(device))
@@ -239,17 +225,13 @@ def build_clip(preset: ClipPreset = "tiny", seed: int = 0, dtype: torch.dtype = 
     model = fill_random_(empty_model(lambda: CLIPModel(config)), seed=seed, dtype=dtype)
     with torch.no_grad():  # the random fill would give a near-zero temperature; keep CLIP's initial one
         model.logit_scale.fill_(math.log(1 / 0.07))
-    setattr(model.config, RANDOM_MARK, True)
-    return freeze(model)
+    return freeze(mark_random(model))
 
 
 def save_clip(model, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
     """Write a `CLIPModel` as one `.safetensors` file in the transformers key layout (atomically)."""
     state = {k: v.detach().to(device="cpu", dtype=dtype if v.is_floating_point() else v.dtype)
              for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-    metadata = {"format": "pt"}
-    if getattr(model.config, RANDOM_MARK, False):
-        metadata[RANDOM_MARK] = "true"
-    path = save_safetensors_atomic(state, path, metadata=metadata)
+    path = save_safetensors_atomic(state, path, metadata=random_metadata(is_random(model)))
     log.info("Wrote %s (%d tensors, %.1f MiB).", path, len(state), path.stat().st_size / 2**20)
     return path

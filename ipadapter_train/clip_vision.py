@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from .errors import IPAdapterError
-from .random_init import empty_model, fill_random_, freeze
+from .random_init import RANDOM_MARK, empty_model, fill_random_, freeze, is_random, mark_random, random_metadata
 from .weights_io import WeightFile, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,10 @@ def load_clip_vision(path: str | os.PathLike, dtype: torch.dtype = torch.float32
         with WeightFile(path) as wf:
             config = infer_clip_vision_config(wf.shapes, source=str(path))  # header only: cheap rejection
             state = {k: wf.take(k, dtype) for k in wf.shapes if not _IGNORED.search(k)}
+            random_weights = wf.metadata.get(RANDOM_MARK) == "true"
     model = _strict_load(config, state, str(path))
+    if path.is_file():
+        mark_random(model, random_weights)
     freeze(model.to(device))
     log.info("Loaded CLIP vision from %s (hidden %d, %d layers, projection %d).", path,
              config.hidden_size, config.num_hidden_layers, config.projection_dim)
@@ -183,14 +186,14 @@ def build_clip_vision(preset: Preset = "tiny", seed: int = 0, dtype: torch.dtype
 
     config = preset_config(preset)
     model = empty_model(lambda: CLIPVisionModelWithProjection(config))
-    return freeze(fill_random_(model, seed=seed, dtype=dtype))
+    return mark_random(freeze(fill_random_(model, seed=seed, dtype=dtype)))
 
 
 def save_clip_vision(model, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
     """Write `model` as one `.safetensors` file in ComfyUI's `models/clip_vision` layout."""
     state = {k: v.detach().to(device="cpu", dtype=dtype) for k, v in model.state_dict().items()
              if not k.endswith("position_ids")}
-    path = save_safetensors_atomic(state, path)
+    path = save_safetensors_atomic(state, path, metadata=random_metadata(is_random(model)))
     log.info("Wrote %s (%d tensors, %.1f MiB).", path, len(state), path.stat().st_size / 2**20)
     return path
 

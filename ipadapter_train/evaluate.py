@@ -117,7 +117,7 @@ def evaluate(generator: Generator, scorer: Scorer, cases: Sequence[EvalCase], ou
         if scale:
             row["gain_over_baseline"] = {m: _mean([r["gain_over_baseline"][m] for r in rows]) for m in METRICS}
         summary.append(row)
-    random = random_weights or scorer.random_weights
+    random = random_weights or generator.random_weights or scorer.random_weights
     return {
         "random_weights": random,
         "note": ("Random-weight models: these numbers show the evaluation runs, not adapter quality."

@@ -16,6 +16,7 @@ from .adapter import AdapterSpec, IPAdapter
 from .clip_features import CLIPFeatureEncoder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
+from .random_init import is_random
 from .sd15 import SD15
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,10 @@ class Generator:
         self.backend = DiffusersBackend(sd, device, dtype)
         self.encoder = CLIPFeatureEncoder(clip_vision, device, dtype, name=encoder_name)
         self.adapter = adapter
+        self.random_weights = sd.random_weights or is_random(clip_vision)
+        if self.random_weights:
+            log.warning("The base model or the image encoder has RANDOM weights: the images show the pipeline "
+                        "working, not what a trained adapter does.")
         if adapter is not None:
             check_compatible(adapter.spec, self.encoder, self.backend, adapter_name)
             adapter.to(self.backend.device, dtype).eval().requires_grad_(False)

@@ -51,3 +51,24 @@ def freeze(model: nn.Module) -> nn.Module:
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+# Models built here carry this mark on their config, and files written from them carry it in their
+# safetensors metadata, so every report made with them can say its numbers are random-weight figures.
+RANDOM_MARK = "ipadapter_train_random_weights"
+
+
+def mark_random(model: nn.Module, value: bool = True) -> nn.Module:
+    """Record on the model's config whether its weights are random."""
+    setattr(model.config, RANDOM_MARK, bool(value))
+    return model
+
+
+def is_random(model: nn.Module) -> bool:
+    """True for models built with random weights here (or loaded from a file marked so)."""
+    return bool(getattr(getattr(model, "config", None), RANDOM_MARK, False))
+
+
+def random_metadata(random_weights: bool) -> dict[str, str]:
+    """safetensors metadata for a model file, with the random-weights mark when it applies."""
+    return {"format": "pt", RANDOM_MARK: "true"} if random_weights else {"format": "pt"}

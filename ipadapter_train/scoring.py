@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .clip_model import RANDOM_MARK, load_clip, load_clip_tokenizer
+from .clip_model import load_clip, load_clip_tokenizer
 from .clip_vision import image_processor
 from .errors import IPAdapterError
+from .random_init import is_random
 from .sd15 import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class Scorer:
         self.model = model.eval()
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
         self.image_processor = image_processor(model.config.vision_config.image_size)
-        self.random_weights = (bool(getattr(model.config, RANDOM_MARK, False))
+        self.random_weights = (is_random(model)
                                if random_weights is None else random_weights)
         self.name = name or ("CLIP (random weights)" if self.random_weights else "CLIP")
         self.batch_size = batch_size

@@ -19,7 +19,7 @@ import torch
 
 from . import ldm_layout as L
 from .errors import IPAdapterError
-from .random_init import empty_model, fill_random_, freeze
+from .random_init import RANDOM_MARK, empty_model, fill_random_, freeze, random_metadata
 from .weights_io import WeightFile, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class SD15:
     tokenizer: Any  # transformers CLIPTokenizer
     scheduler_config: dict
     source: str
+    random_weights: bool = False  # built here with random weights, or loaded from a file marked so
 
 
 # ---------------------------------------------------------------- configs and tokenizer
@@ -99,7 +100,8 @@ def build_sd15(size: Literal["tiny", "full"] = "tiny", seed: int = 0, dtype: tor
     unet, vae, text = _empty_parts(unet_cfg, _shipped("vae/config.json"), _shipped("text_encoder/config.json"))
     for i, model in enumerate((unet, vae, text)):
         freeze(fill_random_(model, seed=seed * 3 + i, dtype=dtype))
-    return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), f"random:{size}")
+    return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), f"random:{size}",
+                random_weights=True)
 
 
 def _key_maps(unet, vae, text, text_prefix: str = L.TEXT_PREFIX):
@@ -139,7 +141,8 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:
         if extra:
             raise IPAdapterError(f"{name} has {len(extra)} weights that do not fit the SD1.5 layout read from "
                                  f"its shapes (for example {extra[0]}).")
-    return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), name)
+        random_weights = wf.metadata.get(RANDOM_MARK) == "true"
+    return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), name, random_weights)
 
 
 def _variant(folder: Path) -> str | None:
@@ -210,6 +213,6 @@ def save_single_file(sd15: SD15, path: str | os.PathLike, dtype: torch.dtype = t
         state = model.state_dict()
         for dk, lk in kmap.items():
             out[lk] = L.to_ldm_tensor(dk, state[dk].detach()).to(device="cpu", dtype=dtype)
-    path = save_safetensors_atomic(out, path)
+    path = save_safetensors_atomic(out, path, metadata=random_metadata(sd15.random_weights))
     log.info("Wrote %s (%d tensors, %.1f MiB).", path, len(out), path.stat().st_size / 2**20)
     return path

@@ -241,10 +241,12 @@ class WeightFile:
         self.path = existing_file(path)
         self._st = None
         self._tensors: dict[str, torch.Tensor] = {}
+        self.metadata: dict[str, str] = {}  # safetensors header metadata; pickles have none
         if weights_suffix(self.path) == SAFETENSORS_SUFFIX:
             try:
                 self._st = safe_open(str(self.path), framework="pt", device="cpu")
                 self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
+                self.metadata = dict(self._st.metadata() or {})
             except Exception as err:
                 raise _unreadable_safetensors(self.path, err) from err
         else:

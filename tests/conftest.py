@@ -38,7 +38,7 @@ def micro_sd15(seed: int = 0):
     for m in (unet, vae, text):
         m.eval().requires_grad_(False)
     return SD15(unet=unet, vae=vae, text_encoder=text, tokenizer=load_tokenizer(), scheduler_config=sched,
-                source="micro-sd15 (random weights)")
+                source="micro-sd15 (random weights)", random_weights=True)
 
 
 def micro_clip(seed: int = 0):

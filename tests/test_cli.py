@@ -89,21 +89,26 @@ def test_every_command_has_help_with_examples():
         assert r.returncode == 0 and "example" in r.stdout, command
 
 
-def test_make_test_models_then_train_from_the_single_file(tmp_path):
-    r = cli("make-test-models", str(tmp_path / "m"), "--size", "tiny", "--vision", "tiny")
-    assert r.returncode == 0, r.stderr
-    paths = json.loads(r.stdout)
-    out = tmp_path / "a.safetensors"
-    r = cli("train", "--images", str(SAMPLES), "--base-model", paths["sd15"], "--image-encoder",
-            paths["clip_vision"], "--out", str(out), "--resolution", "64", "--max-steps", "2", "--no-validation")
-    assert r.returncode == 0, r.stderr
-    info = json.loads(cli("inspect", str(out)).stdout)
-    assert info["layer_indices"] == list(range(1, 32, 2))
-
-
 def test_demo_runs_on_random_weights_and_says_so(tmp_path):
     r = cli("demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2")
     assert r.returncode == 0, r.stderr
     assert "RANDOM" in r.stderr and "random-weight" in r.stdout
     assert (tmp_path / "demo" / "demo_adapter.safetensors").is_file()
     assert (tmp_path / "demo" / "run" / "loss.png").is_file()
+
+
+def test_make_test_models_then_train_from_the_single_file_labels_random_weights(tmp_path):
+    from ipadapter_train.clip_vision import load_clip_vision
+    from ipadapter_train.fileformat import inspect_adapter
+    from ipadapter_train.testmodels import make_test_models
+
+    paths = make_test_models(tmp_path / "m", size="tiny", vision="tiny")
+    assert load_clip_vision(paths["clip_vision"]).config.ipadapter_train_random_weights is True
+    out = tmp_path / "a.safetensors"
+    r = cli("train", "--images", str(SAMPLES), "--base-model", str(paths["sd15"]), "--image-encoder",
+            str(paths["clip_vision"]), "--out", str(out), "--resolution", "64", "--max-steps", "1", "--no-validation")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a-run" / "report.json").read_text())["random_weights"] is True
+    assert inspect_adapter(out)["metadata"]["random_weights"] == "true"
+    assert "random-weight" in r.stdout
+    assert inspect_adapter(out)["layer_indices"] == list(range(1, 32, 2))  # the narrow SD1.5 keeps all 16 layers

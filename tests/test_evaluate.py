@@ -89,3 +89,4 @@ def test_score_and_evaluate_commands(models, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "gain over baseline" in r.stdout and "NOTE" in r.stdout
     assert (tmp_path / "eval" / "report.html").is_file()
+
