@@ -1,5 +1,7 @@
 """Decoupled cross-attention for a diffusers UNet: out = attn(q, K_text, V_text) + scale * attn(q, K_ip, V_ip).
 
+The image term is `ip_attention.decoupled_term`, the same function the ComfyUI attn2 patch calls.
+
 The processor is a plain object (not an nn.Module) so the adapter's weights are never registered
 inside the frozen UNet: they stay owned by the `IPAdapter` module that the optimizer (and DDP) see.
 """
@@ -11,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .adapter import IPLayer
+from .ip_attention import decoupled_term
 
 
 @dataclass
@@ -41,15 +44,12 @@ class IPAttnProcessor:
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # [B, H, L, d]
 
-        q = split(attn.to_q(hidden_states))
-        out = F.scaled_dot_product_attention(q, split(attn.to_k(context)), split(attn.to_v(context)))
+        query = attn.to_q(hidden_states)  # [B, HW, heads*d]
+        out = F.scaled_dot_product_attention(split(query), split(attn.to_k(context)), split(attn.to_v(context)))
+        out = out.transpose(1, 2).reshape(b, n, -1).to(query.dtype)
         tokens, scale = self.state.tokens, self.state.scale
         if tokens is not None and scale != 0:
-            tokens = tokens.to(hidden_states.dtype)
-            k_ip = split(self.layer.to_k_ip(tokens))
-            v_ip = split(self.layer.to_v_ip(tokens))
-            out = out + scale * F.scaled_dot_product_attention(q, k_ip, v_ip)
-        out = out.transpose(1, 2).reshape(b, n, -1).to(q.dtype)
+            out = out + scale * decoupled_term(query, tokens, self.layer, heads)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual

@@ -1,0 +1,56 @@
+"""A training loop written to mirror the reference recipe (tencent-ailab IP-Adapter tutorial_train.py),
+for the benchmark's ours/baseline ratio: fp32 everywhere, and every step loads the image, runs the
+VAE, the CLIP image encoder and the text encoder again (no caching), then trains the adapter.
+
+It reuses the core's adapter modules and attention processor, so the only differences measured are
+the ones the benchmark is about (encoder work per step, precision), not two attention implementations.
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ipadapter_train.adapter import IPAdapter
+from ipadapter_train.clip_vision import encode_images
+from ipadapter_train.data import Sample, center_crop, resize_short_side, to_tensor
+from ipadapter_train.diffusers_backend import DiffusersBackend
+from ipadapter_train.layout import adapter_layers
+
+
+def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: int, device: str = "cpu",
+                 seed: int = 0) -> list[float]:
+    """Train `steps` steps the reference way; return the seconds of each step."""
+    torch.manual_seed(seed)
+    backend = DiffusersBackend(sd, device, torch.float32)
+    clip = clip.to(device, torch.float32)
+    adapter = IPAdapter.new("base", clip.config.projection_dim, backend.cross_dim, adapter_layers(sd.unet.config))
+    adapter.init_from_unet(backend.base_kv())
+    adapter.to(device)
+    backend.attach(adapter)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-4, weight_decay=0.01)
+    times = []
+    for step in range(steps):
+        tick = time.perf_counter()
+        sample = samples[step % len(samples)]
+        pixels = to_tensor(center_crop(resize_short_side(sample.image, resolution), resolution))[None].to(device)
+        with torch.no_grad():
+            latents = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor
+            embeds, _ = encode_images(clip, [sample.image], device, torch.float32)
+            text = backend.encode_text([sample.caption]).to(device)
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (1,), device=device)
+        a = backend.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        pred = backend.predict_noise(noisy, t, text, adapter.project(embeds))
+        loss = F.mse_loss(pred.float(), noise.float())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tick)
+    backend.detach()
+    return times

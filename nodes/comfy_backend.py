@@ -1,0 +1,216 @@
+"""The training loop's two seams over what a ComfyUI graph already loaded.
+
+`ComfyBackend` is a `DiffusionBackend` over MODEL (a ModelPatcher), CLIP and VAE; `ComfyImageEncoder`
+is an `ImageFeatureEncoder` over CLIP_VISION. With them `ipadapter_train.trainer.train` runs unchanged
+on the graph's own model: no second copy of the checkpoint, LoRAs already patched into MODEL stay
+applied (the model is loaded through `load_models_gpu`, which applies them), and the adapter enters
+through attn2 replace patches passed in `transformer_options`, so the ModelPatcher itself is never
+modified. Construct and use both inside `torch.inference_mode(False)`.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+import comfy.model_management
+import comfy.model_sampling
+from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
+
+from ..ipadapter_train.adapter import IPAdapter
+from ..ipadapter_train.attention import IPState
+from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.layout import AdapterLayer
+from .attn_patch import ATTN2, TrainingPatch, existing_patch
+from .comfy_layers import attn2_module, comfy_adapter_layers, context_width
+from .images import pils_to_tensor
+
+log = logging.getLogger(__name__)
+TEXT_TOKENS = 77  # one CLIP chunk: what SD1.5 was trained with and what the diffusers back end uses
+
+
+def make_autograd_safe(module: torch.nn.Module) -> int:
+    """Swap parameters and buffers created under `torch.inference_mode` for ordinary tensors.
+
+    ComfyUI loads models inside inference mode, and autograd refuses to save such tensors for the
+    backward pass. Each one is replaced by a copy with the same values, device and dtype, one tensor at
+    a time, so memory never holds two copies of the model. Returns how many tensors were swapped.
+    """
+    swapped = 0
+    for sub in module.modules():
+        for name, param in list(sub._parameters.items()):
+            if param is not None and param.is_inference():
+                sub._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                swapped += 1
+        for name, buf in list(sub._buffers.items()):
+            if buf is not None and buf.is_inference():
+                sub._buffers[name] = buf.clone()
+                swapped += 1
+    return swapped
+
+
+class ComfyBackend:
+    """A frozen SD1.5 MODEL/CLIP/VAE from a ComfyUI graph, seen as the trainer's `DiffusionBackend`."""
+
+    def __init__(self, model: Any, clip: Any, vae: Any) -> None:
+        self.patcher, self.clip, self.vae = model, clip, vae
+        base = model.model
+        self.unet = base.diffusion_model
+        if getattr(self.unet, "num_classes", None) is not None:
+            raise IPAdapterError("This MODEL needs extra conditioning (an SDXL-style model): this pack trains "
+                                 "adapters for SD1.5 checkpoints; load one with Load Checkpoint.")
+        self.sampling = model.get_model_object("model_sampling")
+        if not isinstance(self.sampling, comfy.model_sampling.ModelSamplingDiscrete) or \
+                isinstance(self.sampling, comfy.model_sampling.V_PREDICTION) or \
+                not isinstance(self.sampling, comfy.model_sampling.EPS):
+            raise IPAdapterError(f"This MODEL samples with {type(self.sampling).__name__}: training needs a "
+                                 "discrete-time epsilon-prediction model such as SD1.5.")
+        self.name = f"ComfyUI MODEL ({type(base.model_config).__name__})"
+        self.device = torch.device(model.load_device)
+        self.dtype = base.manual_cast_dtype or base.get_dtype()
+        self.cross_dim = context_width(model)
+        self.latent_format = base.latent_format
+        sigmas = self.sampling.sigmas.detach().double().cpu()
+        self.alphas_cumprod = (1.0 / (1.0 + sigmas ** 2)).float()  # sigma^2 = (1 - a) / a
+        self.state = IPState()
+        self._layers = comfy_adapter_layers(model)
+        self._options: dict | None = None
+        self._grad_flags: dict[str, bool] | None = None
+
+    def adapter_layers(self) -> list[AdapterLayer]:
+        """The UNet's cross-attention layers in file order, each with its attn2 patch key."""
+        return self._layers
+
+    def _load(self) -> None:
+        # The same call ComfyUI's own LoRA trainer makes: the whole UNet on the device, patches applied.
+        comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
+        swapped = make_autograd_safe(self.unet)
+        if swapped:
+            log.info("Made %d inference-mode tensors of the UNet usable by autograd (same values).", swapped)
+
+    def base_kv(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """to_k / to_v of every cross-attention layer (with any LoRA applied), float32 on the CPU."""
+        self._load()
+        out = {}
+        for layer in self._layers:
+            attn = attn2_module(self.unet, layer.comfy_key)
+            out[layer.index] = (attn.to_k.weight.detach().float().cpu().clone(),
+                                attn.to_v.weight.detach().float().cpu().clone())
+        return out
+
+    def attach(self, adapter: IPAdapter) -> None:
+        """Build the transformer options that route every attn2 through the adapter; freeze the UNet."""
+        adapter.check_layers(self._layers, "this MODEL's UNet")
+        self._load()
+        if self._grad_flags is None:
+            self._grad_flags = {n: p.requires_grad for n, p in self.unet.named_parameters()}
+            self.unet.requires_grad_(False)
+        base = self.patcher.model_options.get("transformer_options", {})
+        options = dict(base)
+        replace = dict(options.get("patches_replace", {}))
+        table = dict(replace.get(ATTN2, {}))
+        for layer in self._layers:
+            table[layer.comfy_key] = TrainingPatch(adapter.layer(layer.index), self.state,
+                                                   existing_patch(base, layer.comfy_key))
+        replace[ATTN2] = table
+        options["patches_replace"] = replace
+        self._options = options
+
+    def detach(self) -> None:
+        """Drop the adapter's patches and give the UNet back its requires_grad flags."""
+        self._options = None
+        self.state.tokens = None
+        if self._grad_flags is not None:
+            for name, param in self.unet.named_parameters():
+                param.requires_grad_(self._grad_flags.get(name, False))
+            self._grad_flags = None
+
+    @torch.no_grad()
+    def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixels [B,3,H,W] in [-1,1] -> the VAE posterior's mean and std, scaled as the MODEL expects."""
+        vae = self.vae
+        comfy.model_management.load_models_gpu([vae.patcher])
+        stage = vae.first_stage_model
+        if isinstance(getattr(stage, "regularization", None), DiagonalGaussianRegularizer) \
+                and getattr(stage, "bn", None) is None and hasattr(stage, "quant_conv"):
+            moments = stage.quant_conv(stage.encoder(pixels.to(vae.device, vae.vae_dtype))).float()
+            mean, logvar = moments.chunk(2, dim=1)
+            std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))  # as the posterior of the SD VAE defines it
+        else:  # another autoencoder: its own encode (the posterior mode), no sampling noise
+            mean = vae.encode(((pixels + 1.0) / 2.0).movedim(1, -1)).float()
+            std = torch.zeros_like(mean)
+        scale = float(self.latent_format.scale_factor)
+        return self.latent_format.process_in(mean).float().cpu(), (std * scale).cpu()
+
+    @torch.no_grad()
+    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
+        """Captions -> CLIP context [B, 77, cross_dim] from the graph's CLIP (clip skip and LoRAs included)."""
+        rows = []
+        for caption in captions:
+            cond = self.clip.encode_from_tokens(self.clip.tokenize(caption))
+            if cond.shape[1] > TEXT_TOKENS:
+                log.warning("Caption %r is longer than 75 tokens; training uses its first 75, as the diffusers "
+                            "back end does.", caption[:60])
+            rows.append(cond[:, :TEXT_TOKENS].float().cpu())
+        return torch.cat(rows)
+
+    def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                      ip_tokens: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+        """The UNet's epsilon prediction, with the image tokens added at `scale` by the attached patches."""
+        # Tokens stay set after the call, as in the diffusers back end; every call sets them anew.
+        self.state.tokens, self.state.scale = ip_tokens, scale
+        options = dict(self._options if self._options is not None
+                       else self.patcher.model_options.get("transformer_options", {}))
+        t = timesteps.to(self.device)
+        options["cond_or_uncond"] = [0]
+        options["sigmas"] = self.sampling.sigmas.to(self.device)[t.long()]
+        return self.unet(noisy.to(self.device, self.dtype), t.float(),
+                         context=text.to(self.device, self.dtype), transformer_options=options)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Not offered in ComfyUI (the node trains without it); logged so a caller sees it was ignored."""
+        log.info("Gradient checkpointing is not used by the ComfyUI back end; training without it.")
+
+
+class ComfyImageEncoder:
+    """A graph's CLIP_VISION seen as the trainer's `ImageFeatureEncoder` (ComfyUI's own preprocessing)."""
+
+    def __init__(self, clip_vision: Any) -> None:
+        self.clip_vision = clip_vision
+        model = clip_vision.model
+        vision = getattr(model, "vision_model", None)
+        projection = getattr(model, "visual_projection", None)
+        weight = getattr(projection, "weight", None)
+        if vision is None or weight is None:
+            raise IPAdapterError(f"The CLIP_VISION given is a {type(model).__name__} without an image projection: "
+                                 "IP-Adapters need a CLIP vision model (ViT-L/14, ViT-H/14, ...).")
+        self.hidden, self.embedding = int(weight.shape[1]), int(weight.shape[0])
+        self.name = f"ComfyUI CLIP_VISION ({self.embedding}-d embedding, {self.hidden}-d hidden states)"
+
+    def feature_width(self, variant: str) -> int:
+        """Embedding width (base) or hidden width (plus)."""
+        return self.embedding if variant == "base" else self.hidden
+
+    @torch.no_grad()
+    def encode_tensor(self, images: torch.Tensor, variant: str) -> torch.Tensor:
+        """IMAGE [B,H,W,C] in 0..1 -> [B, D] image embeddings (base) or [B, N, D] penultimate states (plus)."""
+        out = self.clip_vision.encode_image(images[..., :3])
+        feats = out["image_embeds"] if variant == "base" else out["penultimate_hidden_states"]
+        return feats.float().cpu()
+
+    def encode(self, images: Sequence[Image.Image], variant: str) -> torch.Tensor:
+        """RGB PIL images -> features, float32 on the CPU (one image at a time: sizes may differ)."""
+        return torch.cat([self.encode_tensor(pils_to_tensor([im]), variant) for im in images])
+
+    @torch.no_grad()
+    def dropped(self, variant: str) -> torch.Tensor:
+        """A dropped image as the core defines it: a zero embedding (base), or the hidden states of an
+        all-zero pixel tensor after CLIP normalisation (plus)."""
+        if variant == "base":
+            return torch.zeros(1, self.embedding)
+        cv = self.clip_vision
+        comfy.model_management.load_model_gpu(cv.patcher)
+        pixels = torch.zeros(1, 3, cv.image_size, cv.image_size, device=cv.load_device)
+        return cv.model(pixel_values=pixels, intermediate_output=-2)[1].float().cpu()

@@ -1,0 +1,124 @@
+"""The model folders the pack reads and writes, registered with ComfyUI's `folder_paths` only if missing.
+
+`models/ipadapter` is the folder ComfyUI_IPAdapter_plus also reads: when another pack (or
+extra_model_paths.yaml) registered it first, its entry is left exactly as it is. `models/clip_scorers`
+holds full CLIP models (vision + text) for the Score node.
+"""
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+import folder_paths
+
+from ..ipadapter_train.errors import IPAdapterError
+
+ADAPTERS = "ipadapter"
+SCORERS = "clip_scorers"
+TEXT_ENCODERS = "text_encoders"  # ComfyUI's name for models/text_encoders and models/clip
+ADAPTER_SUFFIXES = (".safetensors", ".bin")
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+MAX_NAME = 120
+
+
+def ensure_model_folders() -> None:
+    """Add `ipadapter` and `clip_scorers` under ComfyUI's models folder, unless already registered."""
+    table = folder_paths.folder_names_and_paths
+    if ADAPTERS not in table:
+        table[ADAPTERS] = ([os.path.join(folder_paths.models_dir, ADAPTERS)], set(ADAPTER_SUFFIXES))
+    if SCORERS not in table:
+        table[SCORERS] = ([os.path.join(folder_paths.models_dir, SCORERS)], {".safetensors"})
+
+
+def _visible(name: str) -> bool:
+    return not any(part.startswith(".") for part in Path(name).parts)
+
+
+def adapter_files() -> list[str]:
+    """Adapter files (.safetensors, .bin) in every registered ipadapter folder, without temp files."""
+    ensure_model_folders()
+    return [n for n in folder_paths.get_filename_list(ADAPTERS)
+            if n.lower().endswith(ADAPTER_SUFFIXES) and _visible(n)]
+
+
+def adapter_path(name: str) -> Path:
+    """The full path of an adapter listed by `adapter_files`."""
+    ensure_model_folders()
+    path = folder_paths.get_full_path(ADAPTERS, name)
+    if path is None:
+        raise IPAdapterError(f"No adapter named {name!r} in {', '.join(folder_paths.get_folder_paths(ADAPTERS))}; "
+                             "refresh the node list or save one with Save IP-Adapter first.")
+    return Path(path)
+
+
+def scorer_choices() -> list[str]:
+    """Full CLIP models: folders with a config.json and .safetensors files in clip_scorers, then models/clip files."""
+    ensure_model_folders()
+    found: list[str] = []
+    for root in folder_paths.get_folder_paths(SCORERS):
+        if not os.path.isdir(root):
+            continue
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "config.json")):
+                found.append(entry.name)
+            elif entry.is_file() and entry.name.lower().endswith(".safetensors"):
+                found.append(entry.name)
+    extra = [n for n in folder_paths.get_filename_list(TEXT_ENCODERS) if n.lower().endswith(".safetensors")]
+    return list(dict.fromkeys(found + extra))
+
+
+def scorer_path(name: str) -> Path:
+    """The file or folder behind a `scorer_choices` entry; clip_scorers wins over models/clip."""
+    ensure_model_folders()
+    relative = os.path.relpath(os.path.join(os.sep, name), os.sep)  # cannot climb out of the folder
+    for root in folder_paths.get_folder_paths(SCORERS):
+        candidate = Path(root) / relative
+        if (candidate.is_dir() and (candidate / "config.json").is_file()) or candidate.is_file():
+            return candidate
+    path = folder_paths.get_full_path(TEXT_ENCODERS, name)
+    if path is None:
+        raise IPAdapterError(f"No CLIP model named {name!r} in models/clip_scorers or models/clip: put a full CLIP "
+                             "model (vision and text towers, e.g. openai/clip-vit-large-patch14) there.")
+    return Path(path)
+
+
+def safe_adapter_name(name: str) -> str:
+    """Check a user-given adapter name and return it without a .safetensors suffix.
+
+    Only a plain file name passes: letters, digits, space, `_`, `-`, `.`; no folder separators, no `..`,
+    not hidden, not a Windows device name. A bad name is refused rather than silently changed, so the
+    user sees what happened.
+    """
+    text = unicodedata.normalize("NFC", (name or "").strip())
+    if text.lower().endswith(".safetensors"):
+        text = text[: -len(".safetensors")].rstrip()
+    problem = None
+    if not text:
+        problem = "it is empty"
+    elif len(text) > MAX_NAME:
+        problem = f"it is longer than {MAX_NAME} characters"
+    elif "/" in text or "\\" in text or ".." in text:
+        problem = "it contains a folder separator or '..'"
+    elif not text[0].isalnum():
+        problem = "it must start with a letter or digit"
+    elif any(not (c.isalnum() or c in " _-.") for c in text):
+        problem = "only letters, digits, spaces, '_', '-' and '.' are allowed"
+    elif text.split(".")[0].lower() in _RESERVED or text.endswith((".", " ")):
+        problem = "it is a reserved file name"
+    if problem:
+        raise IPAdapterError(f"Cannot save an adapter as {name!r}: {problem}. Give a plain name such as "
+                             "'my_adapter'; it is saved in models/ipadapter.")
+    return text
+
+
+def adapter_target(name: str) -> Path:
+    """models/ipadapter/<name>.safetensors for a checked name; the result never leaves that folder."""
+    ensure_model_folders()
+    folder = Path(folder_paths.get_folder_paths(ADAPTERS)[0])
+    target = folder / f"{safe_adapter_name(name)}.safetensors"
+    if os.path.commonpath([os.path.abspath(target), os.path.abspath(folder)]) != os.path.abspath(folder):
+        raise IPAdapterError(f"Cannot save {name!r}: the file would leave {folder}.")
+    return target

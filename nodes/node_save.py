@@ -1,0 +1,74 @@
+"""Save IP-Adapter: writes models/ipadapter/<name>.safetensors, atomically, never silently overwriting."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+
+from comfy_api.latest import io, ui
+
+from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.fileformat import save_adapter
+from .folders import adapter_target
+from .io_types import CATEGORY, IPAdapterTrain
+
+log = logging.getLogger(__name__)
+
+
+def _publish(staged, target, overwrite: bool) -> None:
+    """Move a finished file into place: replace when allowed, else a link that fails if the name exists."""
+    if overwrite:
+        os.replace(staged, target)
+        return
+    try:
+        os.link(staged, target)  # atomic and refuses an existing name, even one created meanwhile
+    except FileExistsError:
+        raise IPAdapterError(f"{target.name} already exists in {target.parent}: choose another name or set "
+                             "overwrite to true.") from None
+    except OSError:  # a file system without hard links
+        if target.exists():
+            raise IPAdapterError(f"{target.name} already exists in {target.parent}: choose another name or set "
+                                 "overwrite to true.") from None
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+class SaveIPAdapter(io.ComfyNode):
+    """Saves an adapter in the official layout (fp16 .safetensors) with the core's metadata."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IPAdapterTrain_Save",
+            display_name="Save IP-Adapter",
+            category=CATEGORY,
+            description="Save an adapter to models/ipadapter (the folder IPAdapter_plus also reads).",
+            inputs=[
+                IPAdapterTrain.Input("adapter", tooltip="The adapter to save, e.g. from Train IP-Adapter."),
+                io.String.Input("name", default="my_adapter",
+                                tooltip="File name without folder: letters, digits, spaces, _ - . only; "
+                                        ".safetensors is added."),
+                io.Boolean.Input("overwrite", default=False,
+                                 tooltip="Replace an existing file of that name (atomically). Off: an existing "
+                                         "name is an error."),
+            ],
+            outputs=[io.String.Output(display_name="path", tooltip="The full path of the saved file.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, adapter, name, overwrite) -> io.NodeOutput:
+        target = adapter_target(name)
+        if target.exists() and not overwrite:
+            raise IPAdapterError(f"{target.name} already exists in {target.parent}: choose another name or set "
+                                 "overwrite to true.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged = target.with_name(f".{target.stem}.{secrets.token_hex(6)}.staged.safetensors")
+        try:
+            save_adapter(adapter.state_dict(), staged, getattr(adapter, "metadata", None))
+            _publish(staged, target, bool(overwrite))
+        finally:
+            staged.unlink(missing_ok=True)
+        log.info("Saved IP-Adapter to %s", target)
+        return io.NodeOutput(str(target), ui=ui.PreviewText(str(target)))

@@ -1,0 +1,105 @@
+"""Train IP-Adapter: trains an adapter on the MODEL, CLIP, VAE and CLIP_VISION the graph already loaded."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from comfy_api.latest import io
+from comfy_execution.utils import get_executing_context
+
+from ..ipadapter_train.config import TrainConfig
+from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.report import plot_losses
+from .comfy_backend import ComfyImageEncoder
+from .comfy_layers import check_adapter_fits
+from .images import pils_to_tensor
+from .io_types import CATEGORY, IPAdapterTrain
+from .runs import PromptServer
+from .training import report_text, samples_from_images, train_in_graph
+
+log = logging.getLogger(__name__)
+
+
+def _ids(hidden) -> tuple[str, str]:
+    """(node id, prompt id) of the running node; empty strings when called outside a prompt."""
+    context = get_executing_context()
+    node = getattr(hidden, "unique_id", None) or (context.node_id if context else None)
+    prompt = context.prompt_id if context else None
+    if prompt is None:
+        prompt = getattr(getattr(PromptServer, "instance", None), "last_prompt_id", None)
+    return str(node or ""), str(prompt or "")
+
+
+class TrainIPAdapter(io.ComfyNode):
+    """Trains image_proj + to_k_ip/to_v_ip with the core's loop on the graph's own (frozen) models.
+
+    Cancel (the Cancel button or POST /interrupt) stops within one step; the node then returns the
+    adapter trained so far instead of failing, so the rest of the graph (Save, Apply) still runs with it.
+    """
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="IPAdapterTrain_Train",
+            display_name="Train IP-Adapter",
+            category=CATEGORY,
+            description="Train an IP-Adapter on the loaded checkpoint (no second copy; LoRAs on MODEL stay "
+                        "applied). Cancel returns the adapter trained so far and the graph continues with it.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SD1.5 MODEL to train against, from Load Checkpoint "
+                                                "(LoRAs already applied to it stay applied). It stays frozen."),
+                io.Clip.Input("clip", tooltip="The CLIP text encoder of the same checkpoint: it encodes the captions."),
+                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint: it encodes the training images."),
+                io.ClipVision.Input("clip_vision", tooltip="The image encoder the adapter reads, from Load CLIP "
+                                                          "Vision; use the same one with Apply IP-Adapter later."),
+                io.Image.Input("images", tooltip="The training images (a batch), e.g. from Load Training Images."),
+                io.String.Input("captions", force_input=True,
+                                tooltip="One caption per line in image order, or a single line for all images."),
+                io.Combo.Input("variant", options=["base", "plus"], default="base",
+                               tooltip="base: 4 tokens from the CLIP image embedding. plus: 16 tokens from a "
+                                       "Resampler over CLIP's penultimate hidden states (more detail, slower)."),
+                io.Int.Input("steps", default=50, min=1, max=100000,
+                             tooltip="Optimizer steps to train."),
+                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False,
+                               tooltip="AdamW learning rate; the reference recipe uses 0.0001."),
+                io.Int.Input("batch_size", default=1, min=1, max=64,
+                             tooltip="Images per step; each step draws them from the shuffled set."),
+                io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
+                             tooltip="Training resolution in pixels (multiple of 8); images are resized so "
+                                     "their short side is this and centre-cropped."),
+                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seed of every random draw (batches, noise, timesteps, dropout)."),
+                io.Int.Input("checkpoint_every", default=0, min=0, max=100000,
+                             tooltip="Write a resumable checkpoint to the run folder every N steps; 0 = off."),
+                IPAdapterTrain.Input("init_adapter", optional=True,
+                                     tooltip="Optional adapter to fine-tune (from Load IP-Adapter or another "
+                                             "Train node); small data sets should fine-tune a pretrained one."),
+            ],
+            outputs=[
+                IPAdapterTrain.Output(display_name="adapter",
+                                      tooltip="The trained adapter (usable by Apply IP-Adapter without saving)."),
+                io.Image.Output(display_name="loss_plot", tooltip="The loss curve."),
+                io.String.Output(display_name="report", tooltip="A summary and the run's report.json."),
+            ],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
+                resolution, seed, checkpoint_every, init_adapter=None) -> io.NodeOutput:
+        samples = samples_from_images(images, captions)
+        if init_adapter is not None:
+            if init_adapter.spec.variant != variant:
+                raise IPAdapterError(f"init_adapter is a {init_adapter.spec.variant} adapter but variant is "
+                                     f"{variant}: set variant to {init_adapter.spec.variant}.")
+            encoder = ComfyImageEncoder(clip_vision)
+            check_adapter_fits(init_adapter, encoder.feature_width(variant), encoder.name, model, "init_adapter")
+        config = TrainConfig(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                             resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every)
+        config.validate()
+        node_id, prompt_id = _ids(cls.hidden)
+        adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
+                                         init_adapter)
+        plot = pils_to_tensor([plot_losses(result.losses)])
+        return io.NodeOutput(adapter, plot, report_text(result))

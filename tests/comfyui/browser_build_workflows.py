@@ -1,0 +1,224 @@
+"""Builds the shipped workflows/*.json in the real ComfyUI frontend, then renders their thumbnails.
+
+    python tests/comfyui/browser_build_workflows.py            # against this checkout's nodes
+    python tests/comfyui/browser_build_workflows.py --pack DIR # against another pack folder (same node ids)
+
+Each graph below is created node by node in the page (LiteGraph.createNode, connect, widget values),
+laid out in columns from the nodes' real sizes, and saved with `app.graph.serialize()`: exactly what
+the editor's Save writes, so the files stay in the format the frontend of this ComfyUI expects.
+Widget values are defaults for users (512 px, the SD1.5 and ViT-H file names people download); tests
+override them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import browser_server as bs  # noqa: E402
+import browser_thumbnails  # noqa: E402
+
+WORKFLOWS_DIR = bs.ROOT / "workflows"
+CKPT = "v1-5-pruned-emaonly.safetensors"
+CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+POSITIVE = "a photo of a cat sitting in a sunlit garden, best quality"
+NEGATIVE = "blurry, low quality, watermark, text"
+
+
+# Output order of the pack's nodes (nodes/CONTRACT.md). A V3 output's slot name is its display_name, or
+# its type when it has none, so links to these nodes fall back to the index.
+CONTRACT_OUTPUTS = {
+    "IPAdapterTrain_LoadTrainingImages": ["images", "captions", "report"],
+    "IPAdapterTrain_Train": ["adapter", "loss_plot", "report"],
+    "IPAdapterTrain_Save": ["path"],
+    "IPAdapterTrain_Load": ["adapter"],
+    "IPAdapterTrain_Apply": ["model"],
+    "IPAdapterTrain_Score": ["scores", "table"],
+}
+
+
+def N(key, type_, col, widgets=None, title=None, width=None, height=None):  # noqa: N802 - a table row
+    return {"key": key, "type": type_, "col": col, "widgets": widgets or {}, "title": title, "width": width,
+            "height": height}
+
+
+def checkpoint(col=0):
+    return N("ckpt", "CheckpointLoaderSimple", col, {"ckpt_name": CKPT})
+
+
+def clip_vision(col=0):
+    return N("clipv", "CLIPVisionLoader", col, {"clip_name": CLIP_VISION})
+
+
+def training_images(col=0):
+    return N("images", "IPAdapterTrain_LoadTrainingImages", col,
+             {"folder": "", "path": "", "prompt": "", "resolution": 512})
+
+
+def train(col=1):
+    return N("train", "IPAdapterTrain_Train", col,
+             {"variant": "base", "steps": 50, "learning_rate": 1e-4, "batch_size": 1, "resolution": 512,
+              "seed": 42, "control_after_generate": "fixed", "checkpoint_every": 0}, width=360)
+
+
+def generation(col_apply, col_sampler, col_out, model_from, ref_title="Reference image"):
+    nodes = [
+        N("ref", "LoadImage", 0, {"image": "example.png"}, title=ref_title),
+        N("apply", "IPAdapterTrain_Apply", col_apply, {"weight": 1.0, "start_at": 0.0, "end_at": 1.0}),
+        N("pos", "CLIPTextEncode", col_apply, {"text": POSITIVE}, title="Positive prompt", width=340),
+        N("neg", "CLIPTextEncode", col_apply, {"text": NEGATIVE}, title="Negative prompt", width=340),
+        N("latent", "EmptyLatentImage", col_apply, {"width": 512, "height": 512, "batch_size": 1}),
+        N("sampler", "KSampler", col_sampler,
+          {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m",
+           "scheduler": "karras", "denoise": 1.0}),
+        N("decode", "VAEDecode", col_out, width=200),
+    ]
+    links = [
+        ("ckpt", "MODEL", "apply", "model"), (model_from, "adapter", "apply", "adapter"),
+        ("clipv", "CLIP_VISION", "apply", "clip_vision"), ("ref", "IMAGE", "apply", "image"),
+        ("ckpt", "CLIP", "pos", "clip"), ("ckpt", "CLIP", "neg", "clip"),
+        ("apply", "model", "sampler", "model"), ("pos", "CONDITIONING", "sampler", "positive"),
+        ("neg", "CONDITIONING", "sampler", "negative"), ("latent", "LATENT", "sampler", "latent_image"),
+        ("sampler", "LATENT", "decode", "samples"), ("ckpt", "VAE", "decode", "vae"),
+    ]
+    return nodes, links
+
+
+def specs() -> dict[str, dict]:
+    train_nodes = [checkpoint(), clip_vision(), training_images(), train(),
+                   N("save", "IPAdapterTrain_Save", 2, {"name": "my_adapter", "overwrite": False}),
+                   N("loss", "PreviewImage", 2, title="Loss curve", width=300, height=260),
+                   N("report", "PreviewAny", 2, title="Training report", width=360)]
+    train_links = [("ckpt", "MODEL", "train", "model"), ("ckpt", "CLIP", "train", "clip"),
+                   ("ckpt", "VAE", "train", "vae"), ("clipv", "CLIP_VISION", "train", "clip_vision"),
+                   ("images", "images", "train", "images"), ("images", "captions", "train", "captions"),
+                   ("train", "adapter", "save", "adapter"), ("train", "loss_plot", "loss", "images"),
+                   ("train", "report", "report", "source")]
+
+    gen_nodes, gen_links = generation(1, 2, 3, "load")
+    apply_nodes = [checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
+                                                  {"adapter_name": "my_adapter.safetensors"})]
+    apply_nodes += gen_nodes + [N("out", "SaveImage", 3, {"filename_prefix": "ipadapter_train/apply"}, width=320, height=360)]
+    apply_links = gen_links + [("decode", "IMAGE", "out", "images")]
+
+    tta_gen, tta_gen_links = generation(2, 3, 4, "train")
+    tta_nodes = [checkpoint(), clip_vision(), training_images(), train(col=1),
+                 N("save", "IPAdapterTrain_Save", 1, {"name": "my_adapter", "overwrite": False})]
+    tta_nodes += tta_gen + [N("loss", "PreviewImage", 4, title="Loss curve", width=300, height=260),
+                            N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/trained"}, width=320, height=360)]
+    tta_links = train_links[:7] + tta_gen_links + [("train", "loss_plot", "loss", "images"),
+                                                   ("decode", "IMAGE", "out", "images")]
+
+    score_gen, score_gen_links = generation(1, 2, 2, "load")
+    score_nodes = [checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
+                                                  {"adapter_name": "my_adapter.safetensors"})]
+    score_nodes += score_gen + [
+        N("score", "IPAdapterTrain_Score", 3,
+          {"scorer": "clip-vit-large-patch14.safetensors", "prompt": POSITIVE}, width=340),
+        N("out", "SaveImage", 3, {"filename_prefix": "ipadapter_train/scored"}, width=320, height=360),
+        N("scores", "PreviewAny", 4, title="Scores", width=360),
+        N("table", "PreviewImage", 4, title="Score table", width=360, height=200),
+    ]
+    score_links = score_gen_links + [("decode", "IMAGE", "score", "images"), ("ref", "IMAGE", "score", "reference"),
+                                     ("decode", "IMAGE", "out", "images"), ("score", "scores", "scores", "source"),
+                                     ("score", "table", "table", "images")]
+    return {
+        "train_ip_adapter": {"nodes": train_nodes, "links": train_links, "outputs": CONTRACT_OUTPUTS},
+        "apply_ip_adapter": {"nodes": apply_nodes, "links": apply_links, "outputs": CONTRACT_OUTPUTS},
+        "train_then_apply": {"nodes": tta_nodes, "links": tta_links, "outputs": CONTRACT_OUTPUTS},
+        "score": {"nodes": score_nodes, "links": score_links, "outputs": CONTRACT_OUTPUTS},
+    }
+
+
+BUILD_JS = """
+async (spec) => {
+  const app = window.comfyAPI.app.app;
+  const LG = window.LiteGraph;
+  app.graph.clear();
+  const made = {};
+  for (const n of spec.nodes) {
+    const node = LG.createNode(n.type);
+    if (!node) throw new Error('unknown node type ' + n.type);
+    if (n.title) node.title = n.title;
+    app.graph.add(node);
+    for (const [name, value] of Object.entries(n.widgets)) {
+      const w = (node.widgets || []).find((w) => w.name === name);
+      if (!w) throw new Error(n.type + ' has no widget ' + name);
+      w.value = value;
+    }
+    made[n.key] = node;
+  }
+  for (const [a, out, b, inp] of spec.links) {
+    const A = made[a], B = made[b];
+    let o = A.outputs.findIndex((s) => s.name === out);
+    if (o < 0) o = (spec.outputs[A.type] || []).indexOf(out);
+    const i = B.inputs.findIndex((s) => s.name === inp);
+    if (o < 0 || i < 0) throw new Error(`no slot ${a}.${out} -> ${b}.${inp}`);
+    if (!A.connect(o, B, i)) throw new Error(`could not connect ${a}.${out} -> ${b}.${inp}`);
+  }
+  // Columns left to right, nodes stacked in spec order, from their real sizes.
+  const TITLE = LG.NODE_TITLE_HEIGHT, GAP_X = 60, GAP_Y = 40 + TITLE;
+  const cols = {};
+  for (const n of spec.nodes) {
+    const node = made[n.key];
+    const size = node.computeSize();
+    node.setSize([Math.ceil(Math.max(node.size[0], size[0], n.width || 0)),
+                  Math.ceil(Math.max(node.size[1], size[1], n.height || 0))]);
+    (cols[n.col] ??= []).push(node);
+  }
+  let x = 0;
+  for (const c of Object.keys(cols).map(Number).sort((p, q) => p - q)) {
+    let y = 0, w = 0;
+    for (const node of cols[c]) {
+      node.pos = [Math.round(x), Math.round(y + TITLE)];
+      y += node.size[1] + GAP_Y;
+      w = Math.max(w, node.size[0]);
+    }
+    x += w + GAP_X;
+  }
+  const data = app.graph.serialize();
+  // Open centred with a margin, at a zoom that shows the whole graph on a 1600x900 screen.
+  const xs = data.nodes.flatMap((n) => [n.pos[0], n.pos[0] + n.size[0]]);
+  const ys = data.nodes.flatMap((n) => [n.pos[1] - TITLE, n.pos[1] + n.size[1]]);
+  const gw = Math.max(...xs) - Math.min(...xs), gh = Math.max(...ys) - Math.min(...ys);
+  const scale = Math.min(1, 1450 / gw, 720 / gh);
+  data.extra = { ...(data.extra || {}), ds: { scale: +scale.toFixed(3),
+    offset: [+(80 / scale - Math.min(...xs)).toFixed(1), +(120 / scale - Math.min(...ys)).toFixed(1)] } };
+  return JSON.stringify(data);
+}
+"""
+
+
+def build(out_dir: Path, pack: Path) -> list[Path]:
+    written = []
+    with tempfile.TemporaryDirectory(prefix="ipt-build-") as tmp:
+        tmp = Path(tmp)
+        with bs.comfy_server(tmp / "base", {}, pack=pack) as srv, bs.chromium() as page:
+            bs.open_comfy(page, srv)
+            for name, spec in specs().items():
+                data = json.loads(page.evaluate(BUILD_JS, spec))
+                data["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ipadapter-train/workflows/{name}"))
+                path = out_dir / f"{name}.json"
+                path.write_text(json.dumps(data, indent=2) + "\n")
+                written.append(path)
+                print("wrote", path)
+    for path in written:
+        print("wrote", browser_thumbnails.render(path))
+    return written
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", type=Path, default=bs.ROOT, help="pack folder to load (default: this checkout)")
+    ap.add_argument("--out", type=Path, default=WORKFLOWS_DIR)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    build(args.out, args.pack.resolve())
+
+
+if __name__ == "__main__":
+    main()

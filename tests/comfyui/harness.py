@@ -1,0 +1,167 @@
+"""Start and drive a real ComfyUI server for the integration tests (no conftest here on purpose:
+test modules import the fixtures they use from this module).
+
+The server is the unmodified ComfyUI 0.3.75 that `tests/comfyui/setup_comfyui.sh` puts in
+`.comfyui/ComfyUI`; it runs headless on the CPU with this repository linked into `custom_nodes/`.
+It is started and stopped by PID, so a failing test never leaves it running.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COMFY_DIR = ROOT / ".comfyui" / "ComfyUI"
+PACK_NAME = "ipadapter-train"
+
+
+def require_comfyui() -> None:
+    """Fail (not skip) when ComfyUI is missing: CI installs it, so a missing copy is a setup bug."""
+    if not (COMFY_DIR / "main.py").is_file():
+        pytest.fail(f"ComfyUI is not installed at {COMFY_DIR}: run tests/comfyui/setup_comfyui.sh first.")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    """One ComfyUI process with its own base directory, models and log file."""
+
+    def __init__(self, base: Path, models: dict[str, list[Path]] | None = None, pack: Path = ROOT) -> None:
+        self.base = Path(base)
+        self.pack = Path(pack)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.base / "comfyui.log"
+        self.models = models or {}
+        self.proc: subprocess.Popen | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, timeout: float = 180) -> "ComfyServer":
+        require_comfyui()
+        (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+        link = self.base / "custom_nodes" / PACK_NAME
+        if not link.exists():
+            link.symlink_to(self.pack, target_is_directory=True)
+        models_root = self.base / "models"
+        for sub in ("input", "output", "temp", "user"):
+            (self.base / sub).mkdir(exist_ok=True)
+        for folder, files in self.models.items():
+            (models_root / folder).mkdir(parents=True, exist_ok=True)
+            for f in files:
+                target = models_root / folder / Path(f).name
+                if not target.exists():
+                    target.symlink_to(Path(f).resolve())
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--disable-api-nodes", "--dont-print-server",
+               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                self.get("/system_stats")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f} s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- HTTP API ----------------------------------------------------------------------------
+    def request(self, path: str, body: Any = None, timeout: float = 30) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw and raw[:1] in (b"{", b"[") else raw
+
+    def get(self, path: str) -> Any:
+        return self.request(path)
+
+    def object_info(self) -> dict[str, Any]:
+        return self.request("/object_info", timeout=120)
+
+    def queue(self, prompt: dict[str, Any]) -> str:
+        """POST /prompt; returns the prompt id (raises with the server's answer on a validation error)."""
+        try:
+            return self.request("/prompt", {"prompt": prompt, "client_id": "tests"})["prompt_id"]
+        except urllib.error.HTTPError as err:
+            raise AssertionError(f"/prompt refused the graph: {err.read().decode(errors='replace')}") from None
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict[str, Any]:
+        """Poll /history until the prompt finished; return its entry (status, outputs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                entry = history[prompt_id]
+                if entry["status"].get("status_str") in ("success", "error"):
+                    return entry
+            if not self.alive():
+                raise AssertionError(f"ComfyUI died while running {prompt_id}:\n{self.log()[-4000:]}")
+            time.sleep(0.3)
+        raise AssertionError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
+
+    def interrupt(self) -> None:
+        self.request("/interrupt", {})
+
+
+def status_messages(entry: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The payloads of one message kind (e.g. "execution_error") in a history entry."""
+    return [payload for name, payload in entry.get("status", {}).get("messages", []) if name == kind]
+
+
+@pytest.fixture(scope="session")
+def test_models(tmp_path_factory) -> dict[str, Path]:
+    """Random-weight SD1.5 (tiny, ComfyUI-detectable) and ViT-L CLIP vision files from make-test-models."""
+    out = tmp_path_factory.mktemp("comfy-models")
+    r = subprocess.run([sys.executable, "-m", "ipadapter_train", "make-test-models", str(out), "--size", "tiny",
+                        "--vision", "vit-l"], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    return {k: Path(v) for k, v in json.loads(r.stdout).items()}
+
+
+@pytest.fixture(scope="session")
+def comfy(tmp_path_factory, test_models) -> ComfyServer:
+    """A running server with the pack and the test models; stopped at the end of the session."""
+    base = tmp_path_factory.mktemp("comfy-base")
+    server = ComfyServer(base, {"checkpoints": [test_models["sd15"]], "clip_vision": [test_models["clip_vision"]]})
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,240 @@
+"""The web extension in a real browser: headless Debian Chromium (Playwright) against the real ComfyUI
+frontend served by a real ComfyUI server with this pack, on CPU with random-weight test models.
+
+    python -m pytest -q tests/comfyui/test_browser.py -s   # -s shows where the screenshots go
+
+- every shipped workflow loads in the editor, uses only registered node types, has its thumbnail, and
+  converts to the same API prompt with `browser_workflow_api.editor_to_api` as with the editor's own
+  `app.graphToPrompt()`;
+- the training workflow, queued with the Run button, draws the live loss chart and "step X/Y, ETA" on
+  the Train node; the page is reloaded mid-run and the chart comes back with the steps it missed (from
+  GET /ipadapter_train/runs) and keeps following; Cancel (POST /interrupt) ends it. Screenshots are
+  saved under tests/artifacts/browser/.
+
+Skipped only when /usr/bin/chromium is missing (`apt-get install -y chromium`). Needs `pip install
+playwright` (its Python package only: the Debian browser is used, `playwright install` is never run)
+and ComfyUI installed by tests/comfyui/setup_comfyui.sh.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import browser_server as bs  # noqa: E402
+from harness import ComfyServer, test_models  # noqa: E402,F401 (fixture)
+from browser_workflow_api import WORKFLOWS_DIR, editor_to_api, load_workflow  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not Path(bs.CHROMIUM).exists(),
+                                reason=f"{bs.CHROMIUM} not found: apt-get install -y chromium")
+
+ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
+SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
+TRAIN_FOLDER = "ipadapter_train_samples"
+CHART = ".ipadapter-train-chart"
+SHIPPED = ["train_ip_adapter", "apply_ip_adapter", "train_then_apply", "score"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, test_models):
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        pytest.fail("the browser test needs Playwright's Python package: pip install playwright "
+                    "(never `playwright install`: the test drives /usr/bin/chromium)")
+    base = tmp_path_factory.mktemp("browser") / "base"
+    (base / "input" / TRAIN_FOLDER).mkdir(parents=True)
+    for f in sorted(SAMPLES.iterdir()):
+        if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
+            shutil.copy(f, base / "input" / TRAIN_FOLDER / f.name)
+    srv = ComfyServer(base, {"checkpoints": [test_models["sd15"]], "clip_vision": [test_models["clip_vision"]]})
+    srv.start()
+    yield srv
+    srv.stop()
+    log = srv.log()
+    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
+
+
+@pytest.fixture
+def page(server):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    print(f"\nbrowser test artefacts: {ARTIFACTS}")
+    with bs.chromium() as pg:
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+        pg.on("console", lambda m: errors.append(f"console.{m.type}: {m.text}")
+              if m.type in ("error", "warning") and "ipadapter_train" in m.text else None)
+        bs.open_comfy(pg, server)
+        pg.ipt_errors = errors
+        yield pg
+        # Events that arrive between the socket opening and the extensions' setup() are reported by the
+        # frontend as "Unhandled message ... Unknown message type": harmless, /runs covers them.
+        ours = [e for e in errors if ("ipadapter_train" in e or "ipadapter-train" in e)
+                and "Unknown message type" not in e]
+        assert not ours, "\n".join(ours)
+
+
+def load_in_editor(page, server, name: str) -> dict:
+    """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it."""
+    wf = page.evaluate("""async ([pack, name]) => {
+        const res = await window.comfyAPI.api.api.fetchApi(`/workflow_templates/${pack}/${name}.json`);
+        if (!res.ok) throw new Error(`template ${name}: HTTP ${res.status}`);
+        const wf = await res.json();
+        await window.comfyAPI.app.app.loadGraphData(wf, true, true, name);
+        return wf;
+    }""", [bs.PACK_DIR_NAME, name])
+    page.wait_for_function("(n) => window.comfyAPI.app.app.graph._nodes.length === n", arg=len(wf["nodes"]))
+    return wf
+
+
+def set_widgets(page, values: dict[str, dict]) -> None:
+    """{node type: {widget name: value}} on every node of that type in the open graph."""
+    missing = page.evaluate("""(values) => {
+        const missing = [];
+        for (const [type, widgets] of Object.entries(values)) {
+            const nodes = window.comfyAPI.app.app.graph._nodes.filter((n) => n.type === type);
+            if (!nodes.length) missing.push(type);
+            for (const node of nodes) for (const [name, v] of Object.entries(widgets)) {
+                const w = node.widgets.find((w) => w.name === name);
+                if (!w) { missing.push(type + '.' + name); continue; }
+                w.value = v;
+                w.callback?.(v);
+            }
+        }
+        window.comfyAPI.app.app.graph.setDirtyCanvas(true, true);
+        return missing;
+    }""", values)
+    assert not missing, f"not in the graph: {missing}"
+
+
+def chart_state(page) -> dict | None:
+    return page.evaluate(f"""() => {{
+        const el = document.querySelector('{CHART}');
+        if (!el) return null;
+        const r = el.getBoundingClientRect();
+        return {{...el.dataset, text: el.querySelector('.ipadapter-train-status')?.textContent ?? '',
+                 visible: r.width > 0 && r.height > 0 && getComputedStyle(el).visibility !== 'hidden'}};
+    }}""")
+
+
+def wait_chart(page, predicate, timeout: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = chart_state(page)
+        if state and predicate(state):
+            return state
+        page.wait_for_timeout(250)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the chart to {what}; last state: {state}")
+
+
+def focus_train_node(page) -> None:
+    """Zoom to 1 around the Train node so the chart is drawn at full size for the screenshot."""
+    page.evaluate("""() => {
+        const app = window.comfyAPI.app.app;
+        const node = app.graph._nodes.find((n) => n.type === 'IPAdapterTrain_Train');
+        const ds = app.canvas.ds;
+        ds.scale = 1;
+        ds.offset[0] = -node.pos[0] + 420;
+        ds.offset[1] = -node.pos[1] + 140;
+        app.canvas.setDirty(true, true);
+    }""")
+    page.wait_for_timeout(300)
+
+
+def strip(prompt: dict, object_info: dict) -> dict:
+    """class_type and the inputs the server reads (the editor also sends its display-only widgets)."""
+    def known(node):
+        spec = object_info[node["class_type"]]["input"]
+        return {**spec.get("required", {}), **spec.get("optional", {})}
+    return {k: {"class_type": v["class_type"], "inputs": {i: x for i, x in v["inputs"].items() if i in known(v)}}
+            for k, v in prompt.items()}
+
+
+def test_shipped_workflows_load_and_convert_like_the_editor(server, page):
+    object_info = server.object_info()
+    for name in SHIPPED:
+        assert (WORKFLOWS_DIR / f"{name}.jpg").is_file(), f"workflows/{name}.jpg (thumbnail) is missing"
+        wf = load_in_editor(page, server, name)
+        assert wf == load_workflow(name)
+        unknown = sorted({n["type"] for n in wf["nodes"]} - set(object_info))
+        assert not unknown, f"{name}: node types not registered: {unknown}"
+        editor = page.evaluate("async () => (await window.comfyAPI.app.app.graphToPrompt()).output")
+        ours = editor_to_api(wf, object_info)
+        assert strip(ours, object_info) == strip(editor, object_info), \
+            f"{name}: editor_to_api differs from the editor's graphToPrompt"
+        # the chart widget is not an input: it must not reach the prompt
+        for node in editor.values():
+            assert "loss_chart" not in node["inputs"]
+
+
+def test_loss_chart_follows_training_and_survives_reload(server, page):
+    load_in_editor(page, server, "train_ip_adapter")
+    set_widgets(page, {
+        "CheckpointLoaderSimple": {"ckpt_name": bs.CHECKPOINT},
+        "CLIPVisionLoader": {"clip_name": bs.CLIP_VISION},
+        "IPAdapterTrain_LoadTrainingImages": {"folder": TRAIN_FOLDER, "resolution": 64},
+        # many steps so that the run is still going after the reload; it is cancelled at the end
+        "IPAdapterTrain_Train": {"steps": 5000, "resolution": 64, "batch_size": 1},
+        "IPAdapterTrain_Save": {"name": "browser_test"},
+    })
+    before = chart_state(page)
+    assert before and before["state"] == "idle", before
+    train_id = page.evaluate("() => String(window.comfyAPI.app.app.graph._nodes"
+                             ".find((n) => n.type === 'IPAdapterTrain_Train').id)")
+
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as resp:
+        page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
+    body = resp.value.json()
+    assert "prompt_id" in body, body
+    prompt_id = body["prompt_id"]
+
+    try:
+        live = wait_chart(page, lambda s: int(s["step"]) >= 2 and s["state"] == "running", 300,
+                          "show training steps")
+        assert live["nodeId"] == train_id
+        assert live["text"].startswith("step ") and "/5000" in live["text"] and "ETA" in live["text"], live
+        assert int(live["points"]) >= 2
+        focus_train_node(page)
+        page.screenshot(path=str(ARTIFACTS / "loss_chart_live.png"))
+
+        runs_url = lambda r: r.url == server.url + "/api/ipadapter_train/runs"  # noqa: E731 - via api.fetchApi
+        with page.expect_request(runs_url, timeout=90_000):
+            page.reload(wait_until="domcontentloaded")
+            bs.open_comfy(page, server)
+        # the restored workflow has the same node; its chart is redrawn from /ipadapter_train/runs,
+        # including the steps that ran while the page was away
+        after = wait_chart(page, lambda s: int(s["points"]) >= int(live["step"]), 60, "come back after the reload")
+        assert after["nodeId"] == train_id
+        assert after["state"] == "running", f"the run ended before the reload check: {after}"
+        runs = server.get("/ipadapter_train/runs")["runs"]
+        assert runs[train_id]["prompt_id"] == prompt_id
+        # and it keeps following the events
+        later = wait_chart(page, lambda s: int(s["step"]) > int(after["step"]), 120, "keep following after the reload")
+        assert later["visible"]
+        # a dropped websocket: the page reconnects and asks for the runs again
+        with page.expect_request(runs_url, timeout=30_000):
+            page.evaluate("() => window.comfyAPI.api.api.socket.close()")
+        wait_chart(page, lambda s: s["state"] == "running" and int(s["points"]) >= int(later["step"]), 30,
+                   "stay whole after a reconnect")
+        focus_train_node(page)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "loss_chart_after_reload.png"))
+    finally:
+        server.interrupt()
+
+    # "cancelled" when the node returns the adapter trained so far (its done event says so); "stopped"
+    # when the run ended short of its steps otherwise: either way it no longer claims to run
+    done = wait_chart(page, lambda s: s["state"] in ("cancelled", "stopped"), 180, "show the cancelled run")
+    assert int(done["step"]) < 5000 and "ETA" not in done["text"], done
+    page.screenshot(path=str(ARTIFACTS / "loss_chart_cancelled.png"))
+    (ARTIFACTS / "loss_chart_states.json").write_text(json.dumps(
+        {"live": live, "after_reload": after, "later": later, "end": done}, indent=2))
+    deadline = time.monotonic() + 120
+    while server.get("/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.5)

@@ -1,0 +1,220 @@
+"""The two back ends agree: on the same synthetic single-file SD1.5 and the same adapter weights,
+ComfyUI's model (patched by Apply, or driven by the training back end) and the core's diffusers path
+predict the same noise. Also: weight 0 is the unpatched model, chained Apply patches add up, start/end
+gating, LoRAs on MODEL stay applied, and a mismatched adapter is refused before sampling."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_nodes_support import comfy_models, comfy_or_skip, diffusers_sd15, pack, random_adapter
+
+comfy_or_skip()
+
+import comfy.model_management  # noqa: E402
+
+ATOL, RTOL = 1e-4, 1e-4
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return comfy_models()
+
+
+@pytest.fixture(scope="module")
+def layers(graph):
+    return pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
+
+
+@pytest.fixture(scope="module")
+def diffusers_backend():
+    return pack("ipadapter_train.diffusers_backend").DiffusersBackend(diffusers_sd15())
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    gen = torch.Generator().manual_seed(0)
+    return {"noisy": torch.randn(2, 4, 8, 8, generator=gen), "t": torch.tensor([100, 700]),
+            "text": torch.randn(2, 77, 768, generator=gen), "image": torch.rand(2, 64, 80, 3, generator=gen)}
+
+
+def comfy_eps(model, noisy, t, text, cond_or_uncond=(0, 0)):
+    """Epsilon from ComfyUI's own apply_model, with transformer_options built as comfy.samplers does."""
+    sampling = model.get_model_object("model_sampling")
+    sigma = sampling.sigmas[t]
+    x = noisy * (sigma ** 2 + 1).sqrt().view(-1, 1, 1, 1)
+    options = dict(model.model_options.get("transformer_options", {}))
+    options.update(cond_or_uncond=list(cond_or_uncond), sigmas=sigma)
+    with torch.inference_mode():
+        comfy.model_management.load_models_gpu([model])
+        denoised = model.model.apply_model(x, sigma, c_crossattn=text, transformer_options=options)
+    return (x - denoised) / sigma.view(-1, 1, 1, 1)
+
+
+def diffusers_eps(backend, adapter, noisy, t, text, tokens, scale=1.0):
+    with torch.no_grad():
+        backend.attach(adapter)
+        try:
+            return backend.predict_noise(noisy, t, text, tokens, scale)
+        finally:
+            backend.detach()
+
+
+def apply(graph, adapter, image, weight=1.0, start_at=0.0, end_at=1.0, model=None, negative=None):
+    node = pack("nodes.node_apply").ApplyIPAdapter
+    with torch.inference_mode():
+        return node.execute(model or graph["model"], adapter, graph["clip_vision"], image, weight, start_at, end_at,
+                            negative).args[0]
+
+
+def features(graph, variant, image):
+    encoder = pack("nodes.comfy_backend").ComfyImageEncoder(graph["clip_vision"])
+    with torch.inference_mode():
+        return encoder.encode_tensor(image, variant).mean(0, keepdim=True).clone(), encoder.dropped(variant).clone()
+
+
+@pytest.mark.parametrize("variant,width", [("base", 768), ("plus", 1024)])
+def test_apply_patched_comfyui_model_predicts_the_noise_of_the_diffusers_path(graph, layers, diffusers_backend,
+                                                                             inputs, variant, width):
+    adapter = random_adapter(variant, width, layers)
+    patched = apply(graph, adapter, inputs["image"], weight=0.8)
+    feats, dropped = features(graph, variant, inputs["image"])
+    with torch.no_grad():
+        cond, uncond = adapter.project(feats), adapter.project(dropped)
+    noisy, t, text = inputs["noisy"], inputs["t"], inputs["text"]
+    # ComfyUI batches [uncond; cond] rows (cond_or_uncond = [1, 0]); diffusers gets the matching tokens
+    ours = comfy_eps(patched, noisy, t, text, cond_or_uncond=(1, 0))
+    theirs = diffusers_eps(diffusers_backend, adapter, noisy, t, text, torch.cat([uncond, cond]), scale=0.8)
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+    plain = comfy_eps(graph["model"], noisy, t, text)
+    assert (ours - plain).abs().max() > 1e-2  # the adapter really acts
+
+
+def test_training_backend_predicts_the_noise_of_the_diffusers_backend(graph, layers, diffusers_backend, inputs):
+    backend_mod = pack("nodes.comfy_backend")
+    adapter = random_adapter("base", 768, layers, seed=3)
+    tokens = adapter.project(torch.randn(2, 768, generator=torch.Generator().manual_seed(5)))
+    with torch.inference_mode(False), torch.no_grad():
+        backend = backend_mod.ComfyBackend(graph["model"], graph["clip"], graph["vae"])
+        backend.attach(adapter)
+        try:
+            ours = backend.predict_noise(inputs["noisy"], inputs["t"], inputs["text"], tokens)
+            off = backend.predict_noise(inputs["noisy"], inputs["t"], inputs["text"], None)
+        finally:
+            backend.detach()
+    theirs = diffusers_eps(diffusers_backend, adapter, inputs["noisy"], inputs["t"], inputs["text"], tokens)
+    torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(off, comfy_eps(graph["model"], inputs["noisy"], inputs["t"], inputs["text"]),
+                               atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(backend.alphas_cumprod, diffusers_backend.alphas_cumprod, atol=1e-6, rtol=1e-5)
+
+
+def test_training_backend_encoders_match_the_diffusers_backend(graph, diffusers_backend):
+    with torch.inference_mode(False):
+        backend = pack("nodes.comfy_backend").ComfyBackend(graph["model"], graph["clip"], graph["vae"])
+        pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+        for ours, theirs in zip(backend.encode_latents(pixels), diffusers_backend.encode_latents(pixels)):
+            torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+        captions = ["a photo of a cat", "", "word " * 90]
+        torch.testing.assert_close(backend.encode_text(captions), diffusers_backend.encode_text(captions),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_weight_zero_is_exactly_the_unpatched_model(graph, layers, inputs):
+    adapter = random_adapter("base", 768, layers)
+    patched = apply(graph, adapter, inputs["image"], weight=0.0)
+    args = inputs["noisy"], inputs["t"], inputs["text"]
+    assert torch.equal(comfy_eps(patched, *args), comfy_eps(graph["model"], *args))
+
+
+def test_apply_leaves_the_input_model_untouched_and_patches_all_16_layers_with_the_mid_block(graph, layers, inputs):
+    before = dict(graph["model"].model_options["transformer_options"])
+    patched = apply(graph, random_adapter("base", 768, layers), inputs["image"])
+    assert graph["model"].model_options["transformer_options"] == before
+    keys = set(patched.model_options["transformer_options"]["patches_replace"]["attn2"])
+    assert len(keys) == 16 and ("middle", 0, 0) in keys
+
+
+def test_chained_apply_nodes_add_up(graph, layers, inputs):
+    attention = pack("ipadapter_train.ip_attention")
+    patch_mod = pack("nodes.attn_patch")
+    a, b = random_adapter("base", 768, layers, seed=1), random_adapter("plus", 1024, layers, seed=2)
+    image = inputs["image"]
+    # same adapter twice at 0.4 + 0.6 == once at 1.0, through the whole UNet
+    twice = apply(graph, a, image, 0.6, model=apply(graph, a, image, 0.4))
+    once = apply(graph, a, image, 1.0)
+    args = inputs["noisy"], inputs["t"], inputs["text"]
+    torch.testing.assert_close(comfy_eps(twice, *args), comfy_eps(once, *args), atol=ATOL, rtol=RTOL)
+    # two different adapters: each layer returns text attention + 0.5 * term_a + 1.5 * term_b
+    chained = apply(graph, b, image, 1.5, model=apply(graph, a, image, 0.5))
+    layer = next(x for x in layers if x.comfy_key == ("middle", 0, 0))
+    patch = chained.model_options["transformer_options"]["patches_replace"]["attn2"][layer.comfy_key]
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = torch.randn(1, 16, 320, generator=gen), torch.randn(1, 77, 320, generator=gen), \
+        torch.randn(1, 77, 320, generator=gen)
+    extra = {"n_heads": 8, "cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
+    with torch.inference_mode():
+        got = patch(q, k, v, extra)
+        expected = patch_mod.text_attention(q, k, v, extra, None)
+        for adapter, weight in ((a, 0.5), (b, 1.5)):
+            feats, _ = features(graph, adapter.spec.variant, image)
+            expected = expected + weight * attention.decoupled_term(q, adapter.project(feats),
+                                                                    adapter.layer(layer.index), 8)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_start_and_end_gate_the_adapter_by_sigma(graph, layers, diffusers_backend, inputs):
+    adapter = random_adapter("base", 768, layers)
+    noisy, text = inputs["noisy"][:1], inputs["text"][:1]
+    late_half = apply(graph, adapter, inputs["image"], 1.0, start_at=0.5, end_at=1.0)
+    early_half = apply(graph, adapter, inputs["image"], 1.0, start_at=0.0, end_at=0.5)
+    plain = {t: comfy_eps(graph["model"], noisy, torch.tensor([t]), text) for t in (100, 900)}
+    # t=900 is early in sampling (large sigma): only the early half acts; t=100 is late: only the late half
+    assert torch.equal(comfy_eps(late_half, noisy, torch.tensor([900]), text), plain[900])
+    assert torch.equal(comfy_eps(early_half, noisy, torch.tensor([100]), text), plain[100])
+    feats, _ = features(graph, "base", inputs["image"])
+    with torch.no_grad():
+        cond = adapter.project(feats)
+    for model, t in ((late_half, 100), (early_half, 900)):
+        ours = comfy_eps(model, noisy, torch.tensor([t]), text, cond_or_uncond=(0,))
+        theirs = diffusers_eps(diffusers_backend, adapter, noisy, torch.tensor([t]), text, cond)
+        torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
+
+
+def test_loras_patched_into_model_stay_applied_in_training(graph, inputs):
+    key = "diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+    lora = graph["model"].clone()
+    weight = lora.model.state_dict()[key]
+    lora.add_patches({key: (torch.randn(weight.shape, generator=torch.Generator().manual_seed(9)) * 0.5,)})
+    args = inputs["noisy"], inputs["t"], inputs["text"]
+    with torch.inference_mode(False), torch.no_grad():
+        backend = pack("nodes.comfy_backend").ComfyBackend(lora, graph["clip"], graph["vae"])
+        kv = backend.base_kv()
+        ours = backend.predict_noise(*args, None)
+    torch.testing.assert_close(ours, comfy_eps(lora, *args), atol=ATOL, rtol=RTOL)
+    assert (ours - comfy_eps(graph["model"], *args)).abs().max() > 1e-3
+    assert not torch.equal(kv[1][0], weight.float())  # to_k_ip would start from the LoRA-patched to_k
+
+
+@pytest.mark.parametrize("variant,width,needs", [("base", 1024, "image embedding is 1024-d"),
+                                                 ("plus", 1280, "hidden states are 1280-d")])
+def test_an_adapter_for_another_encoder_is_refused_before_sampling(graph, layers, inputs, variant, width, needs):
+    errors = pack("ipadapter_train.errors")
+    adapter = random_adapter(variant, width, layers)
+    with pytest.raises(errors.IPAdapterError, match=needs):
+        apply(graph, adapter, inputs["image"])
+
+
+def test_an_adapter_for_another_unet_is_refused_before_sampling(graph, inputs):
+    errors = pack("ipadapter_train.errors")
+    layout = pack("ipadapter_train.layout")
+    config = pack("ipadapter_train.sd15")._shipped("unet/config.json")  # real SD1.5 widths 320/640/1280
+    adapter = random_adapter("base", 768, layout.adapter_layers(config))
+    with pytest.raises(errors.IPAdapterError, match="do not fit this MODEL"):
+        apply(graph, adapter, inputs["image"])
+
+
+def test_start_after_end_is_refused(graph, layers, inputs):
+    errors = pack("ipadapter_train.errors")
+    with pytest.raises(errors.IPAdapterError, match="start_at"):
+        apply(graph, random_adapter("base", 768, layers), inputs["image"], start_at=0.8, end_at=0.2)

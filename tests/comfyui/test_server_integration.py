@@ -1,0 +1,201 @@
+"""The node pack in a real ComfyUI server: the shipped workflows submitted through POST /prompt.
+
+Models are random-weight files from `make-test-models` (tiny SD1.5, ViT-L CLIP vision): the images
+they make are noise, but equal/unequal comparisons between runs are exact statements about the pack.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs
+from harness import ROOT, ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
+
+SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
+PACK_NODES = {"IPAdapterTrain_LoadTrainingImages", "IPAdapterTrain_Train", "IPAdapterTrain_Save",
+              "IPAdapterTrain_Load", "IPAdapterTrain_Apply", "IPAdapterTrain_Score"}
+
+
+def workflow(server: ComfyServer, name: str, test_models, **size) -> dict:
+    """A shipped workflow in API form, pointed at the test models and made small and fast."""
+    prompt = editor_to_api(load_workflow(name), server.get("/object_info"))
+    set_inputs(prompt, "CheckpointLoaderSimple", ckpt_name=test_models["sd15"].name)
+    if find_nodes(prompt, "CLIPVisionLoader"):
+        set_inputs(prompt, "CLIPVisionLoader", clip_name=test_models["clip_vision"].name)
+    if find_nodes(prompt, "EmptyLatentImage"):
+        set_inputs(prompt, "EmptyLatentImage", width=64, height=64, batch_size=1)
+    if find_nodes(prompt, "KSampler"):
+        set_inputs(prompt, "KSampler", steps=2, seed=size.get("seed", 1))
+    if find_nodes(prompt, "LoadImage"):
+        set_inputs(prompt, "LoadImage", image="reference.jpg")
+    return prompt
+
+
+def train_set(server: ComfyServer, name: str = "train_set") -> str:
+    folder = server.base / "input" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in SAMPLES.iterdir():
+        if f.suffix in (".jpg", ".txt"):
+            shutil.copy(f, folder / f.name)
+    shutil.copy(SAMPLES / "chelsea.jpg", server.base / "input" / "reference.jpg")
+    return name
+
+
+def run(server: ComfyServer, prompt: dict, timeout: float = 900) -> dict:
+    entry = server.wait(server.queue(prompt), timeout)
+    return entry
+
+
+def saved_images(server: ComfyServer, entry: dict) -> list[np.ndarray]:
+    out = []
+    for node_out in entry["outputs"].values():
+        for im in node_out.get("images", []):
+            if im.get("type") == "output":
+                path = server.base / "output" / im.get("subfolder", "") / im["filename"]
+                out.append(np.asarray(Image.open(path), dtype=np.int16))
+    return out
+
+
+def trained_adapter(server: ComfyServer, test_models, name: str = "it_adapter") -> Path:
+    """Train 3 steps at 64 px with the shipped training workflow and save under models/ipadapter."""
+    path = server.base / "models" / "ipadapter" / f"{name}.safetensors"
+    if path.exists():
+        return path
+    prompt = workflow(server, "train_ip_adapter", test_models)
+    set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(server), resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=3, resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Save", name=name)
+    entry = run(server, prompt)
+    assert entry["status"]["status_str"] == "success", status_messages(entry, "execution_error")
+    assert path.is_file()
+    return path
+
+
+def test_pack_loads_without_import_failure(comfy):
+    info = comfy.get("/object_info")
+    assert PACK_NODES <= set(info)
+    assert not [line for line in comfy.log().splitlines() if "IMPORT FAILED" in line and "ipadapter-train" in line]
+
+
+def test_every_shipped_workflow_uses_registered_nodes(comfy):
+    info = comfy.get("/object_info")
+    for wf in sorted((ROOT / "workflows").glob("*.json")):
+        used = {n["type"] for n in load_workflow(wf)["nodes"]}
+        assert used <= set(info) | {"Reroute", "Note", "MarkdownNote", "PrimitiveNode"}, (wf.name, used - set(info))
+        assert wf.with_suffix(".jpg").is_file()
+
+
+def test_train_save_load_apply_sample(comfy, test_models):
+    from ipadapter_train.fileformat import inspect_adapter
+
+    path = trained_adapter(comfy, test_models)
+    info = inspect_adapter(path)
+    assert info["variant"] == "base" and info["layer_indices"] == list(range(1, 32, 2))
+    assert info["metadata"]["steps"] == "3"
+
+    def sample(weight: float | None) -> np.ndarray:
+        prompt = workflow(comfy, "apply_ip_adapter", test_models)
+        set_inputs(prompt, "IPAdapterTrain_Load", adapter_name=path.name)
+        set_inputs(prompt, "SaveImage", filename_prefix=f"it_w{weight}")
+        if weight is None:  # the unpatched model: KSampler takes MODEL straight from the checkpoint
+            apply_id = find_nodes(prompt, "IPAdapterTrain_Apply")[0]
+            ksampler = prompt[find_nodes(prompt, "KSampler")[0]]
+            ksampler["inputs"]["model"] = prompt[apply_id]["inputs"]["model"]
+            for nid in (apply_id, *find_nodes(prompt, "IPAdapterTrain_Load")):
+                del prompt[nid]
+        else:
+            set_inputs(prompt, "IPAdapterTrain_Apply", weight=weight)
+        entry = run(comfy, prompt)
+        assert entry["status"]["status_str"] == "success", status_messages(entry, "execution_error")
+        images = saved_images(comfy, entry)
+        assert len(images) == 1
+        return images[0]
+
+    plain, zero, one = sample(None), sample(0.0), sample(1.0)
+    assert np.abs(zero - plain).max() <= 1  # SaveImage rounds
+    assert np.abs(one - zero).max() > 1
+
+
+def test_train_then_apply_in_one_graph(comfy, test_models):
+    prompt = workflow(comfy, "train_then_apply", test_models)
+    set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy), resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=2, resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Save", name="in_graph")
+    entry = run(comfy, prompt)
+    assert entry["status"]["status_str"] == "success", status_messages(entry, "execution_error")
+    assert len(saved_images(comfy, entry)) == 1
+    assert (comfy.base / "models" / "ipadapter" / "in_graph.safetensors").is_file()
+
+
+def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, test_models):
+    from ipadapter_train.fileformat import load_adapter
+
+    prompt = workflow(comfy, "train_ip_adapter", test_models)
+    set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy), resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=5000, resolution=64, seed=7)
+    set_inputs(prompt, "IPAdapterTrain_Save", name="partial")
+    prompt_id = comfy.queue(prompt)
+    train_id = find_nodes(prompt, "IPAdapterTrain_Train")[0]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        run_state = comfy.get("/ipadapter_train/runs")["runs"].get(train_id)
+        if run_state and run_state["step"] >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("training never reached step 2")
+    comfy.interrupt()
+    entry = comfy.wait(prompt_id, 120)
+    state = comfy.get("/ipadapter_train/runs")["runs"][train_id]
+    assert state["done"] and state["step"] < 5000
+    partial = sorted((comfy.base / "models" / "ipadapter").glob("partial*.safetensors")) or \
+        sorted(Path(comfy.base).rglob("*partial*.safetensors")) or sorted(Path(comfy.base).rglob("adapter*.safetensors"))
+    assert partial, f"no partial adapter written; status {entry['status']}"
+    weights, meta = load_adapter(partial[0])
+    assert "image_proj.proj.weight" in weights
+    assert comfy.get("/system_stats")  # still serving
+
+
+def test_bad_inputs_end_in_execution_error_and_the_server_keeps_serving(comfy, test_models):
+    from ipadapter_train.adapter import IPAdapter
+    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.layout import adapter_layers
+    from ipadapter_train.sd15 import tiny_unet_config
+
+    empty = comfy.base / "input" / "empty_set"
+    empty.mkdir(parents=True, exist_ok=True)
+    prompt = workflow(comfy, "train_ip_adapter", test_models)
+    set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder="empty_set", resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=2, resolution=64)
+    entry = run(comfy, prompt)
+    errors = status_messages(entry, "execution_error")
+    assert entry["status"]["status_str"] == "error" and "no images" in errors[0]["exception_message"]
+
+    wide = IPAdapter.new("base", 1024, 768, adapter_layers(tiny_unet_config()))  # a ViT-H adapter
+    save_adapter(wide.state_dict(), comfy.base / "models" / "ipadapter" / "vith_adapter.safetensors")
+    prompt = workflow(comfy, "apply_ip_adapter", test_models, seed=3)
+    set_inputs(prompt, "IPAdapterTrain_Load", adapter_name="vith_adapter.safetensors")
+    entry = run(comfy, prompt)
+    errors = status_messages(entry, "execution_error")
+    assert entry["status"]["status_str"] == "error" and "1024" in errors[0]["exception_message"]
+
+    before = {p for p in comfy.base.rglob("*") if p.is_file()}
+    path = trained_adapter(comfy, test_models)
+    prompt = workflow(comfy, "train_ip_adapter", test_models)
+    set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy), resolution=64)
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=1, resolution=64, seed=11)
+    set_inputs(prompt, "IPAdapterTrain_Save", name="../../x")
+    entry = run(comfy, prompt)
+    errors = status_messages(entry, "execution_error")
+    assert entry["status"]["status_str"] == "error" and "name" in errors[0]["exception_message"].lower()
+    written = {p for p in comfy.base.rglob("*") if p.is_file()} - before
+    assert all((comfy.base / "models" / "ipadapter") in p.parents or "temp" in p.parts or p.suffix == ".log"
+               or "output" in p.parts for p in written), written
+    assert not (comfy.base.parent / "x.safetensors").exists() and path.is_file()
+    assert comfy.get("/system_stats")
