@@ -21,7 +21,8 @@ import torch
 from .clip_vision import PRESETS as VISION_PRESETS
 from .clip_vision import infer_clip_vision_config
 from .errors import IPAdapterError
-from .random_init import RANDOM_MARK, empty_model, fill_random_, freeze, is_random, mark_random, random_metadata
+from .random_init import (RANDOM_MARK, assign_state, empty_model, fill_random_, freeze, is_random, mark_random,
+                          random_metadata)
 from .sd15 import load_tokenizer
 from .weights_io import WeightFile, save_safetensors_atomic
 
@@ -115,21 +116,7 @@ def _strict_load(config, state: dict[str, torch.Tensor], source: str):
 
     if "logit_scale" not in state:  # unused by scoring; some exports drop it, so give CLIP's initial value
         state["logit_scale"] = torch.tensor(config.logit_scale_init_value)
-    model = empty_model(lambda: CLIPModel(config))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        what = f"{len(missing)} missing (e.g. {missing[0]})" if missing else ""
-        what += ("; " if missing and unexpected else "") + (
-            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
-        raise IPAdapterError(f"{source} does not match a full CLIP model: {what} weights.")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise IPAdapterError(f"{source} has {k} of shape {tuple(v.shape)} where "
-                                 f"{tuple(expected[k].shape)} was expected.")
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+    return assign_state(lambda: CLIPModel(config), state, source, "a full CLIP model")
 
 
 def _folder_config(folder: Path):

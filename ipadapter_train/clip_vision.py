@@ -19,7 +19,8 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from .errors import IPAdapterError
-from .random_init import RANDOM_MARK, empty_model, fill_random_, freeze, is_random, mark_random, random_metadata
+from .random_init import (RANDOM_MARK, assign_state, empty_model, fill_random_, freeze, is_random, mark_random,
+                          random_metadata)
 from .weights_io import WeightFile, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
@@ -90,21 +91,7 @@ def infer_clip_vision_config(state_dict: Mapping[str, Any], source: str = "the C
 def _strict_load(config, state: dict[str, torch.Tensor], source: str):
     from transformers import CLIPVisionModelWithProjection
 
-    model = empty_model(lambda: CLIPVisionModelWithProjection(config))
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        what = f"{len(missing)} missing (e.g. {missing[0]})" if missing else ""
-        what += ("; " if missing and unexpected else "") + (
-            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
-        raise IPAdapterError(f"{source} does not match a CLIP vision model: {what} weights.")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise IPAdapterError(f"{source} has {k} of shape {tuple(v.shape)} where "
-                                 f"{tuple(expected[k].shape)} was expected.")
-    model.load_state_dict(state, strict=True, assign=True)
-    return model
+    return assign_state(lambda: CLIPVisionModelWithProjection(config), state, source, "a CLIP vision model")
 
 
 def _folder_config(folder: Path):

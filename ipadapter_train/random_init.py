@@ -22,6 +22,29 @@ def empty_model(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
+def assign_state(factory: Callable[[], nn.Module], state: dict[str, torch.Tensor], source: str,
+                 kind: str) -> nn.Module:
+    """Build a model empty and assign `state` into it; a missing, extra or mis-shaped tensor is an
+    IPAdapterError naming `source` and the `kind` of model expected."""
+    from .errors import IPAdapterError
+
+    model = empty_model(factory)
+    expected = model.state_dict()  # meta tensors: shapes only
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        what = f"{len(missing)} missing (e.g. {missing[0]})" if missing else ""
+        what += ("; " if missing and unexpected else "") + (
+            f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "")
+        raise IPAdapterError(f"{source} does not match {kind}: {what} weights.")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise IPAdapterError(f"{source} has {k} of shape {tuple(v.shape)} where "
+                                 f"{tuple(expected[k].shape)} was expected.")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
 def fill_random_(module: nn.Module, seed: int = 0, std: float = 0.02, dtype: torch.dtype = torch.float32) -> nn.Module:
     """Give every parameter a real random value: N(0, std) weights, zero biases, norms at 1/0.
 
