@@ -62,14 +62,7 @@ def attn2_module(unet: nn.Module, key: tuple[str, int, int]) -> nn.Module | None
 
 
 def _cross_attention_count(unet: nn.Module) -> int:
-    count = 0
-    for name, module in unet.named_modules():
-        to_k = getattr(module, "to_k", None)
-        to_q = getattr(module, "to_q", None)
-        if name.endswith("attn2") and to_k is not None and to_q is not None \
-                and to_k.weight.shape[1] != to_q.weight.shape[1]:
-            count += 1
-    return count
+    return sum(1 for name, module in unet.named_modules() if name.endswith(".attn2") and module is not None)
 
 
 def comfy_adapter_layers(model: Any) -> list[AdapterLayer]:

@@ -1,10 +1,6 @@
 """Train IP-Adapter: trains an adapter on the MODEL, CLIP, VAE and CLIP_VISION the graph already loaded."""
 from __future__ import annotations
 
-import logging
-
-import torch
-
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
@@ -17,8 +13,6 @@ from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
 from .runs import PromptServer
 from .training import report_text, samples_from_images, train_in_graph
-
-log = logging.getLogger(__name__)
 
 
 def _ids(hidden) -> tuple[str, str]:

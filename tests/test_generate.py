@@ -65,8 +65,11 @@ def test_scale_zero_equals_the_plain_pipeline(tmp_path, samples):
 @pytest.mark.parametrize("variant", ["base", "plus"])
 def test_matches_diffusers_own_ip_adapter_path(tmp_path, samples, variant):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
-    from transformers import CLIPImageProcessor
 
+    from ipadapter_train.clip_vision import image_processor
+
+    # Both sides get the same CLIP preprocessing (transformers picks a torchvision or a Pillow resize
+    # depending on what is installed); the comparison is about the adapter path, not the resize.
     path = adapter_file(tmp_path, variant)
     ref = samples[2].image
     ours = Generator(micro_sd15(), micro_clip(), load(path)).generate([ref], GenerationSettings(**SETTINGS))
@@ -74,7 +77,7 @@ def test_matches_diffusers_own_ip_adapter_path(tmp_path, samples, variant):
     sd = micro_sd15()
     pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer, unet=sd.unet,
                                    scheduler=DDIMScheduler.from_config(sd.scheduler_config), safety_checker=None,
-                                   feature_extractor=CLIPImageProcessor(), image_encoder=micro_clip(),
+                                   feature_extractor=image_processor(224), image_encoder=micro_clip(),
                                    requires_safety_checker=False)
     pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name=path.name, image_encoder_folder=None)
     pipe.set_ip_adapter_scale(1.0)

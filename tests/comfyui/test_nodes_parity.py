@@ -218,3 +218,21 @@ def test_start_after_end_is_refused(graph, layers, inputs):
     errors = pack("ipadapter_train.errors")
     with pytest.raises(errors.IPAdapterError, match="start_at"):
         apply(graph, random_adapter("base", 768, layers), inputs["image"], start_at=0.8, end_at=0.2)
+
+
+def test_the_full_sd15_unet_config_gives_the_official_key_table():
+    comfy_layers = pack("nodes.comfy_layers")
+    layout = pack("ipadapter_train.layout")
+    comfy_config = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
+                    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
+                    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "context_dim": 768}
+    ours = layout.adapter_layers(comfy_layers.diffusers_style_config(comfy_config))
+    reference = layout.adapter_layers(pack("ipadapter_train.sd15")._shipped("unet/config.json"))
+    assert ours == reference
+    table = {layer.index: (layer.comfy_key[:2], layer.hidden) for layer in ours}
+    assert table == {1: (("input", 1), 320), 3: (("input", 2), 320), 5: (("input", 4), 640),
+                     7: (("input", 5), 640), 9: (("input", 7), 1280), 11: (("input", 8), 1280),
+                     13: (("output", 3), 1280), 15: (("output", 4), 1280), 17: (("output", 5), 1280),
+                     19: (("output", 6), 640), 21: (("output", 7), 640), 23: (("output", 8), 640),
+                     25: (("output", 9), 320), 27: (("output", 10), 320), 29: (("output", 11), 320),
+                     31: (("middle", 0), 1280)}
