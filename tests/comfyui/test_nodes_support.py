@@ -27,8 +27,12 @@ def comfy_or_skip() -> None:
     """Put ComfyUI on sys.path in CPU mode, or skip the calling test module."""
     if not (COMFY / "main.py").is_file():
         pytest.skip("ComfyUI is not installed (run tests/comfyui/setup_comfyui.sh)", allow_module_level=True)
-    if str(COMFY) not in sys.path:
-        sys.path.insert(0, str(COMFY))
+    # ComfyUI's own modules `import nodes` (its nodes.py); this repository has a `nodes/` package too, and
+    # pytest may put the repository root ahead of ComfyUI on sys.path. Put ComfyUI first and import its
+    # `nodes` now, so every later `import nodes` (ComfyUI's server.py has one) finds the cached module.
+    if str(COMFY) in sys.path:
+        sys.path.remove(str(COMFY))
+    sys.path.insert(0, str(COMFY))
     try:
         import comfy.cli_args
 
@@ -36,8 +40,11 @@ def comfy_or_skip() -> None:
         import comfy.model_management  # noqa: F401  (reads args.cpu once, at import)
         import comfy_api.latest  # noqa: F401
         import folder_paths  # noqa: F401
-    except ImportError as exc:  # ComfyUI's requirements are not in this environment
-        pytest.skip(f"ComfyUI cannot be imported here ({exc})", allow_module_level=True)
+        import nodes
+    except ImportError as exc:  # installed but not importable: a broken setup must fail, not skip
+        raise RuntimeError(f"ComfyUI at {COMFY} cannot be imported ({exc}): rerun tests/comfyui/setup_comfyui.sh") from exc
+    if Path(nodes.__file__).resolve() != (COMFY / "nodes.py").resolve():
+        raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py")
 
 
 def pack(module: str = ""):
