@@ -24,7 +24,7 @@ from .errors import IPAdapterError
 from .random_init import (RANDOM_MARK, assign_state, empty_model, fill_random_, freeze, is_random, mark_random,
                           random_metadata)
 from .sd15 import load_tokenizer
-from .weights_io import WeightFile, save_safetensors_atomic
+from .weights_io import WeightFile, read_transformers_folder, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
@@ -136,26 +136,6 @@ def _folder_config(folder: Path):
     return CLIPConfig.from_dict(raw)
 
 
-def _folder_weights(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():  # sharded save
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, ValueError, KeyError):
-            raise IPAdapterError(f"{index} is not a valid safetensors index.") from None
-    else:
-        files = [n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()][:1]
-    if not files:
-        raise IPAdapterError(f"{folder} has no model.safetensors or pytorch_model.bin weights.")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        with WeightFile(folder / name) as wf:
-            for k in wf.shapes:
-                if not k.endswith("position_ids"):  # a buffer older exports saved; the model rebuilds it
-                    state[k] = wf.take(k, dtype)
-    return state
-
-
 def load_clip(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Load a frozen transformers `CLIPModel` (both towers) from a folder or one weights file, offline."""
     path = Path(path)
@@ -167,7 +147,7 @@ def load_clip(path: str | os.PathLike, dtype: torch.dtype = torch.float32, devic
         if not (path / "config.json").is_file():
             raise IPAdapterError(f"{path} has no config.json; it is not a transformers CLIP folder.")
         config = _folder_config(path)
-        state = _folder_weights(path, dtype)
+        state = read_transformers_folder(path, dtype, lambda k: k.endswith("position_ids"))
         _check_full_clip(set(state), str(path))
         random_weights = bool(getattr(config, RANDOM_MARK, False))
     else:

@@ -21,7 +21,7 @@ import torch
 from .errors import IPAdapterError
 from .random_init import (RANDOM_MARK, assign_state, empty_model, fill_random_, freeze, is_random, mark_random,
                           random_metadata)
-from .weights_io import WeightFile, save_safetensors_atomic
+from .weights_io import WeightFile, read_transformers_folder, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +113,6 @@ def _folder_config(folder: Path):
     return CLIPVisionConfig.from_dict(raw)
 
 
-def _folder_weights(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():  # sharded save
-        try:
-            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        except (OSError, ValueError, KeyError):
-            raise IPAdapterError(f"{index} is not a valid safetensors index.") from None
-    else:
-        files = [n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()][:1]
-    if not files:
-        raise IPAdapterError(f"{folder} has no model.safetensors or pytorch_model.bin weights.")
-    state: dict[str, torch.Tensor] = {}
-    for name in files:
-        with WeightFile(folder / name) as wf:
-            for k in wf.shapes:
-                if not _IGNORED.search(k):
-                    state[k] = wf.take(k, dtype)  # cast tensor by tensor: one copy in memory
-    return state
-
-
 def load_clip_vision(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                      device: str | torch.device = "cpu"):
     """Load a frozen `CLIPVisionModelWithProjection` from a transformers folder or a ComfyUI-layout file."""
@@ -143,7 +123,7 @@ def load_clip_vision(path: str | os.PathLike, dtype: torch.dtype = torch.float32
         if not (path / "config.json").is_file():
             raise IPAdapterError(f"{path} has no config.json; it is not a transformers CLIP vision folder.")
         config = _folder_config(path)
-        state = _folder_weights(path, dtype)
+        state = read_transformers_folder(path, dtype, lambda k: bool(_IGNORED.search(k)))
     else:
         with WeightFile(path) as wf:
             config = infer_clip_vision_config(wf.shapes, source=str(path))  # header only: cheap rejection

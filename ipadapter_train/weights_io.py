@@ -10,6 +10,7 @@ ever read with `torch.load(..., weights_only=True)`: a file carrying code is ref
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -273,3 +274,27 @@ class WeightFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_transformers_folder(folder: Path, dtype: torch.dtype | None = None,
+                             ignore: Callable[[str], bool] = lambda key: False) -> dict[str, torch.Tensor]:
+    """The weights of a transformers `save_pretrained` folder (single file, sharded safetensors or
+    `pytorch_model.bin`), cast tensor by tensor so only one copy is ever in memory."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():  # sharded save
+        try:
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError):
+            raise IPAdapterError(f"{index} is not a valid safetensors index.") from None
+    else:
+        files = [n for n in ("model.safetensors", "pytorch_model.bin") if (folder / n).is_file()][:1]
+    if not files:
+        raise IPAdapterError(f"{folder} has no model.safetensors or pytorch_model.bin weights.")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        with WeightFile(folder / name) as wf:
+            for key in wf.shapes:
+                if not ignore(key):
+                    state[key] = wf.take(key, dtype)
+    return state
