@@ -38,32 +38,44 @@ def output_paths(output: Path, count: int) -> list[Path]:
     return [output.with_name(f"{output.stem}-{i}{output.suffix}") for i in range(1, count + 1)]
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _generator(args: argparse.Namespace):
+    """The models named by the shared model arguments, loaded once, as a ready `Generator`."""
     from .adapter_init import load_adapter_module
     from .clip_vision import load_clip_vision
-    from .data import load_image
-    from .errors import IPAdapterError
-    from .generate import GenerationSettings, Generator
+    from .generate import Generator
     from .precision import default_device, frozen_dtype, resolve_precision
     from .sd15 import load_sd15
+
+    device = default_device() if args.device is None else args.device
+    dtype = frozen_dtype(resolve_precision(args.precision, device))
+    return Generator(load_sd15(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
+                     load_adapter_module(Path(args.adapter)), device, dtype, adapter_name=str(args.adapter),
+                     encoder_name=Path(args.image_encoder).name)
+
+
+def _settings(args: argparse.Namespace, **extra):
+    """GenerationSettings from the shared sampling arguments (plus command-specific fields)."""
+    from .generate import GenerationSettings
+
+    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, seed=args.seed, width=args.width,
+                                  height=args.height, scheduler=args.scheduler,
+                                  negative_prompt=args.negative_prompt, **extra)
+    settings.validate()
+    return settings
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .data import load_image
+    from .errors import IPAdapterError
     from .weights_io import atomic_write
 
     output = Path(args.output)
     if output.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise IPAdapterError(f"The output {output} must end in .png, .jpg or .webp.")
-    settings = GenerationSettings(prompt=args.prompt, negative_prompt=args.negative_prompt, scale=args.scale,
-                                  steps=args.steps, guidance=args.guidance, seed=args.seed,
-                                  num_images=args.num_images, width=args.width, height=args.height,
-                                  scheduler=args.scheduler)
-    settings.validate()
+    settings = _settings(args, prompt=args.prompt, scale=args.scale, num_images=args.num_images)
     references = [load_image(Path(p)) for p in args.image]
     negative = [load_image(Path(p)) for p in args.negative_image] if args.negative_image else None
-    device = default_device() if args.device is None else args.device
-    dtype = frozen_dtype(resolve_precision(args.precision, device))
-    adapter = load_adapter_module(Path(args.adapter))
-    generator = Generator(load_sd15(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
-                          adapter, device, dtype, adapter_name=str(args.adapter),
-                          encoder_name=Path(args.image_encoder).name)
+    generator = _generator(args)
     with progress_bar("sampling") as update:
         images = generator.generate(references, settings, negative, progress=update)
     for image, path in zip(images, output_paths(output, len(images))):
@@ -88,24 +100,14 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .adapter_init import load_adapter_module
-    from .clip_vision import load_clip_vision
     from .eval_report import write_eval_files
     from .evaluate import evaluate, load_cases
-    from .generate import GenerationSettings, Generator
-    from .precision import default_device, frozen_dtype, resolve_precision
-    from .scoring import Scorer, format_report
-    from .sd15 import load_sd15
+    from .scoring import Scorer
 
     cases = load_cases(Path(args.cases))
+    settings = _settings(args)
     scorer = Scorer.load(Path(args.clip))
-    device = default_device() if args.device is None else args.device
-    dtype = frozen_dtype(resolve_precision(args.precision, device))
-    generator = Generator(load_sd15(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
-                          load_adapter_module(Path(args.adapter)), device, dtype, adapter_name=str(args.adapter),
-                          encoder_name=Path(args.image_encoder).name)
-    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, seed=args.seed, width=args.width,
-                                  height=args.height, scheduler=args.scheduler, negative_prompt=args.negative_prompt)
+    generator = _generator(args)
     with progress_bar("evaluating", unit="run") as update:
         report = evaluate(generator, scorer, cases, Path(args.out), settings, args.num_images, args.scales,
                           progress=lambda done, total: update(done, total))
@@ -125,30 +127,38 @@ def _pil_format(suffix: str) -> str:
     return {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[suffix.lower()]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this module's subcommands to the parser."""
-    raw = argparse.RawDescriptionHelpFormatter
-    p = sub.add_parser("generate", help="generate images with an adapter and reference image(s)",
-                       epilog=GENERATE_EXAMPLES, formatter_class=raw)
+def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-model", required=True, help="SD1.5 single file or diffusers folder")
     p.add_argument("--image-encoder", required=True, help="the CLIP vision model the adapter was trained with")
     p.add_argument("--adapter", required=True, help="adapter .safetensors (or .bin)")
-    p.add_argument("--image", action="append", required=True, help="reference image; repeat to average several")
-    p.add_argument("--prompt", default="", help="text prompt (may be empty for image-only prompting)")
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--negative-prompt", default="", help="negative text prompt")
-    p.add_argument("--negative-image", action="append", help="negative reference image (optional)")
-    p.add_argument("--output", required=True, help="output image; several images get -1, -2, ... suffixes")
-    p.add_argument("--scale", type=float, default=1.0, help="adapter scale, 0 = no adapter (default 1.0)")
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "euler_a", "dpm++", "pndm"])
     p.add_argument("--precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                    help="weights precision; auto = fp16/bf16 on CUDA, fp32 elsewhere")
     p.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add this module's subcommands to the parser."""
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("generate", help="generate images with an adapter and reference image(s)",
+                       epilog=GENERATE_EXAMPLES, formatter_class=raw)
+    _add_model_args(p)
+    p.add_argument("--image", action="append", required=True, help="reference image; repeat to average several")
+    p.add_argument("--prompt", default="", help="text prompt (may be empty for image-only prompting)")
+    p.add_argument("--negative-image", action="append", help="negative reference image (optional)")
+    p.add_argument("--output", required=True, help="output image; several images get -1, -2, ... suffixes")
+    p.add_argument("--scale", type=float, default=1.0, help="adapter scale, 0 = no adapter (default 1.0)")
+    p.add_argument("--num-images", type=int, default=1, help="images to generate (default 1)")
+    _add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("score", help="CLIP-I / CLIP-T / CLIPScore and a grade for generated images",
@@ -162,21 +172,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("evaluate", help="adapter vs baseline at the same seeds, scale sweep, HTML report",
                        epilog=EVALUATE_EXAMPLES, formatter_class=raw)
-    p.add_argument("--base-model", required=True, help="SD1.5 single file or diffusers folder")
-    p.add_argument("--image-encoder", required=True, help="the CLIP vision model the adapter was trained with")
-    p.add_argument("--adapter", required=True, help="adapter .safetensors (or .bin)")
+    _add_model_args(p)
     p.add_argument("--cases", required=True, help='JSON list of {"reference", "prompt", "caption"?, "name"?}')
     p.add_argument("--clip", required=True, help="full CLIP model used for scoring")
     p.add_argument("--out", required=True, help="output folder (report.html, report.json, contact_sheet.png)")
     p.add_argument("--num-images", type=int, default=2, help="images per case and scale (default 2)")
     p.add_argument("--scales", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="adapter scales")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "euler_a", "dpm++", "pndm"])
-    p.add_argument("--precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
-    p.add_argument("--device", help="cpu, cuda or mps")
+    _add_sampling_args(p)
     p.set_defaults(func=cmd_evaluate)
