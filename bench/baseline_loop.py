@@ -21,8 +21,12 @@ from ipadapter_train.layout import adapter_layers
 
 
 def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: int, device: str = "cpu",
-                 seed: int = 0) -> list[float]:
-    """Train `steps` steps the reference way; return the seconds of each step."""
+                 seed: int = 0) -> list[dict[str, float]]:
+    """Train `steps` steps the reference way; return each step's seconds, in all and per part.
+
+    The parts (image, vae, clip, text, unet) show where the reference recipe spends a step, so a gap to
+    another measurement of the reference can be placed.
+    """
     torch.manual_seed(seed)
     backend = DiffusersBackend(sd, device, torch.float32)
     clip = clip.to(device, torch.float32)
@@ -32,14 +36,27 @@ def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: in
     backend.attach(adapter)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=1e-4, weight_decay=0.01)
     times = []
+
+    def lap(part: str) -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        parts[part] = now - clock[0]
+        clock[0] = now
+
     for step in range(steps):
         tick = time.perf_counter()
+        clock, parts = [tick], {}
         sample = samples[step % len(samples)]
         pixels = to_tensor(center_crop(resize_short_side(sample.image, resolution), resolution))[None].to(device)
+        lap("image")
         with torch.no_grad():
             latents = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor
+            lap("vae")
             embeds, _ = encode_images(clip, [sample.image], device, torch.float32)
+            lap("clip")
             text = backend.encode_text([sample.caption]).to(device)
+            lap("text")
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (1,), device=device)
         a = backend.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
@@ -49,8 +66,7 @@ def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: in
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - tick)
+        lap("unet")
+        times.append({"total": time.perf_counter() - tick, **parts})
     backend.detach()
     return times

@@ -7,10 +7,13 @@
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
 
 from .clip_features import CLIPFeatureEncoder
 from .config import TrainConfig
@@ -50,13 +53,25 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     sd = load_sd15(Path(base_model), dtype=dtype, device="cpu")
     clip = load_clip_vision(Path(image_encoder), dtype=dtype, device="cpu")
     load_seconds = time.perf_counter() - t0
+    random_weights = sd.random_weights or is_random(clip)
     backend = DiffusersBackend(sd, accelerator.device, dtype)
     encoder = CLIPFeatureEncoder(clip, accelerator.device, dtype, name=Path(image_encoder).name)
+    del clip  # the encoder holds the only reference, so releasing it frees the model
     backend.name = Path(base_model).name
+
+    def release_encoders() -> None:
+        # These models were loaded here for this run alone, and the loop needs only the UNet after
+        # encoding: dropping the VAE, the text encoder and the image encoder lowers peak memory during the
+        # steps by their size (about 2 GB in fp32 with ViT-L, 1 GB in bf16).
+        sd.vae = sd.text_encoder = encoder.model = None
+        gc.collect()
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     result = train(backend, encoder, samples, config, Path(run_dir) if run_dir else default_run_dir(out), out,
                    Path(init_adapter) if init_adapter else None, Path(resume) if resume else None, callbacks,
-                   encode_progress, accelerator=accelerator,
-                   metadata={"dataset_images": len(samples), "random_weights": sd.random_weights or is_random(clip)})
+                   encode_progress, accelerator=accelerator, after_encode=release_encoders,
+                   metadata={"dataset_images": len(samples), "random_weights": random_weights})
     result.report["model_load_seconds"] = load_seconds
     result.report["dataset"] = report.to_dict()
     return result

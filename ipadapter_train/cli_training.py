@@ -57,9 +57,25 @@ def _print_summary(result) -> None:
     print("\n".join(line for line in lines if line))
 
 
+def _cpu_allocator(device: str | None) -> None:
+    """A CLI run is one process: on the CPU, let glibc keep freed activation memory (see allocator.py)."""
+    import torch
+
+    from .allocator import keep_freed_memory
+    from .precision import default_device
+
+    try:
+        kind = (torch.device(device) if device else default_device()).type
+    except RuntimeError:  # not a device name: training reports that in one sentence
+        return
+    if kind == "cpu":
+        keep_freed_memory()
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import default_run_dir, train_adapter
 
+    _cpu_allocator(args.device)
     config = _config_from_args(args)
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
@@ -78,6 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .demo import RANDOM_DEMO, run_demo
 
+    _cpu_allocator(args.device)
     config = None
     if args.steps or args.resolution:
         config = TrainConfig(**RANDOM_DEMO) if args.base_model is None else TrainConfig()
@@ -129,7 +146,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help="random seed (default 42)")
     g.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints, 0 = off (default 5)")
     g.add_argument("--precision", choices=["auto", "no", "fp16", "bf16"],
-                   help="mixed precision; auto = bf16 (or fp16) on CUDA GPUs, fp32 on CPU and MPS (default auto)")
+                   help="mixed precision; auto = bf16 (or fp16) on CUDA GPUs, bf16 on CPUs with native bf16 "
+                        "(AVX512-BF16, AMX), else fp32 (default auto)")
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="less memory, more compute")
     g.add_argument("--no-validation", dest="validation", action="store_false", default=None,
                    help="skip the conditioning-gain measurement after training")

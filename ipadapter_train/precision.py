@@ -36,10 +36,12 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     if requested == "auto":
         if kind == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        # CPU: fp32. Measured on a 2-core AVX512-BF16 EPYC (tiny model, 128 px): bf16 steps are 0.16 s
-        # against 0.26 s, but the first steps pay ~80 s of one-off kernel warm-up, so bf16 only wins on
-        # long runs. Ask for it with --precision bf16 (refused on CPUs without native bf16).
-        return "no"  # MPS: fp32 is the safe default; ask for fp16/bf16 explicitly
+        if kind == "cpu" and cpu_has_bf16():
+            # Measured on a 2-core AVX512-BF16 EPYC: full-size SD1.5 at 512 px 4.3 s a step against 8.0 s
+            # in fp32 and about half the memory; the tiny demo model at 128 px 0.20 s against 0.28 s, with
+            # no warm-up beyond the first step (BENCHMARKS.md).
+            return "bf16"
+        return "no"  # CPUs without native bf16, and MPS: fp32; ask for fp16/bf16 explicitly
     if requested == "fp16" and kind == "cpu":
         raise IPAdapterError("fp16 training needs a GPU: on the CPU use --precision bf16 or --precision no.")
     if requested == "bf16" and kind == "cpu" and not cpu_has_bf16():

@@ -139,8 +139,13 @@ def _restore(resume: Path, config: TrainConfig, samples: Sequence[Sample], adapt
 def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,
           run_dir: Path, out_path: Path | None = None, init_adapter: Path | None = None, resume: Path | None = None,
           callbacks: Sequence[StepCallback] = (), encode_progress: Progress | None = None,
-          metadata: dict[str, Any] | None = None, accelerator=None) -> TrainResult:
-    """Train an adapter on `samples`; save it to `out_path` and write report.json/loss.png in `run_dir`."""
+          metadata: dict[str, Any] | None = None, accelerator=None,
+          after_encode: Callable[[], None] | None = None) -> TrainResult:
+    """Train an adapter on `samples`; save it to `out_path` and write report.json/loss.png in `run_dir`.
+
+    `after_encode` runs once the dataset is encoded: from then on the loop needs only the UNet, so a
+    caller that owns the VAE and the encoders can free them there.
+    """
     config.validate()
     run_dir = Path(run_dir)
     wall_start = time.perf_counter()
@@ -152,6 +157,8 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     t0 = time.perf_counter()
     data = encode_dataset(samples, backend, encoder, config, encode_progress)
     encode_seconds = time.perf_counter() - t0
+    if after_encode is not None:
+        after_encode()
     if config.gradient_checkpointing:
         backend.enable_gradient_checkpointing()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)

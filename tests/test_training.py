@@ -159,8 +159,47 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, samples):
 
 
 def test_precision_choices_are_checked():
-    from ipadapter_train.precision import resolve_precision
+    from ipadapter_train.precision import cpu_has_bf16, resolve_precision
 
-    assert resolve_precision("auto", torch.device("cpu")) == "no"
+    # auto on the CPU: bf16 where the CPU has native bf16 arithmetic, fp32 where it would be slower
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_bf16() else "no")
+    assert resolve_precision("no", torch.device("cpu")) == "no"
     with pytest.raises(IPAdapterError, match="needs a GPU"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, models, monkeypatch):
+    """From files, the run owns its models: the steps need only the UNet, so the rest is freed first."""
+    import gc
+    import weakref
+
+    from conftest import SAMPLES
+    from ipadapter_train import api, clip_vision, sd15
+
+    loaded = {}
+    load_sd, load_clip = sd15.load_sd15, clip_vision.load_clip_vision
+
+    def keep_sd(*args, **kw):
+        loaded["sd"] = load_sd(*args, **kw)
+        return loaded["sd"]
+
+    def watch_clip(*args, **kw):
+        model = load_clip(*args, **kw)
+        loaded["clip"] = weakref.ref(model)  # a weak reference: the test must not keep it alive
+        return model
+
+    monkeypatch.setattr(sd15, "load_sd15", keep_sd)
+    monkeypatch.setattr(clip_vision, "load_clip_vision", watch_clip)
+    seen = []
+
+    def during_steps(step, total, loss):
+        gc.collect()
+        seen.append((loaded["sd"].vae, loaded["sd"].text_encoder, loaded["clip"]()))
+
+    result = api.train_adapter(SAMPLES, models["sd"], models["clip"], tmp_path / "a.safetensors",
+                               TrainConfig(resolution=64, max_steps=2, checkpoint_every=0, mixed_precision="no",
+                                           validation=True, validation_timesteps=(500,)),
+                               callbacks=[during_steps], device="cpu")
+    assert seen == [(None, None, None), (None, None, None)]
+    assert result.out_path.is_file() and result.report["conditioning_gain"] is not None
+    assert loaded["sd"].unet is not None  # the UNet stays: validation ran on it after the steps
