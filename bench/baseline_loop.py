@@ -21,7 +21,7 @@ from ipadapter_train.layout import adapter_layers
 
 
 def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: int, device: str = "cpu",
-                 seed: int = 0) -> list[dict[str, float]]:
+                 seed: int = 0, batch_size: int = 1) -> list[dict[str, float]]:
     """Train `steps` steps the reference way; return each step's seconds, in all and per part.
 
     The parts (image, vae, clip, text, unet) show where the reference recipe spends a step, so a gap to
@@ -47,18 +47,19 @@ def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: in
     for step in range(steps):
         tick = time.perf_counter()
         clock, parts = [tick], {}
-        sample = samples[step % len(samples)]
-        pixels = to_tensor(center_crop(resize_short_side(sample.image, resolution), resolution))[None].to(device)
+        batch = [samples[(step * batch_size + i) % len(samples)] for i in range(batch_size)]
+        pixels = torch.stack([to_tensor(center_crop(resize_short_side(s.image, resolution), resolution))
+                              for s in batch]).to(device)
         lap("image")
         with torch.no_grad():
             latents = sd.vae.encode(pixels).latent_dist.sample() * sd.vae.config.scaling_factor
             lap("vae")
-            embeds, _ = encode_images(clip, [sample.image], device, torch.float32)
+            embeds, _ = encode_images(clip, [s.image for s in batch], device, torch.float32)
             lap("clip")
-            text = backend.encode_text([sample.caption]).to(device)
+            text = backend.encode_text([s.caption for s in batch]).to(device)
             lap("text")
         noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (1,), device=device)
+        t = torch.randint(0, 1000, (batch_size,), device=device)
         a = backend.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         pred = backend.predict_noise(noisy, t, text, adapter.project(embeds))

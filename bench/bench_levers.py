@@ -131,6 +131,26 @@ def spawn(lever: str, args: argparse.Namespace) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def record_rows(entry: dict) -> None:
+    """One row per lever in BENCHMARKS.md's lever table."""
+    from md_table import append_row, gib, secs
+
+    args = entry["args"]
+    for r in entry["levers"]:
+        if "error" in r:
+            continue
+        mem = r["peak_memory"]
+        peak = gib(mem["cuda_max_allocated_bytes"]) + " VRAM" if "cuda_max_allocated_bytes" in mem \
+            else gib(mem["peak_rss_bytes"]) + " RSS"
+        append_row("levers", "Lever runs (written by bench/bench_levers.py)",
+                   ["date", "machine", "setting", "lever", "s/step", "forward", "backward", "optimizer",
+                    "first step", "vs bf16", "peak"],
+                   [entry["date"], entry["machine"], f"{args['resolution']} px, batch {args['batch_size']}",
+                    r["lever"], secs(r["seconds_per_step"]), secs(r["forward"]), secs(r["backward"]),
+                    secs(r["optimizer"], 3), secs(r["first_step_seconds"], 1),
+                    f"{r['vs_bf16']:.3f}x" if r.get("vs_bf16") else "", peak])
+
+
 def main() -> None:
     """Run the chosen levers one after another and record them side by side."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,6 +180,7 @@ def main() -> None:
     history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     history.append(entry)
     RESULTS.write_text(json.dumps(history, indent=2))
+    record_rows(entry)
     print(json.dumps([{k: r.get(k) for k in ("lever", "seconds_per_step", "first_step_seconds", "vs_bf16",
                                                "forward", "backward", "optimizer", "error")} for r in results], indent=2))
 

@@ -189,6 +189,23 @@ def machine(device: str) -> str:
     return text
 
 
+def record_rows(entry: dict) -> None:
+    """One row per path in BENCHMARKS.md's sampling table."""
+    from md_table import append_row, secs
+
+    args = entry["args"]
+    for path in ("diffusers", "comfyui"):
+        r = entry.get(path)
+        if not r or "skipped" in r:
+            continue
+        append_row("sampling", "Sampling overhead runs (written by bench/bench_sampling.py)",
+                   ["date", "machine", "command", "path", "step without adapter s", "step with adapter s",
+                    "with / without"],
+                   [entry["date"], entry["machine"], f"`{entry['command']}`",
+                    f"{path}, {args['size']}, {args['resolution']} px, {args['dtype']}, CFG batch 2",
+                    secs(r["without_s"], 3), secs(r["with_s"], 3), f"{r['ratio']:.3f}"])
+
+
 def main() -> None:
     """Parse the options, run the paths, append the entry and print the summary."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,7 +226,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     checkpoint = ensure_models(args.size, VISION[args.size])["sd15"]
     entry = {"date": datetime.date.today().isoformat(), "machine": machine(args.device),
-             "command": " ".join(sys.argv), "args": vars(args)}
+             "command": "python bench/bench_sampling.py " + " ".join(sys.argv[1:]), "args": vars(args)}
     if "diffusers" in args.paths:
         log.info("diffusers path: %s, %d px, %s, %s", args.size, args.resolution, args.dtype, args.device)
         entry["diffusers"] = diffusers_path(args, checkpoint)
@@ -220,6 +237,7 @@ def main() -> None:
     history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
     history.append(entry)
     RESULTS.write_text(json.dumps(history, indent=2))
+    record_rows(entry)
     keys = ("without_s", "with_s", "ratio", "paired_ratio", "skipped")
     print(json.dumps({path: {k: entry[path][k] for k in keys if k in entry[path]}
                       for path in ("diffusers", "comfyui") if path in entry}, indent=2))

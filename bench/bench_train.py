@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+sys.path.insert(0, str(ROOT / "bench"))  # md_table, baseline_loop
 MODELS = ROOT / "bench" / ".models"
 
 
@@ -74,15 +75,20 @@ def worker(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         sd, clip = load_sd15(models["sd15"]), load_clip_vision(models["clip_vision"])
         load = time.perf_counter() - t0
-        steps = run_baseline(sd, clip, samples, args.baseline_steps, args.resolution, args.device)
+        steps = run_baseline(sd, clip, samples, args.baseline_steps, args.resolution, args.device,
+                             batch_size=args.batch_size)
         steady = steps[1:] or steps
         sec = statistics.median(s["total"] for s in steady)
         parts = {k: statistics.median(s[k] for s in steady) for k in steady[0] if k != "total"}
         return {"side": "baseline", "load_seconds": load, "step_seconds": [s["total"] for s in steps],
-                "seconds_per_step": sec, "images_per_second": 1 / sec, "parts_median_seconds": parts,
+                "seconds_per_step": sec, "images_per_second": args.batch_size / sec, "parts_median_seconds": parts,
                 "peak_memory": peak_memory(args.device), "precision": "no"}
+    from ipadapter_train.allocator import keep_freed_memory
     from ipadapter_train.api import train_adapter
     from ipadapter_train.config import TrainConfig
+
+    if args.device == "cpu":
+        keep_freed_memory()  # as the CLI does before it trains on the CPU
 
     out = Path(args.tmp) / "bench_adapter.safetensors"
     config = TrainConfig(max_steps=args.steps, resolution=args.resolution, batch_size=args.batch_size,
@@ -133,6 +139,25 @@ def kit_job(args: argparse.Namespace) -> dict:
             "validation_seconds": report["validation_seconds"], "peak_memory": report["peak_memory"]}
 
 
+def record_row(entry: dict) -> None:
+    """One row per run in BENCHMARKS.md's training table."""
+    from md_table import append_row, gib, secs
+
+    ours, base, job, args = entry["ours"], entry["baseline"], entry.get("kit_job"), entry["args"]
+    mem = ours["peak_memory"]
+    peak = gib(mem.get("cuda_max_allocated_bytes")) + " VRAM" if "cuda_max_allocated_bytes" in mem \
+        else gib(mem["peak_rss_bytes"]) + " RSS"
+    append_row("train", "Training runs (written by bench/bench_train.py)",
+               ["date", "machine", "command", "ours s/step", "baseline s/step", "ratio", "ours images/s",
+                "ours peak", "encode once s", "kit job s (to saved file)"],
+               [entry["date"], entry["machine"], f"`{entry['command']}`",
+                f"{secs(ours['seconds_per_step'])} ({ours['precision']}, batch {args['batch_size']})",
+                secs(base["seconds_per_step"]) if base else "",
+                f"{entry['speedup']:.2f}x" if entry["speedup"] else "", secs(ours["images_per_second"], 3), peak,
+                secs(ours["encode_seconds"], 1),
+                f"{job['to_saved_file_seconds']:.0f} ({job['precision']})" if job else ""])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", choices=["ours", "baseline"], help=argparse.SUPPRESS)
@@ -146,6 +171,8 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--job", action="store_true", help="also time the kit's 50-step job end to end")
+    p.add_argument("--min-speedup", type=float, default=0.0,
+                   help="exit non-zero if ours/baseline in this run falls below this (a guard against slowing down)")
     p.add_argument("--tmp", default=str(ROOT / "bench" / ".tmp"))
     args = p.parse_args()
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
@@ -165,6 +192,10 @@ def main() -> None:
     history = json.loads(results.read_text()) if results.is_file() else []
     history.append(entry)
     results.write_text(json.dumps(history, indent=2))
+    record_row(entry)
+    if args.min_speedup and (entry["speedup"] or 0) < args.min_speedup:
+        raise SystemExit(f"Ours is {entry['speedup']:.2f}x the baseline in this run, below --min-speedup "
+                         f"{args.min_speedup}: a change made training slower.")
     print(json.dumps({"speedup": entry["speedup"], "ours_s_per_step": ours["seconds_per_step"],
                       "ours_images_per_second": ours["images_per_second"],
                       "baseline_s_per_step": baseline["seconds_per_step"] if baseline else None,

@@ -31,6 +31,7 @@ fi
 for f in results levers_results sampling_results; do
   [ -f "bench/$f.json" ] && mv "bench/$f.json" "bench/$f.json.before"
 done
+cp BENCHMARKS.md BENCHMARKS.md.before
 status=0
 step() { echo "== $*"; local t=$SECONDS; "$@" || { echo "FAILED ($?): $*"; status=1; }; echo "   ($((SECONDS - t)) s)"; }
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true) | tee "$DEST/machine.txt"
@@ -44,5 +45,7 @@ for f in results levers_results sampling_results; do
   [ -f "bench/$f.json" ] && cp "bench/$f.json" "$DEST/gpu_$f.json"
   [ -f "bench/$f.json.before" ] && mv "bench/$f.json.before" "bench/$f.json"
 done
+cp BENCHMARKS.md "$DEST/gpu_BENCHMARKS.md"  # the rows each benchmark appended, to copy into the repository's file
+mv BENCHMARKS.md.before BENCHMARKS.md
 ls -l "$DEST"
 exit $status

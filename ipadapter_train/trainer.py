@@ -231,6 +231,9 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
         files["adapter"] = save_adapter(adapter.state_dict(), Path(out_path), meta)
     gain, t0 = None, time.perf_counter()
     if config.validation and not cancelled:
+        log.info("Validating: conditioning gain over %d image(s) x %d timestep(s), one UNet call each "
+                 "(--no-validation skips it).", min(len(samples), config.validation_max_images),
+                 len(config.validation_timesteps))
         backend.attach(adapter)
         try:
             gain = conditioning_gain(adapter, backend, data, config, accelerator.autocast)

@@ -14,6 +14,7 @@ from ipadapter_train.config import TrainConfig
 from ipadapter_train.diffusers_backend import DiffusersBackend
 from ipadapter_train.errors import IPAdapterError, TrainingCancelled, TrainingDiverged
 from ipadapter_train.fileformat import inspect_adapter, load_adapter
+from ipadapter_train.precision import cpu_has_bf16
 
 
 def cfg(**kw) -> TrainConfig:
@@ -159,7 +160,7 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, samples):
 
 
 def test_precision_choices_are_checked():
-    from ipadapter_train.precision import cpu_has_bf16, resolve_precision
+    from ipadapter_train.precision import resolve_precision
 
     # auto on the CPU: bf16 where the CPU has native bf16 arithmetic, fp32 where it would be slower
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_bf16() else "no")
@@ -203,3 +204,57 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
     assert seen == [(None, None, None), (None, None, None)]
     assert result.out_path.is_file() and result.report["conditioning_gain"] is not None
     assert loaded["sd"].unet is not None  # the UNet stays: validation ran on it after the steps
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no native bf16")
+def test_bf16_holds_the_frozen_unet_in_bf16_and_trains_fp32_adapter_weights(tmp_path, models, monkeypatch):
+    """The bf16 lever: no fp32 copy of the frozen UNet, fp32 master weights for what trains."""
+    from conftest import SAMPLES
+    from ipadapter_train import api, sd15
+
+    loaded = {}
+    load_sd = sd15.load_sd15
+
+    def keep_sd(*args, **kw):
+        loaded["sd"] = load_sd(*args, **kw)
+        return loaded["sd"]
+
+    monkeypatch.setattr(sd15, "load_sd15", keep_sd)
+    dtypes = []
+
+    def during_steps(step, total, loss):
+        dtypes.append({p.dtype for p in loaded["sd"].unet.parameters()})
+
+    result = api.train_adapter(SAMPLES, models["sd"], models["clip"], tmp_path / "a.safetensors",
+                               TrainConfig(resolution=64, max_steps=3, checkpoint_every=0, validation=False),
+                               callbacks=[during_steps], device="cpu")  # precision auto
+    assert result.report["precision"] == "bf16" and result.report["frozen_dtype"] == "bfloat16"
+    assert dtypes == [{torch.bfloat16}] * 3
+    assert {p.dtype for p in result.adapter.parameters()} == {torch.float32}
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+
+
+def test_backward_stops_at_the_first_adapter_layer(tmp_path, samples):
+    """Nothing before the first adapter layer is differentiated: its outputs need no gradient."""
+    sd = micro_sd15()
+    needs_grad = {}
+
+    def watch(name):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+            needs_grad.setdefault(name, set()).add(bool(out.requires_grad))
+        return hook
+
+    first_block = sd.unet.down_blocks[0]
+    watched = {"conv_in": sd.unet.conv_in, "first resnet": first_block.resnets[0],
+               "first attn1": first_block.attentions[0].transformer_blocks[0].attn1,
+               "first adapter layer": first_block.attentions[0].transformer_blocks[0].attn2,
+               "conv_out": sd.unet.conv_out}
+    handles = [m.register_forward_hook(watch(n)) for n, m in watched.items()]
+    try:
+        train_in_memory(samples, sd, micro_clip(), cfg(max_steps=2, checkpoint_every=0), tmp_path / "run", None)
+    finally:
+        for h in handles:
+            h.remove()
+    assert needs_grad == {"conv_in": {False}, "first resnet": {False}, "first attn1": {False},
+                          "first adapter layer": {True}, "conv_out": {True}}

@@ -1,0 +1,50 @@
+"""Append one benchmark run as a table row in BENCHMARKS.md, between markers the benchmarks own.
+
+    <!-- runs:train -->            (the table's header rows follow the start marker)
+    | date | machine | ... |
+    | --- | --- | ... |
+    | 2026-11-28 | ... |          (one row per run, oldest first)
+    <!-- /runs:train -->
+
+A table that is missing is created at the end of the file. The hand-written text around the markers is
+never touched, and the file is replaced in one step, so an interrupted benchmark leaves it whole.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+
+
+def _cell(value: object) -> str:
+    text = "" if value is None else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def append_row(name: str, title: str, header: Sequence[str], row: Sequence[object], path: Path = BENCHMARKS) -> None:
+    """Add `row` to the table `name` (created under the heading `title` if absent)."""
+    start, end = f"<!-- runs:{name} -->", f"<!-- /runs:{name} -->"
+    line = "| " + " | ".join(_cell(v) for v in row) + " |"
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        body, tail = rest.split(end, 1)
+        text = head + start + body.rstrip("\n") + "\n" + line + "\n" + end + tail
+    else:
+        table = "\n".join([start, "| " + " | ".join(header) + " |", "|" + " --- |" * len(header), line, end])
+        text = text.rstrip("\n") + f"\n\n### {title}\n\n" + table + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def gib(num_bytes: float | None) -> str:
+    """Bytes as GiB with one decimal, or an empty cell."""
+    return "" if num_bytes is None else f"{num_bytes / 2**30:.1f} GiB"
+
+
+def secs(value: float | None, digits: int = 2) -> str:
+    """Seconds rounded for a table cell, or an empty cell."""
+    return "" if value is None else f"{value:.{digits}f}"
