@@ -16,6 +16,8 @@ the median. Appends to bench/levers_results.json and prints a JSON summary.
 Levers (each is "bf16", our CPU training set-up, plus one change, unless said otherwise):
   fp32            fp32 frozen weights, no autocast (what --precision no runs)
   bf16            bf16 frozen weights + bf16 autocast, SDPA, eager (the reference point)
+  no_autocast     bf16 weights and inputs without autocast (the adapter's own small projections run
+                  in fp32 and are cast; every UNet op is bf16 by its inputs)
   channels_last   bf16 + the UNet and its input in channels_last memory format
   fused_adamw     bf16 + AdamW(fused=True) instead of the default foreach AdamW
   malloc          bf16 + glibc malloc told to keep freed activation memory (ipadapter_train.allocator,
@@ -40,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import ROOT, ensure_models, peak_memory  # bench_train also puts ROOT on sys.path
 
 RESULTS = ROOT / "bench" / "levers_results.json"
-LEVERS = ("fp32", "bf16", "channels_last", "fused_adamw", "malloc", "compile", "grad_ckpt")
+LEVERS = ("fp32", "bf16", "no_autocast", "channels_last", "fused_adamw", "malloc", "compile", "grad_ckpt")
 DEFAULT_LEVERS = "fp32,bf16,channels_last,fused_adamw,malloc"
 
 
@@ -62,7 +64,8 @@ def run_lever(lever: str, args: argparse.Namespace) -> dict:
     bf16 = lever != "fp32"
     dtype = torch.bfloat16 if bf16 else torch.float32
     t0 = time.perf_counter()
-    sd = load_sd15(ensure_models(args.size, "vit-l")["sd15"])
+    # loaded straight into the frozen dtype, as the trainer does, so peak memory is the step's, not the load's
+    sd = load_sd15(ensure_models(args.size, "vit-l")["sd15"], dtype=dtype)
     backend = DiffusersBackend(sd, device, dtype)
     load_seconds = time.perf_counter() - t0
     torch.manual_seed(0)
@@ -96,7 +99,7 @@ def run_lever(lever: str, args: argparse.Namespace) -> dict:
     for _ in range(args.steps):
         sync()
         tick = time.perf_counter()
-        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16 and lever != "no_autocast"):
             backend.state.tokens, backend.state.scale = adapter.project(feats), 1.0
             pred = forward(noisy, t, encoder_hidden_states=text).sample
         loss = F.mse_loss(pred.float(), noise)
