@@ -71,9 +71,8 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     result = train(backend, encoder, samples, config, Path(run_dir) if run_dir else default_run_dir(out), out,
                    Path(init_adapter) if init_adapter else None, Path(resume) if resume else None, callbacks,
                    encode_progress, accelerator=accelerator, after_encode=release_encoders,
-                   metadata={"dataset_images": len(samples), "random_weights": random_weights})
-    result.report["model_load_seconds"] = load_seconds
-    result.report["dataset"] = report.to_dict()
+                   metadata={"dataset_images": len(samples), "random_weights": random_weights},
+                   report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()})
     return result
 
 

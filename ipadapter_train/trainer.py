@@ -140,11 +140,12 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
           run_dir: Path, out_path: Path | None = None, init_adapter: Path | None = None, resume: Path | None = None,
           callbacks: Sequence[StepCallback] = (), encode_progress: Progress | None = None,
           metadata: dict[str, Any] | None = None, accelerator=None,
-          after_encode: Callable[[], None] | None = None) -> TrainResult:
+          after_encode: Callable[[], None] | None = None, report_extra: dict[str, Any] | None = None) -> TrainResult:
     """Train an adapter on `samples`; save it to `out_path` and write report.json/loss.png in `run_dir`.
 
     `after_encode` runs once the dataset is encoded: from then on the loop needs only the UNet, so a
-    caller that owns the VAE and the encoders can free them there.
+    caller that owns the VAE and the encoders can free them there. `report_extra` adds the caller's own
+    figures (model load time, data set summary) to report.json.
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -254,6 +255,7 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
         "precision": accelerator.mixed_precision, "frozen_dtype": str(backend.dtype).replace("torch.", ""),
         "world_size": world, "conditioning_gain": gain, "base_model": backend.name,
         "image_encoder": encoder.name, "adapter": str(out_path) if out_path else None,
+        **(report_extra or {}),
     }
     if main:
         files.update(write_report(run_dir, report, losses))

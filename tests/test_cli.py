@@ -14,6 +14,8 @@ def test_train_then_inspect(models, tmp_path):
     r = cli(*train_args(models, out, "--max-steps", "3"))
     assert r.returncode == 0, r.stderr
     assert out.is_file() and (tmp_path / "mine-run" / "report.json").is_file()
+    report = json.loads((tmp_path / "mine-run" / "report.json").read_text())
+    assert report["model_load_seconds"] > 0 and len(report["dataset"]["used"]) == 5  # the API's figures too
     r = cli("inspect", str(out))
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
