@@ -3,8 +3,8 @@
 Each training step allocates and frees gigabytes of activations. By default glibc serves blocks over
 32 MiB with mmap and gives them back to the OS on free, so every step page-faults and zeroes all that
 memory afresh. Turning mmap off and trimming off lets the next step reuse the same pages. Measured on
-2 cores, full-size SD1.5 at 512 px in bf16: 4.16 s against 4.30 s a step (about 3.5% faster), with the
-same peak RSS (`bench/bench_levers.py --levers bf16,malloc`).
+2 cores, full-size SD1.5 at 512 px in bf16: 4.16 against 4.30 s and 4.06 against 4.26 s a step in two
+runs (3.6% and 4.9% faster), with the same peak RSS (`bench/bench_levers.py --levers bf16,malloc`).
 
 Only a one-shot process should do this (the CLI): memory freed afterwards stays with the process, which
 would be wrong inside a long-lived ComfyUI server.
