@@ -162,7 +162,7 @@ def comfy_path(args: argparse.Namespace, checkpoint: Path) -> dict:
     if reason:
         log.warning("ComfyUI part skipped: %s", reason)
         return {"skipped": reason}
-    comfy_sampling.import_comfy(args.device)
+    comfy_sampling.import_comfy(cpu=args.device == "cpu")
     t0 = time.perf_counter()
     model = comfy_sampling.load_model(checkpoint, args.dtype)
     load_seconds = time.perf_counter() - t0

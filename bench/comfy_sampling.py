@@ -1,59 +1,28 @@
 """The ComfyUI side of bench_sampling.py: one UNet step through ComfyUI's own `apply_model`, on the plain
 MODEL and on the MODEL that the pack's Apply patch (`nodes.attn_patch.apply_image_prompt`) returns.
 
-ComfyUI is the in-repository copy that `tests/comfyui/setup_comfyui.sh` installs under `.comfyui/ComfyUI`.
-The set-up mirrors `tests/comfyui/test_nodes_support.py` (not imported: a benchmark must not depend on the
-tests): ComfyUI goes first on sys.path and the pack is imported as a package under its own name.
+ComfyUI is the in-repository copy that `tests/comfyui/setup_comfyui.sh` installs under `.comfyui/ComfyUI`;
+`tests/comfyui/comfy_import.py`, which lives beside that script and needs nothing of the tests, puts it
+first on sys.path and imports the pack as a package under its own name.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-COMFY = ROOT / ".comfyui" / "ComfyUI"
-PACK = "ipadapter_train_pack"  # the pack's package name here (ComfyUI itself imports it by folder path)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "comfyui"))
+from comfy_import import COMFY, comfy_installed, import_comfy, pack  # noqa: E402,F401  (import_comfy: re-exported)
 
 log = logging.getLogger("bench_sampling.comfy")
 
 
 def comfy_missing() -> str | None:
     """Why the ComfyUI part cannot run (a sentence), or None when the in-repository copy is there."""
-    if not (COMFY / "main.py").is_file():
+    if not comfy_installed():
         return f"ComfyUI is not installed at {COMFY} (run tests/comfyui/setup_comfyui.sh)"
     return None
-
-
-def import_comfy(device: str) -> None:
-    """Put ComfyUI on sys.path (CPU mode unless a GPU is asked for) and import the modules the patch needs."""
-    # ComfyUI's modules `import nodes` (its nodes.py) and this repository has a `nodes/` package on sys.path
-    # too: put ComfyUI first and import its `nodes` now, so every later `import nodes` finds that module.
-    if str(COMFY) in sys.path:
-        sys.path.remove(str(COMFY))
-    sys.path.insert(0, str(COMFY))
-    import comfy.cli_args
-
-    comfy.cli_args.args.cpu = device == "cpu"
-    import comfy.model_management  # reads args.cpu once, at import: after setting it
-    import nodes
-
-    if Path(nodes.__file__).resolve() != (COMFY / "nodes.py").resolve():
-        raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py")
-
-
-def pack(module: str = ""):
-    """Import the node pack (the repository root) as a package, or one of its modules."""
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"{PACK}.{module}" if module else PACK)
 
 
 def load_model(checkpoint: Path, dtype: str):

@@ -2,60 +2,27 @@
 imported as a package, and random-weight models written once per test session.
 
 Every test module of the node pack imports from here. When the ComfyUI copy that
-`tests/comfyui/setup_comfyui.sh` installs is missing, or its requirements are not importable, the
-node tests are skipped (the core's tests never need ComfyUI).
+`tests/comfyui/setup_comfyui.sh` installs is missing, the node tests are skipped (the core's tests never
+need ComfyUI); a copy that is there but cannot be imported fails them (`comfy_import.import_comfy`).
 """
 from __future__ import annotations
 
 import atexit
 import functools
-import importlib
-import importlib.util
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-COMFY = ROOT / ".comfyui" / "ComfyUI"
-PACK = "ipadapter_train_pack"  # the name the tests import the pack under (ComfyUI uses its folder path)
+from comfy_import import ROOT, comfy_installed, import_comfy, pack  # noqa: F401  (ROOT, pack: re-exported)
 
 
 def comfy_or_skip() -> None:
     """Put ComfyUI on sys.path in CPU mode, or skip the calling test module."""
-    if not (COMFY / "main.py").is_file():
+    if not comfy_installed():
         pytest.skip("ComfyUI is not installed (run tests/comfyui/setup_comfyui.sh)", allow_module_level=True)
-    # ComfyUI's own modules `import nodes` (its nodes.py); this repository has a `nodes/` package too, and
-    # pytest may put the repository root ahead of ComfyUI on sys.path. Put ComfyUI first and import its
-    # `nodes` now, so every later `import nodes` (ComfyUI's server.py has one) finds the cached module.
-    if str(COMFY) in sys.path:
-        sys.path.remove(str(COMFY))
-    sys.path.insert(0, str(COMFY))
-    try:
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True
-        import comfy.model_management  # noqa: F401  (reads args.cpu once, at import)
-        import comfy_api.latest  # noqa: F401
-        import folder_paths  # noqa: F401
-        import nodes
-    except ImportError as exc:  # installed but not importable: a broken setup must fail, not skip
-        raise RuntimeError(f"ComfyUI at {COMFY} cannot be imported ({exc}): rerun tests/comfyui/setup_comfyui.sh") from exc
-    if Path(nodes.__file__).resolve() != (COMFY / "nodes.py").resolve():
-        raise RuntimeError(f"`import nodes` found {nodes.__file__}, not ComfyUI's nodes.py")
-
-
-def pack(module: str = ""):
-    """Import the node pack (the repository root) as a package, or one of its modules."""
-    if PACK not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        package = importlib.util.module_from_spec(spec)
-        sys.modules[PACK] = package
-        spec.loader.exec_module(package)
-    return importlib.import_module(f"{PACK}.{module}" if module else PACK)
+    import_comfy(cpu=True)
 
 
 @functools.lru_cache(maxsize=None)
