@@ -43,11 +43,11 @@ def _generator(args: argparse.Namespace):
     from .adapter_init import load_adapter_module
     from .clip_vision import load_clip_vision
     from .generate import Generator
-    from .precision import default_device, frozen_dtype, resolve_precision
+    from .precision import default_device, inference_dtype
     from .sd15 import load_sd15
 
     device = default_device() if args.device is None else args.device
-    dtype = frozen_dtype(resolve_precision(args.precision, device))
+    dtype = inference_dtype(args.precision, device)
     return Generator(load_sd15(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
                      load_adapter_module(Path(args.adapter)), device, dtype, adapter_name=str(args.adapter),
                      encoder_name=Path(args.image_encoder).name)

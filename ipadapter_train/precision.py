@@ -30,13 +30,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """Turn "auto" into "bf16", "fp16" or "no" for this device; refuse what the device cannot do well."""
+def resolve_precision(requested: str, device: torch.device, weights_dtype: torch.dtype | None = None) -> str:
+    """Turn "auto" into "bf16", "fp16" or "no" for this device; refuse what the device cannot do well.
+
+    `weights_dtype` is the dtype of frozen weights the caller cannot change (ComfyUI's MODEL); None when the
+    weights will be loaded in the dtype this returns.
+    """
     kind = torch.device(device).type
     if requested == "auto":
         if kind == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        if kind == "cpu" and cpu_has_bf16():
+        if kind == "cpu" and cpu_has_bf16() and weights_dtype in (None, torch.bfloat16):
+            # bf16 pays on the CPU only with bf16 weights: autocast over fp32 weights casts every weight on
+            # every call and is no faster than fp32 (the issue's 7.5-8 s against our fp32 8.0 s at 512 px).
             # Measured on a 2-core AVX512-BF16 EPYC: full-size SD1.5 at 512 px 4.3 s a step against 8.0 s
             # in fp32 and about half the memory; the tiny demo model at 128 px 0.20 s against 0.28 s, with
             # no warm-up beyond the first step (BENCHMARKS.md).
@@ -55,13 +61,21 @@ def frozen_dtype(precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
-def make_accelerator(config, device: torch.device | str | None = None):
+def inference_dtype(requested: str, device: torch.device | str) -> torch.dtype:
+    """Weights dtype for generation: "auto" is fp16/bf16 on CUDA and fp32 elsewhere (sampling quality in
+    bf16 on the CPU has not been checked with real weights); an explicit choice is checked as for training."""
+    if requested == "auto" and torch.device(device).type != "cuda":
+        return torch.float32
+    return frozen_dtype(resolve_precision(requested, torch.device(device)))
+
+
+def make_accelerator(config, device: torch.device | str | None = None, weights_dtype: torch.dtype | None = None):
     """An `Accelerator` for this run; under `accelerate launch` it joins the process group."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
     device = torch.device(device) if device is not None else default_device()
-    precision = resolve_precision(config.mixed_precision, device)
+    precision = resolve_precision(config.mixed_precision, device, weights_dtype)
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         # accelerate keeps one global state per process; a second run in the same process (tests, a
         # ComfyUI server) with another precision must start from a clean state.

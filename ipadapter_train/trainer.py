@@ -150,7 +150,7 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     config.validate()
     run_dir = Path(run_dir)
     wall_start = time.perf_counter()
-    accelerator = accelerator or make_accelerator(config, backend.device)
+    accelerator = accelerator or make_accelerator(config, backend.device, backend.dtype)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
 

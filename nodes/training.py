@@ -86,11 +86,6 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
         with torch.inference_mode(False):
             backend = ComfyBackend(model, clip, vae)
             encoder = ComfyImageEncoder(clip_vision)
-            if config.mixed_precision == "auto" and backend.device.type == "cpu" and backend.dtype == torch.float32:
-                # The graph's UNet is fp32 here and stays so: autocast over fp32 weights casts every weight
-                # on every call, which is no faster than fp32 on the CPU. The core's own loader gets its
-                # bf16 speed from holding the frozen weights in bf16, which this back end does not control.
-                config.mixed_precision = "no"
             init_path = None
             if init_adapter is not None:  # the core fine-tunes from a file: keep it fp32, exactly as given
                 init_path = save_adapter(init_adapter.state_dict(), run_dir / "init_adapter.safetensors",

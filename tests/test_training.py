@@ -160,11 +160,15 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, samples):
 
 
 def test_precision_choices_are_checked():
-    from ipadapter_train.precision import resolve_precision
+    from ipadapter_train.precision import inference_dtype, resolve_precision
 
     # auto on the CPU: bf16 where the CPU has native bf16 arithmetic, fp32 where it would be slower
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_bf16() else "no")
     assert resolve_precision("no", torch.device("cpu")) == "no"
+    # weights the caller cannot recast (ComfyUI's fp32 MODEL on the CPU): autocast over them would not pay
+    assert resolve_precision("auto", torch.device("cpu"), torch.float32) == "no"
+    # generation keeps fp32 on the CPU unless asked
+    assert inference_dtype("auto", "cpu") == torch.float32 and inference_dtype("no", "cpu") == torch.float32
     with pytest.raises(IPAdapterError, match="needs a GPU"):
         resolve_precision("fp16", torch.device("cpu"))
 
