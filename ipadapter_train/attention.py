@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .adapter import IPLayer
-from .ip_attention import decoupled_term
+from .ip_attention import attend, decoupled_term
 
 
 @dataclass
@@ -35,21 +34,14 @@ class IPAttnProcessor:
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
                  *args, **kwargs) -> torch.Tensor:
         residual = hidden_states
-        b, n, _ = hidden_states.shape  # [B, HW, C]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        heads = attn.heads
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)  # [B, H, L, d]
-
         query = attn.to_q(hidden_states)  # [B, HW, heads*d]
-        out = F.scaled_dot_product_attention(split(query), split(attn.to_k(context)), split(attn.to_v(context)))
-        out = out.transpose(1, 2).reshape(b, n, -1).to(query.dtype)
+        out = attend(query, attn.to_k(context), attn.to_v(context), attn.heads)
         tokens, scale = self.state.tokens, self.state.scale
         if tokens is not None and scale != 0:
-            out = out + scale * decoupled_term(query, tokens, self.layer, heads)
+            out = out + scale * decoupled_term(query, tokens, self.layer, attn.heads)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
