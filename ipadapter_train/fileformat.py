@@ -105,12 +105,13 @@ def save_adapter(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
                   "ip_adapter": {k[len("ip_adapter."):]: v for k, v in tensors.items() if k.startswith("ip_adapter.")}}
         atomic_write(path, lambda tmp: torch.save(nested, tmp))
     else:
-        save_safetensors_atomic(tensors, path, _file_metadata(spec, metadata))
+        save_safetensors_atomic(tensors, path, file_metadata(spec, metadata))
     log.info("saved %s adapter (%d layers) to %s", spec.variant, len(spec.layers), path)
     return path
 
 
-def _file_metadata(spec: AdapterSpec, extra: Mapping[str, Any] | None) -> dict[str, str]:
+def file_metadata(spec: AdapterSpec, extra: Mapping[str, Any] | None) -> dict[str, str]:
+    """The metadata `save_adapter` writes: the caller's values as strings, plus keys derived from `spec`."""
     meta = {str(k): v if isinstance(v, str) else json.dumps(v, default=str, sort_keys=True)
             for k, v in (extra or {}).items()}
     # The derived keys describe the tensors actually written, so they win over caller values.

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .data import Sample
 from .encoding import EncodedDataset, Progress, encode_dataset
 from .errors import IPAdapterError, TrainingCancelled, TrainingDiverged
-from .fileformat import save_adapter
+from .fileformat import file_metadata, save_adapter
 from .adapter_init import build_adapter
 from .precision import make_accelerator
 from .report import device_description, peak_memory, write_report
@@ -53,6 +53,7 @@ class TrainResult:
     run_dir: Path
     out_path: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)  # what the adapter file holds (or would hold)
 
 
 def _seed(*parts: int) -> int:
@@ -137,7 +138,8 @@ def _restore(resume: Path, config: TrainConfig, samples: Sequence[Sample], adapt
 
 
 def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,
-          run_dir: Path, out_path: Path | None = None, init_adapter: Path | None = None, resume: Path | None = None,
+          run_dir: Path, out_path: Path | None = None, init_adapter: Path | IPAdapter | None = None,
+          resume: Path | None = None,
           callbacks: Sequence[StepCallback] = (), encode_progress: Progress | None = None,
           metadata: dict[str, Any] | None = None, accelerator=None,
           after_encode: Callable[[], None] | None = None, report_extra: dict[str, Any] | None = None) -> TrainResult:
@@ -260,4 +262,4 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     if main:
         files.update(write_report(run_dir, report, losses))
     return TrainResult(adapter.cpu(), done, total, cancelled, losses, report, run_dir,
-                       Path(out_path) if out_path else None, files)
+                       Path(out_path) if out_path else None, files, file_metadata(adapter.spec, meta))

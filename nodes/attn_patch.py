@@ -114,9 +114,6 @@ class TrainingPatch(_ChainedPatch):
         self.layer = layer
         self.state = state
 
-    def __deepcopy__(self, memo: dict) -> "TrainingPatch":
-        return self  # holds the trainable layer: a copy would train nothing
-
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         out = text_attention(q, k, v, extra_options, self.previous)
         tokens, scale = self.state.tokens, self.state.scale

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from .folders import adapter_files, adapter_path
 from .io_types import CATEGORY, IPAdapterTrain
-from .training import adapter_from_file
+from ..ipadapter_train.adapter_init import load_adapter_module
 
 
 class LoadIPAdapter(io.ComfyNode):
@@ -40,4 +40,4 @@ class LoadIPAdapter(io.ComfyNode):
 
     @classmethod
     def execute(cls, adapter_name) -> io.NodeOutput:
-        return io.NodeOutput(adapter_from_file(adapter_path(adapter_name)))
+        return io.NodeOutput(load_adapter_module(adapter_path(adapter_name)).eval().requires_grad_(False))

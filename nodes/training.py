@@ -16,11 +16,10 @@ import torch
 
 import folder_paths
 
-from ..ipadapter_train.adapter import AdapterSpec, IPAdapter
+from ..ipadapter_train.adapter import IPAdapter
 from ..ipadapter_train.config import TrainConfig
 from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.fileformat import load_adapter, save_adapter
 from ..ipadapter_train.trainer import TrainResult, train
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import tensor_to_pils
@@ -65,15 +64,6 @@ def run_dir_for(node_id: str) -> Path:
     return path
 
 
-def adapter_from_file(path: Path) -> IPAdapter:
-    """The fp32 adapter module of a file, with the file's metadata as `.metadata`."""
-    state, metadata = load_adapter(path)
-    adapter = IPAdapter(AdapterSpec.from_state_dict(state, str(path)))
-    adapter.load_state_dict({k: v.float() for k, v in state.items()})
-    adapter.metadata = dict(metadata)
-    return adapter.eval().requires_grad_(False)
-
-
 def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: list[Sample], config: TrainConfig,
                    node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None) -> tuple[IPAdapter, TrainResult]:
     """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result."""
@@ -86,18 +76,14 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
         with torch.inference_mode(False):
             backend = ComfyBackend(model, clip, vae)
             encoder = ComfyImageEncoder(clip_vision)
-            init_path = None
-            if init_adapter is not None:  # the core fine-tunes from a file: keep it fp32, exactly as given
-                init_path = save_adapter(init_adapter.state_dict(), run_dir / "init_adapter.safetensors",
-                                         getattr(init_adapter, "metadata", None), dtype=torch.float32)
-            result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_path,
+            result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
                            callbacks=[reporter.step], encode_progress=reporter.encoding,
                            metadata={"dataset_images": len(samples), "trained_with": "ComfyUI node pack"})
         cancelled = result.cancelled
     finally:
         reporter.finish(cancelled)
-    adapter = result.adapter.float().eval().requires_grad_(False)
-    adapter.metadata = dict(load_adapter(out)[1]) if out.is_file() else {}
+    adapter = result.adapter.eval().requires_grad_(False)
+    adapter.metadata = result.metadata
     return adapter, result
 
 

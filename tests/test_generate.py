@@ -8,7 +8,8 @@ import torch
 from conftest import micro_clip, micro_sd15
 from ipadapter_train.adapter import IPAdapter
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.fileformat import load_adapter, save_adapter
+from ipadapter_train.adapter_init import load_adapter_module
+from ipadapter_train.fileformat import save_adapter
 from ipadapter_train.generate import GenerationSettings, Generator
 from ipadapter_train.layout import adapter_layers
 
@@ -30,12 +31,7 @@ def adapter_file(tmp_path, variant="base", clip_dim=None):
 
 
 def load(path) -> IPAdapter:
-    state, _ = load_adapter(path)
-    from ipadapter_train.adapter import AdapterSpec
-
-    adapter = IPAdapter(AdapterSpec.from_state_dict(state))
-    adapter.load_state_dict(state)
-    return adapter
+    return load_adapter_module(path)
 
 
 def pixels(images) -> np.ndarray:
