@@ -63,46 +63,59 @@ class _ChainedPatch:
         return self
 
 
+class SigmaGate:
+    """Whether the current sampling step lies in [sigma_end, sigma_start]; one gate serves all of an Apply's
+    layers, so the sigma is read (a device-to-host sync on a GPU) once per step, not once per layer."""
+
+    def __init__(self, sigma_start: float, sigma_end: float) -> None:
+        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
+        self._sigmas: torch.Tensor | None = None  # the step's sigmas tensor last read (ComfyUI shares it)
+        self._active = True
+
+    def __call__(self, extra_options: dict) -> bool:
+        """True while the current sigma is inside the gate (no sigma known: always)."""
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None:
+            return True
+        if sigmas is not self._sigmas:
+            self._sigmas = sigmas
+            self._active = self.sigma_end <= float(sigmas.detach().flatten()[0]) <= self.sigma_start
+        return self._active
+
+
 class ImagePromptPatch(_ChainedPatch):
     """Apply's patch for one layer: fixed image keys/values for cond and uncond rows, gated by sigma."""
 
     def __init__(self, cond_kv: tuple[torch.Tensor, torch.Tensor], uncond_kv: tuple[torch.Tensor, torch.Tensor],
-                 weight: float, sigma_start: float, sigma_end: float, previous: Patch | None = None) -> None:
+                 weight: float, gate: SigmaGate, previous: Patch | None = None) -> None:
         super().__init__(previous)
         self.kv = {COND: cond_kv, UNCOND: uncond_kv}  # each [1, T, hidden], fp32 on the CPU
         self.weight = float(weight)
-        self.sigma_start, self.sigma_end = float(sigma_start), float(sigma_end)
-        self._cast: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.gate = gate
+        self._batch_kv: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def active(self, extra_options: dict) -> bool:
-        """True while the current sigma lies in [sigma_end, sigma_start] (no sigma known: always)."""
-        sigmas = extra_options.get("sigmas")
-        if sigmas is None:
-            return True
-        sigma = float(sigmas.detach().flatten()[0])
-        return self.sigma_end <= sigma <= self.sigma_start
+    def batch_kv(self, chunks: list[int], rows: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image keys and values for a batch laid out as `chunks` of `rows` rows, on `like`'s device and dtype.
 
-    def _kv(self, which: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (which, like.device, like.dtype, torch.is_inference_mode_enabled())
-        if key not in self._cast:
-            k, v = (t.to(device=like.device, dtype=like.dtype) for t in self.kv[which])
-            if not torch.is_inference_mode_enabled():  # autograd cannot save inference tensors
-                k, v = k.clone(), v.clone()
-            self._cast[key] = (k, v)
-        return self._cast[key]
+        Built once per layout and kept: every later step of the sampling reuses them. They are made in the
+        current inference mode (part of the key), since autograd cannot save inference tensors.
+        """
+        key = (tuple(chunks), rows, like.device, like.dtype, torch.is_inference_mode_enabled())
+        if key not in self._batch_kv:
+            parts = [self.kv[UNCOND if c == UNCOND else COND] for c in chunks]
+            self._batch_kv[key] = tuple(torch.cat([kv[i].expand(rows, -1, -1) for kv in parts])
+                                        .to(device=like.device, dtype=like.dtype) for i in (0, 1))
+        return self._batch_kv[key]
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
         out = text_attention(q, k, v, extra_options, self.previous)
-        if self.weight == 0 or not self.active(extra_options):
+        if self.weight == 0 or not self.gate(extra_options):
             return out
         chunks = list(extra_options.get("cond_or_uncond") or [COND])
         batch = q.shape[0]
         if batch % len(chunks):  # not ComfyUI's equal-sized chunks: treat every row as cond
             chunks = [COND] * batch
-        rows = batch // len(chunks)
-        parts = [self._kv(UNCOND if c == UNCOND else COND, q) for c in chunks]
-        k_ip = torch.cat([kp.expand(rows, -1, -1) for kp, _ in parts])
-        v_ip = torch.cat([vp.expand(rows, -1, -1) for _, vp in parts])
+        k_ip, v_ip = self.batch_kv(chunks, batch // len(chunks), q)
         return out + self.weight * attend(q, k_ip, v_ip, extra_options["n_heads"])
 
 
@@ -133,15 +146,14 @@ def apply_image_prompt(model: Any, adapter: Any, layers: list, cond_tokens: torc
     """
     patched = model.clone()
     sampling = patched.get_model_object("model_sampling")
-    sigma_start, sigma_end = sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at)
+    gate = SigmaGate(sampling.percent_to_sigma(start_at), sampling.percent_to_sigma(end_at))
     before = patched.model_options.get("transformer_options", {})
     with torch.no_grad():
         for layer in layers:
             ip_layer = adapter.layer(layer.index)
             cond = tuple(t.float().cpu() for t in image_kv(cond_tokens, ip_layer))
             uncond = tuple(t.float().cpu() for t in image_kv(uncond_tokens, ip_layer))
-            patch = ImagePromptPatch(cond, uncond, weight, sigma_start, sigma_end,
-                                     existing_patch(before, layer.comfy_key))
+            patch = ImagePromptPatch(cond, uncond, weight, gate, existing_patch(before, layer.comfy_key))
             patched.set_model_attn2_replace(patch, *layer.comfy_key)
     return patched
 
