@@ -83,14 +83,27 @@ def find_checkpoint(path: Path) -> Path:
                          f"(it holds {CHECKPOINT_DIR}/state.json).")
 
 
+def _damaged(folder: Path, exc: Exception) -> IPAdapterError:
+    return IPAdapterError(f"The checkpoint in {folder} is damaged ({exc}): resume from another run or start anew.")
+
+
+def read_checkpoint_info(path: Path) -> dict[str, Any]:
+    """The checkpoint's state.json alone (step, config, data set, losses), without its tensors."""
+    folder = find_checkpoint(path)
+    try:
+        return json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise _damaged(folder, exc) from exc
+
+
 def load_checkpoint(path: Path) -> TrainingState:
     """Read a checkpoint written by `save_checkpoint`."""
     folder = find_checkpoint(path)
+    info = read_checkpoint_info(folder)
     try:
-        info = json.loads((folder / "state.json").read_text())
         adapter = load_file(str(folder / "adapter.safetensors"))
         tensors = load_file(str(folder / "optimizer.safetensors"))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise IPAdapterError(f"The checkpoint in {folder} is damaged ({exc}): resume from another run or start anew.") from exc
+        raise _damaged(folder, exc) from exc
     groups = info.pop("param_groups")
     return TrainingState(int(info["step"]), adapter, _unflatten_optimizer(tensors, groups), info)

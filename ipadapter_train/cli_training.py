@@ -25,12 +25,12 @@ TRAIN_EXAMPLES = """examples:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .checkpoint import load_checkpoint
+    from .checkpoint import read_checkpoint_info
     from .config import TrainConfig
 
     base = TrainConfig()
     if getattr(args, "resume", None):
-        base = TrainConfig.from_dict(load_checkpoint(Path(args.resume)).info["config"])
+        base = TrainConfig.from_dict(read_checkpoint_info(Path(args.resume))["config"])
     fields = {"variant": args.variant, "epochs": args.epochs, "max_steps": args.max_steps,
               "batch_size": args.batch_size, "learning_rate": args.lr, "weight_decay": args.weight_decay,
               "resolution": args.resolution, "random_crop": args.random_crop, "flip": args.flip,

@@ -22,7 +22,7 @@ from torch import nn
 
 from .adapter import IPAdapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
 from .encoding import EncodedDataset, Progress, encode_dataset
@@ -121,16 +121,22 @@ def _fingerprint(samples: Sequence[Sample]) -> list[str]:
     return [f"{s.path.name}|{s.caption}" for s in samples]
 
 
-def _restore(resume: Path, config: TrainConfig, samples: Sequence[Sample], adapter: IPAdapter, optimizer) -> tuple[int, list[float]]:
-    state = load_checkpoint(resume)
-    saved = TrainConfig.from_dict(state.info["config"]).to_dict()
+def _check_resume(resume: Path, config: TrainConfig, samples: Sequence[Sample]) -> None:
+    """Refuse a checkpoint of other settings or other images, before any model work is spent on the run."""
+    info = read_checkpoint_info(resume)
+    saved = TrainConfig.from_dict(info["config"]).to_dict()
     differs = sorted(k for k, v in config.to_dict().items() if k not in RESUME_MAY_DIFFER and saved.get(k) != v)
     if differs:
         raise IPAdapterError(f"The checkpoint in {resume} was trained with other settings ({', '.join(differs)}): "
                              "resume with the same settings, or start a new run.")
-    if state.info.get("dataset") != _fingerprint(samples):
+    if info.get("dataset") != _fingerprint(samples):
         raise IPAdapterError(f"The checkpoint in {resume} was trained on other images or captions: resume with "
                              "the same folder, or start a new run.")
+
+
+def _restore(resume: Path, adapter: IPAdapter, optimizer) -> tuple[int, list[float]]:
+    """Load a checkpoint `_check_resume` accepted into the adapter and the optimizer."""
+    state = load_checkpoint(resume)
     adapter.load_state_dict(state.adapter)
     optimizer.load_state_dict(state.optimizer)
     log.info("Resumed from %s at step %d.", resume, state.step)
@@ -156,6 +162,8 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
 
+    if resume is not None:
+        _check_resume(Path(resume), config, samples)
     adapter = build_adapter(backend, encoder, config, init_adapter).to(backend.device)
     t0 = time.perf_counter()
     data = encode_dataset(samples, backend, encoder, config, encode_progress)
@@ -168,7 +176,7 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     total = config.total_steps(len(samples), world)
     start, losses = (0, [])
     if resume is not None:
-        start, losses = _restore(Path(resume), config, samples, adapter, optimizer)
+        start, losses = _restore(Path(resume), adapter, optimizer)
     step_module, optimizer = accelerator.prepare(_StepModule(adapter, backend), optimizer)
     info = {"config": config.to_dict(), "dataset": _fingerprint(samples), "world_size": world}
 

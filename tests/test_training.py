@@ -118,8 +118,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
     assert not (tmp_path / "a.safetensors").exists()
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, samples):
+def test_resume_with_other_settings_is_refused(tmp_path, samples, monkeypatch):
     run(tmp_path, samples, cfg(max_steps=2))
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("a refused resume must not encode the images first")
+
+    monkeypatch.setattr(DiffusersBackend, "encode_latents", no_encoding)
     with pytest.raises(IPAdapterError, match="other settings"):
         run(tmp_path, samples, cfg(max_steps=4, learning_rate=5e-4), resume=tmp_path / "a-run")
 
