@@ -31,7 +31,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import ROOT, ensure_models, peak_memory  # bench_train also puts ROOT on sys.path
+from bench_train import ROOT, ensure_models  # bench_train also puts ROOT on sys.path
+from record import append_history, append_row, machine, peak_cell, secs
 
 RESULTS = ROOT / "bench" / "levers_results.json"
 LEVERS = ("fp32", "bf16", "no_autocast", "channels_last", "fused_adamw", "malloc", "compile", "grad_ckpt")
@@ -54,6 +54,7 @@ def run_lever(lever: str, args: argparse.Namespace) -> dict:
     from ipadapter_train.adapter import IPAdapter
     from ipadapter_train.diffusers_backend import DiffusersBackend
     from ipadapter_train.layout import adapter_layers
+    from ipadapter_train.report import peak_memory
     from ipadapter_train.sd15 import load_sd15
 
     device = args.device
@@ -120,7 +121,7 @@ def run_lever(lever: str, args: argparse.Namespace) -> dict:
             "forward": statistics.median(s["forward"] for s in steady),
             "backward": statistics.median(s["backward"] for s in steady),
             "optimizer": statistics.median(s["optimizer"] for s in steady),
-            "steps": steps, "peak_memory": peak_memory(device)}
+            "steps": steps, "peak_memory": peak_memory(torch.device(device))}
 
 
 def spawn(lever: str, args: argparse.Namespace) -> dict:
@@ -136,15 +137,11 @@ def spawn(lever: str, args: argparse.Namespace) -> dict:
 
 def record_rows(entry: dict) -> None:
     """One row per lever in BENCHMARKS.md's lever table."""
-    from md_table import append_row, gib, secs
-
     args = entry["args"]
     for r in entry["levers"]:
         if "error" in r:
             continue
-        mem = r["peak_memory"]
-        peak = gib(mem["cuda_max_allocated_bytes"]) + " VRAM" if "cuda_max_allocated_bytes" in mem \
-            else gib(mem["peak_rss_bytes"]) + " RSS"
+        peak = peak_cell(r["peak_memory"])
         append_row("levers", "Lever runs (written by bench/bench_levers.py)",
                    ["date", "machine", "setting", "lever", "s/step", "forward", "backward", "optimizer",
                     "first step", "vs bf16", "peak"],
@@ -178,11 +175,9 @@ def main() -> None:
     for r in results:
         if ref and "error" not in r:
             r["vs_bf16"] = ref["seconds_per_step"] / r["seconds_per_step"]  # > 1: the lever is faster
-    entry = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    entry = {"date": datetime.date.today().isoformat(), "machine": machine(args.device),
              "command": "python bench/bench_levers.py " + " ".join(sys.argv[1:]), "args": vars(args), "levers": results}
-    history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    history.append(entry)
-    RESULTS.write_text(json.dumps(history, indent=2))
+    append_history(RESULTS, entry)
     record_rows(entry)
     print(json.dumps([{k: r.get(k) for k in ("lever", "seconds_per_step", "first_step_seconds", "vs_bf16",
                                                "forward", "backward", "optimizer", "error")} for r in results], indent=2))

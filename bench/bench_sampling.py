@@ -31,8 +31,6 @@ import datetime
 import gc
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
@@ -41,6 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train and comfy_sampling, run from anywhere
 from bench_train import ROOT, ensure_models  # bench_train also puts ROOT on sys.path
+from record import append_history, append_row, machine, secs
 
 log = logging.getLogger("bench_sampling")
 RESULTS = ROOT / "bench" / "sampling_results.json"
@@ -178,21 +177,8 @@ def comfy_path(args: argparse.Namespace, checkpoint: Path) -> dict:
     return summarise(times) | {"load_seconds": load_seconds, **comfy_sampling.describe(model)}
 
 
-def machine(device: str) -> str:
-    """The machine in words, as bench_train.py records it (plus the GPU when one is used)."""
-    import torch
-
-    text = f"{platform.machine()} {platform.processor()}, {os.cpu_count()} cores, torch {torch.__version__}, " \
-           f"{torch.get_num_threads()} threads"
-    if device.startswith("cuda"):
-        text += f", {torch.cuda.get_device_name(device)}"
-    return text
-
-
 def record_rows(entry: dict) -> None:
     """One row per path in BENCHMARKS.md's sampling table."""
-    from md_table import append_row, secs
-
     args = entry["args"]
     for path in ("diffusers", "comfyui"):
         r = entry.get(path)
@@ -234,9 +220,7 @@ def main() -> None:
     if "comfyui" in args.paths:
         log.info("ComfyUI path: %s, %d px, %s, %s", args.size, args.resolution, args.dtype, args.device)
         entry["comfyui"] = comfy_path(args, checkpoint)
-    history = json.loads(RESULTS.read_text()) if RESULTS.is_file() else []
-    history.append(entry)
-    RESULTS.write_text(json.dumps(history, indent=2))
+    append_history(RESULTS, entry)
     record_rows(entry)
     keys = ("without_s", "with_s", "ratio", "paired_ratio", "skipped")
     print(json.dumps({path: {k: entry[path][k] for k in keys if k in entry[path]}

@@ -14,7 +14,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
-sys.path.insert(0, str(ROOT / "bench"))  # md_table, baseline_loop
+sys.path.insert(0, str(ROOT / "bench"))  # record, baseline_loop
+from record import append_history, append_row, machine, peak_cell, secs  # noqa: E402
 MODELS = ROOT / "bench" / ".models"
 
 
@@ -37,39 +37,19 @@ def ensure_models(size: str, vision: str) -> dict[str, Path]:
     return {"sd15": ckpt, "clip_vision": clip}
 
 
-def machine(device: str) -> str:
-    """A one-line description of where the benchmark ran."""
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
-def peak_memory(device: str) -> dict:
-    import resource
-
-    import torch
-
-    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if device.startswith("cuda"):
-        out["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
-    return out
-
-
 def worker(args: argparse.Namespace) -> dict:
     """One side of the comparison, in this process."""
     import torch
 
     from ipadapter_train.clip_vision import load_clip_vision
     from ipadapter_train.data import load_image_folder
+    from ipadapter_train.report import peak_memory
     from ipadapter_train.demo import samples_dir
     from ipadapter_train.sd15 import load_sd15
 
     models = ensure_models(args.size, args.vision)
     samples, _ = load_image_folder(samples_dir())
     if args.worker == "baseline":
-        sys.path.insert(0, str(ROOT / "bench"))
         from baseline_loop import run_baseline
 
         t0 = time.perf_counter()
@@ -82,7 +62,7 @@ def worker(args: argparse.Namespace) -> dict:
         parts = {k: statistics.median(s[k] for s in steady) for k in steady[0] if k != "total"}
         return {"side": "baseline", "load_seconds": load, "step_seconds": [s["total"] for s in steps],
                 "seconds_per_step": sec, "images_per_second": args.batch_size / sec, "parts_median_seconds": parts,
-                "peak_memory": peak_memory(args.device), "precision": "no"}
+                "peak_memory": peak_memory(torch.device(args.device)), "precision": "no"}
     from ipadapter_train.allocator import keep_freed_memory
     from ipadapter_train.api import train_adapter
     from ipadapter_train.config import TrainConfig
@@ -98,7 +78,7 @@ def worker(args: argparse.Namespace) -> dict:
     r = result.report
     return {"side": "ours", "load_seconds": r["model_load_seconds"], "encode_seconds": r["encode_seconds"],
             "seconds_per_step": r["seconds_per_step"], "images_per_second": r["images_per_second"],
-            "step_seconds": None, "peak_memory": peak_memory(args.device), "precision": r["precision"],
+            "step_seconds": None, "peak_memory": r["peak_memory"], "precision": r["precision"],
             "wall_seconds": r["wall_seconds"]}
 
 
@@ -141,12 +121,8 @@ def kit_job(args: argparse.Namespace) -> dict:
 
 def record_row(entry: dict) -> None:
     """One row per run in BENCHMARKS.md's training table."""
-    from md_table import append_row, gib, secs
-
     ours, base, job, args = entry["ours"], entry["baseline"], entry.get("kit_job"), entry["args"]
-    mem = ours["peak_memory"]
-    peak = gib(mem.get("cuda_max_allocated_bytes")) + " VRAM" if "cuda_max_allocated_bytes" in mem \
-        else gib(mem["peak_rss_bytes"]) + " RSS"
+    peak = peak_cell(ours["peak_memory"])
     append_row("train", "Training runs (written by bench/bench_train.py)",
                ["date", "machine", "command", "ours s/step", "baseline s/step", "ratio", "ours images/s",
                 "ours peak", "encode once s", "kit job s (to saved file)"],
@@ -188,10 +164,7 @@ def main() -> None:
              "speedup": baseline["seconds_per_step"] / ours["seconds_per_step"] if baseline else None}
     if args.job:
         entry["kit_job"] = kit_job(args)
-    results = ROOT / "bench" / "results.json"
-    history = json.loads(results.read_text()) if results.is_file() else []
-    history.append(entry)
-    results.write_text(json.dumps(history, indent=2))
+    append_history(ROOT / "bench" / "results.json", entry)
     record_row(entry)
     if args.min_speedup and (entry["speedup"] or 0) < args.min_speedup:
         raise SystemExit(f"Ours is {entry['speedup']:.2f}x the baseline in this run, below --min-speedup "

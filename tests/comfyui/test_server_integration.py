@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs

@@ -1,4 +1,6 @@
-"""Append one benchmark run as a table row in BENCHMARKS.md, between markers the benchmarks own.
+"""Recording a benchmark run: the JSON history, the machine line, and one table row in BENCHMARKS.md.
+
+The table rows go between markers the benchmarks own:
 
     <!-- runs:train -->            (the table's header rows follow the start marker)
     | date | machine | ... |
@@ -11,7 +13,9 @@ never touched, and the file is replaced in one step, so an interrupted benchmark
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 from pathlib import Path
 from typing import Sequence
 
@@ -48,3 +52,28 @@ def gib(num_bytes: float | None) -> str:
 def secs(value: float | None, digits: int = 2) -> str:
     """Seconds rounded for a table cell, or an empty cell."""
     return "" if value is None else f"{value:.{digits}f}"
+
+
+def peak_cell(memory: dict) -> str:
+    """A peak-memory table cell: CUDA max allocated on a GPU, else the process's peak RSS."""
+    if "cuda_max_allocated_bytes" in memory:
+        return gib(memory["cuda_max_allocated_bytes"]) + " VRAM"
+    return gib(memory["peak_rss_bytes"]) + " RSS"
+
+
+def machine(device: str) -> str:
+    """Where a benchmark ran, in one line: CPU, cores, torch, threads, and the GPU when one is used."""
+    import torch
+
+    text = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, " \
+           f"{torch.get_num_threads()} threads"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def append_history(path: Path, entry: dict) -> None:
+    """Add one run's full record to a benchmark's JSON history file."""
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append(entry)
+    path.write_text(json.dumps(history, indent=2))
