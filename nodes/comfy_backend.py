@@ -21,7 +21,7 @@ from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 
 from ..ipadapter_train.adapter import IPAdapter
 from ..ipadapter_train.attention import IPState
-from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.errors import IPAdapterError, TrainingCancelled
 from ..ipadapter_train.layout import AdapterLayer
 from .attn_patch import ATTN2, TrainingPatch, existing_patch
 from .comfy_layers import attn2_module, comfy_adapter_layers, context_width
@@ -166,8 +166,13 @@ class ComfyBackend:
         t = timesteps.to(self.device)
         options["cond_or_uncond"] = [0]
         options["sigmas"] = self.sampling.sigmas.to(self.device)[t.long()]
-        return self.unet(noisy.to(self.device, self.dtype), t.float(),
-                         context=text.to(self.device, self.dtype), transformer_options=options)
+        try:
+            return self.unet(noisy.to(self.device, self.dtype), t.float(),
+                             context=text.to(self.device, self.dtype), transformer_options=options)
+        except comfy.model_management.InterruptProcessingException as exc:
+            # ComfyUI's layers check the cancel flag on every op, so a cancel usually lands inside this
+            # forward: it is the core's cancel, which saves and returns the adapter trained so far.
+            raise TrainingCancelled() from exc
 
     def enable_gradient_checkpointing(self) -> None:
         """Not offered in ComfyUI (the node trains without it); logged so a caller sees it was ignored."""

@@ -153,11 +153,12 @@ def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, te
     entry = comfy.wait(prompt_id, 120)
     state = comfy.get("/ipadapter_train/runs")["runs"][train_id]
     assert state["done"] and state["step"] < 5000
-    partial = sorted((comfy.base / "models" / "ipadapter").glob("partial*.safetensors")) or \
-        sorted(Path(comfy.base).rglob("*partial*.safetensors")) or sorted(Path(comfy.base).rglob("adapter*.safetensors"))
-    assert partial, f"no partial adapter written; status {entry['status']}"
+    # the Train node returns the adapter trained so far and the graph goes on: Save writes it where asked
+    partial = sorted((comfy.base / "models" / "ipadapter").glob("partial*.safetensors"))
+    assert partial, f"Save wrote no partial adapter to models/ipadapter; status {entry['status']}\n{comfy.log()[-3000:]}"
     weights, meta = load_adapter(partial[0])
     assert "image_proj.proj.weight" in weights
+    assert 2 <= int(meta["cancelled_at_step"]) < 5000
     assert comfy.get("/system_stats")  # still serving
 
 
