@@ -144,7 +144,8 @@ def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, te
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         run_state = comfy.get("/ipadapter_train/runs")["runs"].get(train_id)
-        if run_state and run_state["step"] >= 2:
+        # the node id is the workflow's, so an earlier test's finished run may still be listed under it
+        if run_state and run_state["prompt_id"] == prompt_id and run_state["step"] >= 2:
             break
         time.sleep(0.2)
     else:
