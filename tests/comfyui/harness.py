@@ -7,12 +7,16 @@ It is started and stopped by PID, so a failing test never leaves it running.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -146,15 +150,23 @@ def status_messages(entry: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [payload for name, payload in entry.get("status", {}).get("messages", []) if name == kind]
 
 
-@pytest.fixture(scope="session")
-def test_models(tmp_path_factory) -> dict[str, Path]:
-    """Random-weight SD1.5 (tiny, ComfyUI-detectable) and ViT-L CLIP vision files from make-test-models."""
-    out = tmp_path_factory.mktemp("comfy-models")
+@functools.lru_cache(maxsize=None)
+def shared_model_files() -> dict[str, Path]:
+    """Random-weight SD1.5 (tiny, ComfyUI-detectable) and ViT-L CLIP vision files from the CLI's
+    make-test-models, written once per test process: the server tests and the in-process node tests share them."""
+    out = Path(tempfile.mkdtemp(prefix="ipadapter-train-comfy-models-"))
+    atexit.register(shutil.rmtree, out, True)
     r = subprocess.run([sys.executable, "-m", "ipadapter_train", "make-test-models", str(out), "--size", "tiny",
                         "--vision", "vit-l"], capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     return {k: Path(v) for k, v in json.loads(r.stdout).items()}
+
+
+@pytest.fixture(scope="session")
+def test_models() -> dict[str, Path]:
+    """The shared test model files (see `shared_model_files`)."""
+    return shared_model_files()
 
 
 @pytest.fixture(scope="session")

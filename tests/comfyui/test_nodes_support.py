@@ -7,15 +7,13 @@ need ComfyUI); a copy that is there but cannot be imported fails them (`comfy_im
 """
 from __future__ import annotations
 
-import atexit
 import functools
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from comfy_import import ROOT, comfy_installed, import_comfy, pack  # noqa: F401  (ROOT, pack: re-exported)
+from harness import shared_model_files
 
 
 def comfy_or_skip() -> None:
@@ -25,12 +23,10 @@ def comfy_or_skip() -> None:
     import_comfy(cpu=True)
 
 
-@functools.lru_cache(maxsize=None)
 def model_files() -> dict[str, Path]:
-    """sd15-tiny.safetensors (ComfyUI-loadable SD1.5) and clip-vision-vit-l.safetensors, written once."""
-    folder = Path(tempfile.mkdtemp(prefix="ipadapter-train-nodes-"))
-    atexit.register(shutil.rmtree, folder, True)
-    return pack("ipadapter_train.testmodels").make_test_models(folder, size="tiny", vision="vit-l")
+    """sd15-tiny.safetensors (ComfyUI-loadable SD1.5) and clip-vision-vit-l.safetensors, shared with the
+    server tests (written once per test process)."""
+    return shared_model_files()
 
 
 @functools.lru_cache(maxsize=None)
