@@ -97,7 +97,7 @@ class RunReporter:
         self._encode_bar = None
         with _LOCK:
             RUNS[node_id] = {"prompt_id": prompt_id, "step": 0, "total": total, "losses": [],
-                             "eta_seconds": None, "done": False}
+                             "eta_seconds": None, "done": False, "cancelled": False}
 
     def _update_bar(self, bar, value: int, total: int, preview=None) -> None:
         try:
@@ -122,7 +122,8 @@ class RunReporter:
         self.steps_done, self.total = step, total
         eta = sorted(self._durations)[len(self._durations) // 2] * (total - step)
         with _LOCK:
-            run = RUNS.setdefault(self.node_id, {"prompt_id": self.prompt_id, "losses": [], "done": False})
+            run = RUNS.setdefault(self.node_id, {"prompt_id": self.prompt_id, "losses": [], "done": False,
+                                                 "cancelled": False})
             run.update(step=step, total=total, eta_seconds=eta)
             run["losses"].append(loss)
             losses = list(run["losses"]) if self._want_preview(now, step, total) else None
@@ -144,6 +145,6 @@ class RunReporter:
         with _LOCK:
             run = RUNS.get(self.node_id)
             if run is not None:
-                run.update(done=True, eta_seconds=0.0 if not cancelled else None)
+                run.update(done=True, cancelled=cancelled, eta_seconds=0.0 if not cancelled else None)
         _send(DONE_EVENT, {"node": self.node_id, "prompt_id": self.prompt_id, "steps": self.steps_done,
                            "total": self.total, "cancelled": cancelled})

@@ -97,7 +97,7 @@ function mergeServerRuns(serverRuns) {
         if (r.done) {
             run.done = true;
             run.eta = null;
-            if (r.cancelled) run.cancelled = true; // not in the contract's route (yet): read it if sent
+            if (r.cancelled) run.cancelled = true;
         }
     }
     // Runs this page followed that the server no longer knows (it restarted) are over.

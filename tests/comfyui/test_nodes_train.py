@@ -125,8 +125,9 @@ def test_progress_events_runs_state_and_the_run_folder(graph, dataset, server, t
     assert done == [{"node": "42", "prompt_id": "prompt-a", "steps": STEPS, "total": STEPS, "cancelled": False}]
     assert all(sid is None for _, _, sid in server.sent)  # every page, reloaded ones included
     run = runs.snapshot()["runs"]["42"]
-    assert set(run) == {"prompt_id", "step", "total", "losses", "eta_seconds", "done"}
-    assert run["done"] and run["step"] == STEPS and run["losses"] == [p["loss"] for p in progress]
+    assert set(run) == {"prompt_id", "step", "total", "losses", "eta_seconds", "done", "cancelled"}
+    assert run["done"] and not run["cancelled"] and run["step"] == STEPS
+    assert run["losses"] == [p["loss"] for p in progress]
     folders = list((temp_dir / "ipadapter_train").iterdir())
     assert len(folders) == 1 and {"adapter.safetensors", "report.json", "loss.png"} <= {
         p.name for p in folders[0].iterdir()}
