@@ -148,12 +148,14 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
           resume: Path | None = None,
           callbacks: Sequence[StepCallback] = (), encode_progress: Progress | None = None,
           metadata: dict[str, Any] | None = None, accelerator=None,
-          after_encode: Callable[[], None] | None = None, report_extra: dict[str, Any] | None = None) -> TrainResult:
+          after_encode: Callable[[], None] | None = None, report_extra: dict[str, Any] | None = None,
+          validation_progress: Progress | None = None) -> TrainResult:
     """Train an adapter on `samples`; save it to `out_path` and write report.json/loss.png in `run_dir`.
 
     `after_encode` runs once the dataset is encoded: from then on the loop needs only the UNet, so a
     caller that owns the VAE and the encoders can free them there. `report_extra` adds the caller's own
-    figures (model load time, data set summary) to report.json.
+    figures (model load time, data set summary) to report.json. `validation_progress(done, total)` follows
+    the validation phase (one call per UNet call); a `TrainingCancelled` from it skips the rest of validation.
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -247,7 +249,9 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
                  len(config.validation_timesteps))
         backend.attach(adapter)
         try:
-            gain = conditioning_gain(adapter, backend, data, config, accelerator.autocast)
+            gain = conditioning_gain(adapter, backend, data, config, accelerator.autocast, validation_progress)
+        except TrainingCancelled:
+            log.warning("Validation cancelled; the adapter is saved, the report has no conditioning gain.")
         finally:
             backend.detach()
     validation_seconds = time.perf_counter() - t0

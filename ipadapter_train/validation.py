@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .adapter import IPAdapter
 from .backend import DiffusionBackend
 from .config import TrainConfig
-from .encoding import EncodedDataset
+from .encoding import EncodedDataset, Progress
 
 
 def _center(t: torch.Tensor, size: int) -> torch.Tensor:
@@ -26,8 +26,12 @@ def _center(t: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: EncodedDataset,
-                      config: TrainConfig, autocast=None) -> dict[str, Any]:
-    """Validation loss with each image's own features versus a shuffled image's features."""
+                      config: TrainConfig, autocast=None, progress: Progress | None = None) -> dict[str, Any]:
+    """Validation loss with each image's own features versus a shuffled image's features.
+
+    `progress(done, total)` is called after each UNet call (one per image and timestep), so a UI can
+    show validation as a phase of its own; it may raise `TrainingCancelled`.
+    """
     n = min(len(data), config.validation_max_images)
     if n < 2:
         return {"own_loss": None, "shuffled_loss": None, "gain": None,
@@ -35,6 +39,7 @@ def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: Encod
     size = config.resolution // 8
     gen = torch.Generator().manual_seed(config.seed + 7919)  # fixed, independent of training draws
     own_total, shuffled_total, count = 0.0, 0.0, 0
+    calls = n * len(config.validation_timesteps)
     for i in range(n):
         j = (i + 1) % n  # a derangement: never the image's own features
         latents = _center(data.latent_mean[i], size).unsqueeze(0)
@@ -54,6 +59,8 @@ def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: Encod
             own_total += float(losses[0])
             shuffled_total += float(losses[1])
             count += 1
+            if progress is not None:
+                progress(count, calls)
     own, shuffled = own_total / count, shuffled_total / count
     return {"own_loss": own, "shuffled_loss": shuffled, "gain": shuffled - own,
             "relative_gain": (shuffled - own) / shuffled if shuffled else None,
