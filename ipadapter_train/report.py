@@ -4,24 +4,22 @@ from __future__ import annotations
 import json
 import math
 import platform
-import resource
-import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from PIL import Image, ImageDraw
 
+from .memory import peak_rss_bytes
 from .weights_io import atomic_write
 
 
 def peak_memory(device: torch.device) -> dict[str, Any]:
-    """Peak memory of this process: CUDA max allocated on a GPU, else the process's peak RSS."""
+    """Peak memory of this process: CUDA max allocated on a GPU, and the process's peak RSS in bytes."""
     out: dict[str, Any] = {}
     if device.type == "cuda":
         out["cuda_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out["peak_rss_bytes"] = int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB
+    out["peak_rss_bytes"] = peak_rss_bytes()  # None where the platform cannot tell (see memory.py)
     return out
 
 
