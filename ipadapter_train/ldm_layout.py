@@ -175,6 +175,48 @@ def find_text_prefix(keys: Iterable[str]) -> str | None:
     return None
 
 
+# The DDPM noise schedule that original (LDM) checkpoints store next to the models; diffusers and this
+# package rebuild it from the scheduler config.
+_SCHEDULE_BUFFERS = frozenset((
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "logvar", "model_ema.decay", "model_ema.num_updates"))
+
+
+def is_known_unused(key: str) -> bool:
+    """True for entries that single-file SD1.5 checkpoints often carry and no SD1.5 model part uses.
+
+    EMA copies of the UNet, the noise schedule's buffers, CLIP's position ids (transformers rebuilds
+    them), the projection and logit scale of CLIP's contrastive head (the text encoder stops before it)
+    and the VAE's training loss (LPIPS and discriminator weights).
+    """
+    if key in _SCHEDULE_BUFFERS or key.startswith(("model_ema.", VAE_PREFIX + "loss.")):
+        return True
+    if key.startswith("cond_stage_model."):
+        return key.endswith(("position_ids", "text_projection", "text_projection.weight", "logit_scale"))
+    return False
+
+
+def summarize_keys(keys: Iterable[str], limit: int = 6) -> str:
+    """Describe many checkpoint keys in one short phrase: a group of more than 3 keys under one top-level
+    name becomes `name.* (N)`, other keys are named; at most `limit` items, then how many more."""
+    groups: dict[str, list[str]] = {}
+    for key in sorted(keys):
+        groups.setdefault(key.split(".", 1)[0] + ".*" if "." in key else "top-level", []).append(key)
+    items: list[str] = []
+    for name, members in groups.items():
+        if len(members) <= 3:
+            items.extend(members)
+        elif name == "top-level":
+            items.append(f"{len(members)} top-level tensors ({', '.join(members[:2])}, ...)")
+        else:
+            items.append(f"{name} ({len(members)})")
+    if len(items) > limit:
+        items = items[:limit] + [f"and {len(items) - limit} more"]
+    return ", ".join(items)
+
+
 def to_ldm_tensor(diffusers_key: str, tensor: torch.Tensor) -> torch.Tensor:
     """Reshape a diffusers tensor to its original-layout shape (VAE attention linear -> 1x1 conv)."""
     if tensor.ndim == 2 and _VAE_LINEAR.search(diffusers_key):

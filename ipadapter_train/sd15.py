@@ -110,6 +110,18 @@ def _key_maps(unet, vae, text, text_prefix: str = L.TEXT_PREFIX):
             (text, L.text_key_map(text.state_dict().keys(), text_prefix)))
 
 
+def _log_unused(name: str, unused: list[str]) -> None:
+    """One log line naming the file's entries no model part uses; as diffusers and ComfyUI do, they are
+    skipped. Entries checkpoints commonly carry (EMA, noise schedule, CLIP head) are reported at INFO; others
+    inside the UNet, VAE or text encoder at WARNING, since they may belong to a variant this loader skips."""
+    if not unused:
+        return
+    inside = (L.UNET_PREFIX, L.VAE_PREFIX, "cond_stage_model.")
+    odd = any(k.startswith(inside) and not L.is_known_unused(k) for k in unused)
+    log.log(logging.WARNING if odd else logging.INFO, "%s: ignored %d entries the SD1.5 model does not use: %s.",
+            name, len(unused), L.summarize_keys(unused))
+
+
 def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:
     name = str(path)
     with WeightFile(path, unwrap_state_dict=True) as wf:  # the original SD releases wrap it in "state_dict"
@@ -124,23 +136,20 @@ def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:
             missing = [k for k in kmap.values() if k not in shapes]
             if missing:
                 raise IPAdapterError(f"{name} lacks {len(missing)} weights an SD1.5 checkpoint needs "
-                                     f"(for example {missing[0]}).")
+                                     f"(for example {missing[0]}): the file is incomplete or not an SD1.5 "
+                                     "checkpoint; download it again or choose another.")
             expected = model.state_dict()  # meta tensors: shapes only
             state = {}
             for dk, lk in kmap.items():
                 t = L.from_ldm_tensor(dk, wf.take(lk, dtype))
                 if tuple(t.shape) != tuple(expected[dk].shape):
                     raise IPAdapterError(f"{name} has {lk} of shape {tuple(t.shape)} where "
-                                         f"{tuple(expected[dk].shape)} was expected.")
+                                         f"{tuple(expected[dk].shape)} was expected: the file is damaged or not "
+                                         "an SD1.5 checkpoint; download it again or choose another.")
                 state[dk] = t
             model.load_state_dict(state, strict=True, assign=True)
             used.update(kmap.values())
-        ours = (L.UNET_PREFIX, L.VAE_PREFIX, "cond_stage_model.")
-        extra = [k for k in shapes if k.startswith(ours) and k not in used
-                 and not k.endswith("position_ids") and not k.startswith(L.VAE_PREFIX + "loss.")]
-        if extra:
-            raise IPAdapterError(f"{name} has {len(extra)} weights that do not fit the SD1.5 layout read from "
-                                 f"its shapes (for example {extra[0]}).")
+        _log_unused(name, [k for k in shapes if k not in used])
         random_weights = wf.metadata.get(RANDOM_MARK) == "true"
     return SD15(unet, vae, text, load_tokenizer(), _shipped("scheduler/scheduler_config.json"), name, random_weights)
 

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 
 import pytest
@@ -316,20 +317,127 @@ def test_ckpt_with_state_dict_wrapper_loads(tmp_path):
     _states_equal(micro.unet, back.unet, cast=torch.float16)
 
 
-def test_missing_and_extra_weights_are_named(tmp_path):
+@pytest.fixture(scope="module")
+def micro_file(tmp_path_factory):
+    """The micro model and its single-file tensors (fp16, as `save_single_file` writes by default)."""
     micro = _micro_sd15()
-    st = save_single_file(micro, tmp_path / "micro.safetensors")
-    with WeightFile(st) as wf:
+    with WeightFile(save_single_file(micro, tmp_path_factory.mktemp("micro") / "micro.safetensors")) as wf:
         tensors = {k: wf.take(k) for k in list(wf.shapes)}
-    lacking = dict(tensors)
+    return micro, tensors
+
+
+_T = "cond_stage_model.transformer."
+_SCHEDULE = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+             "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+             "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
+
+
+def _ema(tensors):
+    """LDM's EMA copy of the UNet: `model_ema.` + the UNet key without its dots, plus decay and step count."""
+    out = {"model_ema." + k[len("model."):].replace(".", ""): v.clone() for k, v in tensors.items() if k.startswith(P)}
+    return dict(out, **{"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000)})
+
+
+def _old_text_layout(tensors):
+    """Text encoder keys without the `text_model.` level (checkpoints from before transformers 4.17)."""
+    return {(L.OLD_TEXT_PREFIX + k[len(L.TEXT_PREFIX):] if k.startswith(L.TEXT_PREFIX) else k): v
+            for k, v in tensors.items()}
+
+
+_IDS = torch.arange(77)[None]
+# variant name -> (change to the file's tensors, file suffix, words the one log line must hold)
+_USER_VARIANTS = {
+    "ema": (lambda t: dict(t, **_ema(t)), ".safetensors", ["model_ema.* ("]),
+    "position_ids": (lambda t: dict(t, **{L.TEXT_PREFIX + "embeddings.position_ids": _IDS}), ".safetensors",
+                     [L.TEXT_PREFIX + "embeddings.position_ids"]),
+    "old_layout_position_ids": (lambda t: dict(_old_text_layout(t), **{_T + "embeddings.position_ids": _IDS}),
+                                ".safetensors", [_T + "embeddings.position_ids"]),
+    "text_projection": (lambda t: dict(t, **{_T + "text_projection.weight": torch.randn(768, 768).half()}),
+                        ".safetensors", [_T + "text_projection.weight"]),
+    "logit_scale": (lambda t: dict(t, **{"cond_stage_model.logit_scale": torch.tensor(4.6).half()}), ".safetensors",
+                    ["cond_stage_model.logit_scale"]),
+    "schedule_buffers": (lambda t: dict(t, **{k: torch.rand(1000) for k in _SCHEDULE}), ".safetensors",
+                         ["12 top-level tensors (alphas_cumprod"]),
+    # the original SD releases: a pickle with everything above inside "state_dict", position ids as floats
+    "ckpt_everything": (lambda t: dict(t, **_ema(t), **{k: torch.rand(1000) for k in _SCHEDULE},
+                                       **{L.TEXT_PREFIX + "embeddings.position_ids": _IDS.half(),
+                                          _T + "text_projection.weight": torch.randn(768, 768).half(),
+                                          "cond_stage_model.logit_scale": torch.tensor(4.6).half()}),
+                        ".ckpt", ["model_ema.* (", "12 top-level tensors", "logit_scale"]),
+}
+
+
+@pytest.mark.parametrize("variant", list(_USER_VARIANTS))
+def test_checkpoints_as_users_have_them_load(micro_file, tmp_path, caplog, variant):
+    # extra entries that diffusers and ComfyUI skip are skipped here too, with one log line naming them
+    micro, tensors = micro_file
+    change, suffix, words = _USER_VARIANTS[variant]
+    path = tmp_path / f"{variant}{suffix}"
+    changed = change(tensors)
+    if suffix == ".ckpt":
+        torch.save({"state_dict": changed, "global_step": 470000}, path)
+    else:
+        save_file(changed, path)
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.sd15"):
+        back = load_sd15(path)
+    for a, b in ((micro.unet, back.unet), (micro.vae, back.vae), (micro.text_encoder, back.text_encoder)):
+        _states_equal(a, b, cast=torch.float16)  # fp16 in the file, fp32 in memory
+        assert all(p.dtype == torch.float32 for p in b.parameters())
+    lines = [r for r in caplog.records if r.name == "ipadapter_train.sd15" and "ignored" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
+    message = lines[0].getMessage()
+    assert path.name in message and all(w in message for w in words), message
+    assert len(message) < 400  # a summary, not a list of a thousand names
+
+
+def test_unknown_extra_weight_is_ignored_with_a_warning(micro_file, tmp_path, caplog):
+    micro, tensors = micro_file
+    path = tmp_path / "extra.safetensors"
+    save_file(dict(tensors, **{P + "input_blocks.1.1.extra_norm.weight": torch.zeros(32)}), path)
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.sd15"):
+        back = load_sd15(path)
+    _states_equal(micro.unet, back.unet, cast=torch.float16)
+    lines = [r for r in caplog.records if "ignored" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.WARNING
+    assert "ignored 1 entries" in lines[0].getMessage() and "extra_norm.weight" in lines[0].getMessage()
+
+
+def test_plain_checkpoint_logs_nothing_ignored(micro_file, tmp_path, caplog):
+    path = tmp_path / "plain.safetensors"
+    save_file(micro_file[1], path)
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.sd15"):
+        load_sd15(path)
+    assert not [r for r in caplog.records if "ignored" in r.getMessage()]
+
+
+def test_summary_of_many_keys_is_short():
+    keys = [f"model_ema.w{i}" for i in range(900)] + list(_SCHEDULE) + [f"extra{i}.x" for i in range(10)]
+    text = L.summarize_keys(keys)
+    assert text.startswith("12 top-level tensors (alphas_cumprod, alphas_cumprod_prev, ...)")
+    assert "extra0.x" in text and "model_ema.* (900)" not in text and text.endswith("and 6 more")
+    assert L.summarize_keys(keys, limit=20).endswith("model_ema.* (900)")
+
+
+def test_missing_needed_weight_is_refused(micro_file, tmp_path):
+    lacking = dict(micro_file[1])
     del lacking[L.VAE_PREFIX + "decoder.conv_out.bias"]
     save_file(lacking, tmp_path / "lacking.safetensors")
-    with pytest.raises(IPAdapterError, match=r"lacking\.safetensors lacks 1 weights"):
+    with pytest.raises(IPAdapterError, match=r"lacking\.safetensors lacks 1 weights an SD1\.5 checkpoint needs "
+                                             r"\(for example first_stage_model\.decoder\.conv_out\.bias\): the file "
+                                             r"is incomplete or not an SD1\.5 checkpoint; download it again"):
         load_sd15(tmp_path / "lacking.safetensors")
-    extra = dict(tensors, **{P + "input_blocks.1.1.extra_norm.weight": torch.zeros(32)})
-    save_file(extra, tmp_path / "extra.safetensors")
-    with pytest.raises(IPAdapterError, match=r"extra\.safetensors has 1 weights that do not fit"):
-        load_sd15(tmp_path / "extra.safetensors")
+
+
+def test_wrongly_shaped_needed_weight_is_refused(micro_file, tmp_path):
+    key = P + "input_blocks.1.0.in_layers.2.bias"
+    wrong = dict(micro_file[1], **{key: torch.zeros(31).half()})
+    save_file(wrong, tmp_path / "wrong.safetensors")
+    with pytest.raises(IPAdapterError, match=rf"wrong\.safetensors has {re.escape(key)} of shape \(31,\) where "
+                                             r"\(32,\) was expected: the file is damaged or not an SD1\.5"):
+        load_sd15(tmp_path / "wrong.safetensors")
+    # a wrongly shaped extra that nothing uses is no reason to refuse
+    save_file(dict(micro_file[1], **{_T + "text_projection.weight": torch.zeros(3)}), tmp_path / "odd.safetensors")
+    load_sd15(tmp_path / "odd.safetensors")
 
 
 # ------------------------------------------------------------------ bad input
