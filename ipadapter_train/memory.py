@@ -24,6 +24,18 @@ def _rusage_peak() -> int | None:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def _proc_status_peak() -> int | None:
+    """VmHWM (peak resident set, in kB) from Linux's /proc, or None elsewhere."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _psutil_peak() -> int | None:
     """The peak working set in bytes (psutil has it on Windows only), or None."""
     try:
@@ -36,7 +48,10 @@ def _psutil_peak() -> int | None:
 
 def peak_rss_bytes() -> int | None:
     """The most physical memory this process has used so far, in bytes; None where it cannot be read."""
-    sources = (_psutil_peak, _rusage_peak) if sys.platform == "win32" else (_rusage_peak, _psutil_peak)
+    if sys.platform == "win32":
+        sources = (_psutil_peak,)
+    else:  # /proc also answers on Linux builds without `resource`
+        sources = (_rusage_peak, _proc_status_peak, _psutil_peak)
     for source in sources:
         peak = source()
         if peak:

@@ -16,6 +16,8 @@ import os
 import pickle
 import secrets
 import shutil
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -53,6 +55,23 @@ def _fsync_dir(folder: Path) -> None:
         log.debug("could not fsync folder %s", folder)
 
 
+def _rename(src: Path, dst: Path) -> None:
+    """`os.replace(src, dst)`, retried for a moment on Windows, where a file another program has open cannot
+    be replaced (virus scanners and indexers open new files briefly); a lasting lock is a clear error."""
+    tries = 10 if sys.platform == "win32" else 1
+    for attempt in range(tries):
+        try:
+            os.replace(src, dst)
+            return
+        except PermissionError as err:
+            if sys.platform != "win32":
+                raise
+            if attempt == tries - 1:
+                raise IPAdapterError(f"Cannot replace {dst}: another program has it open (Windows cannot "
+                                     "replace a file in use); close that program and try again.") from err
+            time.sleep(0.05 * (attempt + 1))
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`.
 
@@ -81,7 +100,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else new_mode)
-        os.replace(tmp, path)
+        _rename(tmp, path)  # replaces an existing file on Windows too (os.rename would refuse)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -127,9 +146,15 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
         _fsync_dir(tmp)
         if old.exists():
             shutil.rmtree(old)
-        if path.exists():
-            path.rename(old)
-        tmp.rename(path)
+        moved_aside = path.exists()
+        if moved_aside:
+            _rename(path, old)
+        try:
+            _rename(tmp, path)
+        except BaseException:
+            if moved_aside:  # put the old folder back rather than leave none
+                _rename(old, path)
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
