@@ -13,6 +13,7 @@ from pathlib import Path
 import folder_paths
 
 from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.safe_paths import is_absolute_anywhere, resolve_inside
 
 ADAPTERS = "ipadapter"
 SCORERS = "clip_scorers"
@@ -20,6 +21,9 @@ TEXT_ENCODERS = "text_encoders"  # ComfyUI's name for models/text_encoders and m
 ADAPTER_SUFFIXES = (".safetensors", ".bin")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
 MAX_NAME = 120
+# The server owner's opt-in for training images from any folder. An environment variable, not a UI
+# setting: settings are written by clients, and the clients are who the default protects against.
+ALLOW_ANY_FOLDER_ENV = "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER"
 
 
 def ensure_model_folders() -> None:
@@ -121,4 +125,65 @@ def adapter_target(name: str) -> Path:
     target = folder / f"{safe_adapter_name(name)}.safetensors"
     if os.path.commonpath([os.path.abspath(target), os.path.abspath(folder)]) != os.path.abspath(folder):
         raise IPAdapterError(f"Cannot save {name!r}: the file would leave {folder}.")
+    return target
+
+
+def any_folder_allowed() -> bool:
+    """True when the server's owner set IPADAPTER_TRAIN_ALLOW_ANY_FOLDER to 1/true/yes/on (read on each call)."""
+    return os.environ.get(ALLOW_ANY_FOLDER_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def input_subfolders() -> list[str]:
+    """"" plus the visible sub-folders of ComfyUI's input folder that stay inside it, sorted.
+
+    A symlinked folder that leads out of input/ is listed only when the owner opted in, since
+    reading it would be refused otherwise.
+    """
+    root = folder_paths.get_input_directory()
+    names = []
+    if os.path.isdir(root):
+        for entry in os.scandir(root):
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            if not any_folder_allowed():
+                try:
+                    resolve_inside(root, entry.name)
+                except IPAdapterError:
+                    continue
+            names.append(entry.name)
+    return [""] + sorted(names)
+
+
+def training_folder(folder: str, path: str) -> Path:
+    """The folder Load Training Images reads: `path` when given, else `folder`; both inside input/.
+
+    A relative `path` (e.g. a nested "cats/set1") is taken under ComfyUI's input folder, like `folder`.
+    An absolute `path` is accepted only when the server's owner opted in with IPADAPTER_TRAIN_ALLOW_ANY_FOLDER=1;
+    without it nothing outside input/ is read or even looked at, so a client of a server on a network
+    learns nothing about the rest of the disk.
+    """
+    path = (path or "").strip()
+    root = folder_paths.get_input_directory()
+    opted_in = any_folder_allowed()
+    if path and is_absolute_anywhere(path):
+        if not opted_in:
+            raise IPAdapterError(f"Absolute paths are off on this server, so {path!r} is not read: put the images in "
+                                 f"a sub-folder of ComfyUI's input folder, or have the server's owner start ComfyUI "
+                                 f"with {ALLOW_ANY_FOLDER_ENV}=1.")
+        return Path(path).expanduser()
+    chosen = path or (folder or "")
+    if not chosen:
+        raise IPAdapterError("No images chosen: pick a sub-folder of ComfyUI's input folder, or give a path inside it.")
+    if opted_in:  # the owner allows any folder, so a link out of input/ is fine too
+        target = Path(root, chosen).resolve()
+    else:
+        try:
+            target = resolve_inside(root, chosen)
+        except IPAdapterError:
+            raise IPAdapterError(f"{chosen!r} is not inside ComfyUI's input folder (through '..' or a link): pick a "
+                                 f"sub-folder of input/, or have the server's owner start ComfyUI with "
+                                 f"{ALLOW_ANY_FOLDER_ENV}=1.") from None
+    if target == Path(root).resolve():
+        raise IPAdapterError("The input folder itself holds every upload: put the training images in a sub-folder of "
+                             "it and pick that.")
     return target

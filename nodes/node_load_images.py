@@ -1,44 +1,31 @@
-"""Load Training Images: a folder of pictures (and captions) as an IMAGE batch for the Train node."""
+"""Load Training Images: a folder of pictures (and captions) under ComfyUI's input folder as an IMAGE batch
+for the Train node, at the pictures' own size (the Train node's resolution is the only size setting)."""
 from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 from comfy_api.latest import io
 
-import folder_paths
-
-from ..ipadapter_train.data import center_crop, load_image_folder, resize_short_side
+from ..ipadapter_train.common_size import to_common_size
+from ..ipadapter_train.data import load_image_folder
 from ..ipadapter_train.errors import IPAdapterError
+from .folders import ALLOW_ANY_FOLDER_ENV, input_subfolders, training_folder
 from .images import pils_to_tensor
 from .io_types import CATEGORY
 
 
-def input_subfolders() -> list[str]:
-    """"" plus the visible sub-folders of ComfyUI's input folder, sorted."""
-    root = folder_paths.get_input_directory()
-    names = []
-    if os.path.isdir(root):
-        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    return [""] + names
-
-
-def resolve_folder(folder: str, path: str) -> Path:
-    """The folder to read: an absolute `path` wins; else a sub-folder of input/ that cannot leave it."""
-    path = (path or "").strip()
-    if path:
-        chosen = Path(path).expanduser()
-        if not chosen.is_absolute():
-            raise IPAdapterError(f"path {path!r} is not absolute: give a full path, or pick a folder of input/.")
-        return chosen
-    if not folder:
-        raise IPAdapterError("No images chosen: pick a sub-folder of ComfyUI's input folder, or give an absolute path.")
-    root = Path(folder_paths.get_input_directory()).resolve()
-    chosen = (root / folder).resolve()
-    if chosen == root or root not in chosen.parents:
-        raise IPAdapterError(f"{folder!r} is not a sub-folder of ComfyUI's input folder.")
-    return chosen
+def size_report(sizes_before: list[tuple[int, int]], size_after: tuple[int, int], changes: list[str]) -> str:
+    """The lines the node's report adds about sizes: unchanged, or which images were changed and how."""
+    width, height = size_after
+    if not changes:
+        return f"All images are {width}x{height}: passed on unchanged (Train IP-Adapter's resolution sets the size)."
+    short = min(min(w, h) for w, h in sizes_before)
+    lines = [f"Sizes differ and one IMAGE batch needs one size: each image was scaled so its short side is {short} px "
+             f"(the smallest), then centre-cropped to {width}x{height}; each image's central square is kept whole. "
+             f"{len(changes)} of {len(sizes_before)} changed:"]
+    lines.extend(f"  - {line}" for line in changes)
+    return "\n".join(lines)
 
 
 class LoadTrainingImages(io.ComfyNode):
@@ -50,31 +37,46 @@ class LoadTrainingImages(io.ComfyNode):
             node_id="IPAdapterTrain_LoadTrainingImages",
             display_name="Load Training Images",
             category=CATEGORY,
-            description="Load a folder of training images (resized and centre-cropped) with their captions.",
+            description="Load a folder of training images under ComfyUI's input folder, with their captions.",
             inputs=[
                 io.Combo.Input("folder", options=input_subfolders(), default="",
                                tooltip="A sub-folder of ComfyUI's input folder holding the training images."),
                 io.String.Input("path", default="",
-                                tooltip="An absolute folder path instead; when set it wins over folder."),
+                                tooltip="Instead of folder: a path inside ComfyUI's input folder, e.g. cats/set1. "
+                                        f"Absolute paths only when the server was started with "
+                                        f"{ALLOW_ANY_FOLDER_ENV}=1. When set it wins over folder."),
                 io.String.Input("prompt", default="",
                                 tooltip="One caption for every image; empty = captions from same-named .txt "
                                         "files or data.json."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
-                             tooltip="Output size: short side resized to this, then a centre square crop."),
             ],
             outputs=[
-                io.Image.Output(display_name="images", tooltip="The images, [N, resolution, resolution, 3]."),
+                io.Image.Output(display_name="images",
+                                tooltip="The images, [N, H, W, 3] at their own size; when sizes differ, scaled to "
+                                        "the smallest short side and centre-cropped to one size (see report)."),
                 io.String.Output(display_name="captions", tooltip="One caption per line, in image order."),
-                io.String.Output(display_name="report", tooltip="Counts, sizes, skipped files and why."),
+                io.String.Output(display_name="report", tooltip="Counts, sizes, changed and skipped files and why."),
             ],
         )
 
     @classmethod
-    def fingerprint_inputs(cls, folder, path, prompt, resolution) -> str:
-        """Re-run when the folder's files change."""
-        digest = hashlib.sha256(f"{folder}|{path}|{prompt}|{resolution}".encode())
+    def validate_inputs(cls, folder, path) -> bool | str:
+        """Refuse, when the graph is queued, a folder outside input/ (or an absolute path without the opt-in)."""
+        if folder is None or path is None:  # fed by another node: known only when it runs
+            return True
         try:
-            chosen = resolve_folder(folder, path)
+            chosen = training_folder(folder, path)
+        except IPAdapterError as exc:
+            return str(exc)
+        if not chosen.is_dir():
+            return f"No folder {(path or folder).strip()!r} in ComfyUI's input folder: create it and put the images in it."
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, folder, path, prompt) -> str:
+        """Re-run when the folder's files change; only a folder the rules allow is ever listed."""
+        digest = hashlib.sha256(f"{folder}|{path}|{prompt}".encode())
+        try:
+            chosen = training_folder(folder, path)
             for entry in sorted(os.scandir(chosen), key=lambda e: e.name):
                 stat = entry.stat()
                 digest.update(f"{entry.name}:{stat.st_mtime_ns}:{stat.st_size};".encode())
@@ -83,9 +85,11 @@ class LoadTrainingImages(io.ComfyNode):
         return digest.hexdigest()
 
     @classmethod
-    def execute(cls, folder, path, prompt, resolution) -> io.NodeOutput:
-        chosen = resolve_folder(folder, path)
+    def execute(cls, folder, path, prompt) -> io.NodeOutput:
+        chosen = training_folder(folder, path)
         samples, report = load_image_folder(chosen, prompt=prompt or None)
-        pictures = [center_crop(resize_short_side(s.image, resolution), resolution) for s in samples]
+        sizes = [s.image.size for s in samples]
+        pictures, changes = to_common_size([s.image for s in samples], [s.path.name for s in samples])
         captions = "\n".join(" ".join(s.caption.split()) for s in samples)  # one line per image
-        return io.NodeOutput(pils_to_tensor(pictures), captions, report.summary())
+        text = f"{report.summary()}\n{size_report(sizes, pictures[0].size, changes)}"
+        return io.NodeOutput(pils_to_tensor(pictures), captions, text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from pathlib import Path
 
 from comfy_api.latest import io, ui
 
@@ -34,6 +35,15 @@ def _publish(staged, target, overwrite: bool) -> None:
         staged.unlink(missing_ok=True)
 
 
+def _check_target(name: str, overwrite: bool) -> Path:
+    """models/ipadapter/<name>.safetensors, or IPAdapterError for a bad name or an existing file not to replace."""
+    target = adapter_target(name)
+    if target.exists() and not overwrite:
+        raise IPAdapterError(f"{target.name} already exists in {target.parent}: choose another name or set "
+                             "overwrite to true.")
+    return target
+
+
 class SaveIPAdapter(io.ComfyNode):
     """Saves an adapter in the official layout (fp16 .safetensors) with the core's metadata."""
 
@@ -53,16 +63,26 @@ class SaveIPAdapter(io.ComfyNode):
                                  tooltip="Replace an existing file of that name (atomically). Off: an existing "
                                          "name is an error."),
             ],
-            outputs=[io.String.Output(display_name="path", tooltip="The full path of the saved file.")],
+            outputs=[io.String.Output(display_name="path",
+                                      tooltip="The full path of the saved file (also in the node's output; connect "
+                                              "Preview as Text to see it on the canvas).")],
             is_output_node=True,
         )
 
     @classmethod
+    def validate_inputs(cls, name, overwrite) -> bool | str:
+        """Check the name and the overwrite setting when the graph is queued, not after training."""
+        if name is None or overwrite is None:  # fed by another node: checked when Save runs
+            return True
+        try:
+            _check_target(name, bool(overwrite))
+        except IPAdapterError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, adapter, name, overwrite) -> io.NodeOutput:
-        target = adapter_target(name)
-        if target.exists() and not overwrite:
-            raise IPAdapterError(f"{target.name} already exists in {target.parent}: choose another name or set "
-                                 "overwrite to true.")
+        target = _check_target(name, bool(overwrite))  # again: the file may have appeared since queueing
         target.parent.mkdir(parents=True, exist_ok=True)
         staged = target.with_name(f".{target.stem}.{secrets.token_hex(6)}.staged.safetensors")
         try:

@@ -112,6 +112,18 @@ def test_bad_names_are_refused_and_nothing_is_written(folders, name):
     assert tree(folders.parent) == before
 
 
+def test_save_checks_name_and_overwrite_when_queued(folders):
+    node = pack("nodes.node_save").SaveIPAdapter
+    assert node.validate_inputs("fresh", False) is True
+    save(random_adapter("base", 768, layers()), "taken")
+    refused = node.validate_inputs("taken.safetensors", False)
+    assert isinstance(refused, str) and "taken.safetensors already exists" in refused and "overwrite" in refused
+    assert node.validate_inputs("taken", True) is True
+    assert "Cannot save an adapter as '../x'" in node.validate_inputs("../x", True)
+    assert node.validate_inputs(None, False) is True  # a name fed by another node is checked when Save runs
+    assert tree(folders / "ipadapter") == {"taken.safetensors"}  # validating writes nothing
+
+
 def test_names_keep_dots_and_spaces_inside_the_folder(folders):
     save(random_adapter("base", 768, layers()), "v1.2 final")
     assert tree(folders / "ipadapter") == {"v1.2 final.safetensors"}
@@ -159,6 +171,14 @@ def test_load_refuses_a_file_that_is_not_an_adapter_and_reloads_a_changed_file(f
 
 # ---------------------------------------------------------------- load training images
 
+OPT_IN = "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER"
+
+
+@pytest.fixture
+def no_opt_in(monkeypatch):
+    monkeypatch.delenv(OPT_IN, raising=False)
+
+
 def _images(folder: Path, names, size=(96, 80)):
     folder.mkdir(parents=True)
     for i, name in enumerate(names):
@@ -166,37 +186,124 @@ def _images(folder: Path, names, size=(96, 80)):
         (folder / f"{name}.txt").write_text(f"caption of\n{name}")
 
 
-def test_load_training_images_from_an_input_subfolder(folders):
+def loader():
+    return pack("nodes.node_load_images").LoadTrainingImages
+
+
+def load_images(folder="", path="", prompt=""):
+    with torch.inference_mode():
+        return loader().execute(folder, path, prompt).args
+
+
+def test_load_training_images_from_an_input_subfolder_at_their_own_size(folders, no_opt_in):
     _images(folders / "input" / "cats", ["b", "a"])
     (folders / "input" / ".hidden").mkdir()
-    node = pack("nodes.node_load_images").LoadTrainingImages
-    assert node.define_schema().inputs[0].options == ["", "cats"]
-    with torch.inference_mode():
-        images, captions, report = node.execute("cats", "", "", 64).args
-    assert images.shape == (2, 64, 64, 3) and images.dtype == torch.float32
+    assert loader().define_schema().inputs[0].options == ["", "cats"]
+    assert [i.id for i in loader().define_schema().inputs] == ["folder", "path", "prompt"]  # no second size knob
+    images, captions, report = load_images("cats")
+    assert images.shape == (2, 80, 96, 3) and images.dtype == torch.float32  # passed through, not resized
     assert captions == "caption of a\ncaption of b"  # sorted by name, one line each
-    assert "2 image(s) used" in report
-    with torch.inference_mode():
-        _, captions, _ = node.execute("cats", "", "one prompt", 64).args
+    assert "2 image(s) used" in report and "All images are 96x80: passed on unchanged" in report
+    _, captions, _ = load_images("cats", prompt="one prompt")
     assert captions == "one prompt\none prompt"
 
 
-def test_load_training_images_from_an_absolute_path_wins_over_the_folder(folders):
-    node = pack("nodes.node_load_images").LoadTrainingImages
-    with torch.inference_mode():
-        images, captions, _ = node.execute("cats", str(SAMPLES), "", 72).args
-    assert images.shape == (5, 72, 72, 3) and len(captions.split("\n")) == 5
+def test_load_training_images_of_different_sizes_keep_each_central_square(folders, no_opt_in):
+    folder = folders / "input" / "mixed"
+    folder.mkdir()
+    # a is already at the smallest short side (100); b's short side is 120, so it is scaled by 100/120
+    a = Image.new("RGB", (200, 100), (255, 0, 0))
+    b = Image.new("RGB", (300, 120), (0, 0, 255))
+    b.paste((0, 255, 0), (90, 0, 210, 120))  # b's central 120x120 square is green
+    a.save(folder / "a.png")
+    b.save(folder / "b.png")
+    images, _, report = load_images("mixed")
+    assert images.shape == (2, 100, 200, 3)  # width: the smallest scaled width (a: 200, b: 250)
+    assert "b.png: 300x120 scaled to 250x100, centre-cropped to 200x100" in report
+    assert "a.png:" not in report  # unchanged images are not listed
+    assert "short side is 100 px" in report and "1 of 2 changed" in report
+    centre = images[1, :, 50:150]  # b's central square, 100x100 after scaling: still all green
+    assert centre[..., 1].min() > 0.9 and centre[..., 0].max() < 0.1
 
 
-@pytest.mark.parametrize("folder,path,message", [("", "", "No images chosen"),
-                                                 ("../..", "", "not a sub-folder"),
-                                                 ("", "relative/dir", "not absolute"),
-                                                 ("empty", "", "contains no images")])
-def test_load_training_images_errors(folders, folder, path, message):
+def test_load_training_images_nested_folder_by_relative_path(folders, no_opt_in):
+    _images(folders / "input" / "cats" / "set1", ["x"])
+    images, _, _ = load_images("", "cats/set1")
+    assert images.shape == (1, 80, 96, 3)
+    assert loader().validate_inputs("", "cats/set1") is True
+
+
+@pytest.mark.parametrize("folder,path", [("../..", ""), ("..", ""), ("", "../outside"), ("", "../.."),
+                                         ("", "cats/../../outside"), ("", "cats/../.."), ("", "."), ("", "cats/..")])
+def test_load_training_images_refuses_traversal(folders, no_opt_in, folder, path):
+    _images(folders / "input" / "cats", ["a"])
+    _images(folders / "outside", ["secret"])
+    with pytest.raises(errors().IPAdapterError, match="input folder"):
+        load_images(folder, path)
+    message = loader().validate_inputs(folder, path)  # refused when queued, before anything runs
+    assert isinstance(message, str) and "input folder" in message
+
+
+def test_a_symlink_inside_input_that_leads_out_is_refused_and_not_listed(folders, no_opt_in, monkeypatch):
+    _images(folders / "outside", ["secret"])
+    _images(folders / "input" / "cats", ["a"])
+    try:
+        (folders / "input" / "link").symlink_to(folders / "outside", target_is_directory=True)
+    except OSError:
+        pytest.skip("this file system does not allow symlinks")
+    assert loader().define_schema().inputs[0].options == ["", "cats"]
+    for folder, path in (("link", ""), ("", "link"), ("", "cats/../link")):
+        with pytest.raises(errors().IPAdapterError, match=f"not inside ComfyUI's input folder.*{OPT_IN}=1"):
+            load_images(folder, path)
+    monkeypatch.setenv(OPT_IN, "1")  # the owner opted in: a linked folder is theirs to use
+    assert loader().define_schema().inputs[0].options == ["", "cats", "link"]
+    assert load_images("link")[0].shape == (1, 80, 96, 3)
+
+
+@pytest.mark.parametrize("path", [str(SAMPLES), "/etc", "~", "~/x", "C:\\Users\\x", "C:x", "\\\\server\\share\\x"])
+def test_absolute_paths_are_refused_by_default_naming_the_opt_in(folders, no_opt_in, path):
+    with pytest.raises(errors().IPAdapterError) as caught:
+        load_images("", path)
+    message = str(caught.value)
+    assert f"{OPT_IN}=1" in message and "input folder" in message
+    assert message.count(". ") == 0 and message.endswith(".")  # one sentence
+    assert loader().validate_inputs("", path) == message
+
+
+def test_absolute_path_with_the_opt_in_wins_over_the_folder(folders, monkeypatch):
+    monkeypatch.setenv(OPT_IN, "1")
+    images, captions, report = load_images("cats", str(SAMPLES))
+    assert images.shape[0] == 5 and len(captions.split("\n")) == 5
+    assert images.shape[1:] == (300, 300, 3)  # the samples differ (landscape and square): the smallest square
+    assert loader().validate_inputs("", str(SAMPLES)) is True
+    monkeypatch.setenv(OPT_IN, "0")
+    assert OPT_IN in loader().validate_inputs("", str(SAMPLES))
+
+
+def test_fingerprint_never_looks_outside_the_input_folder(folders, no_opt_in, monkeypatch):
+    outside = folders / "outside"
+    _images(outside, ["a"])
+    first = loader().fingerprint_inputs("", str(outside), "")
+    (outside / "b.png").write_bytes(b"new file")
+    assert loader().fingerprint_inputs("", str(outside), "") == first  # refused folders are not listed
+    monkeypatch.setenv(OPT_IN, "1")
+    allowed = loader().fingerprint_inputs("", str(outside), "")
+    (outside / "c.png").write_bytes(b"another")
+    assert loader().fingerprint_inputs("", str(outside), "") != allowed
+
+
+@pytest.mark.parametrize("folder,at_run,at_queue", [("", "No images chosen", "No images chosen"),
+                                                    ("missing", "does not exist", "No folder 'missing'"),
+                                                    ("empty", "contains no images", None)])
+def test_load_training_images_errors(folders, no_opt_in, folder, at_run, at_queue):
     (folders / "input" / "empty").mkdir()
-    node = pack("nodes.node_load_images").LoadTrainingImages
-    with pytest.raises(errors().IPAdapterError, match=message):
-        node.execute(folder, path, "", 64)
+    with pytest.raises(errors().IPAdapterError, match=at_run):
+        load_images(folder)
+    verdict = loader().validate_inputs(folder, "")
+    if at_queue is None:
+        assert verdict is True  # an empty folder may be filled before the graph runs
+    else:
+        assert at_queue in verdict
 
 
 # ---------------------------------------------------------------- score
