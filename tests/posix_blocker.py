@@ -1,31 +1,39 @@
-"""Make the POSIX-only modules unimportable in this process, as they are on Windows.
+"""Make the POSIX-only modules unimportable for our code in this process, as they are on Windows.
 
 Used by the portability tests in a subprocess of their own (the block must not leak into the test run):
 
-    import posix_blocker; posix_blocker.install()
+    import posix_blocker; posix_blocker.install(only_for=("ipadapter_train",))
 
-Standard-library and third-party modules that already imported one keep their reference; every later
-`import resource` (at module level or inside a function) raises ModuleNotFoundError, as on Windows.
+Only imports made by modules of the given packages are refused. Blocking them for every importer is not
+a picture of Windows: libraries pick a platform back end at import (psutil's Linux one imports
+`resource`, transformers and torch import `pwd` and `fcntl` on Linux; on Windows they load others).
 """
 from __future__ import annotations
 
-import importlib.abc
-import sys
+import builtins
 
 BLOCKED = ("resource", "fcntl", "pwd")
 
 
-class _Blocker(importlib.abc.MetaPathFinder):
-    """Answers every import of a blocked name with ModuleNotFoundError."""
+def install(only_for: tuple[str, ...]) -> None:
+    """Refuse the names, for the rest of this process, in modules whose `__name__` starts with one of
+    `only_for`, whether or not the module is cached already."""
+    real_import = builtins.__import__
 
-    def find_spec(self, name, path=None, target=None):
-        if name in BLOCKED:
+    def scoped_import(name, globals=None, locals=None, fromlist=(), level=0):
+        # every `import x` / `from x import y` statement calls this, also for a module already cached
+        importer = str((globals or {}).get("__name__", ""))
+        if level == 0 and name.split(".")[0] in BLOCKED and importer.startswith(only_for):
             raise ModuleNotFoundError(f"No module named {name!r} (blocked to act as Windows)", name=name)
-        return None
+        return real_import(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = scoped_import
 
 
-def install() -> None:
-    """Block the names for the rest of this process."""
-    for name in BLOCKED:
-        sys.modules.pop(name, None)  # a cached module would be handed out without asking the finders
-    sys.meta_path.insert(0, _Blocker())
+def blocked_for(module_name: str) -> bool:
+    """True when `import resource` fails in a module of that name: the check that the block works."""
+    try:
+        exec("import resource", {"__name__": module_name})
+    except ImportError:
+        return True
+    return False

@@ -24,20 +24,15 @@ from ipadapter_train.report import peak_memory
 TESTS = Path(__file__).resolve().parent
 WINDOWS_FORBIDDEN = set('<>:"|?*')
 
-# Runs in a fresh interpreter: block the POSIX-only modules, import every module of the core, then train
-# through the CLI in this same process (argv[1]: the CLI's arguments as JSON).
+# Runs in a fresh interpreter: block the POSIX-only modules for the core (see posix_blocker), import every
+# module of the core, then train through the CLI in this same process (argv[1]: the CLI's arguments as JSON).
 _SCRIPT = r"""
 import importlib, json, pkgutil, sys
 sys.path.insert(0, sys.argv[2])
 import posix_blocker
-posix_blocker.install()
-for name in posix_blocker.BLOCKED:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        pass
-    else:
-        raise SystemExit(f"{name} is still importable: the block does not work")
+posix_blocker.install(only_for=("ipadapter_train",))
+if not posix_blocker.blocked_for("ipadapter_train.probe") or posix_blocker.blocked_for("psutil.probe"):
+    raise SystemExit("the block does not work")
 import ipadapter_train
 names = [m.name for m in pkgutil.walk_packages(ipadapter_train.__path__, "ipadapter_train.")
          if not m.name.endswith("__main__")]  # __main__ runs the CLI when imported
