@@ -55,9 +55,12 @@ def _fsync_dir(folder: Path) -> None:
         log.debug("could not fsync folder %s", folder)
 
 
-def _rename(src: Path, dst: Path) -> None:
-    """`os.replace(src, dst)`, retried for a moment on Windows, where a file another program has open cannot
-    be replaced (virus scanners and indexers open new files briefly); a lasting lock is a clear error."""
+def replace_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename `src` to `dst`, replacing a file there, on every platform (`os.rename` refuses on Windows).
+
+    Retried for a moment on Windows, where a file another program has open cannot be replaced (virus
+    scanners and indexers open new files briefly); a lasting lock is an IPAdapterError saying so.
+    """
     tries = 10 if sys.platform == "win32" else 1
     for attempt in range(tries):
         try:
@@ -100,7 +103,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else new_mode)
-        _rename(tmp, path)  # replaces an existing file on Windows too (os.rename would refuse)
+        replace_file(tmp, path)  # replaces an existing file on Windows too (os.rename would refuse)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -148,12 +151,12 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
             shutil.rmtree(old)
         moved_aside = path.exists()
         if moved_aside:
-            _rename(path, old)
+            replace_file(path, old)
         try:
-            _rename(tmp, path)
+            replace_file(tmp, path)
         except BaseException:
             if moved_aside:  # put the old folder back rather than leave none
-                _rename(old, path)
+                replace_file(old, path)
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
