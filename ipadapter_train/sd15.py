@@ -4,7 +4,10 @@ A model comes either from a diffusers folder or from a single original-layout fi
 (`.safetensors`, or `.ckpt`/`.pt` read with `weights_only=True`, so a pickle never runs code). For a
 single file the configs are read from the weight shapes and the tokenizer and scheduler config ship
 with the package. Models are built on the meta device and the file's tensors are assigned into them,
-so the weights exist once in memory. File reading and writing live in `weights_io`.
+so the weights exist once in memory. Entries of the file that no part uses (EMA copies, the noise
+schedule, CLIP's contrastive head) are skipped with one log line, as diffusers and ComfyUI skip them;
+only a missing or wrongly shaped weight that a part needs is refused. File reading and writing live in
+`weights_io`.
 """
 from __future__ import annotations
 
