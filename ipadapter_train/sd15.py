@@ -121,8 +121,8 @@ def _log_unused(name: str, unused: list[str]) -> None:
         return
     inside = (L.UNET_PREFIX, L.VAE_PREFIX, "cond_stage_model.")
     odd = any(k.startswith(inside) and not L.is_known_unused(k) for k in unused)
-    log.log(logging.WARNING if odd else logging.INFO, "%s: ignored %d entries the SD1.5 model does not use: %s.",
-            name, len(unused), L.summarize_keys(unused))
+    log.log(logging.WARNING if odd else logging.INFO, "%s: ignored %d %s the SD1.5 model does not use: %s.",
+            name, len(unused), "entry" if len(unused) == 1 else "entries", L.summarize_keys(unused))
 
 
 def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:

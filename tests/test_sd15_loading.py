@@ -399,7 +399,7 @@ def test_unknown_extra_weight_is_ignored_with_a_warning(micro_file, tmp_path, ca
     _states_equal(micro.unet, back.unet, cast=torch.float16)
     lines = [r for r in caplog.records if "ignored" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.WARNING
-    assert "ignored 1 entries" in lines[0].getMessage() and "extra_norm.weight" in lines[0].getMessage()
+    assert "ignored 1 entry the SD1.5" in lines[0].getMessage() and "extra_norm.weight" in lines[0].getMessage()
 
 
 def test_plain_checkpoint_logs_nothing_ignored(micro_file, tmp_path, caplog):
