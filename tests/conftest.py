@@ -1,12 +1,28 @@
 """Shared fixtures: micro SD1.5-layout models built from configs with random weights (diffusers'
-own testing convention), the shipped tokenizer and sample photos. Nothing is downloaded."""
+own testing convention), the shipped tokenizer and sample photos. Nothing is downloaded.
+
+Tests come in tiers, marked at collection (see `pytest_collection_modifyitems`), so that
+`pytest -m unit` runs only the fast in-process tests:
+
+- unit: everything in-process (the default);
+- cli: runs a command in a subprocess (`cli()` here, or `subprocess` directly): process behaviour;
+- server: starts a real ComfyUI server (the `comfy` fixture of tests/comfyui/harness.py, or a
+  `tests/comfyui/test_server_*.py` module);
+- browser: drives Chromium against a real ComfyUI (`test_browser*.py`).
+
+A tier marker written on a test (or its module) wins over the automatic one.
+"""
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import types
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -66,9 +82,49 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, timeout: int = 600, module: tuple[str, ...] = ("-m", "ipadapter_train")) -> subprocess.CompletedProcess:
+    """The command in a subprocess (a fresh interpreter: torch imports again, seconds per call).
+
+    For tests about the process itself: exit status of the real entry point, launchers, signals.
+    Tests that only want the command's result use `run_cli` (same result object, in-process)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, *module, *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=ROOT)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`ipadapter_train.cli.main(args)` in this process: its exit status, stdout and stderr (its log lines).
+
+    argparse's exits (--help, usage errors) become the return code. The logging set-up `main` makes
+    (basicConfig on the root logger, library levels) is undone afterwards, so pytest's log capture and
+    the next test see the logging they had. The CLI's glibc allocator tweak is skipped: it is meant for
+    a one-shot process and would stay for the rest of the test session."""
+    from ipadapter_train import allocator
+    from ipadapter_train.cli import main
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    noisy = {name: logging.getLogger(name).level for name in ("accelerate", "diffusers", "transformers", "PIL")}
+    out, err = io.StringIO(), io.StringIO()
+    # basicConfig only configures a root logger without handlers: give it none, so that it attaches
+    # its handler to the redirected stderr, as it does in a fresh process
+    root.handlers = []
+    keep_freed_memory = allocator.keep_freed_memory
+    allocator.keep_freed_memory = lambda: False
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse: --help, usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        allocator.keep_freed_memory = keep_freed_memory
+        for handler in root.handlers:
+            handler.close()
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+        for name, level in noisy.items():
+            logging.getLogger(name).setLevel(level)
+    return subprocess.CompletedProcess(["ipadapter-train", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +153,95 @@ def train_args(models, out: Path, *extra: str) -> list[str]:
     return ["train", "--images", str(SAMPLES), "--base-model", str(models["sd"]), "--image-encoder",
             str(models["clip"]), "--out", str(out), "--resolution", "64", "--precision", "no",
             "--no-validation", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_adapter_file(models, tmp_path_factory) -> Path:
+    """An adapter file trained once per session (2 steps at 64 px on the micro models in `models`).
+
+    For tests that need "a trained adapter file": read it, never write next to it."""
+    out = tmp_path_factory.mktemp("trained") / "adapter.safetensors"
+    r = run_cli(*train_args(models, out, "--max-steps", "2"))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tiers
+
+TIERS = ("unit", "cli", "server", "browser")
+SERVER_FIXTURES = {"comfy"}  # tests/comfyui/harness.py: a running ComfyUI server
+
+
+def _references(obj, targets: tuple, globals_: dict, seen: set, depth: int = 3) -> bool:
+    """Whether a function's code (nested functions included) names one of `targets`, directly or
+    through a same-module helper function, up to `depth` calls deep."""
+    code = getattr(obj, "__code__", None)
+    if code is None or depth < 0 or code in seen:
+        return False
+    seen.add(code)
+    stack = [code]
+    while stack:
+        c = stack.pop()
+        for name in c.co_names:
+            value = globals_.get(name)
+            if value is None:
+                continue
+            if any(value is t for t in targets):
+                return True
+            if (isinstance(value, types.FunctionType) and value.__module__ == globals_.get("__name__")
+                    and _references(value, targets, globals_, seen, depth - 1)):
+                return True
+        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+    return False
+
+
+def tier_of(item) -> str:
+    """The tier of a collected test: its explicit tier marker, else by module name, fixtures and code."""
+    explicit = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if explicit:
+        return explicit[0]
+    name = item.path.name
+    if name.startswith("test_browser"):
+        return "browser"
+    if name.startswith("test_server") or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return "server"
+    func = getattr(item, "function", None)
+    if func is not None:
+        harness = sys.modules.get("harness")
+        server_objects = (harness.ComfyServer,) if harness else ()
+        if server_objects and _references(func, server_objects, func.__globals__, set()):
+            return "server"
+        if _references(func, (subprocess, cli), func.__globals__, set()):
+            return "cli"
+    return "unit"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier, so `-m unit` / `-m "not server and not browser"` select them."""
+    for item in items:
+        tier = tier_of(item)
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))
+        _tier_of_test[item.nodeid] = tier
+
+
+_tier_of_test: dict[str, str] = {}
+_tier_tests: dict[str, int] = defaultdict(int)
+_tier_seconds: dict[str, float] = defaultdict(float)
+
+
+def pytest_runtest_logreport(report):
+    """Count the tests and sum their set-up, call and tear-down time per tier."""
+    tier = _tier_of_test.get(report.nodeid)
+    if tier is None:
+        return
+    _tier_tests[tier] += report.when == "setup"
+    _tier_seconds[tier] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: tests and seconds per tier, to see where the suite's time goes."""
+    parts = [f"{tier} {_tier_tests[tier]} tests {_tier_seconds[tier]:.0f} s" for tier in TIERS if _tier_tests[tier]]
+    if parts:
+        terminalreporter.write_line("tiers: " + ", ".join(parts))

@@ -1,25 +1,37 @@
-"""The `ipadapter-train` command end to end, in subprocesses, on real files written to disk."""
+"""The `ipadapter-train` command end to end on real files written to disk.
+
+The commands run in-process (`run_cli`: `cli.main` with its output captured); a subprocess (`cli`)
+only where the process is what is tested: the real entry point's exit status and accelerate's launcher."""
 from __future__ import annotations
 
 import json
 
 import torch
 
-from conftest import SAMPLES, cli, micro_sd15, train_args
+from conftest import SAMPLES, cli, micro_sd15, run_cli, train_args
 
 
-def test_train_then_inspect(models, tmp_path):
-    out = tmp_path / "mine.safetensors"
-    r = cli(*train_args(models, out, "--max-steps", "3"))
-    assert r.returncode == 0, r.stderr
-    assert out.is_file() and (tmp_path / "mine-run" / "report.json").is_file()
-    report = json.loads((tmp_path / "mine-run" / "report.json").read_text())
+def test_train_then_inspect(trained_adapter_file):
+    out = trained_adapter_file  # `train --max-steps 2` at 64 px, once per session (conftest)
+    assert out.is_file() and (out.parent / "adapter-run" / "report.json").is_file()
+    report = json.loads((out.parent / "adapter-run" / "report.json").read_text())
     assert report["model_load_seconds"] > 0 and len(report["dataset"]["used"]) == 5  # the API's figures too
-    r = cli("inspect", str(out))
+    assert report["steps"] == 2
+    r = run_cli("inspect", str(out))
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info["variant"] == "base" and info["metadata"]["steps"] == "3"
+    assert info["variant"] == "base" and info["metadata"]["steps"] == "2"
     assert info["metadata"]["base_model"] == "sd15"
+
+
+def test_the_real_entry_point_exits_with_the_commands_status(tmp_path):
+    """`python -m ipadapter_train`: 0 on success, 2 and one sentence (no traceback) on bad input."""
+    r = cli("inspect", "--help")
+    assert r.returncode == 0 and "example" in r.stdout, r.stderr
+    r = cli("inspect", str(tmp_path / "nope.safetensors"))
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "nope.safetensors" in errors[0] and "Traceback" not in r.stderr, r.stderr
 
 
 def test_two_process_accelerate_run_trains_and_saves_one_file(models, tmp_path):
@@ -49,7 +61,7 @@ def test_bad_inputs_get_one_clear_sentence(models, tmp_path):
         "bad out": (train_args(models, tmp_path / "x.txt"), "must end in .safetensors"),
     }
     for name, (args, needle) in cases.items():
-        r = cli(*args)
+        r = run_cli(*args)
         assert r.returncode == 2, (name, r.stderr)
         errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
         assert len(errors) == 1 and needle in errors[0], (name, r.stderr)
@@ -66,17 +78,16 @@ def test_init_adapter_for_another_encoder_is_refused_before_training(models, tmp
     other = IPAdapter.new("base", 1024, 768, adapter_layers(sd.unet.config))  # a ViT-H-width adapter
     save_adapter(other.state_dict(), tmp_path / "vith.safetensors")
     out = tmp_path / "ft.safetensors"
-    r = cli(*train_args(models, out, "--init-adapter", str(tmp_path / "vith.safetensors")))
+    r = run_cli(*train_args(models, out, "--init-adapter", str(tmp_path / "vith.safetensors")))
     assert r.returncode == 2
     assert "1024-d" in r.stderr and "32-d" in r.stderr
     assert not out.exists() and not (tmp_path / "ft-run").exists()
 
 
-def test_fine_tune_from_init_adapter(models, tmp_path):
-    first = tmp_path / "first.safetensors"
-    assert cli(*train_args(models, first, "--max-steps", "2")).returncode == 0
+def test_fine_tune_from_init_adapter(models, trained_adapter_file, tmp_path):
+    first = trained_adapter_file
     second = tmp_path / "second.safetensors"
-    r = cli(*train_args(models, second, "--max-steps", "2", "--init-adapter", str(first)))
+    r = run_cli(*train_args(models, second, "--max-steps", "2", "--init-adapter", str(first)))
     assert r.returncode == 0, r.stderr
     from ipadapter_train.fileformat import load_adapter
 
@@ -86,12 +97,12 @@ def test_fine_tune_from_init_adapter(models, tmp_path):
 
 def test_every_command_has_help_with_examples():
     for command in ("train", "demo", "inspect", "convert", "make-test-models"):
-        r = cli(command, "--help")
+        r = run_cli(command, "--help")
         assert r.returncode == 0 and "example" in r.stdout, command
 
 
 def test_demo_runs_on_random_weights_and_says_so(tmp_path):
-    r = cli("demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2")
+    r = run_cli("demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2", "--resolution", "64")
     assert r.returncode == 0, r.stderr
     assert "RANDOM" in r.stderr and "random-weight" in r.stdout
     assert (tmp_path / "demo" / "demo_adapter.safetensors").is_file()
@@ -106,7 +117,7 @@ def test_make_test_models_then_train_from_the_single_file_labels_random_weights(
     paths = make_test_models(tmp_path / "m", size="tiny", vision="tiny")
     assert load_clip_vision(paths["clip_vision"]).config.ipadapter_train_random_weights is True
     out = tmp_path / "a.safetensors"
-    r = cli("train", "--images", str(SAMPLES), "--base-model", str(paths["sd15"]), "--image-encoder",
+    r = run_cli("train", "--images", str(SAMPLES), "--base-model", str(paths["sd15"]), "--image-encoder",
             str(paths["clip_vision"]), "--out", str(out), "--resolution", "64", "--max-steps", "1", "--no-validation")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "a-run" / "report.json").read_text())["random_weights"] is True

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, cli, micro_clip, micro_sd15, train_args
+from conftest import SAMPLES, micro_clip, micro_sd15, run_cli
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.eval_report import write_eval_files
 from ipadapter_train.evaluate import evaluate, load_cases
@@ -65,25 +65,24 @@ def test_cases_file_errors(tmp_path):
         load_cases(tmp_path / "bad.json")
 
 
-def test_score_and_evaluate_commands(models, tmp_path):
+def test_score_and_evaluate_commands(models, trained_adapter_file, tmp_path):
     from ipadapter_train.clip_model import build_clip, save_clip
 
     clip = tmp_path / "clip-full.safetensors"
     save_clip(build_clip("tiny"), clip)
-    adapter = tmp_path / "a.safetensors"
-    assert cli(*train_args(models, adapter, "--max-steps", "1")).returncode == 0
+    adapter = trained_adapter_file
     ref = SAMPLES / "chelsea.jpg"
-    r = cli("score", "--images", str(ref), "--reference", str(ref), "--prompt", "a cat", "--clip", str(clip), "--json")
+    r = run_cli("score", "--images", str(ref), "--reference", str(ref), "--prompt", "a cat", "--clip", str(clip), "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["clip_i_mean"] == pytest.approx(1.0, abs=1e-4) and report["random_weights"] is True
-    r = cli("score", "--images", str(ref), "--prompt", " ", "--clip", str(clip))
+    r = run_cli("score", "--images", str(ref), "--prompt", " ", "--clip", str(clip))
     assert r.returncode == 2 and "non-empty prompt" in r.stderr
-    r = cli("score", "--images", str(ref), "--reference", str(ref), "--clip", str(models["clip"]))
+    r = run_cli("score", "--images", str(ref), "--reference", str(ref), "--clip", str(models["clip"]))
     assert r.returncode == 2 and "only a vision tower" in r.stderr
 
     cases = cases_file(tmp_path, [{"reference": str(ref), "prompt": "a cat"}])
-    r = cli("evaluate", "--base-model", str(models["sd"]), "--image-encoder", str(models["clip"]), "--adapter",
+    r = run_cli("evaluate", "--base-model", str(models["sd"]), "--image-encoder", str(models["clip"]), "--adapter",
             str(adapter), "--cases", str(cases), "--clip", str(clip), "--out", str(tmp_path / "eval"),
             "--num-images", "1", "--scales", "1.0", "--steps", "2", "--width", "64", "--height", "64")
     assert r.returncode == 0, r.stderr
