@@ -21,12 +21,44 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_server as bs  # noqa: E402
 import browser_thumbnails  # noqa: E402
+from browser_workflow_api import SHIPPED  # noqa: E402
 
 WORKFLOWS_DIR = bs.ROOT / "workflows"
 CKPT = "v1-5-pruned-emaonly.safetensors"
 CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 POSITIVE = "a photo of a cat sitting in a sunlit garden, best quality"
 NEGATIVE = "blurry, low quality, watermark, text"
+CLIP_VISION_BIGG = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
+SCORER = "clip-vit-large-patch14.safetensors"
+
+# What each template needs, on a Note in the graph (the public file names; README "In ComfyUI" lists the same).
+NEED_FIRST = "Before you press Run: the model names in this template are examples; pick the files you have in each loader."
+NEED_CHECKPOINT = (f"Checkpoint (Load Checkpoint): a Stable Diffusion 1.5 single file in models/checkpoints, "
+                   f"e.g. {CKPT}.")
+NEED_CLIP_VISION = (f"CLIP vision (Load CLIP Vision), in models/clip_vision: the encoder the adapter is trained with. "
+                    f"The public ip-adapter_sd15 and ip-adapter-plus_sd15 use {CLIP_VISION} (OpenCLIP ViT-H/14): "
+                    f"use it to train or fine-tune for them. {CLIP_VISION_BIGG} goes with the *_vit-G adapters "
+                    f"(ip-adapter_sd15_vit-G).")
+NEED_IMAGES = ("Training images: put 5 or more jpg/png/webp/bmp files in a folder under ComfyUI's input folder, "
+               "input/<folder>, each with a same-named .txt caption (or type one prompt on the node), then pick "
+               "<folder> in Load Training Images (press R to refresh the list). Any size: Train IP-Adapter's "
+               "resolution sets the training size.")
+NEED_ADAPTER = ("Adapter (Load IP-Adapter), in models/ipadapter: my_adapter.safetensors from the training template, "
+                "or the public ip-adapter_sd15.safetensors / ip-adapter-plus_sd15.safetensors (with the ViT-H "
+                "CLIP vision file above).")
+NEED_REFERENCE = "Reference image: upload a picture in the \"Reference image\" node (Load Image)."
+NEED_SCORER = (f"Scorer (Score with CLIP): a full CLIP model (vision and text towers) in models/clip_scorers: "
+               f"openai/clip-vit-large-patch14 as a transformers folder (config.json and model.safetensors in "
+               f"models/clip_scorers/clip-vit-large-patch14/) or its model.safetensors alone, renamed {SCORER}.")
+
+
+def need(*items: str, saved: str | None = None) -> str:
+    """A Note's text: the opening line, numbered needs, and where the result goes."""
+    lines = [NEED_FIRST, ""] + [f"{i}. {item}" for i, item in enumerate(items, 1)]
+    if saved:
+        lines += ["", f"The adapter is saved as models/ipadapter/{saved}.safetensors (change name on Save IP-Adapter; "
+                      "an existing name is refused when you press Run unless overwrite is on). \"Saved to\" shows the path."]
+    return "\n".join(lines)
 
 
 # Output order of the pack's nodes (nodes/CONTRACT.md). A V3 output's slot name is its display_name, or
@@ -55,8 +87,17 @@ def clip_vision(col=0):
 
 
 def training_images(col=0):
-    return N("images", "IPAdapterTrain_LoadTrainingImages", col,
-             {"folder": "", "path": "", "prompt": "", "resolution": 512})
+    return N("images", "IPAdapterTrain_LoadTrainingImages", col, {"folder": "", "path": "", "prompt": ""})
+
+
+def note(text, col=0, width=420, height=None):
+    lines = sum(1 + len(line) // 66 for line in text.split("\n"))  # the wrapped lines at this width
+    return N("note", "Note", col, {"text": text}, title="What this workflow needs", width=width,
+             height=height or 40 + 12 * lines)
+
+
+def saved_to(col):
+    return N("saved", "PreviewAny", col, title="Saved to", width=300, height=110)
 
 
 def train(col=1):
@@ -89,36 +130,41 @@ def generation(col_apply, col_sampler, col_out, model_from, ref_title="Reference
 
 
 def specs() -> dict[str, dict]:
-    train_nodes = [checkpoint(), clip_vision(), training_images(), train(),
+    train_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_IMAGES, saved="my_adapter")),
+                   checkpoint(), clip_vision(), training_images(), train(),
                    N("save", "IPAdapterTrain_Save", 2, {"name": "my_adapter", "overwrite": False}),
+                   saved_to(2),
                    N("loss", "PreviewImage", 2, title="Loss curve", width=300, height=260),
                    N("report", "PreviewAny", 2, title="Training report", width=360)]
     train_links = [("ckpt", "MODEL", "train", "model"), ("ckpt", "CLIP", "train", "clip"),
                    ("ckpt", "VAE", "train", "vae"), ("clipv", "CLIP_VISION", "train", "clip_vision"),
                    ("images", "images", "train", "images"), ("images", "captions", "train", "captions"),
-                   ("train", "adapter", "save", "adapter"), ("train", "loss_plot", "loss", "images"),
-                   ("train", "report", "report", "source")]
+                   ("train", "adapter", "save", "adapter"), ("save", "path", "saved", "source"),
+                   ("train", "loss_plot", "loss", "images"), ("train", "report", "report", "source")]
 
     gen_nodes, gen_links = generation(1, 2, 3, "load")
-    apply_nodes = [checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
+    apply_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE)),
+                   checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
                                                   {"adapter_name": "my_adapter.safetensors"})]
     apply_nodes += gen_nodes + [N("out", "SaveImage", 3, {"filename_prefix": "ipadapter_train/apply"}, width=320, height=360)]
     apply_links = gen_links + [("decode", "IMAGE", "out", "images")]
 
     tta_gen, tta_gen_links = generation(2, 3, 4, "train")
-    tta_nodes = [checkpoint(), clip_vision(), training_images(), train(col=1),
-                 N("save", "IPAdapterTrain_Save", 1, {"name": "my_adapter", "overwrite": False})]
+    tta_name = "my_adapter_then_applied"  # not the training template's name: running both never collides
+    tta_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_IMAGES, NEED_REFERENCE, saved=tta_name)),
+                 checkpoint(), clip_vision(), training_images(), train(col=1),
+                 N("save", "IPAdapterTrain_Save", 1, {"name": tta_name, "overwrite": False}), saved_to(1)]
     tta_nodes += tta_gen + [N("loss", "PreviewImage", 4, title="Loss curve", width=300, height=260),
                             N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/trained"}, width=320, height=360)]
-    tta_links = train_links[:7] + tta_gen_links + [("train", "loss_plot", "loss", "images"),
+    tta_links = train_links[:8] + tta_gen_links + [("train", "loss_plot", "loss", "images"),
                                                    ("decode", "IMAGE", "out", "images")]
 
     score_gen, score_gen_links = generation(1, 2, 2, "load")
-    score_nodes = [checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
+    score_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE, NEED_SCORER)),
+                   checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
                                                   {"adapter_name": "my_adapter.safetensors"})]
     score_nodes += score_gen + [
-        N("score", "IPAdapterTrain_Score", 3,
-          {"scorer": "clip-vit-large-patch14.safetensors", "prompt": POSITIVE}, width=340),
+        N("score", "IPAdapterTrain_Score", 3, {"scorer": SCORER, "prompt": POSITIVE}, width=340),
         N("out", "SaveImage", 3, {"filename_prefix": "ipadapter_train/scored"}, width=320, height=360),
         N("scores", "PreviewAny", 4, title="Scores", width=360),
         N("table", "PreviewImage", 4, title="Score table", width=360, height=200),
@@ -202,7 +248,7 @@ def build(out_dir: Path, pack: Path) -> list[Path]:
             for name, spec in specs().items():
                 data = json.loads(page.evaluate(BUILD_JS, spec))
                 data["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ipadapter-train/workflows/{name}"))
-                path = out_dir / f"{name}.json"
+                path = out_dir / f"{SHIPPED[name]}.json"  # the file name is what the template browser shows
                 path.write_text(json.dumps(data, indent=2) + "\n")
                 written.append(path)
                 print("wrote", path)

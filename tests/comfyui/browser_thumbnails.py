@@ -20,6 +20,7 @@ BG, GRID = (24, 24, 26), (36, 36, 40)
 NODE_BG, NODE_TITLE, NODE_EDGE = (53, 53, 53), (34, 34, 34), (10, 10, 10)
 WIDGET_BG, TEXT = (34, 34, 34), (230, 230, 230)
 OWN_NODE_TITLE = (38, 70, 60)  # this pack's nodes stand out
+NOTE_TITLE, NOTE_BG, NOTE_TEXT = (68, 51, 34), (102, 85, 51), (235, 225, 200)  # the editor's yellow Note
 TYPE_COLOURS = {  # ComfyUI's default dark palette; IPADAPTER_TRAIN is this pack's own
     "MODEL": "#B39DDB", "CLIP": "#FFD500", "VAE": "#FF6E6E", "CLIP_VISION": "#A8DADC",
     "CONDITIONING": "#FFA931", "LATENT": "#FF9CF9", "IMAGE": "#64B5F6", "MASK": "#81C784",
@@ -58,6 +59,23 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…" if text else ""
+
+
+def _note_text(draw: ImageDraw.ImageDraw, text: str, at: tuple[float, float], width: float, bottom: float,
+               size: int) -> None:
+    font = _font(size)
+    x, y = at
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" ") + [None]:
+            if word is not None and draw.textlength(f"{line} {word}".strip(), font=font) <= width:
+                line = f"{line} {word}".strip()
+                continue
+            if y + size > bottom:
+                return
+            draw.text((x, y), line, font=font, fill=NOTE_TEXT)
+            y += size * 1.3
+            line = word or ""
 
 
 def render(path: Path, out: Path | None = None) -> Path:
@@ -115,14 +133,20 @@ def render(path: Path, out: Path | None = None) -> Path:
         x, y = node["pos"]
         w, h = node["size"]
         own = node["type"].startswith("IPAdapterTrain_")
-        draw.rounded_rectangle([P(x, y - TITLE_H), P(x + w, y + h)], radius=radius, fill=NODE_BG,
+        is_note = node["type"] in ("Note", "MarkdownNote")
+        draw.rounded_rectangle([P(x, y - TITLE_H), P(x + w, y + h)], radius=radius, fill=NOTE_BG if is_note else NODE_BG,
                                outline=NODE_EDGE, width=max(1, int(scale)))
         draw.rounded_rectangle([P(x, y - TITLE_H), P(x + w, y)], radius=radius,
-                               fill=OWN_NODE_TITLE if own else NODE_TITLE, corners=(True, True, False, False))
+                               fill=NOTE_TITLE if is_note else OWN_NODE_TITLE if own else NODE_TITLE,
+                               corners=(True, True, False, False))
         title = node.get("title") or DISPLAY_NAMES.get(node["type"], node["type"])
         tx, ty = P(x + 10, y - TITLE_H / 2)
         draw.text((tx, ty), _fit(draw, title, title_font, (w - 16) * scale), font=title_font, fill=TEXT, anchor="lm")
 
+        if is_note:  # its text, wrapped to the box, as far as it fits
+            _note_text(draw, (node.get("widgets_values") or [""])[0], P(x + 10, y + 8), (w - 20) * scale,
+                       P(x, y + h - 6)[1], max(8, int(11 * scale)))
+            continue
         ins, outs = sockets(node), node.get("outputs", [])
         dot = max(2, int(4.5 * scale))
         for i, inp in enumerate(ins):

@@ -27,12 +27,30 @@ MODE_MUTED, MODE_BYPASS = 2, 4
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
-def load_workflow(name_or_path: str | Path) -> dict:
-    """A shipped workflow by name ("train_ip_adapter") or any editor-format file by path."""
+# Short ids used in code and tests -> the shipped files' names. ComfyUI's frontend (1.32, with ComfyUI 0.3.75)
+# lists a custom node's templates from GET /workflow_templates, which gives file names only, and shows each
+# by its file name: the card title is the name (one line, about 33 characters show), its description the name
+# with "-" and "_" as spaces. So the file name is the one description a user reads: it says what the workflow does.
+SHIPPED = {
+    "train_ip_adapter": "Train an IP-Adapter on your images",
+    "apply_ip_adapter": "Generate with your IP-Adapter",
+    "train_then_apply": "Train and use an IP-Adapter",
+    "score": "Score generated images with CLIP",
+}
+
+
+def workflow_path(name_or_path: str | Path) -> Path:
+    """The file of a shipped workflow by id ("train_ip_adapter") or file name, or any path with a suffix."""
+    name = str(name_or_path)
+    if name in SHIPPED:
+        return WORKFLOWS_DIR / f"{SHIPPED[name]}.json"
     path = Path(name_or_path)
-    if not path.suffix:
-        path = WORKFLOWS_DIR / f"{name_or_path}.json"
-    return json.loads(path.read_text())
+    return path if path.suffix == ".json" else WORKFLOWS_DIR / f"{name}.json"
+
+
+def load_workflow(name_or_path: str | Path) -> dict:
+    """A shipped workflow by id ("train_ip_adapter") or file name, or any editor-format file by path."""
+    return json.loads(workflow_path(name_or_path).read_text())
 
 
 def _input_specs(info: dict) -> list[tuple[str, Any, dict]]:

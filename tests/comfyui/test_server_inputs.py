@@ -1,7 +1,8 @@
 """What a client of a real ComfyUI server can make the pack read and write, checked through POST /prompt:
 Load Training Images reads only folders inside the server's input folder (absolute paths only when the
 server's owner started it with IPADAPTER_TRAIN_ALLOW_ANY_FOLDER=1), and Save refuses a taken name when
-the graph is queued, then shows the path it wrote in the node's output (/history).
+the graph is queued, then shows the path it wrote in the node's output (/history). The template browser
+gets the shipped workflows under names that say what they do.
 
 No SD models are needed: the graphs end in ComfyUI's own Preview as Text / Preview Image nodes.
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from harness import ROOT, ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
+from browser_workflow_api import SHIPPED, editor_to_api, load_workflow
+from harness import PACK_NAME, ROOT, ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
 
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 OPT_IN = "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER"
@@ -149,3 +152,15 @@ def test_the_owners_opt_in_allows_absolute_paths_and_links(opted_in_server):
     preview = entry["outputs"]["3"]["images"][0]
     with Image.open(opted_in_server.base / preview["type"] / preview["subfolder"] / preview["filename"]) as shown:
         assert shown.size == (64, 64)
+
+
+def test_the_template_browser_lists_the_workflows_by_what_they_do(comfy):
+    # what the frontend asks for: the names (its cards show them as title and description), then each file
+    assert sorted(comfy.get("/workflow_templates")[PACK_NAME]) == sorted(SHIPPED.values())
+    info = comfy.object_info()
+    for stem in SHIPPED.values():
+        served = comfy.get(f"/api/workflow_templates/{PACK_NAME}/{urllib.parse.quote(stem)}.json")
+        assert served == load_workflow(stem)
+        prompt = editor_to_api(served, info)  # the Note is the editor's own: never sent to the server
+        assert {n["class_type"] for n in prompt.values()} <= set(info)
+        assert len(prompt) == len(served["nodes"]) - 1
