@@ -21,9 +21,9 @@ def size_report(sizes_before: list[tuple[int, int]], size_after: tuple[int, int]
     if not changes:
         return f"All images are {width}x{height}: passed on unchanged (Train IP-Adapter's resolution sets the size)."
     short = min(min(w, h) for w, h in sizes_before)
-    lines = [f"Sizes differ and one IMAGE batch needs one size: each image was scaled so its short side is {short} px "
-             f"(the smallest), then centre-cropped to {width}x{height}; each image's central square is kept whole. "
-             f"{len(changes)} of {len(sizes_before)} changed:"]
+    lines = [(f"Sizes differ and one IMAGE batch needs one size: each image was scaled so its short side is {short} px "
+              f"(the smallest), then centre-cropped to {width}x{height}; each image's central square is kept whole. "
+              f"{len(changes)} of {len(sizes_before)} changed:")]
     lines.extend(f"  - {line}" for line in changes)
     return "\n".join(lines)
 

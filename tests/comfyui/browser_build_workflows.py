@@ -56,8 +56,8 @@ def need(*items: str, saved: str | None = None) -> str:
     """A Note's text: the opening line, numbered needs, and where the result goes."""
     lines = [NEED_FIRST, ""] + [f"{i}. {item}" for i, item in enumerate(items, 1)]
     if saved:
-        lines += ["", f"The adapter is saved as models/ipadapter/{saved}.safetensors (change name on Save IP-Adapter; "
-                      "an existing name is refused when you press Run unless overwrite is on). \"Saved to\" shows the path."]
+        lines += ["", (f"The adapter is saved as models/ipadapter/{saved}.safetensors (change name on Save IP-Adapter; "
+                       "an existing name is refused when you press Run unless overwrite is on). \"Saved to\" shows the path.")]
     return "\n".join(lines)
 
 

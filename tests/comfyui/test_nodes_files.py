@@ -272,7 +272,7 @@ def test_absolute_paths_are_refused_by_default_naming_the_opt_in(folders, no_opt
 
 def test_absolute_path_with_the_opt_in_wins_over_the_folder(folders, monkeypatch):
     monkeypatch.setenv(OPT_IN, "1")
-    images, captions, report = load_images("cats", str(SAMPLES))
+    images, captions, _ = load_images("cats", str(SAMPLES))
     assert images.shape[0] == 5 and len(captions.split("\n")) == 5
     assert images.shape[1:] == (300, 300, 3)  # the samples differ (landscape and square): the smallest square
     assert loader().validate_inputs("", str(SAMPLES)) is True
