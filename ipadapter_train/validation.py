@@ -24,6 +24,12 @@ def _center(t: torch.Tensor, size: int) -> torch.Tensor:
     return t[..., top:top + size, left:left + size]
 
 
+def validation_calls(num_images: int, config: TrainConfig) -> int:
+    """UNet calls `conditioning_gain` makes for a data set of `num_images` (0 when it is off or skipped)."""
+    n = min(num_images, config.validation_max_images)
+    return n * len(config.validation_timesteps) if config.validation and n >= 2 else 0
+
+
 @torch.no_grad()
 def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: EncodedDataset,
                       config: TrainConfig, autocast=None, progress: Progress | None = None) -> dict[str, Any]:

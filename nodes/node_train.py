@@ -12,7 +12,7 @@ from .comfy_layers import check_adapter_fits
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
 from .runs import PromptServer
-from .training import report_text, samples_from_images, train_in_graph
+from .training import VALIDATION_MODES, report_text, samples_from_images, train_in_graph, validation_settings
 
 
 def _ids(hidden) -> tuple[str, str]:
@@ -23,6 +23,14 @@ def _ids(hidden) -> tuple[str, str]:
     if prompt is None:
         prompt = getattr(getattr(PromptServer, "instance", None), "last_prompt_id", None)
     return str(node or ""), str(prompt or "")
+
+
+def _workflow_id(hidden) -> str | None:
+    """Id of the editor workflow that queued the prompt (the frontend sends it in extra_pnginfo), if any."""
+    info = getattr(hidden, "extra_pnginfo", None)
+    workflow = info.get("workflow") if isinstance(info, dict) else None
+    wid = workflow.get("id") if isinstance(workflow, dict) else None
+    return str(wid) if wid else None
 
 
 class TrainIPAdapter(io.ComfyNode):
@@ -66,6 +74,10 @@ class TrainIPAdapter(io.ComfyNode):
                              tooltip="Seed of every random draw (batches, noise, timesteps, dropout)."),
                 io.Int.Input("checkpoint_every", default=0, min=0, max=100000,
                              tooltip="Write a resumable checkpoint to the run folder every N steps; 0 = off."),
+                io.Combo.Input("validation", options=list(VALIDATION_MODES), default="quick",
+                               tooltip="After training, measure the conditioning gain (does the adapter use the "
+                                       "image?). quick: 4 images x 2 timesteps (8 UNet calls); full: 8 images x "
+                                       "4 timesteps (32 calls, about as long as 32 steps); off: skip it."),
                 IPAdapterTrain.Input("init_adapter", optional=True,
                                      tooltip="Optional adapter to fine-tune (from Load IP-Adapter or another "
                                              "Train node); small data sets should fine-tune a pretrained one."),
@@ -73,15 +85,17 @@ class TrainIPAdapter(io.ComfyNode):
             outputs=[
                 IPAdapterTrain.Output(display_name="adapter",
                                       tooltip="The trained adapter (usable by Apply IP-Adapter without saving)."),
-                io.Image.Output(display_name="loss_plot", tooltip="The loss curve."),
+                io.Image.Output(display_name="loss_plot",
+                                tooltip="The loss curve as an image, for saving or for API users (the node "
+                                        "itself shows it live in its chart)."),
                 io.String.Output(display_name="report", tooltip="A summary and the run's report.json."),
             ],
-            hidden=[io.Hidden.unique_id],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
-                resolution, seed, checkpoint_every, init_adapter=None) -> io.NodeOutput:
+                resolution, seed, checkpoint_every, validation="quick", init_adapter=None) -> io.NodeOutput:
         samples = samples_from_images(images, captions)
         if init_adapter is not None:
             if init_adapter.spec.variant != variant:
@@ -90,10 +104,11 @@ class TrainIPAdapter(io.ComfyNode):
             encoder = ComfyImageEncoder(clip_vision)
             check_adapter_fits(init_adapter, encoder.feature_width(variant), encoder.name, model, "init_adapter")
         config = TrainConfig(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                             resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every)
+                             resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every,
+                             **validation_settings(validation))
         config.validate()
         node_id, prompt_id = _ids(cls.hidden)
         adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
-                                         init_adapter)
+                                         init_adapter, _workflow_id(cls.hidden))
         plot = pils_to_tensor([plot_losses(result.losses)])
         return io.NodeOutput(adapter, plot, report_text(result))

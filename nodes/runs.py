@@ -1,13 +1,20 @@
 """Live state of the Train node's runs: ComfyUI's progress bar, the browser events, cancel, and the
 `GET /ipadapter_train/runs` route.
 
+A run goes through phases: "encoding" (the images through the VAE and CLIP vision), "training" (the
+optimizer steps), "validating" (the conditioning gain, when the node's validation setting is on) and
+"done". ComfyUI's progress bar counts the units of the current phase (images, then steps, then validation
+calls); the events name the phase, so the chart on the node can say what the bar counts.
+
 Events (see CONTRACT.md) go to every connected page, not only the one that queued the prompt, so a
 page reloaded mid-run (which gets a new client id) keeps receiving them; the route lets it redraw the
-chart first. The state is per server process and keyed by the Train node's id.
+chart first. Runs are keyed by (prompt id, node id) and carry the id of the workflow that queued them,
+so a page draws a run only on the workflow it came from (two workflows often share node ids).
 """
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 from collections import deque
@@ -17,7 +24,6 @@ import comfy.model_management
 import comfy.utils
 
 from ..ipadapter_train.errors import TrainingCancelled
-from ..ipadapter_train.report import plot_losses
 
 try:  # absent when the nodes are imported without a server (tests, scripts)
     from server import PromptServer
@@ -26,20 +32,27 @@ except ImportError:  # pragma: no cover - depends on how ComfyUI is imported
 
 log = logging.getLogger(__name__)
 
+PHASE_EVENT = "ipadapter_train.phase"
 PROGRESS_EVENT = "ipadapter_train.progress"
 DONE_EVENT = "ipadapter_train.done"
 ROUTE = "/ipadapter_train/runs"
-PREVIEW_EVERY_SECONDS = 1.0
 ETA_WINDOW = 20
+KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded after their run ended
+# A validation call is one forward pass over 2 samples (own and shuffled features) without a backward
+# pass; a training step is a forward and a backward pass over batch_size samples, and the backward pass
+# costs about one forward here (the frozen weights need no gradients of their own). So a call costs
+# about a step at batch 1 and a step / batch_size above. Only the ETA before validation starts uses
+# this estimate; once it runs, the ETA comes from the measured calls.
+VALIDATION_CALL_STEPS_AT_BATCH_1 = 1.0
 
 _LOCK = threading.Lock()
-RUNS: dict[str, dict[str, Any]] = {}
+RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run, in start order
 
 
 def snapshot() -> dict[str, Any]:
-    """{"runs": {node id: {prompt_id, step, total, losses, eta_seconds, done}}} of this server process."""
+    """{"runs": [run, ...]} of this server process, oldest first (see CONTRACT.md for the fields)."""
     with _LOCK:
-        return {"runs": {node: {**run, "losses": list(run["losses"])} for node, run in RUNS.items()}}
+        return {"runs": [{**run, "losses": list(run["losses"])} for run in RUNS.values()]}
 
 
 def _server():
@@ -78,73 +91,139 @@ def _interrupted() -> bool:
     return False
 
 
+def _forget_old_runs() -> None:
+    """Keep every unfinished run and the last KEEP_FINISHED finished ones (called with _LOCK held)."""
+    finished = [key for key, run in RUNS.items() if run["done"]]
+    for key in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+        del RUNS[key]
+
+
 class RunReporter:
-    """Step and encode callbacks for one Train run: progress bar, events, run state, cancel.
+    """Encode, step and validation callbacks for one Train run: progress bar, events, run state, cancel.
 
     Cancel never lets ComfyUI's InterruptProcessingException out of the node: it becomes the core's
-    `TrainingCancelled` at the next step, so the trainer stops and the node returns the adapter
-    trained so far. A cancel during encoding stops after the first step.
+    `TrainingCancelled` at the next step (or validation call), so the trainer stops and the node returns
+    the adapter trained so far. A cancel during encoding stops after the first step.
+
+    The ETA covers the rest of the node's work: the remaining steps and the validation after them. It is
+    None until a step has been measured on its own: the first step also pays the set-up after encoding
+    and one-off warm-up costs, so the first figure comes after the second step.
     """
 
-    def __init__(self, node_id: str, prompt_id: str, total: int) -> None:
-        self.node_id, self.prompt_id, self.total = node_id, prompt_id, total
+    def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
+                 batch_size: int = 1, workflow_id: str | None = None) -> None:
+        self.node_id, self.prompt_id, self.workflow_id = node_id, prompt_id, workflow_id
+        self.total, self.images, self.validation_calls = total, images, validation_calls
+        self.batch_size = max(1, batch_size)
         self.cancel_requested = False
         self.steps_done = 0
-        self._durations: deque[float] = deque(maxlen=ETA_WINDOW)
-        self._last_tick = time.perf_counter()
-        self._last_preview = 0.0
-        self._bar = comfy.utils.ProgressBar(total)
-        self._encode_bar = None
+        self._step_times: deque[float] = deque(maxlen=ETA_WINDOW)
+        self._call_times: deque[float] = deque(maxlen=ETA_WINDOW)
+        self._last_step: float | None = None
+        self._last_call: float | None = None
+        self.started = time.time()  # orders the runs of one node for the pages (newest is shown)
+        self._bar = comfy.utils.ProgressBar(images)
         with _LOCK:
-            RUNS[node_id] = {"prompt_id": prompt_id, "step": 0, "total": total, "losses": [],
-                             "eta_seconds": None, "done": False, "cancelled": False}
+            RUNS.pop((prompt_id, node_id), None)  # a re-run of the same prompt starts afresh, at the end
+            RUNS[(prompt_id, node_id)] = {
+                "node": node_id, "prompt_id": prompt_id, "workflow_id": workflow_id, "started": self.started,
+                "phase": "encoding", "phase_done": 0, "phase_total": images,
+                "step": 0, "total": total, "losses": [], "eta_seconds": None,
+                "validation_calls": validation_calls, "done": False, "cancelled": False, "failed": False}
+            _forget_old_runs()
+        self._phase("encoding", 0, images)
+        self._update_bar(0, images)
 
-    def _update_bar(self, bar, value: int, total: int, preview=None) -> None:
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _ids(self) -> dict[str, Any]:
+        return {"node": self.node_id, "prompt_id": self.prompt_id, "workflow_id": self.workflow_id,
+                "started": self.started}
+
+    def _update(self, **fields: Any) -> None:
+        with _LOCK:
+            run = RUNS.get((self.prompt_id, self.node_id))
+            if run is not None:
+                run.update(fields)
+
+    def _phase(self, phase: str, done: int, total: int, eta: float | None = None) -> None:
+        """Record the phase and its progress, and tell the pages."""
+        self._update(phase=phase, phase_done=done, phase_total=total, eta_seconds=eta)
+        _send(PHASE_EVENT, {**self._ids(), "phase": phase, "done": done, "total": total, "eta_seconds": eta})
+
+    def _update_bar(self, value: int, total: int) -> None:
         try:
-            bar.update_absolute(value, total, preview)  # with a server, the hook raises on cancel
+            self._bar.update_absolute(value, total)  # with a server, the hook raises on cancel
         except comfy.model_management.InterruptProcessingException:
             self.cancel_requested = True
         if _interrupted():
             self.cancel_requested = True
 
+    def _step_seconds(self) -> float | None:
+        return statistics.median(self._step_times) if self._step_times else None
+
+    def _validation_estimate(self) -> float:
+        """Seconds the validation after training should take, from the measured step time."""
+        seconds = self._step_seconds()
+        if not self.validation_calls or seconds is None:
+            return 0.0
+        return self.validation_calls * seconds * VALIDATION_CALL_STEPS_AT_BATCH_1 / self.batch_size
+
+    # ---------------------------------------------------------------------------------------- callbacks
+
     def encoding(self, done: int, total: int) -> None:
         """Encode progress (images through VAE and CLIP vision): the bar counts images."""
-        if self._encode_bar is None:
-            self._encode_bar = comfy.utils.ProgressBar(total)
-        self._update_bar(self._encode_bar, done, total)
-        self._last_tick = time.perf_counter()
+        self._phase("encoding", done, total)
+        self._update_bar(done, total)
+        if done >= total:
+            # the captions are encoded and the optimizer is set up before the first step: no ETA yet
+            self._phase("training", 0, self.total)
+            self._update_bar(0, self.total)
 
     def step(self, step: int, total: int, loss: float) -> None:
-        """After every optimizer step: record, tell the browser, update the bar, honour a cancel."""
+        """After every optimizer step: record, tell the pages, update the bar, honour a cancel."""
         now = time.perf_counter()
-        self._durations.append(now - self._last_tick)
-        self._last_tick = now
+        if self._last_step is not None:
+            self._step_times.append(now - self._last_step)
+        self._last_step = now
         self.steps_done, self.total = step, total
-        eta = sorted(self._durations)[len(self._durations) // 2] * (total - step)
+        seconds = self._step_seconds()
+        eta = None if seconds is None else seconds * (total - step) + self._validation_estimate()
         with _LOCK:
-            run = RUNS.setdefault(self.node_id, {"prompt_id": self.prompt_id, "losses": [], "done": False,
-                                                 "cancelled": False})
-            run.update(step=step, total=total, eta_seconds=eta)
-            run["losses"].append(loss)
-            losses = list(run["losses"]) if self._want_preview(now, step, total) else None
-        _send(PROGRESS_EVENT, {"node": self.node_id, "prompt_id": self.prompt_id, "step": step,
-                               "total": total, "loss": loss, "eta_seconds": eta})
-        preview = ("JPEG", plot_losses(losses), 512) if losses is not None else None
-        self._update_bar(self._bar, step, total, preview)
+            run = RUNS.get((self.prompt_id, self.node_id))
+            if run is not None:
+                run.update(phase="training", phase_done=step, phase_total=total, step=step, total=total,
+                           eta_seconds=eta)
+                run["losses"].append(loss)
+        _send(PROGRESS_EVENT, {**self._ids(), "step": step, "total": total, "loss": loss, "eta_seconds": eta})
+        self._update_bar(step, total)
         if self.cancel_requested:
             raise TrainingCancelled()
+        if step >= total and self.validation_calls:
+            self._last_call = time.perf_counter()
+            self._phase("validating", 0, self.validation_calls, self._validation_estimate() if seconds else None)
+            self._update_bar(0, self.validation_calls)
 
-    def _want_preview(self, now: float, step: int, total: int) -> bool:
-        if step >= total or now - self._last_preview >= PREVIEW_EVERY_SECONDS:
-            self._last_preview = now
-            return True
-        return False
+    def validating(self, done: int, total: int) -> None:
+        """After every validation UNet call: the bar counts calls; the ETA comes from the measured ones."""
+        now = time.perf_counter()
+        if self._last_call is not None:
+            self._call_times.append(now - self._last_call)
+        self._last_call = now
+        self.validation_calls = total
+        eta = statistics.median(self._call_times) * (total - done) if self._call_times else None
+        self._phase("validating", done, total, eta)
+        self._update_bar(done, total)
+        if self.cancel_requested:
+            raise TrainingCancelled()  # the trainer keeps the adapter; the report has no conditioning gain
 
-    def finish(self, cancelled: bool) -> None:
+    def finish(self, cancelled: bool, failed: bool = False) -> None:
         """Mark the run done (also after an error) and send the done event."""
         with _LOCK:
-            run = RUNS.get(self.node_id)
+            run = RUNS.get((self.prompt_id, self.node_id))
             if run is not None:
-                run.update(done=True, cancelled=cancelled, eta_seconds=0.0 if not cancelled else None)
-        _send(DONE_EVENT, {"node": self.node_id, "prompt_id": self.prompt_id, "steps": self.steps_done,
-                           "total": self.total, "cancelled": cancelled})
+                run.update(phase="done", done=True, cancelled=cancelled, failed=failed,
+                           eta_seconds=None if cancelled or failed else 0.0)
+            _forget_old_runs()
+        _send(DONE_EVENT, {**self._ids(), "steps": self.steps_done, "total": self.total, "cancelled": cancelled,
+                           "failed": failed})

@@ -2,12 +2,14 @@
 config, run `ipadapter_train.trainer.train` on the ComfyUI back end, and shape the outputs.
 
 On cancel the trainer stops at the next step and this returns the adapter trained so far (the run's
-report says `cancelled`); the adapter is also written to the run folder under ComfyUI's temp directory.
+report says `cancelled`). Each run keeps its files (adapter, report.json, loss.png, checkpoints) in
+`output/ipadapter_train/<run>`: ComfyUI's output directory survives a restart, its temp directory does not.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,21 @@ from ..ipadapter_train.config import TrainConfig
 from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.trainer import TrainResult, train
+from ..ipadapter_train.validation import validation_calls
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import tensor_to_pils
 from .runs import RunReporter
 
 log = logging.getLogger(__name__)
+
+RUNS_FOLDER = "ipadapter_train"  # under ComfyUI's output directory
+# The Train node's validation setting -> TrainConfig fields. "full" is the core's default (8 images x 4
+# timesteps = 32 UNet calls); "quick" makes 8 calls, a rough figure for a fraction of the time.
+VALIDATION_MODES: dict[str, dict[str, Any]] = {
+    "off": {"validation": False},
+    "quick": {"validation": True, "validation_max_images": 4, "validation_timesteps": (300, 700)},
+    "full": {"validation": True},
+}
 
 
 def split_captions(captions: str, count: int) -> list[str]:
@@ -52,36 +64,57 @@ def samples_from_images(images: torch.Tensor, captions: str) -> list[Sample]:
             for i, (p, c) in enumerate(zip(pictures, texts))]
 
 
-def run_dir_for(node_id: str) -> Path:
-    """A fresh run folder under ComfyUI's temp directory (report.json, loss.png, adapter, checkpoints)."""
+def validation_settings(mode: str) -> dict[str, Any]:
+    """TrainConfig fields for the node's validation setting (off, quick, full)."""
+    if mode not in VALIDATION_MODES:
+        raise IPAdapterError(f"Unknown validation setting {mode!r}: use one of {', '.join(VALIDATION_MODES)}.")
+    return dict(VALIDATION_MODES[mode])
+
+
+def make_run_dir(node_id: str) -> Path:
+    """Create a fresh run folder `output/ipadapter_train/run-<date>-<time>-node<id>` and return it.
+
+    The name holds only letters, digits and '-' (a subgraph node's id "12:5" becomes "12-5"), so it is a
+    valid folder name on Windows too; a second run in the same second gets a "-2" suffix.
+    """
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(folder_paths.get_temp_directory()) / "ipadapter_train"
-    path = base / f"run-{stamp}-node{node_id or 'x'}"
+    node = re.sub(r"[^A-Za-z0-9]+", "-", node_id).strip("-") or "x"
+    base = Path(folder_paths.get_output_directory()) / RUNS_FOLDER
+    base.mkdir(parents=True, exist_ok=True)
     n = 1
-    while path.exists():
-        n += 1
-        path = base / f"run-{stamp}-node{node_id or 'x'}-{n}"
-    return path
+    while True:
+        path = base / (f"run-{stamp}-node{node}" + (f"-{n}" if n > 1 else ""))
+        try:
+            path.mkdir()  # exist_ok=False: two runs never share a folder
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: list[Sample], config: TrainConfig,
-                   node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None) -> tuple[IPAdapter, TrainResult]:
-    """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result."""
-    run_dir = run_dir_for(node_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+                   node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None,
+                   workflow_id: str | None = None) -> tuple[IPAdapter, TrainResult]:
+    """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result.
+
+    `workflow_id` (the id of the editor workflow that queued the prompt) goes into the run's events so a
+    page draws the run only on that workflow's Train node.
+    """
+    run_dir = make_run_dir(node_id)
     out = run_dir / "adapter.safetensors"
-    reporter = RunReporter(node_id, prompt_id, config.total_steps(len(samples)))
-    cancelled = False
+    reporter = RunReporter(node_id, prompt_id, config.total_steps(len(samples)), len(samples),
+                           validation_calls(len(samples), config), config.batch_size, workflow_id)
+    cancelled, failed = False, True
     try:
         with torch.inference_mode(False):
             backend = ComfyBackend(model, clip, vae)
             encoder = ComfyImageEncoder(clip_vision)
             result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
                            callbacks=[reporter.step], encode_progress=reporter.encoding,
+                           validation_progress=reporter.validating,
                            metadata={"dataset_images": len(samples), "trained_with": "ComfyUI node pack"})
-        cancelled = result.cancelled
+        cancelled, failed = result.cancelled, False
     finally:
-        reporter.finish(cancelled)
+        reporter.finish(cancelled, failed)
     adapter = result.adapter.eval().requires_grad_(False)
     adapter.metadata = result.metadata
     return adapter, result
@@ -98,6 +131,13 @@ def report_text(result: TrainResult) -> str:
         lines.append(f"{rep['seconds_per_step']:.3f} s per step on {rep.get('device')}.")
     gain = rep.get("conditioning_gain") or {}
     if gain.get("gain") is not None:
-        lines.append(f"Conditioning gain {gain['gain']:+.5f} (positive = the adapter uses the image).")
-    lines.append(f"Run folder: {result.run_dir}")
+        lines.append(f"Conditioning gain {gain['gain']:+.5f} over {gain.get('images')} images x "
+                     f"{len(gain.get('timesteps') or [])} timesteps (positive = the adapter uses the image).")
+    elif gain.get("note"):
+        lines.append(f"Conditioning gain: {gain['note']}.")
+    elif not rep.get("config", {}).get("validation", True):
+        lines.append("Validation off: no conditioning gain.")
+    elif not result.cancelled:
+        lines.append("Validation cancelled: no conditioning gain (the adapter is complete).")
+    lines.append(f"Run folder (adapter, report.json, loss.png; kept in ComfyUI's output directory): {result.run_dir}")
     return "\n".join(lines) + "\n\n" + json.dumps(rep, indent=2, default=str)

@@ -1,113 +1,160 @@
 // Live loss chart for the "Train IP-Adapter" node (IPAdapterTrain_Train).
 //
-// The Train node sends `ipadapter_train.progress` after every step and `ipadapter_train.done` at the end
-// (PromptServer.send_sync, node id in the payload). This module listens once, in setup(), keeps one run
-// state per node id, and draws the raw loss, a moving average and "step X/Y, ETA" in a chart widget on
-// the node. A page opened or reloaded mid-run asks `GET /ipadapter_train/runs` (through api.fetchApi,
-// so no host is hard-coded) for what it missed, on setup and again on every websocket reconnect.
+// The Train node sends `ipadapter_train.phase` (encoding, training, validating), `ipadapter_train.progress`
+// after every step and `ipadapter_train.done` at the end (PromptServer.send_sync to every page; see
+// nodes/CONTRACT.md). This module listens once, in setup(), keeps one record per run (prompt id + node
+// id), and draws the raw loss, a moving average, the phase and "step X/Y, ETA" in a chart widget on the
+// node. A run is drawn only on the Train node of the workflow that queued it: every event carries the id
+// of the editor workflow it came from, so a freshly opened template (or another workflow tab) whose
+// Train node has the same node id stays blank. A page opened or reloaded mid-run asks
+// `GET /ipadapter_train/runs` (through api.fetchApi, so no host is hard-coded) for what it missed, on
+// setup and again on every websocket reconnect.
 // The chart is an extra: the node also returns the loss curve as an IMAGE and a text report.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { drawChart, runState, statusText } from "./loss_chart.js";
 
 const NODE_CLASS = "IPAdapterTrain_Train";
+const EVT_PHASE = "ipadapter_train.phase";
 const EVT_PROGRESS = "ipadapter_train.progress";
 const EVT_DONE = "ipadapter_train.done";
 const RUNS_ROUTE = "/ipadapter_train/runs";
 const WIDGET_NAME = "loss_chart";
 const CHART_HEIGHT = 150;
 
-/** node execution id (string) -> {promptId, step, total, losses: (number|undefined)[] by step-1, eta, done, cancelled, stopped} */
+/** "<prompt id>|<node execution id>" -> {node, promptId, workflowId, started, phase, phaseDone, phaseTotal,
+ * step, total, losses: (number|undefined)[] by step-1, eta, done, cancelled, failed, stopped} */
 const runs = new Map();
-/** graph node -> its chart controller */
-const charts = new WeakMap();
+/** the chart controllers of the Train nodes this page created */
+const charts = new Set();
 
 // ---------------------------------------------------------------------------------------------- state
 
-function newRun(promptId, total) {
-    return { promptId, step: 0, total: total || 0, losses: [], eta: null, done: false, cancelled: false, stopped: "" };
+function runFor(d) {
+    const node = String(d.node);
+    const promptId = String(d.prompt_id ?? "");
+    const key = `${promptId}|${node}`;
+    let run = runs.get(key);
+    if (!run) {
+        run = {
+            node, promptId, workflowId: null, started: 0, phase: "encoding", phaseDone: 0, phaseTotal: 0,
+            step: 0, total: 0, losses: [], eta: null, done: false, cancelled: false, failed: false, stopped: "",
+        };
+        runs.set(key, run);
+    }
+    if (d.workflow_id != null) run.workflowId = String(d.workflow_id);
+    if (d.started != null) run.started = Number(d.started) || run.started;
+    return run;
 }
 
-function runFor(nodeId, promptId, total) {
-    let run = runs.get(nodeId);
-    if (!run || (promptId && run.promptId !== promptId)) {
-        run = newRun(promptId, total);
-        runs.set(nodeId, run);
-    }
-    if (total) run.total = total;
-    return run;
+const eta = (v) => (v == null ? null : Number(v));
+
+function onPhase(event) {
+    const d = event.detail || {};
+    if (d.node == null) return;
+    const run = runFor(d);
+    if (run.done) return; // a late event of a run that has ended
+    run.phase = String(d.phase);
+    run.phaseDone = Number(d.done) || 0;
+    run.phaseTotal = Number(d.total) || 0;
+    if (run.phase === "training" && run.phaseTotal) run.total = run.phaseTotal;
+    run.eta = eta(d.eta_seconds);
+    redraw();
 }
 
 function onProgress(event) {
     const d = event.detail || {};
     if (d.node == null) return;
-    const id = String(d.node);
-    const run = runFor(id, d.prompt_id, d.total);
+    const run = runFor(d);
     const step = Number(d.step) || 0;
     if (step >= 1) run.losses[step - 1] = Number(d.loss);
-    run.step = Math.max(run.step, step);
-    run.eta = d.eta_seconds == null ? null : Number(d.eta_seconds);
-    run.done = false;
-    run.stopped = "";
-    redraw(id);
+    if (d.total) run.total = Number(d.total);
+    if (step >= run.step) {
+        run.step = step;
+        run.phase = "training";
+        run.phaseDone = step;
+        run.phaseTotal = run.total;
+        run.eta = eta(d.eta_seconds);
+    }
+    redraw();
 }
 
 function onDone(event) {
     const d = event.detail || {};
     if (d.node == null) return;
-    const id = String(d.node);
-    const run = runFor(id, d.prompt_id, d.total);
+    const run = runFor(d);
+    if (d.total) run.total = Number(d.total);
     run.step = Math.max(run.step, Number(d.steps) || 0);
+    run.phase = "done";
     run.done = true;
     run.cancelled = !!d.cancelled;
+    run.failed = !!d.failed;
+    if (run.failed) run.stopped = "error";
     run.eta = null;
-    redraw(id);
+    redraw();
 }
 
 // A run that ends without a `done` event, or short of its steps without being cancelled (an error or
 // an interrupt that escaped the node), must say so rather than keep claiming to run or to be done.
+// ComfyUI sends these two events only to the page that queued the prompt.
 function onPromptEnded(event, why) {
     const promptId = event.detail?.prompt_id;
-    for (const [id, run] of runs) {
-        if (promptId && run.promptId !== promptId) continue;
+    for (const run of runs.values()) {
+        if (promptId && run.promptId !== String(promptId)) continue;
         if (!run.done || (!run.cancelled && run.total && run.step < run.total)) {
             run.done = true;
+            run.phase = "done";
             run.stopped = why;
             run.eta = null;
-            redraw(id);
         }
     }
+    redraw();
 }
 
 /** Merge the server's record of its runs: the losses are aligned so that the last one is `step`. */
 function mergeServerRuns(serverRuns) {
-    for (const [id, r] of Object.entries(serverRuns || {})) {
-        const key = String(id);
-        const run = runFor(key, r.prompt_id, r.total);
+    const list = Array.isArray(serverRuns) ? serverRuns : [];
+    const listed = new Set();
+    for (const r of list) {
+        if (r?.node == null) continue;
+        const run = runFor(r);
+        listed.add(`${run.promptId}|${run.node}`);
+        if (r.total) run.total = Number(r.total);
         const losses = Array.isArray(r.losses) ? r.losses : [];
         const step = Number(r.step) || losses.length;
         const offset = step - losses.length;
         losses.forEach((loss, i) => {
             if (offset + i >= 0 && run.losses[offset + i] === undefined) run.losses[offset + i] = Number(loss);
         });
-        if (step >= run.step) {
+        // the server's record is newer unless this page already saw a later step or the end
+        if (!run.done && step >= run.step) {
             run.step = step;
-            run.eta = r.eta_seconds == null ? null : Number(r.eta_seconds);
+            run.phase = String(r.phase ?? run.phase);
+            run.phaseDone = Number(r.phase_done) || 0;
+            run.phaseTotal = Number(r.phase_total) || 0;
+            run.eta = eta(r.eta_seconds);
         }
         if (r.done) {
             run.done = true;
+            run.phase = "done";
             run.eta = null;
             if (r.cancelled) run.cancelled = true;
+            if (r.failed) {
+                run.failed = true;
+                run.stopped = "error";
+            }
         }
     }
     // Runs this page followed that the server no longer knows (it restarted) are over.
-    for (const [id, run] of runs) {
-        if (!run.done && !(id in (serverRuns || {}))) {
+    for (const [key, run] of runs) {
+        if (!run.done && !listed.has(key)) {
             run.done = true;
+            run.phase = "done";
             run.stopped = "server restarted";
+            run.eta = null;
         }
     }
-    redrawAll();
+    redraw();
 }
 
 async function fetchRuns() {
@@ -123,9 +170,13 @@ async function fetchRuns() {
 
 // ---------------------------------------------------------------------------------------------- routing
 
+function rootGraph() {
+    return app.rootGraph ?? app.graph;
+}
+
 /** The graph node of an execution id: "12" at the root, "12:5" for node 5 inside subgraph node 12. */
 function findNode(executionId) {
-    let graph = app.rootGraph ?? app.graph;
+    let graph = rootGraph();
     let node = null;
     const parts = String(executionId).split(":");
     for (let i = 0; i < parts.length; i++) {
@@ -136,41 +187,29 @@ function findNode(executionId) {
     return node;
 }
 
-/** The execution id a node's chart reads: its own id at the root; inside a subgraph, the run's id
- * ("12:5") that resolves to this very node. */
-function executionIdOf(node) {
-    const own = String(node.id);
-    const root = app.rootGraph ?? app.graph;
-    if (!node.graph || node.graph === root) return own;
-    for (const key of runs.keys()) if (key.includes(":") && findNode(key) === node) return key;
-    return own;
+/** The run a Train node shows: the latest one queued from the open workflow whose node id resolves to
+ * this very node. Runs of other workflows (which often use the same node ids) are never drawn. */
+function runOf(node) {
+    const workflowId = rootGraph()?.id;
+    if (!workflowId) return undefined;
+    let best;
+    for (const run of runs.values()) {
+        if (run.workflowId !== String(workflowId)) continue;
+        if (findNode(run.node) !== node) continue;
+        if (!best || run.started > best.started || (run.started === best.started && !run.done)) best = run;
+    }
+    return best;
 }
 
 let frame = 0;
-const dirty = new Set();
 
-function redraw(id) {
-    dirty.add(id);
-    if (!frame) frame = requestAnimationFrame(flush);
-}
-
-function redrawAll() {
-    for (const id of runs.keys()) dirty.add(id);
-    dirty.add("*");
+function redraw() {
     if (!frame) frame = requestAnimationFrame(flush);
 }
 
 function flush() {
     frame = 0;
-    const all = dirty.has("*");
-    const ids = [...dirty].filter((id) => id !== "*");
-    dirty.clear();
-    const nodes = new Set(ids.map(findNode).filter(Boolean));
-    if (all) {
-        const graph = app.canvas?.graph ?? app.graph;
-        for (const n of graph?.nodes ?? graph?._nodes ?? []) if (charts.has(n)) nodes.add(n);
-    }
-    for (const node of nodes) charts.get(node)?.draw();
+    for (const chart of charts) chart.draw();
     app.graph?.setDirtyCanvas?.(true, false);
 }
 
@@ -190,11 +229,12 @@ function addChart(node) {
 
     const chart = {
         draw() {
-            const id = executionIdOf(node);
-            const run = runs.get(id);
+            const run = runOf(node);
             const text = statusText(run);
             if (status.textContent !== text) status.textContent = text;
-            root.dataset.nodeId = id;
+            root.dataset.nodeId = run?.node ?? String(node.id);
+            root.dataset.promptId = run?.promptId ?? "";
+            root.dataset.phase = run?.phase ?? "";
             root.dataset.step = String(run?.step ?? 0);
             root.dataset.total = String(run?.total ?? 0);
             root.dataset.points = String(run ? run.losses.filter(Number.isFinite).length : 0);
@@ -202,7 +242,12 @@ function addChart(node) {
             drawChart(canvas, run);
         },
     };
-    charts.set(node, chart);
+    charts.add(chart);
+    const removed = node.onRemoved;
+    node.onRemoved = function () {
+        charts.delete(chart);
+        return removed?.apply(this, arguments);
+    };
 
     const widget = node.addDOMWidget(WIDGET_NAME, "ipadapter_train_chart", root, {
         serialize: false, // not an input: never in widgets_values nor in the prompt
@@ -224,6 +269,7 @@ app.registerExtension({
     name: "ipadapter_train.loss_chart",
 
     async setup() {
+        api.addEventListener(EVT_PHASE, onPhase);
         api.addEventListener(EVT_PROGRESS, onProgress);
         api.addEventListener(EVT_DONE, onDone);
         api.addEventListener("execution_error", (e) => onPromptEnded(e, "error"));
@@ -236,8 +282,9 @@ app.registerExtension({
         if (node.comfyClass === NODE_CLASS) addChart(node);
     },
 
-    // Ids are final only after a workflow is loaded: draw every chart from the runs known by then.
+    // Ids (of the nodes and of the workflow) are final only after a workflow is loaded, and switching
+    // workflow tabs loads another graph: draw every chart again from the runs known by then.
     afterConfigureGraph() {
-        redrawAll();
+        redraw();
     },
 });

@@ -1,7 +1,8 @@
 // Drawing for the "Train IP-Adapter" loss chart: the status line and the canvas chart (raw loss and a
-// debiased moving average). Pure functions of a run record {step, total, losses, eta, done, cancelled,
-// stopped}; imported by ipadapter_train.js. ComfyUI also loads this file as an extension module, which
-// is harmless: it registers nothing.
+// debiased moving average over an x axis of the run's steps, and the phase: encoding, training,
+// validating). Pure functions of a run record {phase, phaseDone, phaseTotal, step, total, losses, eta,
+// done, cancelled, failed, stopped}; imported by ipadapter_train.js. ComfyUI also loads this file as an
+// extension module, which is harmless: it registers nothing.
 
 const SMOOTHING = 0.9; // exponential moving average weight, debiased (as TensorBoard's smoothing)
 
@@ -19,6 +20,15 @@ function formatLoss(v) {
     return Math.abs(v) >= 0.01 || v === 0 ? v.toFixed(4) : v.toExponential(2);
 }
 
+/** What the running phase is doing, e.g. "encoding images 2/5" (empty while training). */
+export function phaseText(run) {
+    if (!run || run.done) return "";
+    const count = `${run.phaseDone ?? 0}/${run.phaseTotal || "?"}`;
+    if (run.phase === "encoding") return `encoding images ${count}`;
+    if (run.phase === "validating") return `validating ${count} (conditioning gain)`;
+    return "";
+}
+
 export function statusText(run) {
     if (!run) return "Loss chart: shown while this node trains";
     const last = lastFinite(run.losses);
@@ -27,7 +37,12 @@ export function statusText(run) {
     const state = runState(run);
     if (state === "stopped") return `${steps}${loss}, stopped${run.stopped ? ` (${run.stopped})` : ""}`;
     if (state === "cancelled" || state === "done") return `${steps}${loss}, ${state}`;
-    return `${steps}${loss}, ETA ${formatDuration(run.eta)}`;
+    // No ETA until the node has measured a step on its own (it sends null until then).
+    const eta = run.eta == null ? "ETA after the first steps" : `ETA ${formatDuration(run.eta)}`;
+    if (run.phase === "encoding") return `${phaseText(run)}…`;
+    if (!run.step) return `${steps}, preparing the first step…`;
+    if (run.phase === "validating") return `${steps}${loss}, ${phaseText(run)}, ${eta}`;
+    return `${steps}${loss}, ${eta}`;
 }
 
 /** idle | running | done | cancelled | stopped (ended short of its steps without a cancel) */
@@ -88,12 +103,13 @@ export function drawChart(canvas, run) {
     if (!run || !run.losses.some(Number.isFinite) || pw < 10 || ph < 10) {
         ctx.textAlign = "center";
         ctx.textBaseline = "middle";
-        ctx.fillText(run ? "waiting for the first step…" : "no training run yet", w / 2, h / 2);
+        const waiting = run && !run.done ? phaseText(run) || "waiting for the first step" : "";
+        ctx.fillText(!run ? "no training run yet" : waiting ? `${waiting}…` : "no steps", w / 2, h / 2);
         return;
     }
     const values = run.losses;
-    // The x axis grows with the run (the status line and ComfyUI's own bar show the share done).
-    const total = Math.max(values.length, 10);
+    // The x axis spans the run's steps from the start, so the curve fills it as training goes on.
+    const total = Math.max(run.total || 0, values.length, 2);
     let lo = Infinity;
     let hi = -Infinity;
     for (const v of values) {
@@ -166,4 +182,11 @@ export function drawChart(canvas, run) {
     ctx.fillText("avg", w - pad.r, pad.t);
     ctx.fillStyle = "rgba(100,160,255,0.9)";
     ctx.fillText("loss", w - pad.r - 24, pad.t);
+
+    const phase = phaseText(run);
+    if (phase) {
+        ctx.textAlign = "left";
+        ctx.fillStyle = fg;
+        ctx.fillText(phase, pad.l + 4, pad.t);
+    }
 }

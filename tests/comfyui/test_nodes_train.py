@@ -1,8 +1,13 @@
 """The Train node in-process (CPU, 64 px, a few steps): it trains on the graph's loaded models, returns an
-adapter that Apply uses directly (then KSampler / KSamplerAdvanced sample with it), reports progress
-through ComfyUI's bar and the CONTRACT events, and on cancel returns the partial adapter without letting
+adapter that Apply uses directly (then KSampler / KSamplerAdvanced sample with it), reports its phases
+(encoding, training, validating) and progress through ComfyUI's bar and the CONTRACT events, keeps its run
+folder under ComfyUI's output directory, and on cancel returns the partial adapter without letting
 ComfyUI's interrupt escape."""
 from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ comfy_or_skip()
 import comfy.model_management  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
+from comfy_api.latest import io  # noqa: E402
 from comfy_execution.utils import CurrentNodeContext  # noqa: E402
 
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
@@ -38,16 +44,18 @@ def graph():
 
 @pytest.fixture(scope="module")
 def dataset():
-    node = pack("nodes.node_load_images").LoadTrainingImages
-    with torch.inference_mode():
-        images, captions, _ = node.execute("", str(SAMPLES), "", 64).args
-    return images[:3], "\n".join(captions.split("\n")[:3])  # 3 images keep CLIP encoding and validation short
+    """3 sample photos at 64 px as an IMAGE batch and their captions (3 keep encoding and validation short)."""
+    data = pack("ipadapter_train.data")
+    samples, _ = data.load_image_folder(SAMPLES)
+    pictures = [data.center_crop(data.resize_short_side(s.image, 64), 64) for s in samples[:3]]
+    return pack("nodes.images").pils_to_tensor(pictures), "\n".join(s.caption for s in samples[:3])
 
 
 @pytest.fixture(autouse=True)
-def temp_dir(tmp_path, monkeypatch):
+def output_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
     monkeypatch.setattr(folder_paths, "temp_directory", str(tmp_path / "temp"))
-    return tmp_path / "temp"
+    return tmp_path / "output"
 
 
 @pytest.fixture
@@ -58,22 +66,38 @@ def server(monkeypatch):
     return fake
 
 
-def train(graph, dataset, steps=STEPS, variant="base", init_adapter=None, node="7", prompt="p-1"):
+def train(graph, dataset, steps=STEPS, variant="base", init_adapter=None, node="7", prompt="p-1",
+          validation="quick", workflow="wf-1"):
+    """Run the node as ComfyUI's executor does: a class clone with the hidden inputs, in the node's context."""
     node_cls = pack("nodes.node_train").TrainIPAdapter
+    hidden = {io.Hidden.unique_id: node, io.Hidden.extra_pnginfo: {"workflow": {"id": workflow, "nodes": []}}}
     images, captions = dataset
-    with torch.inference_mode(), CurrentNodeContext(prompt, node):  # as ComfyUI's executor runs nodes
-        return node_cls.execute(graph["model"], graph["clip"], graph["vae"], graph["clip_vision"], images, captions,
-                                variant, steps, 1e-4, 1, 64, 42, 0, init_adapter).args
+    with torch.inference_mode(), CurrentNodeContext(prompt, node):
+        return node_cls.PREPARE_CLASS_CLONE(hidden).execute(
+            model=graph["model"], clip=graph["clip"], vae=graph["vae"], clip_vision=graph["clip_vision"],
+            images=images, captions=captions, variant=variant, steps=steps, learning_rate=1e-4, batch_size=1,
+            resolution=64, seed=42, checkpoint_every=0, validation=validation, init_adapter=init_adapter).args
+
+
+@pytest.fixture
+def bar():
+    """Every update of ComfyUI's progress bar, as (value, total, has a preview image)."""
+    seen = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, prompt_id=None, node_id=None: seen.append((value, total, preview is not None)))
+    yield seen
+    comfy.utils.set_progress_bar_global_hook(old)
 
 
 @pytest.fixture(scope="module")
 def trained(graph, dataset, tmp_path_factory):
-    old = folder_paths.temp_directory
-    folder_paths.temp_directory = str(tmp_path_factory.mktemp("temp"))
+    old = folder_paths.output_directory
+    folder_paths.output_directory = str(tmp_path_factory.mktemp("output"))
     try:
         yield train(graph, dataset)
     finally:
-        folder_paths.temp_directory = old
+        folder_paths.output_directory = old
 
 
 def test_train_returns_an_adapter_a_loss_plot_and_a_report(trained, graph):
@@ -113,24 +137,101 @@ def test_the_trained_adapter_is_used_by_apply_and_ksampler_without_saving(traine
             assert (sample(models[1.0], advanced) - plain).abs().max() > 1e-4
 
 
-def test_progress_events_runs_state_and_the_run_folder(graph, dataset, server, temp_dir):
+def events(server, *names):
+    """(event, payload) sent to the pages, in order, for the given event names."""
+    return [(e.rsplit(".", 1)[1], d) for e, d, _ in server.sent if e in names]
+
+
+def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, server, output_dir, bar):
     runs = pack("nodes.runs")
-    adapter, _, _ = train(graph, dataset, node="42", prompt="prompt-a")
-    progress = [d for e, d, _ in server.sent if e == "ipadapter_train.progress"]
-    done = [d for e, d, _ in server.sent if e == "ipadapter_train.done"]
-    assert [p["step"] for p in progress] == list(range(1, STEPS + 1))
-    assert set(progress[0]) == {"node", "prompt_id", "step", "total", "loss", "eta_seconds"}
-    assert all(p["node"] == "42" and p["prompt_id"] == "prompt-a" and p["total"] == STEPS for p in progress)
-    assert all(isinstance(p["loss"], float) and p["eta_seconds"] >= 0 for p in progress)
-    assert done == [{"node": "42", "prompt_id": "prompt-a", "steps": STEPS, "total": STEPS, "cancelled": False}]
+    adapter, _, report = train(graph, dataset, node="42", prompt="prompt-a", workflow="wf-a")
+    sent = events(server, "ipadapter_train.phase", "ipadapter_train.progress", "ipadapter_train.done")
     assert all(sid is None for _, _, sid in server.sent)  # every page, reloaded ones included
-    run = runs.snapshot()["runs"]["42"]
-    assert set(run) == {"prompt_id", "step", "total", "losses", "eta_seconds", "done", "cancelled"}
-    assert run["done"] and not run["cancelled"] and run["step"] == STEPS
-    assert run["losses"] == [p["loss"] for p in progress]
-    folders = list((temp_dir / "ipadapter_train").iterdir())
+    assert all((d["node"], d["prompt_id"], d["workflow_id"]) == ("42", "prompt-a", "wf-a") for _, d in sent)
+    started = sent[0][1]["started"]
+    assert all(d["started"] == started for _, d in sent)
+    calls = 3 * 2  # quick validation: min(3 images, 4) x 2 timesteps
+    timeline = [(kind, d.get("phase"), d["steps"] if kind == "done" else d.get("done", d.get("step")), d["total"])
+                for kind, d in sent]
+    assert timeline == (
+        [("phase", "encoding", i, 3) for i in range(4)] + [("phase", "training", 0, STEPS)]
+        + [("progress", None, s, STEPS) for s in range(1, STEPS + 1)]
+        + [("phase", "validating", i, calls) for i in range(calls + 1)]
+        + [("done", None, STEPS, STEPS)])
+    # the bar counts each phase's units and never carries the loss plot (the chart shows it)
+    assert bar == [(i, 3, False) for i in range(4)] + [(s, STEPS, False) for s in range(STEPS + 1)] + [
+        (i, calls, False) for i in range(calls + 1)]
+
+    progress = [d for kind, d in sent if kind == "progress"]
+    assert set(progress[0]) == {"node", "prompt_id", "workflow_id", "started", "step", "total", "loss", "eta_seconds"}
+    # no ETA before a step was measured on its own: not while encoding, not after the first step
+    assert all(d["eta_seconds"] is None for kind, d in sent if kind == "phase" and d["phase"] != "validating")
+    assert progress[0]["eta_seconds"] is None
+    # then the remaining steps and the validation: still more than 0 s after the last step
+    assert all(isinstance(p["eta_seconds"], float) and p["eta_seconds"] > 0 for p in progress[1:])
+    validating = [d for kind, d in sent if kind == "phase" and d["phase"] == "validating"]
+    assert validating[0]["eta_seconds"] > 0 and validating[-1]["eta_seconds"] == 0.0
+    assert [d for kind, d in sent if kind == "done"] == [{"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a",
+                                                          "started": started, "steps": STEPS, "total": STEPS,
+                                                          "cancelled": False, "failed": False}]
+
+    run = next(r for r in runs.snapshot()["runs"] if (r["prompt_id"], r["node"]) == ("prompt-a", "42"))
+    assert run == {"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a", "started": started, "phase": "done",
+                   "phase_done": calls, "phase_total": calls, "step": STEPS, "total": STEPS,
+                   "losses": [p["loss"] for p in progress], "eta_seconds": 0.0, "validation_calls": calls,
+                   "done": True, "cancelled": False, "failed": False}
+
+    # the run folder is kept under ComfyUI's output directory, and the report says where
+    folders = list((output_dir / "ipadapter_train").iterdir())
     assert len(folders) == 1 and {"adapter.safetensors", "report.json", "loss.png"} <= {
         p.name for p in folders[0].iterdir()}
+    assert f": {folders[0]}" in report.split("\n\n")[0]
+    saved = json.loads((folders[0] / "report.json").read_text())
+    assert saved["conditioning_gain"]["images"] == 3 and saved["conditioning_gain"]["timesteps"] == [300, 700]
+    assert "Conditioning gain" in report.split("\n\n")[0]
+
+
+def test_validation_off_skips_the_phase_and_the_gain(graph, dataset, server, bar):
+    _, _, report = train(graph, dataset, steps=2, node="43", validation="off")
+    sent = events(server, "ipadapter_train.phase", "ipadapter_train.progress")
+    assert [d["phase"] for kind, d in sent if kind == "phase"] == ["encoding"] * 4 + ["training"]
+    assert [d["eta_seconds"] for kind, d in sent if kind == "progress"] == [None, 0.0]  # nothing left to wait for
+    assert max(total for _, total, _ in bar) == 3  # images, then 2 steps: no validation calls
+    summary, full = report.split("\n\n", 1)
+    assert "Validation off: no conditioning gain." in summary
+    assert json.loads(full)["conditioning_gain"] is None
+
+
+def test_runs_of_two_workflows_that_share_a_node_id_are_kept_apart(server, monkeypatch):
+    runs = pack("nodes.runs")
+    monkeypatch.setattr(runs, "RUNS", {})
+    first = runs.RunReporter("4", "p-x", total=2, images=1, workflow_id="wf-x")
+    first.encoding(1, 1)
+    first.step(1, 2, 0.5)
+    first.finish(cancelled=False)
+    second = runs.RunReporter("4", "p-y", total=3, images=1, workflow_id="wf-y")  # same node id, another workflow
+    second.step(1, 3, 0.25)
+    listed = [(r["node"], r["prompt_id"], r["workflow_id"], r["losses"], r["phase"], r["done"])
+              for r in runs.snapshot()["runs"]]
+    assert listed == [("4", "p-x", "wf-x", [0.5], "done", True), ("4", "p-y", "wf-y", [0.25], "training", False)]
+    assert runs.snapshot()["runs"][0]["started"] <= runs.snapshot()["runs"][1]["started"]
+    # finished runs are forgotten oldest first; the running one stays listed
+    for i in range(runs.KEEP_FINISHED + 2):
+        runs.RunReporter("4", f"old-{i}", total=1, images=1).finish(cancelled=False)
+    kept = [r["prompt_id"] for r in runs.snapshot()["runs"]]
+    assert "p-y" in kept and "p-x" not in kept and "old-0" not in kept and "old-1" not in kept
+    assert len(kept) == runs.KEEP_FINISHED + 1
+
+
+def test_run_folders_live_in_the_output_directory_with_windows_safe_names(output_dir):
+    training = pack("nodes.training")
+    first, second = training.make_run_dir("12:5"), training.make_run_dir("12:5")  # a node inside a subgraph
+    assert first != second and first.is_dir() and second.is_dir()
+    for folder in (first, second):
+        assert folder.parent == output_dir / "ipadapter_train"
+        assert re.fullmatch(r"run-\d{8}-\d{6}-node12-5(-\d+)?", folder.name), folder.name
+        assert not set(folder.name) & set('<>:"/\\|?*')
+    assert not (Path(folder_paths.get_temp_directory()) / "ipadapter_train").exists()
 
 
 def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph, dataset, server):
@@ -154,8 +255,30 @@ def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph
     assert adapter.metadata["cancelled_at_step"] == "2" and adapter.metadata["steps"] == "2"
     assert not comfy.model_management.processing_interrupted()  # nothing left to cancel the next prompt
     assert [d for e, d, _ in server.sent if e == "ipadapter_train.done"][-1]["cancelled"] is True
-    # the encode bar counts the 3 images, then the step bar shows the loss plot as its preview
-    assert (1, 3, False) in seen and (1, steps, True) in seen and (2, steps) in [(v, t) for v, t, _ in seen]
+    assert "validating" not in [d["phase"] for e, d, _ in server.sent if e == "ipadapter_train.phase"]
+    # the bar counts the 3 images, then the steps, with no preview image
+    assert seen[:5] == [(0, 3, False), (1, 3, False), (2, 3, False), (3, 3, False), (0, steps, False)]
+    assert seen[5:] == [(1, steps, False), (2, steps, False)]
+
+
+def test_cancel_during_validation_keeps_the_whole_adapter_without_a_gain(graph, dataset, server):
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if total == 6 and value == 2:  # the second of the 6 validation calls (3 images x 2 timesteps)
+            comfy.model_management.interrupt_current_processing(True)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        adapter, _, report = train(graph, dataset, steps=2, node="11")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    summary, full = report.split("\n\n", 1)
+    assert summary.startswith("Trained: 2 of 2 steps.") and "cancelled_at_step" not in adapter.metadata
+    assert "Validation cancelled" in summary and json.loads(full)["conditioning_gain"] is None
+    assert not comfy.model_management.processing_interrupted()
+    phases = [(d["phase"], d["done"]) for e, d, _ in server.sent if e == "ipadapter_train.phase"]
+    assert phases[-1] == ("validating", 2)  # it stopped after the call that saw the cancel
 
 
 def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset):
@@ -185,12 +308,12 @@ def test_fine_tuning_an_init_adapter(trained, graph, dataset):
 
 @pytest.mark.parametrize("variant,width,message", [("plus", 1024, "set variant to plus"),
                                                    ("base", 1024, "image embedding is 1024-d")])
-def test_a_mismatched_init_adapter_is_refused_before_training(graph, dataset, temp_dir, variant, width, message):
+def test_a_mismatched_init_adapter_is_refused_before_training(graph, dataset, output_dir, variant, width, message):
     errors = pack("ipadapter_train.errors")
     layers = pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
     with pytest.raises(errors.IPAdapterError, match=message):
         train(graph, dataset, init_adapter=random_adapter(variant, width, layers))
-    assert not (temp_dir / "ipadapter_train").exists()  # no run started
+    assert not (output_dir / "ipadapter_train").exists()  # no run started
 
 
 def test_captions_must_match_the_images(graph, dataset):

@@ -132,6 +132,12 @@ def test_train_then_apply_in_one_graph(comfy, test_models):
     assert (comfy.base / "models" / "ipadapter" / "in_graph.safetensors").is_file()
 
 
+def listed_run(server: ComfyServer, prompt_id: str, node: str) -> dict | None:
+    """This prompt's run of that node in GET /ipadapter_train/runs (runs are keyed by prompt and node)."""
+    return next((r for r in server.get("/ipadapter_train/runs")["runs"]
+                 if (r["prompt_id"], r["node"]) == (prompt_id, node)), None)
+
+
 def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, test_models):
     from ipadapter_train.fileformat import load_adapter
 
@@ -143,16 +149,15 @@ def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, te
     train_id = find_nodes(prompt, "IPAdapterTrain_Train")[0]
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        run_state = comfy.get("/ipadapter_train/runs")["runs"].get(train_id)
-        # the node id is the workflow's, so an earlier test's finished run may still be listed under it
-        if run_state and run_state["prompt_id"] == prompt_id and run_state["step"] >= 2:
+        run_state = listed_run(comfy, prompt_id, train_id)
+        if run_state and run_state["step"] >= 2:
             break
         time.sleep(0.2)
     else:
         pytest.fail("training never reached step 2")
     comfy.interrupt()
     entry = comfy.wait(prompt_id, 120)
-    state = comfy.get("/ipadapter_train/runs")["runs"][train_id]
+    state = listed_run(comfy, prompt_id, train_id)
     assert state["done"] and state["cancelled"] and state["step"] < 5000
     # the Train node returns the adapter trained so far and the graph goes on: Save writes it where asked
     partial = sorted((comfy.base / "models" / "ipadapter").glob("partial*.safetensors"))
