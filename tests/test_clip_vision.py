@@ -171,10 +171,15 @@ def test_pickled_code_is_refused(tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_image_processor_defaults():
-    proc = image_processor()
-    assert proc.crop_size["height"] == proc.crop_size["width"] == 224
-    assert abs(proc.image_mean[0] - 0.48145466) < 1e-6
+@pytest.mark.parametrize("size", [224, 336])
+def test_image_processor_resizes_the_short_side_and_keeps_the_centre(size):
+    # a wide picture: blue in the middle square, red bands left and right that the centre crop drops
+    wide = Image.new("RGB", (300, 100), (255, 0, 0))
+    wide.paste((0, 0, 255), (100, 0, 200, 100))
+    pixels = image_processor(size)(images=[wide], return_tensors="pt").pixel_values
+    assert pixels.shape == (1, 3, size, size)
+    red, _, blue = pixels[0].mean(dim=(1, 2)).tolist()
+    assert blue > 1 > -1 > red  # normalised: blue well above the mean, red well below
 
 
 def test_encode_images_and_dropped_image_features(tiny):
