@@ -11,7 +11,7 @@ from .comfy_backend import ComfyImageEncoder
 from .comfy_layers import check_adapter_fits
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
-from .runs import PromptServer
+from . import runs
 from .training import VALIDATION_MODES, report_text, samples_from_images, train_in_graph, validation_settings
 
 
@@ -21,8 +21,13 @@ def _ids(hidden) -> tuple[str, str]:
     node = getattr(hidden, "unique_id", None) or (context.node_id if context else None)
     prompt = context.prompt_id if context else None
     if prompt is None:
-        prompt = getattr(getattr(PromptServer, "instance", None), "last_prompt_id", None)
+        prompt = getattr(getattr(runs.PromptServer, "instance", None), "last_prompt_id", None)
     return str(node or ""), str(prompt or "")
+
+
+def _client_id() -> str | None:
+    """Client id of the page that queued the running prompt (ComfyUI sets it on the server per prompt)."""
+    return getattr(getattr(runs.PromptServer, "instance", None), "client_id", None)
 
 
 def _workflow_id(hidden) -> str | None:
@@ -109,6 +114,6 @@ class TrainIPAdapter(io.ComfyNode):
         config.validate()
         node_id, prompt_id = _ids(cls.hidden)
         adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
-                                         init_adapter, _workflow_id(cls.hidden))
+                                         init_adapter, _workflow_id(cls.hidden), _client_id())
         plot = pils_to_tensor([plot_losses(result.losses)])
         return io.NodeOutput(adapter, plot, report_text(result))

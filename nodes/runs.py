@@ -8,8 +8,10 @@ calls); the events name the phase, so the chart on the node can say what the bar
 
 Events (see CONTRACT.md) go to every connected page, not only the one that queued the prompt, so a
 page reloaded mid-run (which gets a new client id) keeps receiving them; the route lets it redraw the
-chart first. Runs are keyed by (prompt id, node id) and carry the id of the workflow that queued them,
-so a page draws a run only on the workflow it came from (two workflows often share node ids).
+chart first. Runs are keyed by (prompt id, node id) and carry the id of the workflow and the client id
+of the page that queued them, so a page draws a run only on the workflow it came from, and only in
+the browser tab that queued it (two workflows often share node ids; the same workflow may be open in
+several tabs).
 """
 from __future__ import annotations
 
@@ -111,8 +113,8 @@ class RunReporter:
     """
 
     def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
-                 batch_size: int = 1, workflow_id: str | None = None) -> None:
-        self.node_id, self.prompt_id, self.workflow_id = node_id, prompt_id, workflow_id
+                 batch_size: int = 1, workflow_id: str | None = None, client_id: str | None = None) -> None:
+        self.node_id, self.prompt_id, self.workflow_id, self.client_id = node_id, prompt_id, workflow_id, client_id
         self.total, self.images, self.validation_calls = total, images, validation_calls
         self.batch_size = max(1, batch_size)
         self.cancel_requested = False
@@ -126,7 +128,8 @@ class RunReporter:
         with _LOCK:
             RUNS.pop((prompt_id, node_id), None)  # a re-run of the same prompt starts afresh, at the end
             RUNS[(prompt_id, node_id)] = {
-                "node": node_id, "prompt_id": prompt_id, "workflow_id": workflow_id, "started": self.started,
+                "node": node_id, "prompt_id": prompt_id, "workflow_id": workflow_id, "client_id": client_id,
+                "started": self.started,
                 "phase": "encoding", "phase_done": 0, "phase_total": images,
                 "step": 0, "total": total, "losses": [], "eta_seconds": None,
                 "validation_calls": validation_calls, "done": False, "cancelled": False, "failed": False}
@@ -138,7 +141,7 @@ class RunReporter:
 
     def _ids(self) -> dict[str, Any]:
         return {"node": self.node_id, "prompt_id": self.prompt_id, "workflow_id": self.workflow_id,
-                "started": self.started}
+                "client_id": self.client_id, "started": self.started}
 
     def _update(self, **fields: Any) -> None:
         with _LOCK:

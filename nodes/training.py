@@ -93,16 +93,16 @@ def make_run_dir(node_id: str) -> Path:
 
 def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: list[Sample], config: TrainConfig,
                    node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None,
-                   workflow_id: str | None = None) -> tuple[IPAdapter, TrainResult]:
+                   workflow_id: str | None = None, client_id: str | None = None) -> tuple[IPAdapter, TrainResult]:
     """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result.
 
-    `workflow_id` (the id of the editor workflow that queued the prompt) goes into the run's events so a
-    page draws the run only on that workflow's Train node.
+    `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
+    queued it) go into the run's events, so only that page draws the run, on that workflow's Train node.
     """
     run_dir = make_run_dir(node_id)
     out = run_dir / "adapter.safetensors"
     reporter = RunReporter(node_id, prompt_id, config.total_steps(len(samples)), len(samples),
-                           validation_calls(len(samples), config), config.batch_size, workflow_id)
+                           validation_calls(len(samples), config), config.batch_size, workflow_id, client_id)
     cancelled, failed = False, True
     try:
         with torch.inference_mode(False):

@@ -4,9 +4,10 @@
 // after every step and `ipadapter_train.done` at the end (PromptServer.send_sync to every page; see
 // nodes/CONTRACT.md). This module listens once, in setup(), keeps one record per run (prompt id + node
 // id), and draws the raw loss, a moving average, the phase and "step X/Y, ETA" in a chart widget on the
-// node. A run is drawn only on the Train node of the workflow that queued it: every event carries the id
-// of the editor workflow it came from, so a freshly opened template (or another workflow tab) whose
-// Train node has the same node id stays blank. A page opened or reloaded mid-run asks
+// node. A run is drawn only where it was queued: every event carries the id of the editor workflow and
+// the client id of the page it came from, so a freshly opened template (or another workflow) whose Train
+// node has the same node id, or another browser tab, stays blank; ComfyUI keeps a tab's client id across
+// reloads, so a reloaded page finds its runs again. A page reloaded mid-run asks
 // `GET /ipadapter_train/runs` (through api.fetchApi, so no host is hard-coded) for what it missed, on
 // setup and again on every websocket reconnect.
 // The chart is an extra: the node also returns the loss curve as an IMAGE and a text report.
@@ -22,7 +23,7 @@ const RUNS_ROUTE = "/ipadapter_train/runs";
 const WIDGET_NAME = "loss_chart";
 const CHART_HEIGHT = 150;
 
-/** "<prompt id>|<node execution id>" -> {node, promptId, workflowId, started, phase, phaseDone, phaseTotal,
+/** "<prompt id>|<node execution id>" -> {node, promptId, workflowId, clientId, started, phase, phaseDone, phaseTotal,
  * step, total, losses: (number|undefined)[] by step-1, eta, done, cancelled, failed, stopped} */
 const runs = new Map();
 /** the chart controllers of the Train nodes this page created */
@@ -37,12 +38,13 @@ function runFor(d) {
     let run = runs.get(key);
     if (!run) {
         run = {
-            node, promptId, workflowId: null, started: 0, phase: "encoding", phaseDone: 0, phaseTotal: 0,
+            node, promptId, workflowId: null, clientId: null, started: 0, phase: "encoding", phaseDone: 0, phaseTotal: 0,
             step: 0, total: 0, losses: [], eta: null, done: false, cancelled: false, failed: false, stopped: "",
         };
         runs.set(key, run);
     }
     if (d.workflow_id != null) run.workflowId = String(d.workflow_id);
+    if (d.client_id != null) run.clientId = String(d.client_id);
     if (d.started != null) run.started = Number(d.started) || run.started;
     return run;
 }
@@ -187,14 +189,21 @@ function findNode(executionId) {
     return node;
 }
 
-/** The run a Train node shows: the latest one queued from the open workflow whose node id resolves to
- * this very node. Runs of other workflows (which often use the same node ids) are never drawn. */
+/** This tab's client id: the socket's, or before it connects the one the tab kept from its last visit. */
+function clientId() {
+    return api.clientId ?? api.initialClientId ?? sessionStorage.getItem("clientId");
+}
+
+/** The run a Train node shows: the latest one this tab queued from the open workflow whose node id
+ * resolves to this very node. Runs of other workflows (which often use the same node ids) and of other
+ * tabs are never drawn. */
 function runOf(node) {
     const workflowId = rootGraph()?.id;
-    if (!workflowId) return undefined;
+    const client = clientId();
+    if (!workflowId || !client) return undefined;
     let best;
     for (const run of runs.values()) {
-        if (run.workflowId !== String(workflowId)) continue;
+        if (run.workflowId !== String(workflowId) || run.clientId !== String(client)) continue;
         if (findNode(run.node) !== node) continue;
         if (!best || run.started > best.started || (run.started === best.started && !run.done)) best = run;
     }

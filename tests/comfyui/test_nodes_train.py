@@ -32,6 +32,7 @@ class FakeServer:
     def __init__(self):
         self.sent = []
         self.last_prompt_id = None
+        self.client_id = "page-1"  # what ComfyUI sets while it runs a prompt: the queuing page's client id
 
     def send_sync(self, event, data, sid=None):
         self.sent.append((event, data, sid))
@@ -147,7 +148,8 @@ def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, se
     adapter, _, report = train(graph, dataset, node="42", prompt="prompt-a", workflow="wf-a")
     sent = events(server, "ipadapter_train.phase", "ipadapter_train.progress", "ipadapter_train.done")
     assert all(sid is None for _, _, sid in server.sent)  # every page, reloaded ones included
-    assert all((d["node"], d["prompt_id"], d["workflow_id"]) == ("42", "prompt-a", "wf-a") for _, d in sent)
+    assert all((d["node"], d["prompt_id"], d["workflow_id"], d["client_id"]) == ("42", "prompt-a", "wf-a", "page-1")
+               for _, d in sent)
     started = sent[0][1]["started"]
     assert all(d["started"] == started for _, d in sent)
     calls = 3 * 2  # quick validation: min(3 images, 4) x 2 timesteps
@@ -163,7 +165,8 @@ def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, se
         (i, calls, False) for i in range(calls + 1)]
 
     progress = [d for kind, d in sent if kind == "progress"]
-    assert set(progress[0]) == {"node", "prompt_id", "workflow_id", "started", "step", "total", "loss", "eta_seconds"}
+    assert set(progress[0]) == {"node", "prompt_id", "workflow_id", "client_id", "started", "step", "total", "loss",
+                                "eta_seconds"}
     # no ETA before a step was measured on its own: not while encoding, not after the first step
     assert all(d["eta_seconds"] is None for kind, d in sent if kind == "phase" and d["phase"] != "validating")
     assert progress[0]["eta_seconds"] is None
@@ -172,11 +175,12 @@ def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, se
     validating = [d for kind, d in sent if kind == "phase" and d["phase"] == "validating"]
     assert validating[0]["eta_seconds"] > 0 and validating[-1]["eta_seconds"] == 0.0
     assert [d for kind, d in sent if kind == "done"] == [{"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a",
-                                                          "started": started, "steps": STEPS, "total": STEPS,
-                                                          "cancelled": False, "failed": False}]
+                                                          "client_id": "page-1", "started": started, "steps": STEPS,
+                                                          "total": STEPS, "cancelled": False, "failed": False}]
 
     run = next(r for r in runs.snapshot()["runs"] if (r["prompt_id"], r["node"]) == ("prompt-a", "42"))
-    assert run == {"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a", "started": started, "phase": "done",
+    assert run == {"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a", "client_id": "page-1",
+                   "started": started, "phase": "done",
                    "phase_done": calls, "phase_total": calls, "step": STEPS, "total": STEPS,
                    "losses": [p["loss"] for p in progress], "eta_seconds": 0.0, "validation_calls": calls,
                    "done": True, "cancelled": False, "failed": False}
