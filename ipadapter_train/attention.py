@@ -7,20 +7,10 @@ inside the frozen UNet: they stay owned by the `IPAdapter` module that the optim
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .adapter import IPLayer
-from .ip_attention import attend, decoupled_term
-
-
-@dataclass
-class IPState:
-    """What every patched layer reads during one UNet call: the image tokens and the scale."""
-
-    tokens: torch.Tensor | None = None  # [B, T, cross_dim]; None = adapter off
-    scale: float = 1.0
+from .ip_attention import IPState, attend, decoupled_term
 
 
 class IPAttnProcessor:

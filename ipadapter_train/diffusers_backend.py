@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 
 from .adapter import IPAdapter
-from .attention import IPAttnProcessor, IPState
+from .attention import IPAttnProcessor
+from .ip_attention import IPState
 from .layout import AdapterLayer, adapter_layers
 from .sd15 import SD15
 
@@ -51,7 +52,7 @@ class DiffusersBackend:
 
     def attach(self, adapter: IPAdapter) -> None:
         """Install an `IPAttnProcessor` on every attn2 layer; the adapter must fit the layers."""
-        adapter.check_layers(self._layers, f"the UNet of {self.name}")
+        adapter.spec.check_layers(self._layers, f"the UNet of {self.name}")
         if self._saved_processors is None:
             self._saved_processors = dict(self.sd.unet.attn_processors)
         processors = dict(self._saved_processors)

@@ -4,15 +4,25 @@
 
 This module computes the second term from a layer's query (already projected by its `to_q`), the image
 tokens and the layer's `to_k_ip` / `to_v_ip`. The diffusers processor (`attention.py`) and the ComfyUI
-attn2 patch (`nodes/attn_patch.py`) both call it, so the two back ends run the same math. It imports
-only torch.
+attn2 patch (`nodes/attn_patch.py`) both call it, so the two back ends run the same math; both read the
+image tokens and the scale of the current UNet call from an `IPState`. It imports only torch.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from .adapter import IPLayer
+
+
+@dataclass
+class IPState:
+    """What every patched layer reads during one UNet call: the image tokens and the scale."""
+
+    tokens: torch.Tensor | None = None  # [B, T, cross_dim]; None = adapter off
+    scale: float = 1.0
 
 
 def image_kv(tokens: torch.Tensor, layer: IPLayer, dtype: torch.dtype | None = None
