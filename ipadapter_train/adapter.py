@@ -7,7 +7,7 @@ back from any state dict in that layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,6 +37,35 @@ class AdapterSpec:
         if self.variant == "base":
             return f"a CLIP vision encoder whose image embedding is {self.clip_dim}-d"
         return f"a CLIP vision encoder whose hidden states are {self.clip_dim}-d"
+
+    def check_fits(self, feature_width: int, encoder_name: str, cross_dim: int, layers: Sequence[AdapterLayer],
+                   model_name: str, source: str = "The adapter") -> None:
+        """Raise IPAdapterError unless the adapter reads the encoder's features and fits the UNet.
+
+        `feature_width` is what the encoder gives for this adapter's variant (`encoder_name` says which
+        encoder), `cross_dim` and `layers` describe the UNet (`model_name`). The CLI, generation and the
+        nodes all check with this, before any work is spent.
+        """
+        if self.clip_dim != feature_width:
+            raise IPAdapterError(f"{source} needs {self.encoder_requirement}, but {encoder_name} gives "
+                                 f"{feature_width}-d features: use the image encoder the adapter was trained with.")
+        if self.cross_dim != cross_dim:
+            raise IPAdapterError(f"{source} is for a {self.cross_dim}-d cross-attention model, but {model_name} has "
+                                 f"{cross_dim}-d cross-attention (SD1.5 is 768): use the base model family the "
+                                 "adapter was trained for.")
+        self.check_layers(layers, model_name, source)
+
+    def check_layers(self, layers: Sequence[AdapterLayer], model_name: str = "the model",
+                     source: str = "The adapter") -> None:
+        """Raise IPAdapterError unless the adapter has weights of the right width for every layer."""
+        have = dict(self.layers)
+        want = {layer.index: layer.hidden for layer in layers}
+        if have != want:
+            missing = sorted(set(want) - set(have))
+            wrong = sorted(n for n in set(want) & set(have) if want[n] != have[n])
+            raise IPAdapterError(
+                f"{source} has {len(have)} layers that do not fit {model_name} ({len(want)} cross-attention layers; "
+                f"missing indices {missing}, wrong widths at {wrong}): it was trained for another UNet.")
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], source: str = "the adapter") -> "AdapterSpec":
@@ -132,14 +161,3 @@ class IPAdapter(nn.Module):
     def layer(self, n: int) -> IPLayer:
         """The `to_k_ip`/`to_v_ip` pair of file index n."""
         return self.ip_adapter[str(n)]
-
-    def check_layers(self, layers: list[AdapterLayer], model_name: str = "the model") -> None:
-        """Raise IPAdapterError unless this adapter has weights of the right width for every layer."""
-        have = dict(self.spec.layers)
-        want = {layer.index: layer.hidden for layer in layers}
-        if have != want:
-            missing = sorted(set(want) - set(have))
-            wrong = sorted(n for n in set(want) & set(have) if want[n] != have[n])
-            raise IPAdapterError(
-                f"The adapter's {len(have)} layers do not fit {model_name}'s {len(want)} cross-attention layers "
-                f"(missing indices {missing}, wrong widths at {wrong}): it was trained for another UNet.")

@@ -5,6 +5,8 @@ import copy
 import logging
 from pathlib import Path
 
+import torch
+
 from .adapter import AdapterSpec, IPAdapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
@@ -32,7 +34,11 @@ def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, confi
     """
     width = encoder.feature_width(config.variant)
     if init_adapter is None:
-        adapter = IPAdapter.new(config.variant, width, backend.cross_dim, backend.adapter_layers())
+        # The image projection starts from random weights: draw them from the run's seed, not from whatever
+        # the process drew before, so the same settings give the same adapter (in a server, in tests).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            adapter = IPAdapter.new(config.variant, width, backend.cross_dim, backend.adapter_layers())
         adapter.init_from_unet(backend.base_kv())
         return adapter
     if isinstance(init_adapter, IPAdapter):
@@ -43,12 +49,7 @@ def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, confi
     if spec.variant != config.variant:
         raise IPAdapterError(f"{source} is a {spec.variant} adapter but the run trains a {config.variant} "
                              f"one: pass --variant {spec.variant}.")
-    if spec.clip_dim != width:
-        raise IPAdapterError(f"{source} needs {spec.encoder_requirement}, but {encoder.name} gives "
-                             f"{width}-d features: use the image encoder the adapter was trained with.")
-    if spec.cross_dim != backend.cross_dim:
-        raise IPAdapterError(f"{source} makes {spec.cross_dim}-d image tokens but the UNet's cross-attention "
-                             f"is {backend.cross_dim}-d: it was trained for another base model family.")
-    adapter.check_layers(backend.adapter_layers(), f"the UNet of {backend.name}")
+    spec.check_fits(width, encoder.name, backend.cross_dim, backend.adapter_layers(), f"the UNet of {backend.name}",
+                    source)
     log.info("Fine-tuning %s (%s, %d tokens).", source, spec.variant, spec.tokens)
     return adapter

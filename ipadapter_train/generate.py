@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from .adapter import AdapterSpec, IPAdapter
+from .adapter import IPAdapter
 from .clip_features import CLIPFeatureEncoder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
@@ -58,17 +58,6 @@ class GenerationSettings:
             raise IPAdapterError("steps and the number of images must be at least 1.")
 
 
-def check_compatible(spec: AdapterSpec, encoder: CLIPFeatureEncoder, backend: DiffusersBackend, source: str) -> None:
-    """Refuse an adapter that does not fit the image encoder or the UNet, before any sampling."""
-    width = encoder.feature_width(spec.variant)
-    if spec.clip_dim != width:
-        raise IPAdapterError(f"{source} needs {spec.encoder_requirement}, but {encoder.name} gives {width}-d "
-                             "features: use the image encoder the adapter was trained with.")
-    if spec.cross_dim != backend.cross_dim:
-        raise IPAdapterError(f"{source} is an adapter for a {spec.cross_dim}-d cross-attention model (SD1.5 is 768), "
-                             f"but this model's cross-attention is {backend.cross_dim}-d: use a matching base model.")
-
-
 class Generator:
     """Loaded models + one adapter, ready to generate many times."""
 
@@ -85,7 +74,10 @@ class Generator:
             log.warning("The base model or the image encoder has RANDOM weights: the images show the pipeline "
                         "working, not what a trained adapter does.")
         if adapter is not None:
-            check_compatible(adapter.spec, self.encoder, self.backend, adapter_name)
+            # refused before any sampling, with the check the CLI and the nodes use
+            adapter.spec.check_fits(self.encoder.feature_width(adapter.spec.variant), self.encoder.name,
+                                    self.backend.cross_dim, self.backend.adapter_layers(),
+                                    f"the UNet of {self.backend.name}", adapter_name)
             adapter.to(self.backend.device, dtype).eval().requires_grad_(False)
             self.backend.attach(adapter)
         self.pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,

@@ -99,18 +99,10 @@ def check_adapter_fits(adapter: Any, feature_width: int, encoder_name: str, mode
                        source: str = "The adapter") -> list[AdapterLayer]:
     """Raise IPAdapterError unless the adapter fits the CLIP_VISION and the MODEL; return the MODEL's layers.
 
-    Called by Apply (and Train, for an adapter to fine-tune) before anything samples or trains.
+    Called by Apply (and Train, for an adapter to fine-tune) before anything samples or trains; the check
+    itself is the core's (`AdapterSpec.check_fits`), as for the CLI and generation.
     """
-    spec = adapter.spec
-    if spec.clip_dim != feature_width:
-        raise IPAdapterError(f"{source} needs {spec.encoder_requirement}, but the CLIP_VISION given "
-                             f"({encoder_name}) gives {feature_width}-d features: load the image encoder the "
-                             "adapter was trained with in Load CLIP Vision.")
     cross = context_width(model)
-    if spec.cross_dim != cross:
-        raise IPAdapterError(f"{source} makes {spec.cross_dim}-d image tokens for a {spec.cross_dim}-d "
-                             f"cross-attention model, but this MODEL's cross-attention is {cross}-d (SD1.5 is "
-                             "768): use the base model family the adapter was trained for.")
     layers = comfy_adapter_layers(model)
-    adapter.check_layers(layers, "this MODEL's UNet")
+    adapter.spec.check_fits(feature_width, encoder_name, cross, layers, "this MODEL", source)
     return layers
