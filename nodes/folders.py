@@ -19,8 +19,15 @@ ADAPTERS = "ipadapter"
 SCORERS = "clip_scorers"
 TEXT_ENCODERS = "text_encoders"  # ComfyUI's name for models/text_encoders and models/clip
 ADAPTER_SUFFIXES = (".safetensors", ".bin")
-_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+# Windows device names, also with an extension ("nul.txt"); its superscript digits count as digits there.
+_RESERVED = {"con", "prn", "aux", "nul", "conin$", "conout$",
+             *(f"{port}{digit}" for port in ("com", "lpt") for digit in "123456789\u00b9\u00b2\u00b3")}
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+# Control, format (zero-width, bidi overrides), unassigned, surrogate and line/paragraph separator
+# characters: invisible in a file list, or refused by some file system.
+_INVISIBLE = frozenset({"Cc", "Cf", "Cn", "Cs", "Zl", "Zp"})
 MAX_NAME = 120
+MAX_NAME_BYTES = 240  # with ".safetensors" still under the 255 bytes ext4 and APFS allow per name
 # The server owner's opt-in for training images from any folder. An environment variable, not a UI
 # setting: settings are written by clients, and the clients are who the default protects against.
 ALLOW_ANY_FOLDER_ENV = "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER"
@@ -89,29 +96,54 @@ def scorer_path(name: str) -> Path:
     return Path(path)
 
 
+def _char(c: str) -> str:
+    """A character as a message shows it: quoted when visible, always with its code point."""
+    code = f"U+{ord(c):04X}"
+    if c.isprintable() and not c.isspace():
+        return f"'{c}' ({code})"
+    return f"{code} ({unicodedata.name(c, 'a control character')})"
+
+
+def _name_problem(text: str) -> str | None:
+    """Why `text` (the name without .safetensors) cannot be a file name on every OS, or None."""
+    if not text:
+        return "it is empty"
+    if len(text) > MAX_NAME:
+        return f"it is longer than {MAX_NAME} characters"
+    if len(text.encode("utf-8")) > MAX_NAME_BYTES:
+        return f"it takes {len(text.encode('utf-8'))} bytes, more than the {MAX_NAME_BYTES} a file name may have"
+    for c in text:
+        if c in "/\\":
+            return f"it contains {_char(c)}, a folder separator"
+        if c in _WINDOWS_FORBIDDEN:
+            return f"it contains {_char(c)}, which Windows does not allow in file names"
+        if unicodedata.category(c) in _INVISIBLE:
+            return f"it contains {_char(c)}, an invisible or control character"
+    if ".." in text:
+        return "it contains '..'"
+    if text.startswith("."):
+        return "it starts with '.', which hides the file"
+    if text.endswith("."):
+        return "it ends with '.'"
+    stem = text.split(".")[0].rstrip(" ").lower()
+    if stem in _RESERVED:
+        return f"{stem.upper()!r} is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9), not a file name"
+    return None
+
+
 def safe_adapter_name(name: str) -> str:
     """Check a user-given adapter name and return it without a .safetensors suffix.
 
-    Only a plain file name passes: letters, digits, space, `_`, `-`, `.`; no folder separators, no `..`,
-    not hidden, not a Windows device name. A bad name is refused rather than silently changed, so the
-    user sees what happened.
+    A name must be a plain file name on Windows, macOS and Linux: no folder separator (`/`, `\\`), no `..`,
+    not hidden (leading `.`), none of the characters Windows forbids (`<>:"|?*`), no control or invisible
+    characters, not a Windows device name. Anything else passes, including letters of any script and
+    lookalikes of a slash (U+2215, U+2044, U+FF0F), which no OS takes for a separator. A bad name is refused,
+    naming the character at fault, rather than silently changed, so the user sees what happened.
     """
     text = unicodedata.normalize("NFC", (name or "").strip())
     if text.lower().endswith(".safetensors"):
         text = text[: -len(".safetensors")].rstrip()
-    problem = None
-    if not text:
-        problem = "it is empty"
-    elif len(text) > MAX_NAME:
-        problem = f"it is longer than {MAX_NAME} characters"
-    elif "/" in text or "\\" in text or ".." in text:
-        problem = "it contains a folder separator or '..'"
-    elif not text[0].isalnum():
-        problem = "it must start with a letter or digit"
-    elif any(not (c.isalnum() or c in " _-.") for c in text):
-        problem = "only letters, digits, spaces, '_', '-' and '.' are allowed"
-    elif text.split(".")[0].lower() in _RESERVED or text.endswith((".", " ")):
-        problem = "it is a reserved file name"
+    problem = _name_problem(text)
     if problem:
         raise IPAdapterError(f"Cannot save an adapter as {name!r}: {problem}. Give a plain name such as "
                              "'my_adapter'; it is saved in models/ipadapter.")

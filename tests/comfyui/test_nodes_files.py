@@ -112,6 +112,41 @@ def test_bad_names_are_refused_and_nothing_is_written(folders, name):
     assert tree(folders.parent) == before
 
 
+@pytest.mark.parametrize("name,reason", [
+    ("a/b", "it contains '/' (U+002F), a folder separator"),
+    ("a\\b", "it contains '\\' (U+005C), a folder separator"),
+    ("v1:final", "it contains ':' (U+003A), which Windows does not allow in file names"),
+    ('say "hi"', "it contains '\"' (U+0022), which Windows does not allow"),
+    ("a|b", "it contains '|' (U+007C), which Windows"),
+    ("a*", "it contains '*' (U+002A), which Windows"),
+    ("a<b>", "it contains '<' (U+003C), which Windows"),
+    ("tab\there", "it contains U+0009"),
+    ("evil\u202egnp", "it contains U+202E (RIGHT-TO-LEFT OVERRIDE), an invisible or control character"),
+    ("zero\u200bwidth", "it contains U+200B (ZERO WIDTH SPACE)"),
+    ("a..b", "it contains '..'"),
+    (".hidden", "it starts with '.', which hides the file"),
+    ("NUL.backup", "'NUL' is a device name on Windows"),
+    ("com1", "'COM1' is a device name on Windows"),
+    ("lpt\u00b9", "'LPT\u00b9' is a device name on Windows"),
+    ("con .x", "'CON' is a device name on Windows"),
+    ("\u732b" * 81, "it takes 243 bytes, more than the 240 a file name may have"),
+])
+def test_a_refused_name_says_which_character_or_rule_is_at_fault(folders, name, reason):
+    message = pack("nodes.node_save").SaveIPAdapter.validate_inputs(name, False)
+    assert isinstance(message, str) and f"Cannot save an adapter as {name!r}: {reason}" in message
+    assert tree(folders / "ipadapter") == set()
+
+
+@pytest.mark.parametrize("name", ["cats \u2215 dogs", "1\u20442 scale", "a\uff0fb", "_draft", "-x", "(v2) final",
+                                  "caf\u00e9 \u732b", "v1+v2, 50%", "console", "com10", "auxiliary.v1"])
+def test_names_that_are_plain_files_everywhere_are_saved_as_given(folders, name):
+    # lookalike slashes (division slash, fraction slash, fullwidth solidus) are ordinary characters on
+    # every OS; so are names that merely start like a Windows device name
+    save(random_adapter("base", 768, layers()), name)
+    assert tree(folders / "ipadapter") == {f"{name}.safetensors"}
+    assert load(f"{name}.safetensors").spec.variant == "base"  # and Load IP-Adapter reads it back by that name
+
+
 def test_save_checks_name_and_overwrite_when_queued(folders):
     node = pack("nodes.node_save").SaveIPAdapter
     assert node.validate_inputs("fresh", False) is True
