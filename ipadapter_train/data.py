@@ -4,12 +4,19 @@ preprocessing helpers the trainer applies before the VAE.
 Every image ends up as 8-bit RGB with its EXIF orientation applied, whatever the file stored
 (alpha, palettes, 16-bit, float, CMYK), so the trainer never sees a surprise mode. Files that
 cannot be used are skipped and reported rather than aborting the whole run.
+
+Only files inside the data set's folder are read: a data.json entry or an image (or caption) that
+leads out of it, by `..`, an absolute path or a link, is skipped and named in the report with the
+reason, never opened. Skipping rather than refusing the whole set matches every other unusable file
+here, and on a server it keeps a hostile data.json from doing more than shrinking its own data set;
+when nothing usable is left the load is refused, naming each entry.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import IPAdapterError
+from .safe_paths import is_absolute_anywhere, resolve_inside
 
 logger = logging.getLogger(__name__)
 
@@ -148,13 +156,40 @@ def _read_text(path: Path) -> str:
         raise IPAdapterError(f"Could not read '{path}' ({exc.strerror or exc}); check its permissions.") from exc
 
 
-def _txt_caption(image_path: Path) -> str:
-    """The stripped caption from the same-named .txt next to an image, or "" when there is none."""
+OUTSIDE = "leads out of the data set's folder (through '..' or a link), so it is not read"
+
+
+def _inside(base: Path, name: str) -> tuple[Path | None, str | None]:
+    """`name` (relative to the resolved folder `base`) resolved, or None and why it is not read.
+
+    An absolute name, or one whose `..` climbs out, is refused before anything on the disk is looked at.
+    """
+    if is_absolute_anywhere(name):
+        return None, "an absolute path, so it is not read; name files relative to the data set's folder"
+    if Path(os.path.normpath(name)).parts[:1] == (os.pardir,):
+        return None, OUTSIDE
+    try:
+        return resolve_inside(base, name), None
+    except IPAdapterError:
+        pass
+    try:  # refused: either it cannot be resolved at all (a link loop) or it resolves outside
+        (base / name).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None, "a link that loops back on itself (or a path the system cannot follow)"
+    return None, OUTSIDE
+
+
+def _txt_caption(base: Path, image_name: str) -> tuple[str, tuple[str, str] | None]:
+    """The stripped caption from the same-named .txt next to an image ("" when there is none), and the
+    (name, reason) of a caption file that was not read because it leads out of the folder."""
     for suffix in (".txt", ".TXT"):
-        candidate = image_path.with_suffix(suffix)
-        if candidate.is_file():
-            return _read_text(candidate).strip()
-    return ""
+        name = str(Path(image_name).with_suffix(suffix))
+        candidate, problem = _inside(base, name)
+        if problem is not None:  # the image is inside, so only a link can take its caption out
+            return "", (name, f"a caption file that {problem}" if problem == OUTSIDE else problem)
+        if candidate is not None and candidate.is_file():
+            return _read_text(candidate).strip(), None
+    return "", None
 
 
 def _read_data_json(path: Path) -> list[tuple[str, str]]:
@@ -187,9 +222,37 @@ def _list_preview(items: list[str], limit: int = 5) -> str:
     return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
 
 
-def _is_image_file(path: Path) -> bool:
-    """True for a visible file with an image extension (any letter case)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+def _scan(folder: Path, base: Path) -> list[tuple[str, Path | None, str | None]]:
+    """(name, resolved file, reason it is not read) for each visible entry of `folder` with an image
+    extension (any letter case), sorted by name. Links that loop, dangle or lead out of the folder
+    are kept with their reason, so the report can name them; folders named like images are left out.
+    """
+    found: list[tuple[str, Path | None, str | None]] = []
+    # Hidden files are skipped: macOS leaves "._name.jpg" metadata twins that are not images.
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        resolved, problem = _inside(base, entry.name)
+        if resolved is not None and not resolved.is_file():
+            if resolved.exists():
+                continue
+            problem = "a broken link: the file it points to does not exist"
+        found.append((entry.name, resolved, problem))
+    return found
+
+
+def _listed(folder: Path, base: Path, list_file: Path) -> list[tuple[str, Path | None, str, str | None]]:
+    """(name, resolved file, caption, reason it is not read) for each entry of a data.json."""
+    listed = []
+    for name, text in _read_data_json(list_file):
+        resolved, problem = _inside(base, name)
+        if resolved is not None and not resolved.is_file():
+            if os.path.lexists(folder / name) and not resolved.exists():
+                problem = "a broken link: the file it points to does not exist"
+            else:
+                problem = f"listed in {list_file.name} but the file does not exist"
+        listed.append((name, resolved, text, problem))
+    return listed
 
 
 def load_image_folder(
@@ -199,41 +262,55 @@ def load_image_folder(
 
     Captions come from `prompt` when it is non-blank (same caption for every image in the
     folder), else from a `data.json` in the folder (which then also decides the images), else
-    from a same-named `.txt` per image. Unusable images are skipped and reported.
+    from a same-named `.txt` per image. `folder` may also be a `.json` list itself (the reference
+    recipe's habit, `--images path/to/data.json`): its folder with that list deciding the images,
+    and `prompt`, when given, replacing its captions. Unusable images, and files that lead out of
+    the folder, are skipped and reported.
     """
     folder = Path(folder).expanduser()
+    list_file: Path | None = None
     if not folder.exists():
         raise IPAdapterError(f"Image folder '{folder}' does not exist; check the path.")
-    if not folder.is_dir():
-        raise IPAdapterError(f"'{folder}' is a file, not a folder; pass the folder that holds the training images.")
-    # Hidden files are skipped: macOS leaves "._name.jpg" metadata twins that are not images.
-    files = sorted((p for p in folder.iterdir() if _is_image_file(p)), key=lambda p: p.name)
+    if folder.is_file() and folder.suffix.lower() == ".json":
+        folder, list_file = folder.parent, folder
+    elif not folder.is_dir():
+        raise IPAdapterError(f"'{folder}' is a file, not a folder; pass the folder that holds the training images "
+                             "(or its data.json).")
+    base = folder.resolve()
     use_prompt = prompt is not None and prompt.strip() != ""
     data_json = folder / "data.json"
-    candidates: list[tuple[str, Path, str | None]]  # (report name, path, caption; None = read the .txt)
-    if use_prompt:
-        if data_json.is_file():
-            logger.info("A prompt was given, so the captions in %s are not used.", data_json)
-        captions_from = "prompt"
-        candidates = [(p.name, p, prompt.strip()) for p in files]  # type: ignore[union-attr]
-    elif data_json.is_file():
-        captions_from = "data.json"
-        candidates = [(name, folder / name, text) for name, text in _read_data_json(data_json)]
-        listed = {path.resolve() for _, path, _ in candidates}
-        unlisted = [p.name for p in files if p.resolve() not in listed]
+    if list_file is None and data_json.is_file() and not use_prompt:
+        list_file = data_json
+    elif use_prompt and data_json.is_file():
+        logger.info("A prompt was given, so the captions in %s are not used.", data_json)
+    if list_file is not None and _inside(base, list_file.name)[1] is not None:
+        raise IPAdapterError(f"'{list_file}' is a link to a file outside '{folder}', so it is not read; copy the "
+                             "file into that folder.")
+    # (report name, resolved file, caption: None = read the .txt, reason it is not read)
+    candidates: list[tuple[str, Path | None, str | None, str | None]]
+    if list_file is not None:
+        captions_from = "prompt" if use_prompt else "data.json"
+        candidates = [(name, path, prompt.strip() if use_prompt else text, problem)  # type: ignore[union-attr]
+                      for name, path, text, problem in _listed(folder, base, list_file)]
+        chosen = {path for _, path, _, _ in candidates if path is not None}
+        unlisted = [name for name, path, problem in _scan(folder, base) if problem is None and path not in chosen]
         if unlisted:
-            logger.info("Not in data.json, so not used: %s", _list_preview(unlisted))
+            logger.info("Not in %s, so not used: %s", list_file.name, _list_preview(unlisted))
+    elif use_prompt:
+        captions_from = "prompt"
+        candidates = [(name, path, prompt.strip(), problem)  # type: ignore[union-attr]
+                      for name, path, problem in _scan(folder, base)]
     else:
         captions_from = "txt"
-        candidates = [(p.name, p, None) for p in files]
+        candidates = [(name, path, None, problem) for name, path, problem in _scan(folder, base)]
     if not candidates:
         raise IPAdapterError(f"Image folder '{folder}' contains no images (jpg, png, webp, bmp); add some to it.")
 
     samples: list[Sample] = []
     report = DatasetReport(folder=str(folder))
-    for name, path, caption in candidates:
-        if not path.is_file():
-            report.skipped.append((name, "listed in data.json but the file does not exist"))
+    for name, path, caption, problem in candidates:
+        if problem is not None or path is None:
+            report.skipped.append((name, problem or OUTSIDE))
             continue
         try:
             image = _open_rgb(path)
@@ -244,8 +321,13 @@ def load_image_folder(
         if min(width, height) < min_side:
             report.skipped.append((name, f"too small: {width}x{height}, short side under {min_side} px"))
             continue
-        caption = _txt_caption(path) if caption is None else caption
-        samples.append(Sample(path=path, image=image, caption=caption))
+        if caption is None:
+            caption, unread = _txt_caption(base, name)
+            if unread is not None:
+                report.skipped.append(unread)
+        # the name as the folder shows it (a link keeps its own name), so the report and a resume's
+        # fingerprint name what the user sees
+        samples.append(Sample(path=folder / name, image=image, caption=caption))
         report.used.append(name)
         report.sizes.append((width, height))
         if not caption:
@@ -255,12 +337,12 @@ def load_image_folder(
         reasons = [f"{name} ({reason})" for name, reason in report.skipped]
         raise IPAdapterError(
             f"Image folder '{folder}' has no usable image: {_list_preview(reasons)} were skipped; "
-            f"use images that open in a viewer and are at least {min_side} px on the short side."
+            f"use image files inside that folder that open in a viewer and are at least {min_side} px on the short side."
         )
     if report.skipped:
         logger.warning(
-            "Skipped %d of %d image(s) in %s: %s",
-            len(report.skipped), len(candidates), folder,
+            "Skipped %d file(s) in %s (%d of %d image(s) used): %s",
+            len(report.skipped), folder, len(samples), len(candidates),
             "; ".join(f"{name} ({reason})" for name, reason in report.skipped),
         )
     if captions_from == "txt" and report.missing_captions:
