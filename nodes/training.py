@@ -139,5 +139,5 @@ def report_text(result: TrainResult) -> str:
         lines.append("Validation off: no conditioning gain.")
     elif not result.cancelled:
         lines.append("Validation cancelled: no conditioning gain (the adapter is complete).")
-    lines.append(f"Run folder (adapter, report.json, loss.png; kept in ComfyUI's output directory): {result.run_dir}")
+    lines.append(f"Run folder (adapter, report.json, loss.png): {result.run_dir}")
     return "\n".join(lines) + "\n\n" + json.dumps(rep, indent=2, default=str)

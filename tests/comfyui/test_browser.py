@@ -6,10 +6,13 @@ frontend served by a real ComfyUI server with this pack, on CPU with random-weig
 - every shipped workflow loads in the editor, uses only registered node types, has its thumbnail, and
   converts to the same API prompt with `browser_workflow_api.editor_to_api` as with the editor's own
   `app.graphToPrompt()`;
-- the training workflow, queued with the Run button, draws the live loss chart and "step X/Y, ETA" on
-  the Train node; the page is reloaded mid-run and the chart comes back with the steps it missed (from
-  GET /ipadapter_train/runs) and keeps following; Cancel (POST /interrupt) ends it. Screenshots are
-  saved under tests/artifacts/browser/.
+- the training workflow, queued with the Run button, shows its phases on the Train node's chart (encoding
+  images, then "step X/Y, ETA" with no ETA before a step was measured); another workflow whose Train node
+  has the same node id, and another browser tab with the same workflow, show nothing of that run; the
+  page is reloaded mid-run and the chart comes back with the steps it missed (from
+  GET /ipadapter_train/runs) and keeps following; Cancel (POST /interrupt) ends it; a short run then
+  clears the chart when it starts encoding and shows its validation phase. Screenshots are saved under
+  tests/artifacts/browser/.
 
 Skipped only when /usr/bin/chromium is missing (`apt-get install -y chromium`). Needs `pip install
 playwright` (its Python package only: the Debian browser is used, `playwright install` is never run)
@@ -18,6 +21,7 @@ and ComfyUI installed by tests/comfyui/setup_comfyui.sh.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -28,7 +32,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_server as bs  # noqa: E402
 from harness import ComfyServer, test_models  # noqa: E402,F401 (fixture)
-from browser_workflow_api import WORKFLOWS_DIR, editor_to_api, load_workflow  # noqa: E402
+from browser_workflow_api import SHIPPED as SHIPPED_FILES  # noqa: E402
+from browser_workflow_api import editor_to_api, load_workflow, workflow_path  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not Path(bs.CHROMIUM).exists(),
                                 reason=f"{bs.CHROMIUM} not found: apt-get install -y chromium")
@@ -49,8 +54,8 @@ def server(tmp_path_factory, test_models):
                     "(never `playwright install`: the test drives /usr/bin/chromium)")
     base = tmp_path_factory.mktemp("browser") / "base"
     (base / "input" / TRAIN_FOLDER).mkdir(parents=True)
-    for f in sorted(SAMPLES.iterdir()):
-        if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"):
+    for f in sorted(SAMPLES.iterdir())[:6]:  # 3 photos and their captions keep encoding short
+        if f.suffix.lower() in (".jpg", ".txt"):
             shutil.copy(f, base / "input" / TRAIN_FOLDER / f.name)
     srv = ComfyServer(base, {"checkpoints": [test_models["sd15"]], "clip_vision": [test_models["clip_vision"]]})
     srv.start()
@@ -81,13 +86,13 @@ def page(server):
 
 def load_in_editor(page, server, name: str) -> dict:
     """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it."""
-    wf = page.evaluate("""async ([pack, name]) => {
-        const res = await window.comfyAPI.api.api.fetchApi(`/workflow_templates/${pack}/${name}.json`);
-        if (!res.ok) throw new Error(`template ${name}: HTTP ${res.status}`);
+    wf = page.evaluate("""async ([pack, file]) => {
+        const res = await window.comfyAPI.api.api.fetchApi(`/workflow_templates/${pack}/${encodeURIComponent(file)}.json`);
+        if (!res.ok) throw new Error(`template ${file}: HTTP ${res.status}`);
         const wf = await res.json();
-        await window.comfyAPI.app.app.loadGraphData(wf, true, true, name);
+        await window.comfyAPI.app.app.loadGraphData(wf, true, true, file, {openSource: "template"});
         return wf;
-    }""", [bs.PACK_DIR_NAME, name])
+    }""", [bs.PACK_DIR_NAME, SHIPPED_FILES[name]])
     page.wait_for_function("(n) => window.comfyAPI.app.app.graph._nodes.length === n", arg=len(wf["nodes"]))
     return wf
 
@@ -159,7 +164,8 @@ def strip(prompt: dict, object_info: dict) -> dict:
 def test_shipped_workflows_load_and_convert_like_the_editor(server, page):
     object_info = server.object_info()
     for name in SHIPPED:
-        assert (WORKFLOWS_DIR / f"{name}.jpg").is_file(), f"workflows/{name}.jpg (thumbnail) is missing"
+        thumbnail = workflow_path(name).with_suffix(".jpg")
+        assert thumbnail.is_file(), f"{thumbnail} (thumbnail) is missing"
         wf = load_in_editor(page, server, name)
         assert wf == load_workflow(name)
         unknown = sorted({n["type"] for n in wf["nodes"]} - set(object_info))
@@ -173,47 +179,115 @@ def test_shipped_workflows_load_and_convert_like_the_editor(server, page):
             assert "loss_chart" not in node["inputs"]
 
 
-def test_loss_chart_follows_training_and_survives_reload(server, page):
-    load_in_editor(page, server, "train_ip_adapter")
-    set_widgets(page, {
-        "CheckpointLoaderSimple": {"ckpt_name": bs.CHECKPOINT},
-        "CLIPVisionLoader": {"clip_name": bs.CLIP_VISION},
-        "IPAdapterTrain_LoadTrainingImages": {"folder": TRAIN_FOLDER, "resolution": 64},
-        # many steps so that the run is still going after the reload; it is cancelled at the end
-        "IPAdapterTrain_Train": {"steps": 5000, "resolution": 64, "batch_size": 1},
-        "IPAdapterTrain_Save": {"name": "browser_test"},
-    })
-    before = chart_state(page)
-    assert before and before["state"] == "idle", before
-    train_id = page.evaluate("() => String(window.comfyAPI.app.app.graph._nodes"
-                             ".find((n) => n.type === 'IPAdapterTrain_Train').id)")
+# Every change of the chart's state, recorded in the page (a phase can pass between two polls).
+RECORD_CHART = """() => {
+    window.__iptLog = [];
+    const record = (el) => {
+        const d = el.dataset;
+        const entry = {promptId: d.promptId, phase: d.phase, step: d.step, total: d.total, state: d.state,
+                       points: d.points, text: el.querySelector('.ipadapter-train-status')?.textContent ?? ''};
+        const last = window.__iptLog[window.__iptLog.length - 1];
+        if (!last || JSON.stringify(last) !== JSON.stringify(entry)) window.__iptLog.push(entry);
+    };
+    new MutationObserver((changes) => {
+        for (const c of changes) if (c.target.classList?.contains('ipadapter-train-chart')) record(c.target);
+    }).observe(document.body, {subtree: true, attributes: true,
+                               attributeFilter: ['data-phase', 'data-step', 'data-state', 'data-prompt-id']});
+}"""
 
+
+def chart_log(page, prompt_id: str) -> list[dict]:
+    return [e for e in page.evaluate("() => window.__iptLog") if e["promptId"] == prompt_id]
+
+
+def train_node_id(page) -> str:
+    return page.evaluate("() => String(window.comfyAPI.app.app.graph._nodes"
+                         ".find((n) => n.type === 'IPAdapterTrain_Train').id)")
+
+
+def queue_with_run_button(page) -> str:
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as resp:
         page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
     body = resp.value.json()
     assert "prompt_id" in body, body
-    prompt_id = body["prompt_id"]
+    return body["prompt_id"]
+
+
+def training_widgets(steps: int, validation: str, save_name: str) -> dict[str, dict]:
+    return {
+        "CheckpointLoaderSimple": {"ckpt_name": bs.CHECKPOINT},
+        "CLIPVisionLoader": {"clip_name": bs.CLIP_VISION},
+        "IPAdapterTrain_LoadTrainingImages": {"folder": TRAIN_FOLDER},
+        "IPAdapterTrain_Train": {"steps": steps, "resolution": 64, "batch_size": 1, "validation": validation},
+        "IPAdapterTrain_Save": {"name": save_name},
+    }
+
+
+def assert_blank(state: dict | None, what: str) -> None:
+    assert state and state["state"] == "idle" and state["points"] == "0" and state["promptId"] == "", (what, state)
+
+
+def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflows(server, page):
+    load_in_editor(page, server, "train_ip_adapter")
+    # many steps so that the run is still going after the reload; it is cancelled at the end
+    set_widgets(page, training_widgets(5000, "off", "browser_test"))
+    before = chart_state(page)
+    assert before and before["state"] == "idle", before
+    train_id = train_node_id(page)
+    page.evaluate(RECORD_CHART)
+    prompt_id = queue_with_run_button(page)
+    runs_url = lambda r: r.url == server.url + "/api/ipadapter_train/runs"  # noqa: E731 - via api.fetchApi
+
+    def listed() -> dict:
+        return next(r for r in server.get("/ipadapter_train/runs")["runs"] if r["prompt_id"] == prompt_id)
 
     try:
         live = wait_chart(page, lambda s: int(s["step"]) >= 2 and s["state"] == "running", 300,
                           "show training steps")
-        assert live["nodeId"] == train_id
+        assert live["nodeId"] == train_id and live["promptId"] == prompt_id
         assert live["text"].startswith("step ") and "/5000" in live["text"] and "ETA" in live["text"], live
         assert int(live["points"]) >= 2
+        log = chart_log(page, prompt_id)
+        # the run starts by encoding the images, with the chart saying so
+        assert log[0]["phase"] == "encoding" and log[0]["text"].startswith("encoding images"), log[:3]
+        # no ETA figure before a step was measured on its own
+        assert all(not re.search(r"ETA \d", e["text"]) for e in log if e["step"] in ("0", "1")), log
         focus_train_node(page)
         page.screenshot(path=str(ARTIFACTS / "loss_chart_live.png"))
 
-        runs_url = lambda r: r.url == server.url + "/api/ipadapter_train/runs"  # noqa: E731 - via api.fetchApi
+        # another workflow whose Train node has the same id shows nothing of this run
+        load_in_editor(page, server, "train_then_apply")
+        assert train_node_id(page) == train_id
+        page.wait_for_timeout(500)
+        assert_blank(chart_state(page), "another workflow")
+        assert not listed()["done"]
+        focus_train_node(page)
+        page.screenshot(path=str(ARTIFACTS / "loss_chart_other_workflow.png"))
+
+        # another tab with the same workflow shows nothing of it either: it did not queue the run
+        other = page.context.browser.new_page()  # its own session storage, as a new tab has
+        try:
+            bs.open_comfy(other, server)
+            load_in_editor(other, server, "train_ip_adapter")
+            other.wait_for_timeout(1000)
+            assert_blank(chart_state(other), "another tab")
+            assert not listed()["done"]
+        finally:
+            other.close()
+
+        # back on its own workflow, the chart shows the run again
+        load_in_editor(page, server, "train_ip_adapter")
+        wait_chart(page, lambda s: s["promptId"] == prompt_id and int(s["points"]) >= int(live["step"]), 30,
+                   "show its run again on its own workflow")
+
         with page.expect_request(runs_url, timeout=90_000):
             page.reload(wait_until="domcontentloaded")
             bs.open_comfy(page, server)
         # the restored workflow has the same node; its chart is redrawn from /ipadapter_train/runs,
         # including the steps that ran while the page was away
         after = wait_chart(page, lambda s: int(s["points"]) >= int(live["step"]), 60, "come back after the reload")
-        assert after["nodeId"] == train_id
+        assert after["nodeId"] == train_id and after["promptId"] == prompt_id
         assert after["state"] == "running", f"the run ended before the reload check: {after}"
-        runs = server.get("/ipadapter_train/runs")["runs"]
-        assert runs[train_id]["prompt_id"] == prompt_id
         # and it keeps following the events
         later = wait_chart(page, lambda s: int(s["step"]) > int(after["step"]), 120, "keep following after the reload")
         assert later["visible"]
@@ -233,8 +307,29 @@ def test_loss_chart_follows_training_and_survives_reload(server, page):
     done = wait_chart(page, lambda s: s["state"] in ("cancelled", "stopped"), 180, "show the cancelled run")
     assert int(done["step"]) < 5000 and "ETA" not in done["text"], done
     page.screenshot(path=str(ARTIFACTS / "loss_chart_cancelled.png"))
+    wait_queue_empty(server)
+
+    # a short run with validation: the chart is cleared when it starts encoding and names each phase
+    set_widgets(page, training_widgets(2, "full", "browser_test_validated"))
+    page.evaluate(RECORD_CHART)
+    second = queue_with_run_button(page)
+    end = wait_chart(page, lambda s: s["promptId"] == second and s["state"] in ("done", "stopped"), 300,
+                     "finish the short run")
+    assert end["state"] == "done" and end["total"] == "2" and end["text"].endswith("done"), end
+    focus_train_node(page)
+    page.screenshot(path=str(ARTIFACTS / "loss_chart_done.png"))
+    log = chart_log(page, second)
+    assert log[0]["phase"] == "encoding" and log[0]["points"] == "0", log[:3]  # the cancelled run's curve is gone
+    phases = [e["phase"] for e in log]
+    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
+        "encoding", "training", "validating", "done"], log
+    assert any(re.search(r"validating \d+/12 \(conditioning gain\)", e["text"]) for e in log), log  # 3 images x 4
     (ARTIFACTS / "loss_chart_states.json").write_text(json.dumps(
-        {"live": live, "after_reload": after, "later": later, "end": done}, indent=2))
-    deadline = time.monotonic() + 120
+        {"live": live, "after_reload": after, "later": later, "cancelled": done, "short_run": log}, indent=2))
+    wait_queue_empty(server)
+
+
+def wait_queue_empty(server, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
     while server.get("/queue")["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.5)
