@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .checkpoint import SavedCheckpoint
 from .clip_features import CLIPFeatureEncoder
 from .config import TrainConfig
 from .data import load_image_folder
@@ -22,7 +23,7 @@ from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
 from .precision import frozen_dtype, make_accelerator
 from .random_init import is_random
-from .trainer import StepCallback, TrainResult, train
+from .trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +35,23 @@ def default_run_dir(out: Path) -> Path:
 
 def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str | Path, out: str | Path,
                   config: TrainConfig, run_dir: str | Path | None = None, init_adapter: str | Path | None = None,
-                  resume: str | Path | None = None, prompt: str | None = None,
+                  resume: str | Path | SavedCheckpoint | None = None, prompt: str | None = None,
                   callbacks: Sequence[StepCallback] = (), device: str | None = None,
                   encode_progress=None) -> TrainResult:
-    """Load the models and images from paths, train, save the adapter and the report."""
+    """Load the models and images from paths, train, save the adapter and the report.
+
+    The settings and a resume's checkpoint are checked before the models load; `resume` may be a run folder
+    or a checkpoint the caller already opened (`checkpoint.open_checkpoint`).
+    """
     from .clip_vision import load_clip_vision
     from .sd15 import load_sd15
 
     out = Path(out)
     if out.suffix not in (".safetensors", ".bin"):
         raise IPAdapterError(f"The output {out} must end in .safetensors (or .bin for the old layout).")
-    config.validate()
     samples, report = load_image_folder(Path(images), prompt=prompt)
     log.info("%s", report.summary())
+    plan = RunPlan.check(config, samples, RunPaths(Path(run_dir) if run_dir else default_run_dir(out), out, resume))
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     t0 = time.perf_counter()
@@ -68,22 +73,22 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    result = train(backend, encoder, samples, config, Path(run_dir) if run_dir else default_run_dir(out), out,
-                   Path(init_adapter) if init_adapter else None, Path(resume) if resume else None, callbacks,
-                   encode_progress, accelerator=accelerator, after_encode=release_encoders,
-                   metadata={"dataset_images": len(samples), "random_weights": random_weights},
-                   report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()})
-    return result
+    hooks = RunHooks(callbacks=callbacks, encode_progress=encode_progress, after_encode=release_encoders,
+                     metadata={"dataset_images": len(samples), "random_weights": random_weights},
+                     report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()})
+    return TrainingRun(backend, encoder, plan, hooks, Path(init_adapter) if init_adapter else None, accelerator).run()
 
 
 def train_in_memory(samples, sd, clip, config: TrainConfig, run_dir: Path, out: Path | None,
                     metadata: dict[str, Any] | None = None, callbacks: Sequence[StepCallback] = (),
                     device: str | None = None, **kwargs) -> TrainResult:
-    """Train on already loaded models (the demo and the tests use this with random-weight models)."""
+    """Train on already loaded models (the demo and the tests use this with random-weight models).
+
+    `kwargs` are `train`'s: `resume=`, `init_adapter=`, `encode_progress=`, ...
+    """
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     backend = DiffusersBackend(sd, accelerator.device, dtype)
     encoder = CLIPFeatureEncoder(clip, accelerator.device, dtype, name=getattr(clip, "name_or_path", "clip"))
-    return train(backend, encoder, samples, config, run_dir, out, callbacks=callbacks, metadata=metadata,
+    return train(backend, encoder, samples, config, RunPaths(run_dir, out), callbacks=callbacks, metadata=metadata,
                  accelerator=accelerator, **kwargs)
-

@@ -87,23 +87,38 @@ def _damaged(folder: Path, exc: Exception) -> IPAdapterError:
     return IPAdapterError(f"The checkpoint in {folder} is damaged ({exc}): resume from another run or start anew.")
 
 
-def read_checkpoint_info(path: Path) -> dict[str, Any]:
-    """The checkpoint's state.json alone (step, config, data set, losses), without its tensors."""
+@dataclass(frozen=True)
+class SavedCheckpoint:
+    """A checkpoint found on disk: its folder and its state.json (step, config, data set, losses), read once."""
+
+    folder: Path
+    info: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The training settings the checkpoint was written with, as `TrainConfig.to_dict` gives them."""
+        return self.info["config"]
+
+
+def open_checkpoint(path: Path | SavedCheckpoint) -> SavedCheckpoint:
+    """Find the checkpoint in a run folder (or its checkpoint folder) and read its state.json, not its tensors."""
+    if isinstance(path, SavedCheckpoint):
+        return path
     folder = find_checkpoint(path)
     try:
-        return json.loads((folder / "state.json").read_text())
+        return SavedCheckpoint(folder, json.loads((folder / "state.json").read_text()))
     except (OSError, ValueError) as exc:
         raise _damaged(folder, exc) from exc
 
 
-def load_checkpoint(path: Path) -> TrainingState:
-    """Read a checkpoint written by `save_checkpoint`."""
-    folder = find_checkpoint(path)
-    info = read_checkpoint_info(folder)
+def load_checkpoint(path: Path | SavedCheckpoint) -> TrainingState:
+    """Read a checkpoint written by `save_checkpoint`; an opened one's state.json is not read again."""
+    saved = open_checkpoint(path)
     try:
-        adapter = load_file(str(folder / "adapter.safetensors"))
-        tensors = load_file(str(folder / "optimizer.safetensors"))
+        adapter = load_file(str(saved.folder / "adapter.safetensors"))
+        tensors = load_file(str(saved.folder / "optimizer.safetensors"))
     except (OSError, ValueError, SafetensorError) as exc:
-        raise _damaged(folder, exc) from exc
+        raise _damaged(saved.folder, exc) from exc
+    info = dict(saved.info)
     groups = info.pop("param_groups")
     return TrainingState(int(info["step"]), adapter, _unflatten_optimizer(tensors, groups), info)

@@ -24,13 +24,11 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
-def _config_from_args(args: argparse.Namespace):
-    from .checkpoint import read_checkpoint_info
+def _config_from_args(args: argparse.Namespace, saved=None):
+    """The run's settings: the arguments given, over the resumed checkpoint's settings (`saved`) or the defaults."""
     from .config import TrainConfig
 
-    base = TrainConfig()
-    if getattr(args, "resume", None):
-        base = TrainConfig.from_dict(read_checkpoint_info(Path(args.resume))["config"])
+    base = TrainConfig.from_dict(saved.config) if saved is not None else TrainConfig()
     fields = {"variant": args.variant, "epochs": args.epochs, "max_steps": args.max_steps,
               "batch_size": args.batch_size, "learning_rate": args.lr, "weight_decay": args.weight_decay,
               "resolution": args.resolution, "random_crop": args.random_crop, "flip": args.flip,
@@ -74,14 +72,16 @@ def _cpu_allocator(device: str | None) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .api import default_run_dir, train_adapter
+    from .checkpoint import open_checkpoint
 
     _cpu_allocator(args.device)
-    config = _config_from_args(args)
+    saved = open_checkpoint(Path(args.resume)) if args.resume else None  # its state.json is read once, here
+    config = _config_from_args(args, saved)
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
     with _progress("training") as update:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
-                               init_adapter=args.init_adapter, resume=args.resume, prompt=args.prompt,
+                               init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
                                callbacks=[update], device=args.device)
     _print_summary(result)
     if result.cancelled:

@@ -1,4 +1,4 @@
-"""Where training runs and in which precision: resolve "auto" and build the accelerate `Accelerator`."""
+"""Where training runs and in which precision: resolve "auto" and build the run's accelerator."""
 from __future__ import annotations
 
 import logging
@@ -69,18 +69,33 @@ def inference_dtype(requested: str, device: torch.device | str) -> torch.dtype:
     return frozen_dtype(resolve_precision(requested, torch.device(device)))
 
 
-def make_accelerator(config, device: torch.device | str | None = None, weights_dtype: torch.dtype | None = None):
-    """An `Accelerator` for this run; under `accelerate launch` it joins the process group."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+# The variables a launcher (accelerate launch, torchrun, MPI) sets for the number of processes.
+WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
+
+def launched_processes() -> int:
+    """How many processes the launcher started this run with (1 when started as a plain process)."""
+    for name in WORLD_SIZE_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def make_accelerator(config, device: torch.device | str | None = None, weights_dtype: torch.dtype | None = None):
+    """What the trainer runs through: accelerate's `Accelerator` (joining the process group) under a launcher
+    with several processes, else a `LocalAccelerator`, which leaves accelerate's process-wide state alone
+    (a ComfyUI server or a test session runs many trainings in one process)."""
     device = torch.device(device) if device is not None else default_device()
     precision = resolve_precision(config.mixed_precision, device, weights_dtype)
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        # accelerate keeps one global state per process; a second run in the same process (tests, a
-        # ComfyUI server) with another precision must start from a clean state.
-        AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
+    if launched_processes() <= 1:
+        from .local_accelerator import LocalAccelerator
+
+        accelerator = LocalAccelerator(precision, device)
+    else:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(mixed_precision=precision, cpu=device.type == "cpu")
     log.info("Training on %s with precision %s (%d process(es)).", accelerator.device, precision,
              accelerator.num_processes)
     return accelerator

@@ -4,7 +4,10 @@ from __future__ import annotations
 import json
 import math
 import platform
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any, Sequence
 
 import torch
@@ -85,3 +88,32 @@ def write_report(run_dir: Path, report: dict[str, Any], losses: Sequence[float])
     image = plot_losses(list(losses))
     atomic_write(paths["loss_plot"], lambda p: image.save(p, format="PNG"))
     return paths
+
+
+@dataclass
+class RunTimes:
+    """Where a run's time went, in seconds; the trainer fills it in phase by phase."""
+
+    start: float = field(default_factory=time.perf_counter)
+    encode: float = 0.0
+    training: float = 0.0  # the steps and their checkpoints
+    validation: float = 0.0
+    steps: list[float] = field(default_factory=list)  # each step's own time
+
+    def speed(self, images_per_step: int) -> dict[str, float | None]:
+        """Seconds per step (median and mean) and images per second, leaving out the first step, which
+        pays one-off warm-up costs (unless it is the only one)."""
+        steady = self.steps[1:] or self.steps
+        sec = median(steady) if steady else None
+        return {"seconds_per_step": sec, "mean_seconds_per_step": sum(steady) / len(steady) if steady else None,
+                "images_per_second": images_per_step / sec if sec else None}
+
+
+def training_report(run: dict[str, Any], times: RunTimes, images_per_step: int, device: torch.device,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What report.json holds: `run` (what was trained: config, steps, losses, precision, ...), then the
+    speed, each phase's time, peak memory and the device, then the caller's own `extra` figures."""
+    return {**run, **times.speed(images_per_step),
+            "encode_seconds": times.encode, "training_seconds": times.training,
+            "validation_seconds": times.validation, "wall_seconds": time.perf_counter() - times.start,
+            "peak_memory": peak_memory(device), "device": device_description(device), **(extra or {})}

@@ -1,10 +1,15 @@
-"""The training loop. It reads top to bottom: encode once -> (batch -> forward -> backward -> step ->
-log -> checkpoint) x N -> save -> validate -> report.
+"""The training loop, as one run in four phases:
 
-It knows nothing of any UI: progress and cancellation go through step callbacks
-`callback(step, total, loss)`, which may raise `TrainingCancelled`. Every random draw of step s comes
-from a generator seeded by (seed, s, rank), so a run stopped and resumed draws exactly what an
-uninterrupted run draws, and `checkpoint.py` needs to store no RNG state beyond the step.
+    set_up   check a resume against the settings and images, build the adapter, encode the images once,
+             restore the checkpoint
+    steps    (batch -> forward -> backward -> optimizer step -> callbacks -> checkpoint) x N
+    finish   the last checkpoint, save the adapter, validate (the conditioning gain)
+    report   report.json and loss.png, and the `TrainResult`
+
+It knows nothing of any UI: progress and cancellation go through the hooks (`RunHooks`); a step callback
+`callback(step, total, loss)` may raise `TrainingCancelled`. Every random draw of step s comes from a
+generator seeded by (seed, s, rank), so a run stopped and resumed draws exactly what an uninterrupted run
+draws, and `checkpoint.py` needs to store no RNG state beyond the step.
 """
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import median
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,16 +25,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapter import IPAdapter
+from .adapter_init import build_adapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
-from .checkpoint import load_checkpoint, read_checkpoint_info, save_checkpoint
+from .checkpoint import SavedCheckpoint, load_checkpoint, open_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
 from .encoding import EncodedDataset, Progress, encode_dataset
 from .errors import IPAdapterError, TrainingCancelled, TrainingDiverged
 from .fileformat import file_metadata, save_adapter
-from .adapter_init import build_adapter
 from .precision import make_accelerator
-from .report import device_description, peak_memory, write_report
+from .report import RunTimes, training_report, write_report
 from .validation import conditioning_gain
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,34 @@ class TrainResult:
     out_path: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)  # what the adapter file holds (or would hold)
+
+
+@dataclass
+class RunPaths:
+    """Where a run reads and writes."""
+
+    run_dir: Path  # report.json, loss.png and the resumable checkpoint/
+    out_path: Path | None = None  # the adapter file; None: not saved
+    resume: Path | SavedCheckpoint | None = None  # the run folder (or opened checkpoint) of a stopped run
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.out_path = Path(self.out_path) if self.out_path is not None else None
+        if self.resume is not None and not isinstance(self.resume, SavedCheckpoint):
+            self.resume = Path(self.resume)
+
+
+@dataclass
+class RunHooks:
+    """What a caller adds to a run: progress and cancellation, work between phases, its own records."""
+
+    callbacks: Sequence[StepCallback] = ()  # after every step on the main process; may raise TrainingCancelled
+    encode_progress: Progress | None = None  # (done, total) while the images are encoded
+    validation_progress: Progress | None = None  # (done, total), one call per UNet call; TrainingCancelled
+    #                                              skips the rest of validation
+    after_encode: Callable[[], None] | None = None  # e.g. free the VAE and encoders: the steps need only the UNet
+    metadata: dict[str, Any] = field(default_factory=dict)  # added to the adapter file's metadata
+    report_extra: dict[str, Any] = field(default_factory=dict)  # added to report.json (load time, data set, ...)
 
 
 def _seed(*parts: int) -> int:
@@ -121,9 +153,9 @@ def _fingerprint(samples: Sequence[Sample]) -> list[str]:
     return [f"{s.path.name}|{s.caption}" for s in samples]
 
 
-def _check_resume(resume: Path, config: TrainConfig, samples: Sequence[Sample]) -> None:
+def _check_resume(checkpoint: SavedCheckpoint, config: TrainConfig, samples: Sequence[Sample]) -> SavedCheckpoint:
     """Refuse a checkpoint of other settings or other images, before any model work is spent on the run."""
-    info = read_checkpoint_info(resume)
+    resume, info = checkpoint.folder, checkpoint.info
     saved = TrainConfig.from_dict(info["config"]).to_dict()
     differs = sorted(k for k, v in config.to_dict().items() if k not in RESUME_MAY_DIFFER and saved.get(k) != v)
     if differs:
@@ -132,146 +164,222 @@ def _check_resume(resume: Path, config: TrainConfig, samples: Sequence[Sample]) 
     if info.get("dataset") != _fingerprint(samples):
         raise IPAdapterError(f"The checkpoint in {resume} was trained on other images or captions: resume with "
                              "the same folder, or start a new run.")
+    return checkpoint
 
 
-def _restore(resume: Path, adapter: IPAdapter, optimizer) -> tuple[int, list[float]]:
-    """Load a checkpoint `_check_resume` accepted into the adapter and the optimizer."""
-    state = load_checkpoint(resume)
-    adapter.load_state_dict(state.adapter)
-    optimizer.load_state_dict(state.optimizer)
-    log.info("Resumed from %s at step %d.", resume, state.step)
-    return state.step, list(state.info.get("losses", []))
+@dataclass
+class RunPlan:
+    """A run's settings, images and paths, checked before any model is loaded: `RunPlan.check`."""
+
+    config: TrainConfig
+    samples: Sequence[Sample]
+    paths: RunPaths  # `resume`, if any, is the opened and accepted checkpoint
+
+    @classmethod
+    def check(cls, config: TrainConfig, samples: Sequence[Sample], paths: RunPaths) -> "RunPlan":
+        """Validate the settings and refuse a resume of other settings or images (reading its state.json once)."""
+        config.validate()
+        if paths.resume is not None:
+            paths = RunPaths(paths.run_dir, paths.out_path,
+                             _check_resume(open_checkpoint(paths.resume), config, samples))
+        return cls(config, samples, paths)
+
+
+class TrainingRun:
+    """One training run: `run()` is `set_up()`, `run_steps()`, `finish()`, `report()`.
+
+    `plan` was checked before the models were loaded (`RunPlan.check`); `accelerator` is made for the run
+    unless given (`precision.make_accelerator`).
+    """
+
+    def __init__(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder, plan: RunPlan,
+                 hooks: RunHooks | None = None, init_adapter: Path | IPAdapter | None = None,
+                 accelerator=None) -> None:
+        self.times = RunTimes()
+        self.backend, self.encoder, self.init_adapter = backend, encoder, init_adapter
+        self.config, self.samples, self.paths = plan.config, plan.samples, plan.paths
+        self.hooks = hooks or RunHooks()
+        self.accelerator = accelerator or make_accelerator(self.config, backend.device, backend.dtype)
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.main = self.accelerator.is_main_process
+        self.total = self.config.total_steps(len(self.samples), self.world)
+        self.done, self.losses, self.cancelled = 0, [], False
+        self.adapter: IPAdapter | None = None
+        self.data: EncodedDataset | None = None
+        self.optimizer = self.step_module = None
+        self.metadata: dict[str, Any] = {}
+        self.files: dict[str, Path] = {}
+        self.gain: dict[str, Any] | None = None
+
+    def run(self) -> TrainResult:
+        """All four phases."""
+        self.set_up()
+        self.run_steps()
+        self.finish()
+        return self.report()
+
+    def set_up(self) -> None:
+        """Build the adapter, encode the images once, restore a resumed run's weights and optimizer."""
+        config, backend = self.config, self.backend
+        self.adapter = build_adapter(backend, self.encoder, config, self.init_adapter).to(backend.device)
+        t0 = time.perf_counter()
+        self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
+        self.times.encode = time.perf_counter() - t0
+        if self.hooks.after_encode is not None:
+            self.hooks.after_encode()
+        if config.gradient_checkpointing:
+            backend.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(self.adapter.parameters(), lr=config.learning_rate,
+                                      weight_decay=config.weight_decay)
+        if self.paths.resume is not None:
+            state = load_checkpoint(self.paths.resume)
+            self.adapter.load_state_dict(state.adapter)
+            optimizer.load_state_dict(state.optimizer)
+            self.done, self.losses = state.step, list(state.info.get("losses", []))
+            log.info("Resumed from %s at step %d.", self.paths.resume.folder, state.step)
+        self.step_module, self.optimizer = self.accelerator.prepare(_StepModule(self.adapter, backend), optimizer)
+
+    def step(self, step: int) -> float:
+        """Optimizer step number `step` (from 0); return its loss, averaged over the processes.
+
+        Raises TrainingDiverged on a NaN or infinite loss, before the weights are touched.
+        """
+        config, backend, accelerator = self.config, self.backend, self.accelerator
+        gen = torch.Generator().manual_seed(_seed(config.seed, step, self.rank))
+        indices = _batch_indices(step, len(self.samples), config, self.rank, self.world)
+        batch = _make_batch(self.data, indices, gen, config, backend.alphas_cumprod)
+        batch = {k: v.to(backend.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            pred = self.step_module(batch["noisy"], batch["t"], batch["text"], batch["feats"])
+        loss = F.mse_loss(pred.float(), batch["noise"])
+        loss_value = float(accelerator.gather(loss.detach().reshape(1)).mean())
+        if not math.isfinite(loss_value):
+            every = config.checkpoint_every
+            last = (step // every) * every if every else 0
+            raise TrainingDiverged(
+                f"The loss became {loss_value} at step {step + 1}: training stopped, the last good checkpoint "
+                f"(step {last}) in {self.paths.run_dir} is kept; lower the learning rate or train in fp32/bf16.")
+        accelerator.backward(loss)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss_value
+
+    def run_steps(self) -> None:
+        """Steps from the start (or the resumed step) to the total; a cancel or Ctrl-C ends them early."""
+        config = self.config
+        self.backend.attach(self.adapter)
+        start = time.perf_counter()
+        try:
+            for step in range(self.done, self.total):
+                tick = time.perf_counter()
+                loss = self.step(step)
+                self.done = step + 1
+                self.losses.append(loss)
+                self.times.steps.append(time.perf_counter() - tick)
+                if self._stop_requested(loss):
+                    raise TrainingCancelled()
+                if config.checkpoint_every and self.done % config.checkpoint_every == 0 and self.done < self.total:
+                    self.checkpoint()
+        except (TrainingCancelled, KeyboardInterrupt):
+            self.cancelled = True
+            log.warning("Training cancelled after %d of %d steps; saving the adapter trained so far.",
+                        self.done, self.total)
+        finally:
+            self.backend.detach()
+            self.times.training = time.perf_counter() - start  # steps plus checkpoints
+
+    def _stop_requested(self, loss: float) -> bool:
+        """Run the step callbacks; True when one of them cancelled, on any process."""
+        stop = False
+        if self.main:
+            try:
+                for callback in self.hooks.callbacks:
+                    callback(self.done, self.total, loss)
+            except TrainingCancelled:
+                stop = True
+        if self.world > 1:  # every process must leave the loop together, or the others hang in all-reduce
+            flag = torch.tensor([float(stop)], device=self.backend.device)
+            stop = bool(self.accelerator.reduce(flag, "sum") > 0)
+        return stop
+
+    def checkpoint(self) -> None:
+        """Write the resumable checkpoint of the steps done (when checkpoints are on); all processes wait."""
+        if self.main and self.config.checkpoint_every:
+            info = {"config": self.config.to_dict(), "dataset": _fingerprint(self.samples), "world_size": self.world,
+                    "losses": self.losses}
+            save_checkpoint(self.paths.run_dir, self.done, self.adapter.state_dict(), self.optimizer.state_dict(),
+                            info)
+        self.accelerator.wait_for_everyone()
+
+    def finish(self) -> None:
+        """The last checkpoint, the adapter file, and the conditioning gain (skipped after a cancel)."""
+        config, backend = self.config, self.backend
+        self.checkpoint()
+        self.adapter = self.accelerator.unwrap_model(self.step_module).adapter
+        self.metadata = {**self.hooks.metadata, "steps": self.done, "training_config": config.to_dict(),
+                         "base_model": backend.name, "image_encoder": self.encoder.name}
+        if self.cancelled:
+            self.metadata["cancelled_at_step"] = self.done
+        if self.main and self.paths.out_path is not None:
+            self.files["adapter"] = save_adapter(self.adapter.state_dict(), self.paths.out_path, self.metadata)
+        t0 = time.perf_counter()
+        if config.validation and not self.cancelled:
+            self.gain = self._validate()
+        self.times.validation = time.perf_counter() - t0
+
+    def _validate(self) -> dict[str, Any] | None:
+        config = self.config
+        log.info("Validating: conditioning gain over %d image(s) x %d timestep(s), one UNet call each "
+                 "(--no-validation skips it).", min(len(self.samples), config.validation_max_images),
+                 len(config.validation_timesteps))
+        self.backend.attach(self.adapter)
+        try:
+            return conditioning_gain(self.adapter, self.backend, self.data, config, self.accelerator.autocast,
+                                     self.hooks.validation_progress)
+        except TrainingCancelled:
+            log.warning("Validation cancelled; the adapter is saved, the report has no conditioning gain.")
+            return None
+        finally:
+            self.backend.detach()
+
+    def report(self) -> TrainResult:
+        """Write report.json and loss.png (main process) and return the run's result."""
+        out_path = self.paths.out_path
+        run = {"random_weights": bool(self.hooks.metadata.get("random_weights", False)),
+               "config": self.config.to_dict(), "steps": self.done, "total_steps": self.total,
+               "cancelled": self.cancelled, "losses": self.losses, "precision": self.accelerator.mixed_precision,
+               "frozen_dtype": str(self.backend.dtype).replace("torch.", ""), "world_size": self.world,
+               "conditioning_gain": self.gain, "base_model": self.backend.name, "image_encoder": self.encoder.name,
+               "adapter": str(out_path) if out_path else None}
+        report = training_report(run, self.times, self.config.batch_size * self.world, self.backend.device,
+                                 self.hooks.report_extra)
+        if self.main:
+            self.files.update(write_report(self.paths.run_dir, report, self.losses))
+        return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
+                           self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
+
+
+_PATH_FIELDS = ("out_path", "resume")
+_HOOK_FIELDS = ("callbacks", "encode_progress", "validation_progress", "after_encode", "metadata", "report_extra")
 
 
 def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,
-          run_dir: Path, out_path: Path | None = None, init_adapter: Path | IPAdapter | None = None,
-          resume: Path | None = None,
-          callbacks: Sequence[StepCallback] = (), encode_progress: Progress | None = None,
-          metadata: dict[str, Any] | None = None, accelerator=None,
-          after_encode: Callable[[], None] | None = None, report_extra: dict[str, Any] | None = None,
-          validation_progress: Progress | None = None) -> TrainResult:
-    """Train an adapter on `samples`; save it to `out_path` and write report.json/loss.png in `run_dir`.
+          paths: RunPaths | Path | str, hooks: RunHooks | None = None, *, init_adapter: Path | IPAdapter | None = None,
+          accelerator=None, **fields: Any) -> TrainResult:
+    """Train an adapter on `samples`; save it to `paths.out_path` and write report.json/loss.png in `paths.run_dir`.
 
-    `after_encode` runs once the dataset is encoded: from then on the loop needs only the UNet, so a
-    caller that owns the VAE and the encoders can free them there. `report_extra` adds the caller's own
-    figures (model load time, data set summary) to report.json. `validation_progress(done, total)` follows
-    the validation phase (one call per UNet call); a `TrainingCancelled` from it skips the rest of validation.
+    `paths` may also be the run folder alone, and the fields of `RunPaths` and `RunHooks` may be given as
+    keyword arguments (`out_path=`, `resume=`, `callbacks=`, `encode_progress=`, ...), as callers wrote
+    them before the run had phases.
     """
-    config.validate()
-    run_dir = Path(run_dir)
-    wall_start = time.perf_counter()
-    accelerator = accelerator or make_accelerator(config, backend.device, backend.dtype)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
-
-    if resume is not None:
-        _check_resume(Path(resume), config, samples)
-    adapter = build_adapter(backend, encoder, config, init_adapter).to(backend.device)
-    t0 = time.perf_counter()
-    data = encode_dataset(samples, backend, encoder, config, encode_progress)
-    encode_seconds = time.perf_counter() - t0
-    if after_encode is not None:
-        after_encode()
-    if config.gradient_checkpointing:
-        backend.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    total = config.total_steps(len(samples), world)
-    start, losses = (0, [])
-    if resume is not None:
-        start, losses = _restore(Path(resume), adapter, optimizer)
-    step_module, optimizer = accelerator.prepare(_StepModule(adapter, backend), optimizer)
-    info = {"config": config.to_dict(), "dataset": _fingerprint(samples), "world_size": world}
-
-    def checkpoint(step: int) -> None:
-        if main and config.checkpoint_every:
-            save_checkpoint(run_dir, step, adapter.state_dict(), optimizer.state_dict(), {**info, "losses": losses})
-        accelerator.wait_for_everyone()
-
-    backend.attach(adapter)
-    step_times: list[float] = []
-    train_start = time.perf_counter()
-    done, cancelled = start, False
-    try:
-        for step in range(start, total):
-            tick = time.perf_counter()
-            gen = torch.Generator().manual_seed(_seed(config.seed, step, rank))
-            batch = _make_batch(data, _batch_indices(step, len(samples), config, rank, world), gen, config,
-                                backend.alphas_cumprod)
-            batch = {k: v.to(backend.device) for k, v in batch.items()}
-            with accelerator.autocast():
-                pred = step_module(batch["noisy"], batch["t"], batch["text"], batch["feats"])
-            loss = F.mse_loss(pred.float(), batch["noise"])
-            loss_value = float(accelerator.gather(loss.detach().reshape(1)).mean())
-            if not math.isfinite(loss_value):
-                last = (step // config.checkpoint_every) * config.checkpoint_every if config.checkpoint_every else 0
-                raise TrainingDiverged(
-                    f"The loss became {loss_value} at step {step + 1}: training stopped, the last good checkpoint "
-                    f"(step {last}) in {run_dir} is kept; lower the learning rate or train in fp32/bf16.")
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            losses.append(loss_value)
-            step_times.append(time.perf_counter() - tick)
-            stop = False
-            if main:
-                try:
-                    for callback in callbacks:
-                        callback(done, total, loss_value)
-                except TrainingCancelled:
-                    stop = True
-            if world > 1:  # every process must leave the loop together, or the others hang in all-reduce
-                stop = bool(accelerator.reduce(torch.tensor([float(stop)], device=backend.device), "sum") > 0)
-            if stop:
-                raise TrainingCancelled()
-            if config.checkpoint_every and done % config.checkpoint_every == 0 and done < total:
-                checkpoint(done)
-    except (TrainingCancelled, KeyboardInterrupt):
-        cancelled = True
-        log.warning("Training cancelled after %d of %d steps; saving the adapter trained so far.", done, total)
-    finally:
-        backend.detach()
-
-    training_seconds = time.perf_counter() - train_start  # steps plus checkpoints
-    checkpoint(done)
-    adapter = accelerator.unwrap_model(step_module).adapter
-    meta = {**(metadata or {}), "steps": done, "training_config": config.to_dict(),
-            "base_model": backend.name, "image_encoder": encoder.name}
-    if cancelled:
-        meta["cancelled_at_step"] = done
-    files: dict[str, Path] = {}
-    if main and out_path is not None:
-        files["adapter"] = save_adapter(adapter.state_dict(), Path(out_path), meta)
-    gain, t0 = None, time.perf_counter()
-    if config.validation and not cancelled:
-        log.info("Validating: conditioning gain over %d image(s) x %d timestep(s), one UNet call each "
-                 "(--no-validation skips it).", min(len(samples), config.validation_max_images),
-                 len(config.validation_timesteps))
-        backend.attach(adapter)
-        try:
-            gain = conditioning_gain(adapter, backend, data, config, accelerator.autocast, validation_progress)
-        except TrainingCancelled:
-            log.warning("Validation cancelled; the adapter is saved, the report has no conditioning gain.")
-        finally:
-            backend.detach()
-    validation_seconds = time.perf_counter() - t0
-    new_times = step_times[1:] or step_times  # the first step pays one-off warm-up costs
-    sec = median(new_times) if new_times else None
-    report = {
-        "random_weights": bool((metadata or {}).get("random_weights", False)),
-        "config": config.to_dict(), "steps": done, "total_steps": total, "cancelled": cancelled,
-        "losses": losses, "seconds_per_step": sec,
-        "mean_seconds_per_step": sum(new_times) / len(new_times) if new_times else None,
-        "images_per_second": config.batch_size * world / sec if sec else None,
-        "encode_seconds": encode_seconds, "training_seconds": training_seconds,
-        "validation_seconds": validation_seconds, "wall_seconds": time.perf_counter() - wall_start,
-        "peak_memory": peak_memory(backend.device), "device": device_description(backend.device),
-        "precision": accelerator.mixed_precision, "frozen_dtype": str(backend.dtype).replace("torch.", ""),
-        "world_size": world, "conditioning_gain": gain, "base_model": backend.name,
-        "image_encoder": encoder.name, "adapter": str(out_path) if out_path else None,
-        **(report_extra or {}),
-    }
-    if main:
-        files.update(write_report(run_dir, report, losses))
-    return TrainResult(adapter.cpu(), done, total, cancelled, losses, report, run_dir,
-                       Path(out_path) if out_path else None, files, file_metadata(adapter.spec, meta))
+    unknown = sorted(set(fields) - set(_PATH_FIELDS) - set(_HOOK_FIELDS))
+    if unknown:
+        raise TypeError(f"train() got unexpected keyword arguments: {', '.join(unknown)}")
+    if not isinstance(paths, RunPaths):
+        paths = RunPaths(Path(paths))
+    paths = RunPaths(paths.run_dir, fields.get("out_path", paths.out_path), fields.get("resume", paths.resume))
+    hooks = hooks or RunHooks()
+    given = {k: v for k, v in fields.items() if k in _HOOK_FIELDS and v is not None}
+    if given:
+        hooks = RunHooks(**{**{k: getattr(hooks, k) for k in _HOOK_FIELDS}, **given})
+    return TrainingRun(backend, encoder, RunPlan.check(config, samples, paths), hooks, init_adapter, accelerator).run()

@@ -1,13 +1,16 @@
-"""The training loop on micro random-weight models: it learns, saves, resumes, cancels and stops on NaN."""
+"""The training loop on micro random-weight models: it learns, saves, resumes, cancels and stops on NaN,
+runs in one process without accelerate's global state, and checks settings and a resume before the models load."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import micro_clip, micro_sd15
+from conftest import SAMPLES, micro_clip, micro_sd15, run_cli, train_args
 from ipadapter_train.api import train_in_memory
 from ipadapter_train.clip_features import CLIPFeatureEncoder
 from ipadapter_train.config import TrainConfig
@@ -110,12 +113,26 @@ def test_cancel_keeps_a_loadable_adapter(tmp_path, samples):
     assert json.loads((tmp_path / "a-run" / "checkpoint" / "state.json").read_text())["step"] == 1
 
 
+def test_ctrl_c_is_a_cancel(tmp_path, samples):
+    def interrupt(step, total, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    result = run(tmp_path, samples, cfg(checkpoint_every=0), callbacks=[interrupt])
+    assert result.cancelled and result.steps_done == 2 and len(result.losses) == 2
+    assert load_adapter(tmp_path / "a.safetensors")[1]["cancelled_at_step"] == "2"
+    assert json.loads((tmp_path / "a-run" / "report.json").read_text())["cancelled"] is True
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
-    with pytest.raises(TrainingDiverged, match="step"):
+    with pytest.raises(TrainingDiverged, match="step") as raised:
         run(tmp_path, samples, cfg(max_steps=20, learning_rate=1e30, checkpoint_every=1))
     state = json.loads((tmp_path / "a-run" / "checkpoint" / "state.json").read_text())
     assert all(v == v and abs(v) != float("inf") for v in state["losses"])  # only finite losses were kept
-    assert not (tmp_path / "a.safetensors").exists()
+    # the message names the checkpoint that is kept: the last step before the bad one
+    bad, kept = map(int, re.search(r"at step (\d+).*\(step (\d+)\)", str(raised.value)).groups())
+    assert kept == state["step"] == bad - 1 == len(state["losses"])
+    assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "a-run" / "report.json").exists()
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, samples, monkeypatch):
@@ -127,6 +144,44 @@ def test_resume_with_other_settings_is_refused(tmp_path, samples, monkeypatch):
     monkeypatch.setattr(DiffusersBackend, "encode_latents", no_encoding)
     with pytest.raises(IPAdapterError, match="other settings"):
         run(tmp_path, samples, cfg(max_steps=4, learning_rate=5e-4), resume=tmp_path / "a-run")
+
+
+def test_from_files_a_resume_of_other_images_is_refused_before_the_models_load(tmp_path, samples, models, monkeypatch):
+    from ipadapter_train import api, sd15
+
+    run(tmp_path, samples, cfg(max_steps=2))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a refused resume must not load the models first")
+
+    monkeypatch.setattr(sd15, "load_sd15", no_loading)
+    with pytest.raises(IPAdapterError, match="other images or captions"):
+        api.train_adapter(SAMPLES, models["sd"], models["clip"], tmp_path / "b.safetensors", cfg(max_steps=4),
+                          resume=tmp_path / "a-run", prompt="another caption for every image", device="cpu")
+    assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_a_cli_resume_reads_state_json_once_and_checks_the_settings_once(tmp_path, models, monkeypatch):
+    out = tmp_path / "r.safetensors"
+    assert run_cli(*train_args(models, out, "--max-steps", "2", "--checkpoint-every", "1")).returncode == 0
+    reads, validations = [], []
+    read_text, validate = Path.read_text, TrainConfig.validate
+
+    def counting_read(self, *args, **kwargs):
+        if self.name == "state.json":
+            reads.append(self)
+        return read_text(self, *args, **kwargs)
+
+    def counting_validate(self):
+        validations.append(self)
+        return validate(self)
+
+    monkeypatch.setattr(Path, "read_text", counting_read)
+    monkeypatch.setattr(TrainConfig, "validate", counting_validate)
+    r = run_cli(*train_args(models, out, "--max-steps", "3", "--resume", str(tmp_path / "r-run")))
+    assert r.returncode == 0, r.stderr
+    assert len(reads) == 1 and len(validations) == 1
+    assert json.loads((tmp_path / "r-run" / "report.json").read_text())["steps"] == 3
 
 
 def test_conditioning_gain_is_reported(tmp_path, samples):
@@ -269,3 +324,137 @@ def test_backward_stops_at_the_first_adapter_layer(tmp_path, samples):
             h.remove()
     assert needs_grad == {"conv_in": {False}, "first resnet": {False}, "first attn1": {False},
                           "first adapter layer": {True}, "conv_out": {True}}
+
+
+def test_the_same_seed_gives_the_same_adapter_whatever_the_process_drew_before():
+    from ipadapter_train.adapter_init import build_adapter
+
+    backend, encoder = DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
+    torch.manual_seed(1)
+    first = build_adapter(backend, encoder, cfg(seed=7)).state_dict()
+    torch.manual_seed(2)
+    torch.rand(10)
+    second = build_adapter(backend, encoder, cfg(seed=7)).state_dict()
+    assert all(torch.equal(v, second[k]) for k, v in first.items())
+    other = build_adapter(backend, encoder, cfg(seed=8)).state_dict()
+    assert not torch.equal(first["image_proj.proj.weight"], other["image_proj.proj.weight"])
+    # and the caller's own random stream is left as it was
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    build_adapter(backend, encoder, cfg(seed=7))
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_a_single_process_run_leaves_accelerates_global_state_alone(tmp_path, samples):
+    """A ComfyUI server trains in its own process: a run there must not set accelerate's process-wide state."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    result = run(tmp_path, samples, cfg(max_steps=2, validation=True, validation_timesteps=(500,)))
+    assert result.steps_done == 2 and result.report["conditioning_gain"] is not None
+    assert AcceleratorState._shared_state == {} and PartialState._shared_state == {}
+
+
+@pytest.mark.parametrize("precision", ["no", pytest.param("bf16", marks=pytest.mark.skipif(
+    not cpu_has_bf16(), reason="this CPU has no native bf16"))])
+def test_one_process_trains_exactly_what_accelerate_trains(tmp_path, samples, precision):
+    """The one-process stand-in keeps accelerate's semantics: autocast, fp32 outputs, the same weights."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from ipadapter_train.trainer import RunPaths, train
+
+    config = cfg(max_steps=3, mixed_precision=precision, flip=True, validation=True, validation_timesteps=(500,))
+    ours = run(tmp_path, samples, config, name="ours")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    try:
+        theirs = train(DiffusersBackend(micro_sd15(), "cpu", dtype), CLIPFeatureEncoder(micro_clip(), "cpu", dtype),
+                       samples, config, RunPaths(tmp_path / "theirs-run"),
+                       accelerator=Accelerator(mixed_precision=precision, cpu=True))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert ours.report["precision"] == theirs.report["precision"] == precision
+    assert ours.losses == theirs.losses
+    assert ours.report["conditioning_gain"] == theirs.report["conditioning_gain"]
+    for key, value in ours.adapter.state_dict().items():
+        assert torch.equal(value, theirs.adapter.state_dict()[key]), key
+
+
+def test_fp16_scales_the_loss_and_skips_a_step_whose_gradients_overflow():
+    """fp16 (GPUs only in training) goes through a GradScaler as with accelerate; checked here on the CPU."""
+    from ipadapter_train.local_accelerator import LocalAccelerator
+
+    accelerator = LocalAccelerator("fp16", "cpu")
+    model, reference = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
+    reference.load_state_dict(model.state_dict())
+    prepared, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=0.1))
+    plain = torch.optim.AdamW(reference.parameters(), lr=0.1)
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    with accelerator.autocast():
+        y = prepared(x)
+    assert y.dtype == torch.float32  # outputs come back in fp32, as accelerate's prepared models give them
+    accelerator.backward(y.pow(2).mean())
+    optimizer.step()
+    optimizer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.float16):
+        reference(x).float().pow(2).mean().backward()
+    plain.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(ours, theirs)  # the scale is undone before the step
+    before, scale = model.weight.detach().clone(), accelerator.scaler.get_scale()
+    with accelerator.autocast():
+        y = prepared(x * 1e30)  # inf in fp16
+    accelerator.backward(y.pow(2).mean())
+    optimizer.step()
+    assert torch.equal(model.weight, before) and accelerator.scaler.get_scale() < scale
+
+
+def test_the_hooks_follow_every_phase_and_a_validation_cancel_keeps_the_adapter(tmp_path, samples):
+    from ipadapter_train.trainer import RunHooks, RunPaths, train
+
+    seen = {"encode": [], "steps": [], "after_encode": 0, "validation": []}
+
+    def validating(done, total):
+        seen["validation"].append((done, total))
+        if done == 1:
+            raise TrainingCancelled()
+
+    def after_encode():
+        assert seen["encode"] and not seen["steps"]  # between encoding and the first step
+        seen["after_encode"] += 1
+
+    hooks = RunHooks(callbacks=[lambda step, total, loss: seen["steps"].append((step, total))],
+                     encode_progress=lambda done, total: seen["encode"].append((done, total)),
+                     validation_progress=validating, after_encode=after_encode,
+                     metadata={"note": "from the caller"}, report_extra={"caller_figure": 1.5})
+    config = cfg(max_steps=2, validation=True, validation_timesteps=(300, 700))
+    result = train(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip()), samples, config,
+                   RunPaths(tmp_path / "h-run", tmp_path / "h.safetensors"), hooks)
+    assert seen["steps"] == [(1, 2), (2, 2)] and seen["after_encode"] == 1
+    assert seen["encode"][-1][0] == seen["encode"][-1][1]
+    assert seen["validation"][0] == (1, 2 * len(samples))  # stopped at the first call of 2 timesteps x 5 images
+    assert len(seen["validation"]) == 1
+    assert not result.cancelled and result.report["conditioning_gain"] is None
+    assert result.report["caller_figure"] == 1.5
+    _, meta = load_adapter(tmp_path / "h.safetensors")
+    assert meta["note"] == "from the caller" and meta["steps"] == "2"
+
+
+def test_one_fit_check_one_sentence_for_fine_tuning_and_generation(tmp_path):
+    """--init-adapter and generate refuse an adapter for another encoder or model family with the same sentence."""
+    from ipadapter_train.adapter import IPAdapter
+    from ipadapter_train.adapter_init import build_adapter
+    from ipadapter_train.generate import Generator
+    from ipadapter_train.layout import adapter_layers
+
+    layers = adapter_layers(micro_sd15().unet.config)
+    cases = {"image embedding is 1024-d, but clip gives 32-d features": IPAdapter.new("base", 1024, 768, layers),
+             "is for a 2048-d cross-attention model, but the UNet of": IPAdapter.new("base", 32, 2048, layers)}
+    for needle, adapter in cases.items():
+        with pytest.raises(IPAdapterError) as fine_tuning:
+            build_adapter(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip(), name="clip"), cfg(), adapter)
+        with pytest.raises(IPAdapterError) as generating:
+            Generator(micro_sd15(), micro_clip(), adapter, adapter_name="The init adapter", encoder_name="clip")
+        assert str(fine_tuning.value) == str(generating.value)
+        assert needle in str(generating.value)
