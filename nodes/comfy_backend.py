@@ -20,9 +20,10 @@ import comfy.model_sampling
 from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 
 from ..ipadapter_train.adapter import IPAdapter
-from ..ipadapter_train.attention import IPState
+from ..ipadapter_train.ip_attention import IPState
 from ..ipadapter_train.errors import IPAdapterError, TrainingCancelled
 from ..ipadapter_train.layout import AdapterLayer
+from . import checkpointing
 from .attn_patch import ATTN2, TrainingPatch, existing_patch
 from .comfy_layers import attn2_module, comfy_adapter_layers, context_width
 from .images import pils_to_tensor
@@ -78,6 +79,8 @@ class ComfyBackend:
         self._layers = comfy_adapter_layers(model)
         self._options: dict | None = None
         self._grad_flags: dict[str, bool] | None = None
+        self._checkpointing = False
+        self._restore_forwards = None  # set while checkpointing wraps the UNet's layers
 
     def adapter_layers(self) -> list[AdapterLayer]:
         """The UNet's cross-attention layers in file order, each with its attn2 patch key."""
@@ -102,7 +105,7 @@ class ComfyBackend:
 
     def attach(self, adapter: IPAdapter) -> None:
         """Build the transformer options that route every attn2 through the adapter; freeze the UNet."""
-        adapter.check_layers(self._layers, "this MODEL's UNet")
+        adapter.spec.check_layers(self._layers, "this MODEL")
         self._load()
         if self._grad_flags is None:
             self._grad_flags = {n: p.requires_grad for n, p in self.unet.named_parameters()}
@@ -117,11 +120,16 @@ class ComfyBackend:
         replace[ATTN2] = table
         options["patches_replace"] = replace
         self._options = options
+        if self._checkpointing and self._restore_forwards is None:
+            self._restore_forwards = checkpointing.enable(self.unet)
 
     def detach(self) -> None:
-        """Drop the adapter's patches and give the UNet back its requires_grad flags."""
+        """Drop the adapter's patches (and checkpointing) and give the UNet back its requires_grad flags."""
         self._options = None
         self.state.tokens = None
+        if self._restore_forwards is not None:
+            self._restore_forwards()  # the graph's MODEL goes on without checkpointing
+            self._restore_forwards = None
         if self._grad_flags is not None:
             for name, param in self.unet.named_parameters():
                 param.requires_grad_(self._grad_flags.get(name, False))
@@ -175,8 +183,9 @@ class ComfyBackend:
             raise TrainingCancelled() from exc
 
     def enable_gradient_checkpointing(self) -> None:
-        """Not offered in ComfyUI (the node trains without it); logged so a caller sees it was ignored."""
-        log.info("Gradient checkpointing is not used by the ComfyUI back end; training without it.")
+        """Recompute the UNet's block activations during backward instead of keeping them, while the adapter
+        is attached (`checkpointing.py`); the MODEL is left as it was on `detach`."""
+        self._checkpointing = True
 
 
 class ComfyImageEncoder:

@@ -1,13 +1,16 @@
 """The two back ends agree: on the same synthetic single-file SD1.5 and the same adapter weights,
 ComfyUI's model (patched by Apply, or driven by the training back end) and the core's diffusers path
 predict the same noise. Also: weight 0 is the unpatched model, chained Apply patches add up, start/end
-gating, LoRAs on MODEL stay applied, and a mismatched adapter is refused before sampling."""
+gating, LoRAs on MODEL stay applied, a mismatched adapter is refused before sampling, and gradient
+checkpointing in the training back end gives the same gradients and weights while keeping fewer activations."""
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
-from test_nodes_support import comfy_models, comfy_or_skip, diffusers_sd15, pack, random_adapter
+from test_nodes_support import ROOT, comfy_models, comfy_or_skip, diffusers_sd15, pack, random_adapter
 
 comfy_or_skip()
 
@@ -236,3 +239,73 @@ def test_the_full_sd15_unet_config_gives_the_official_key_table():
                      19: (("output", 6), 640), 21: (("output", 7), 640), 23: (("output", 8), 640),
                      25: (("output", 9), 320), 27: (("output", 10), 320), 29: (("output", 11), 320),
                      31: (("middle", 0), 1280)}
+
+
+def backend_step(graph, adapter, inputs, checkpointed, interrupt_before_backward=False):
+    """One forward and backward through the training back end: the adapter's gradients, and the bytes autograd
+    kept for the backward (tensors saved outside checkpointed layers)."""
+    backend_mod = pack("nodes.comfy_backend")
+    adapter = copy.deepcopy(adapter).requires_grad_(True)
+    saved = []
+
+    def keep(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.inference_mode(False):
+        backend = backend_mod.ComfyBackend(graph["model"], graph["clip"], graph["vae"])
+        if checkpointed:
+            backend.enable_gradient_checkpointing()
+        backend.attach(adapter)
+        try:
+            tokens = adapter.project(torch.randn(2, 768, generator=torch.Generator().manual_seed(5)))
+            with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+                eps = backend.predict_noise(inputs["noisy"], inputs["t"], inputs["text"], tokens)
+            if interrupt_before_backward:
+                comfy.model_management.interrupt_current_processing(True)
+            eps.pow(2).mean().backward()
+        finally:
+            backend.detach()
+    return {n: p.grad for n, p in adapter.named_parameters()}, sum(saved)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_fewer_activations(graph, layers, inputs):
+    checkpointing = pack("nodes.checkpointing")
+    adapter = random_adapter("base", 768, layers, seed=3)
+    plain, plain_bytes = backend_step(graph, adapter, inputs, checkpointed=False)
+    ckpt, ckpt_bytes = backend_step(graph, adapter, inputs, checkpointed=True)
+    # every layer's recompute found its own adapter layer (each has other weights), so the gradients agree
+    for name, grad in plain.items():
+        torch.testing.assert_close(ckpt[name], grad, atol=1e-6, rtol=1e-5)
+        assert grad.abs().sum() > 0, name
+    assert ckpt_bytes < 0.5 * plain_bytes, (ckpt_bytes, plain_bytes)
+    # the graph's MODEL gets its own forwards back
+    unet = graph["model"].model.diffusion_model
+    assert all("forward" not in layer.__dict__ for layer in checkpointing.checkpointed_layers(unet))
+
+
+def test_a_cancel_during_the_recompute_is_the_cores_cancel(graph, layers, inputs):
+    errors = pack("ipadapter_train.errors")
+    with pytest.raises(errors.TrainingCancelled):
+        backend_step(graph, random_adapter("base", 768, layers), inputs, checkpointed=True,
+                     interrupt_before_backward=True)
+    assert not comfy.model_management.processing_interrupted()  # the flag was consumed by the cancel
+
+
+def test_training_with_gradient_checkpointing_ends_with_the_same_weights(graph, tmp_path):
+    backend_mod = pack("nodes.comfy_backend")
+    core = {name: pack(f"ipadapter_train.{name}") for name in ("config", "data", "trainer")}
+    samples = core["data"].load_image_folder(ROOT / "ipadapter_train" / "assets" / "samples")[0][:3]
+    results = {}
+    for checkpointed in (False, True):
+        config = core["config"].TrainConfig(resolution=64, max_steps=3, checkpoint_every=0, mixed_precision="no",
+                                            validation=False, seed=3, gradient_checkpointing=checkpointed)
+        with torch.inference_mode(False):
+            backend = backend_mod.ComfyBackend(graph["model"], graph["clip"], graph["vae"])
+            encoder = backend_mod.ComfyImageEncoder(graph["clip_vision"])
+            results[checkpointed] = core["trainer"].train(backend, encoder, samples, config,
+                                                          core["trainer"].RunPaths(tmp_path / str(checkpointed)))
+    plain, ckpt = results[False].adapter.state_dict(), results[True].adapter.state_dict()
+    assert results[False].losses == pytest.approx(results[True].losses, rel=1e-5)
+    for key, value in plain.items():
+        torch.testing.assert_close(ckpt[key], value, atol=1e-6, rtol=1e-5)
