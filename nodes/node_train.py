@@ -43,6 +43,7 @@ class TrainIPAdapter(io.ComfyNode):
 
     Cancel (the Cancel button or POST /interrupt) stops within one step; the node then returns the
     adapter trained so far instead of failing, so the rest of the graph (Save, Apply) still runs with it.
+    A cancel while the images are still being encoded ends the prompt as interrupted: nothing is trained.
     """
 
     @classmethod
@@ -52,7 +53,8 @@ class TrainIPAdapter(io.ComfyNode):
             display_name="Train IP-Adapter",
             category=CATEGORY,
             description="Train an IP-Adapter on the loaded checkpoint (no second copy; LoRAs on MODEL stay "
-                        "applied). Cancel returns the adapter trained so far and the graph continues with it.",
+                        "applied). Cancel returns the adapter trained so far and the graph continues with it "
+                        "(while the images are still being encoded, it stops the prompt: nothing is trained yet).",
             inputs=[
                 io.Model.Input("model", tooltip="The SD1.5 MODEL to train against, from Load Checkpoint "
                                                 "(LoRAs already applied to it stay applied). It stays frozen."),

@@ -103,9 +103,11 @@ def _forget_old_runs() -> None:
 class RunReporter:
     """Encode, step and validation callbacks for one Train run: progress bar, events, run state, cancel.
 
-    Cancel never lets ComfyUI's InterruptProcessingException out of the node: it becomes the core's
-    `TrainingCancelled` at the next step (or validation call), so the trainer stops and the node returns
-    the adapter trained so far. A cancel during encoding stops after the first step.
+    Once training has started, cancel never lets ComfyUI's InterruptProcessingException out of the node: it
+    becomes the core's `TrainingCancelled` at the next step (or validation call), so the trainer stops and
+    the node returns the adapter trained so far. A cancel while the images are encoded (which takes
+    minutes on a CPU) stops at the next image and lets the interrupt through: nothing is trained yet, so
+    ComfyUI ends the prompt as interrupted, as its own nodes do.
 
     The ETA covers the rest of the node's work: the remaining steps and the validation after them. It is
     None until a step has been measured on its own: the first step also pays the set-up after encoding
@@ -178,6 +180,8 @@ class RunReporter:
         """Encode progress (images through VAE and CLIP vision): the bar counts images."""
         self._phase("encoding", done, total)
         self._update_bar(done, total)
+        if self.cancel_requested:
+            raise comfy.model_management.InterruptProcessingException()
         if done >= total:
             # the captions are encoded and the optimizer is set up before the first step: no ETA yet
             self._phase("training", 0, self.total)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+import comfy.model_management
 import folder_paths
 
 from ..ipadapter_train.adapter import IPAdapter
@@ -113,11 +114,23 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
                            validation_progress=reporter.validating,
                            metadata={"dataset_images": len(samples), "trained_with": "ComfyUI node pack"})
         cancelled, failed = result.cancelled, False
+    except comfy.model_management.InterruptProcessingException:
+        cancelled, failed = True, False  # cancelled before the first step: the prompt stops, nothing was trained
+        raise
     finally:
         reporter.finish(cancelled, failed)
+        _remove_if_empty(run_dir)
     adapter = result.adapter.eval().requires_grad_(False)
     adapter.metadata = result.metadata
     return adapter, result
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """A run that stopped before writing anything leaves no empty folder behind in output/."""
+    try:
+        run_dir.rmdir()
+    except OSError:  # not empty (the run's files, or a checkpoint of a failed run): keep what is there
+        pass
 
 
 def report_text(result: TrainResult) -> str:

@@ -285,6 +285,28 @@ def test_cancel_during_validation_keeps_the_whole_adapter_without_a_gain(graph, 
     assert phases[-1] == ("validating", 2)  # it stopped after the call that saw the cancel
 
 
+def test_cancel_while_encoding_stops_the_prompt_at_the_next_image(graph, dataset, server, output_dir):
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        if total == 3 and value == 1:  # the first of the 3 images is encoded (the run has 4 steps)
+            comfy.model_management.interrupt_current_processing(True)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(comfy.model_management.InterruptProcessingException):
+            train(graph, dataset, steps=4, node="12", prompt="p-enc")
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    phases = [(d["phase"], d["done"]) for e, d, _ in server.sent if e == "ipadapter_train.phase"]
+    assert phases == [("encoding", 0), ("encoding", 1)]  # not the other 2 images, no training
+    assert [d for e, d, _ in server.sent if e == "ipadapter_train.progress"] == []
+    done = [d for e, d, _ in server.sent if e == "ipadapter_train.done"]
+    assert [(d["steps"], d["cancelled"], d["failed"]) for d in done] == [(0, True, False)]
+    assert not comfy.model_management.processing_interrupted()
+    assert not any((output_dir / "ipadapter_train").iterdir())  # no empty run folder left behind
+
+
 def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset):
     runs = pack("nodes.runs")
     original = runs.RunReporter.step
