@@ -374,6 +374,21 @@ def resize_short_side(image: Image.Image, size: int, multiple: int = 8) -> Image
     return image.resize(target, Image.Resampling.LANCZOS)
 
 
+def limit_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
+    """Centre-crop the long side to at most `max_aspect` times the short side; other images pass untouched."""
+    if max_aspect < 1:
+        raise ValueError(f"max_aspect must be at least 1, got {max_aspect}")
+    width, height = image.size
+    keep = int(min(width, height) * max_aspect)
+    if max(width, height) <= keep:
+        return image
+    if width > height:
+        left = (width - keep) // 2
+        return image.crop((left, 0, left + keep, height))
+    top = (height - keep) // 2
+    return image.crop((0, top, width, top + keep))
+
+
 def center_crop(image: Image.Image, size: int) -> Image.Image:
     """Cut the central `size` x `size` square; the image must be at least that large."""
     width, height = image.size

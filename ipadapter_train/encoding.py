@@ -2,23 +2,33 @@
 are on), CLIP image features and text embeddings. The training step never calls an encoder.
 
 Random crops are taken in latent space: each image is resized so its short side is the training
-resolution and encoded whole, and a step crops a `resolution / 8` window of the latents. This keeps
-the encode-once guarantee with random crops; the CLIP features come from the whole image, as in the
+resolution and encoded, and a step crops a `resolution / 8` window of the latents. This keeps the
+encode-once guarantee with random crops; the CLIP features come from the whole image, as in the
 reference recipe (which feeds the raw image to CLIP, not the training crop).
+
+What is encoded is bounded: an image wider (or taller) than `MAX_ASPECT`:1 is first centre-cropped
+to that ratio, so the VAE never sees more than `MAX_ASPECT` squares of the training resolution.
+The VAE's memory grows with the pixels it encodes, so without the bound one 6000x600 panorama at
+512 px needed over 9 GB, three times a square photo; with it, peak memory no longer depends on an
+image's aspect ratio. Random crops keep their full range on every usual photo (4:3, 3:2, 16:9 and 2:1
+are all within the bound); a panorama trains on its central 2:1 part.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
+from PIL import Image
 
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
-from .data import Sample, hflip, resize_short_side, to_tensor
+from .data import Sample, hflip, limit_aspect, resize_short_side, to_tensor
 
 log = logging.getLogger(__name__)
+
+MAX_ASPECT = 2  # the long side encoded is at most this many times the short side (see the module docstring)
 
 Progress = Callable[[int, int], None]
 
@@ -43,6 +53,14 @@ class EncodedDataset:
         return len(self.latent_mean)
 
 
+def encoded_view(image: Image.Image, resolution: int) -> Image.Image:
+    """The part of an image the VAE encodes: at most `MAX_ASPECT`:1, centred, short side `resolution`.
+
+    Cropped before the resize, so the resize too costs no more for a panorama than for a 2:1 photo.
+    """
+    return resize_short_side(limit_aspect(image, MAX_ASPECT), resolution)
+
+
 def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder: ImageFeatureEncoder,
                    config: TrainConfig, progress: Progress | None = None) -> EncodedDataset:
     """Encode every sample once; `progress(done, total)` is called after each image."""
@@ -50,7 +68,7 @@ def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder
     means, stds, fmeans, fstds, feats, ffeats = [], [], [], [], [], []
     total = len(samples)
     for i, sample in enumerate(samples):
-        image = resize_short_side(sample.image, config.resolution)
+        image = encoded_view(sample.image, config.resolution)
         views = [image, hflip(image)] if flips else [image]
         mean, std = backend.encode_latents(torch.stack([to_tensor(v) for v in views]))
         means.append(mean[0])

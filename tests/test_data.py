@@ -16,6 +16,7 @@ from ipadapter_train.data import (
     Sample,
     center_crop,
     hflip,
+    limit_aspect,
     load_image,
     load_image_folder,
     resize_short_side,
@@ -363,6 +364,20 @@ def test_resize_short_side(size_in, short, expected):
 def test_resize_long_side_never_below_short_side():
     out = resize_short_side(Image.new("RGB", (101, 100)), 100, multiple=8)
     assert min(out.size) == 100 and max(out.size) >= 100
+
+
+def test_limit_aspect_keeps_the_centre_of_a_panorama_and_passes_usual_photos():
+    wide = Image.new("RGB", (1000, 100), BLUE)
+    wide.paste(RED, (450, 0, 550, 100))
+    cropped = limit_aspect(wide, 2)
+    assert cropped.size == (200, 100)
+    assert cropped.getpixel((100, 50)) == RED and cropped.getpixel((0, 50)) == BLUE
+    assert limit_aspect(Image.new("RGB", (60, 700)), 2).size == (60, 120)
+    for size in ((400, 300), (300, 450), (1600, 900), (200, 100)):
+        photo = Image.new("RGB", size)
+        assert limit_aspect(photo, 2) is photo
+    with pytest.raises(ValueError, match="at least 1"):
+        limit_aspect(wide, 0.5)
 
 
 def test_center_crop_takes_the_middle():

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, run_cli, train_args
+from conftest import ROOT, SAMPLES, micro_clip, micro_sd15, run_cli, train_args
 from ipadapter_train.data import load_image_folder
 from ipadapter_train.errors import IPAdapterError
 
@@ -167,3 +170,63 @@ def test_train_accepts_images_as_a_data_json(models, listed_samples, tmp_path):
     report = json.loads((tmp_path / "kit-run" / "report.json").read_text())
     assert report["dataset"]["used"] == ["chelsea.jpg", "coffee.jpg"]
     assert report["dataset"]["captions_from"] == "data.json"
+
+
+# --- a panorama costs no more to encode than a 2:1 photo -------------------------------------------
+
+
+def _encoders():
+    """The micro models' VAE/text back end and CLIP image encoder."""
+    from ipadapter_train.clip_features import CLIPFeatureEncoder
+    from ipadapter_train.diffusers_backend import DiffusersBackend
+
+    return DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
+
+
+def _encode(images, resolution=64, flip=False, encoders=None):
+    from ipadapter_train.config import TrainConfig
+    from ipadapter_train.data import Sample
+    from ipadapter_train.encoding import encode_dataset
+
+    samples = [Sample(path=Path(f"{i}.png"), image=im, caption="x") for i, im in enumerate(images)]
+    config = TrainConfig(resolution=resolution, mixed_precision="no", flip=flip)
+    return encode_dataset(samples, *(encoders or _encoders()), config)
+
+
+def test_wide_and_tall_images_are_encoded_as_their_central_two_to_one_part():
+    wide = Image.new("RGB", (1280, 64), (0, 0, 255))
+    wide.paste((255, 0, 0), (576, 0, 704, 64))  # a red band in the middle survives the crop
+    tall = Image.new("RGB", (64, 1280), (0, 255, 0))
+    usual = Image.new("RGB", (128, 96))  # 4:3 keeps its whole width: random crops keep their full range
+    data = _encode([wide, tall, usual], flip=True)
+    assert [tuple(m.shape) for m in data.latent_mean] == [(4, 8, 16), (4, 16, 8), (4, 8, 11)]
+    assert [tuple(m.shape) for m in data.flip_mean] == [(4, 8, 16), (4, 16, 8), (4, 8, 11)]
+
+
+MEMORY_CHECK = textwrap.dedent("""
+    import re, resource, sys
+    import torch
+    sys.path.insert(0, {tests!r})
+    from PIL import Image
+    from test_faults_data import _encode, _encoders
+    torch.set_num_threads(1)
+    models = _encoders()
+    _encode([Image.new("RGB", (1024, 512))], resolution=512, flip=True, encoders=models)  # warm-up
+    vm = int(re.search(r"VmSize:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + {budget}, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    data = _encode([Image.new("RGB", (10240, 512), (200, 30, 30))], resolution=512, flip=True, encoders=models)
+    print("latent", tuple(data.latent_mean[0].shape))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limits are enforced this way on Linux")
+def test_a_twenty_to_one_panorama_encodes_within_the_memory_of_a_two_to_one_photo(tmp_path):
+    # 10240x512 at 512 px: encoded whole, one activation of the micro VAE (both views) takes 671 MB;
+    # its central 1024x512 needs between 100 and 200 MB above the warmed-up process, measured here
+    budget = 450 * 2**20
+    script = MEMORY_CHECK.format(tests=str(ROOT / "tests"), budget=budget)
+    env = {"PATH": "/usr/bin:/bin", "MALLOC_ARENA_MAX": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "latent (4, 64, 128)" in r.stdout
