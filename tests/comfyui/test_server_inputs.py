@@ -1,17 +1,21 @@
 """What a client of a real ComfyUI server can make the pack read and write, checked through POST /prompt:
 Load Training Images reads only folders inside the server's input folder (absolute paths only when the
 server's owner started it with IPADAPTER_TRAIN_ALLOW_ANY_FOLDER=1), and Save refuses a taken name when
-the graph is queued, then shows the path it wrote in the node's output (/history). The template browser
-gets the shipped workflows under names that say what they do.
+the graph is queued, then shows the path it wrote in the node's output (/history). A data.json uploaded
+through ComfyUI's own /upload/image cannot make the loader read a file outside its folder. The template
+browser gets the shipped workflows under names that say what they do.
 
 No SD models are needed: the graphs end in ComfyUI's own Preview as Text / Preview Image nodes.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import urllib.error
 import urllib.parse
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -94,6 +98,47 @@ def test_a_folder_inside_input_loads_at_the_images_own_size(comfy, layout):
     preview = entry["outputs"]["3"]["images"][0]
     with Image.open(comfy.base / preview["type"] / preview["subfolder"] / preview["filename"]) as shown:
         assert shown.size == (96, 80)  # no resize by the loader: Train's resolution is the only size knob
+
+
+def upload(server: ComfyServer, subfolder: str, name: str, data: bytes) -> dict:
+    """POST a file to ComfyUI's own /upload/image into input/<subfolder>, as its web page does (multipart)."""
+    boundary = f"----ipt{uuid.uuid4().hex}"
+    fields = [("subfolder", subfolder), ("type", "input"), ("overwrite", "true")]
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+                    for key, value in fields)
+    body += (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(server.url + "/upload/image", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read())
+
+
+def test_an_uploaded_data_json_cannot_make_the_server_read_a_file_outside_the_folder(comfy):
+    secret = comfy.base / "ipt_secret.png"  # beside input/, as any file on the machine
+    Image.new("RGB", (88, 72), (255, 0, 0)).save(secret)
+    good = io.BytesIO()
+    Image.new("RGB", (96, 80), (0, 0, 255)).save(good, format="PNG")
+    assert upload(comfy, "ipt_upload", "good.png", good.getvalue())["name"] == "good.png"
+    entries = [{"image_file": "good.png", "text": "mine"}, {"image_file": "../../ipt_secret.png", "text": "a"},
+               {"image_file": str(secret), "text": "b"}]
+    upload(comfy, "ipt_upload", "data.json", json.dumps(entries).encode())
+    assert (comfy.base / "input" / "ipt_upload" / "data.json").is_file()
+    entry = succeeded(comfy, load_graph("ipt_upload"))
+    report = entry["outputs"]["2"]["text"][0]
+    assert "1 image(s) used" in report and "2 skipped:" in report
+    assert "  - ../../ipt_secret.png: leads out of the data set's folder" in report
+    assert f"  - {secret}: an absolute path, so it is not read" in report
+    previews = entry["outputs"]["3"]["images"]
+    assert len(previews) == 1  # what /view serves is the uploaded picture only
+    with Image.open(comfy.base / previews[0]["type"] / previews[0]["subfolder"] / previews[0]["filename"]) as shown:
+        assert shown.size == (96, 80) and shown.convert("RGB").getpixel((5, 5)) == (0, 0, 255)
+    # a list of nothing but outside files: the run is refused, naming them
+    upload(comfy, "ipt_upload", "data.json", json.dumps(entries[1:]).encode())
+    entry = comfy.wait(comfy.queue(load_graph("ipt_upload")), 120)
+    errors = status_messages(entry, "execution_error")
+    assert entry["status"]["status_str"] == "error" and "has no usable image" in errors[0]["exception_message"]
+    assert "../../ipt_secret.png (leads out of" in errors[0]["exception_message"]
 
 
 def test_save_refuses_a_taken_name_when_queued_and_shows_the_path_it_wrote(comfy):
