@@ -295,6 +295,20 @@ def test_a_symlink_inside_input_that_leads_out_is_refused_and_not_listed(folders
     assert load_images("link")[0].shape == (1, 80, 96, 3)
 
 
+def test_files_inside_an_input_folder_that_link_out_are_skipped_and_named_in_the_report(folders, no_opt_in):
+    _images(folders / "outside", ["secret"])
+    _images(folders / "input" / "cats", ["a"])
+    try:
+        (folders / "input" / "cats" / "secret.png").symlink_to(folders / "outside" / "secret.png")
+        (folders / "input" / "cats" / "gone.png").symlink_to(folders / "input" / "cats" / "deleted.png")
+    except OSError:
+        pytest.skip("this file system does not allow symlinks")
+    images, captions, report = load_images("cats")
+    assert images.shape[0] == 1 and captions == "caption of a"
+    assert "  - secret.png: leads out of the data set's folder" in report
+    assert "  - gone.png: a broken link: the file it points to does not exist" in report
+
+
 @pytest.mark.parametrize("path", [str(SAMPLES), "/etc", "~", "~/x", "C:\\Users\\x", "C:x", "\\\\server\\share\\x"])
 def test_absolute_paths_are_refused_by_default_naming_the_opt_in(folders, no_opt_in, path):
     with pytest.raises(errors().IPAdapterError) as caught:
