@@ -78,7 +78,10 @@ class LoadTrainingImages(io.ComfyNode):
         try:
             chosen = training_folder(folder, path)
             for entry in sorted(os.scandir(chosen), key=lambda e: e.name):
-                stat = entry.stat()
+                try:
+                    stat = entry.stat()
+                except OSError:  # a dangling or looping link: the link itself still counts, and the rest too
+                    stat = entry.stat(follow_symlinks=False)
                 digest.update(f"{entry.name}:{stat.st_mtime_ns}:{stat.st_size};".encode())
         except (OSError, IPAdapterError):
             pass  # execute reports the problem

@@ -341,6 +341,17 @@ def test_fingerprint_never_looks_outside_the_input_folder(folders, no_opt_in, mo
     assert loader().fingerprint_inputs("", str(outside), "") != allowed
 
 
+def test_a_dangling_link_does_not_stop_the_fingerprint_from_seeing_new_images(folders, no_opt_in):
+    _images(folders / "input" / "cats", ["b"])
+    try:
+        (folders / "input" / "cats" / "a_gone.png").symlink_to(folders / "input" / "cats" / "deleted.png")
+    except OSError:
+        pytest.skip("this file system does not allow symlinks")
+    first = loader().fingerprint_inputs("cats", "", "")
+    Image.new("RGB", (96, 80)).save(folders / "input" / "cats" / "c.png")
+    assert loader().fingerprint_inputs("cats", "", "") != first  # the new image makes the node run again
+
+
 @pytest.mark.parametrize("folder,at_run,at_queue", [("", "No images chosen", "No images chosen"),
                                                     ("missing", "does not exist", "No folder 'missing'"),
                                                     ("empty", "contains no images", None)])
