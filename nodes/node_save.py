@@ -57,8 +57,8 @@ class SaveIPAdapter(io.ComfyNode):
             inputs=[
                 IPAdapterTrain.Input("adapter", tooltip="The adapter to save, e.g. from Train IP-Adapter."),
                 io.String.Input("name", default="my_adapter",
-                                tooltip="File name without folder: letters, digits, spaces, _ - . only; "
-                                        ".safetensors is added."),
+                                tooltip="File name without folder: any letters, digits and signs except "
+                                        "/ \\ < > : \" | ? * and a leading '.'; .safetensors is added."),
                 io.Boolean.Input("overwrite", default=False,
                                  tooltip="Replace an existing file of that name (atomically). Off: an existing "
                                          "name is an error."),
