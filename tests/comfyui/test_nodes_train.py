@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -93,16 +94,27 @@ def bar():
 
 @pytest.fixture(scope="module")
 def trained(graph, dataset, tmp_path_factory):
-    old = folder_paths.output_directory
-    folder_paths.output_directory = str(tmp_path_factory.mktemp("output"))
+    """One run of the node (quick validation), shared by the tests that read its outputs, the events it sent,
+    ComfyUI's bar and the runs route right after it, and its output directory."""
+    runs = pack("nodes.runs")
+    fake, seen = FakeServer(), []
+    output = tmp_path_factory.mktemp("output")
+    old = folder_paths.output_directory, runs.PromptServer, comfy.utils.PROGRESS_BAR_HOOK
+    folder_paths.output_directory = str(output)
+    runs.PromptServer = type("PromptServer", (), {"instance": fake})
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, prompt_id=None, node_id=None: seen.append((value, total, preview is not None)))
     try:
-        yield train(graph, dataset)
-    finally:
-        folder_paths.output_directory = old
+        outputs = train(graph, dataset, node="42", prompt="prompt-a", workflow="wf-a")
+        listed = runs.snapshot()["runs"]
+    finally:  # restored at once: the other tests install their own
+        folder_paths.output_directory, runs.PromptServer = old[:2]
+        comfy.utils.set_progress_bar_global_hook(old[2])
+    return SimpleNamespace(outputs=outputs, server=fake, bar=seen, runs=listed, output=output)
 
 
 def test_train_returns_an_adapter_a_loss_plot_and_a_report(trained, graph):
-    adapter, plot, report = trained
+    adapter, plot, report = trained.outputs
     layers = pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
     assert [n for n, _ in adapter.spec.layers] == [layer.index for layer in layers]
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in adapter.parameters())
@@ -118,7 +130,7 @@ def test_the_trained_adapter_is_used_by_apply_and_ksampler_without_saving(traine
 
     assert hasattr(comfy_nodes, "common_ksampler")
     apply = pack("nodes.node_apply").ApplyIPAdapter
-    adapter = trained[0]
+    adapter = trained.outputs[0]
     image = dataset[0][:2]
     with torch.inference_mode():
         positive = comfy_nodes.CLIPTextEncode().encode(graph["clip"], "a photo")[0]
@@ -143,9 +155,8 @@ def events(server, *names):
     return [(e.rsplit(".", 1)[1], d) for e, d, _ in server.sent if e in names]
 
 
-def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, server, output_dir, bar):
-    runs = pack("nodes.runs")
-    adapter, _, report = train(graph, dataset, node="42", prompt="prompt-a", workflow="wf-a")
+def test_phases_progress_events_runs_state_and_the_run_folder(trained):
+    report, server, bar, output_dir = trained.outputs[2], trained.server, trained.bar, trained.output
     sent = events(server, "ipadapter_train.phase", "ipadapter_train.progress", "ipadapter_train.done")
     assert all(sid is None for _, _, sid in server.sent)  # every page, reloaded ones included
     assert all((d["node"], d["prompt_id"], d["workflow_id"], d["client_id"]) == ("42", "prompt-a", "wf-a", "page-1")
@@ -178,7 +189,7 @@ def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, se
                                                           "client_id": "page-1", "started": started, "steps": STEPS,
                                                           "total": STEPS, "cancelled": False, "failed": False}]
 
-    run = next(r for r in runs.snapshot()["runs"] if (r["prompt_id"], r["node"]) == ("prompt-a", "42"))
+    run = next(r for r in trained.runs if (r["prompt_id"], r["node"]) == ("prompt-a", "42"))
     assert run == {"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a", "client_id": "page-1",
                    "started": started, "phase": "done",
                    "phase_done": calls, "phase_total": calls, "step": STEPS, "total": STEPS,
@@ -195,12 +206,18 @@ def test_phases_progress_events_runs_state_and_the_run_folder(graph, dataset, se
     assert "Conditioning gain" in report.split("\n\n")[0]
 
 
+def first_two(dataset):
+    """The first 2 images and captions: enough to validate (it shuffles), cheaper to encode."""
+    images, captions = dataset
+    return images[:2], "\n".join(captions.split("\n")[:2])
+
+
 def test_validation_off_skips_the_phase_and_the_gain(graph, dataset, server, bar):
-    _, _, report = train(graph, dataset, steps=2, node="43", validation="off")
+    _, _, report = train(graph, first_two(dataset), steps=2, node="43", validation="off")
     sent = events(server, "ipadapter_train.phase", "ipadapter_train.progress")
-    assert [d["phase"] for kind, d in sent if kind == "phase"] == ["encoding"] * 4 + ["training"]
+    assert [d["phase"] for kind, d in sent if kind == "phase"] == ["encoding"] * 3 + ["training"]
     assert [d["eta_seconds"] for kind, d in sent if kind == "progress"] == [None, 0.0]  # nothing left to wait for
-    assert max(total for _, total, _ in bar) == 3  # images, then 2 steps: no validation calls
+    assert max(total for _, total, _ in bar) == 2  # 2 images, then 2 steps: no validation calls (quick: 4)
     summary, full = report.split("\n\n", 1)
     assert "Validation off: no conditioning gain." in summary
     assert json.loads(full)["conditioning_gain"] is None
@@ -267,14 +284,14 @@ def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph
 
 def test_cancel_during_validation_keeps_the_whole_adapter_without_a_gain(graph, dataset, server):
     def hook(value, total, preview, prompt_id=None, node_id=None):
-        if total == 6 and value == 2:  # the second of the 6 validation calls (3 images x 2 timesteps)
+        if total == 4 and value == 2:  # the second of the 4 validation calls (2 images x 2 timesteps)
             comfy.model_management.interrupt_current_processing(True)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     old = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        adapter, _, report = train(graph, dataset, steps=2, node="11")
+        adapter, _, report = train(graph, first_two(dataset), steps=2, node="11")
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
     summary, full = report.split("\n\n", 1)
@@ -325,7 +342,7 @@ def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset
 
 
 def test_fine_tuning_an_init_adapter(trained, graph, dataset):
-    init = trained[0]
+    init = trained.outputs[0]
     adapter, _, _ = train(graph, dataset, steps=1, init_adapter=init)
     key = "ip_adapter.1.to_k_ip.weight"
     before, after = init.state_dict()[key], adapter.state_dict()[key]
