@@ -31,7 +31,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_server as bs  # noqa: E402
-from harness import ComfyServer, test_models  # noqa: E402,F401 (fixture)
+from harness import comfy, test_models  # noqa: E402,F401 (fixtures)
 from browser_workflow_api import SHIPPED as SHIPPED_FILES  # noqa: E402
 from browser_workflow_api import editor_to_api, load_workflow, workflow_path  # noqa: E402
 
@@ -46,22 +46,21 @@ SHIPPED = ["train_ip_adapter", "apply_ip_adapter", "train_then_apply", "score"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, test_models):
+def server(comfy):
+    """The session's ComfyUI server (harness.comfy, shared with the server tests: one start-up), with
+    the training pictures in input/."""
     try:
         import playwright  # noqa: F401
     except ImportError:
         pytest.fail("the browser test needs Playwright's Python package: pip install playwright "
                     "(never `playwright install`: the test drives /usr/bin/chromium)")
-    base = tmp_path_factory.mktemp("browser") / "base"
-    (base / "input" / TRAIN_FOLDER).mkdir(parents=True)
+    folder = comfy.base / "input" / TRAIN_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
     for f in sorted(SAMPLES.iterdir())[:6]:  # 3 photos and their captions keep encoding short
         if f.suffix.lower() in (".jpg", ".txt"):
-            shutil.copy(f, base / "input" / TRAIN_FOLDER / f.name)
-    srv = ComfyServer(base, {"checkpoints": [test_models["sd15"]], "clip_vision": [test_models["clip_vision"]]})
-    srv.start()
-    yield srv
-    srv.stop()
-    log = srv.log()
+            shutil.copy(f, folder / f.name)
+    yield comfy
+    log = comfy.log()
     assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
 
 
