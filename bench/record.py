@@ -61,11 +61,26 @@ def peak_cell(memory: dict) -> str:
     return gib(memory["peak_rss_bytes"]) + " RSS"
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(device: str) -> str:
-    """Where a benchmark ran, in one line: CPU, cores, torch, threads, and the GPU when one is used."""
+    """Where a benchmark ran, in one line: CPU model and whether it has native bf16 (the CPU speed figures
+    depend on it), cores, torch, threads, and the GPU when one is used."""
     import torch
 
-    text = f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, " \
+    from ipadapter_train.precision import cpu_has_bf16
+
+    bf16 = "AVX512-BF16/AMX" if cpu_has_bf16() else "no native bf16"
+    text = f"{cpu_name()} ({bf16}), {os.cpu_count()} cores, torch {torch.__version__}, " \
            f"{torch.get_num_threads()} threads"
     if device.startswith("cuda") and torch.cuda.is_available():
         text += f", {torch.cuda.get_device_name(device)}"
