@@ -4,7 +4,7 @@
     <run_dir>/checkpoint/optimizer.safetensors  AdamW moments, flattened as state.<param>.<name>
     <run_dir>/checkpoint/state.json             step, config, losses, param groups, dataset fingerprint
 
-Every random draw of step s is a function of (seed, s, rank) (see trainer.py), so the step number
+Every random draw of step s is a function of (seed, s, rank) (see batches.py), so the step number
 *is* the RNG state: a resumed run draws exactly what an uninterrupted one would have drawn.
 The folder is written beside the old one and swapped in (`weights_io.atomic_write_dir`), so a crash
 leaves the previous checkpoint.

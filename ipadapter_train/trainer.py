@@ -7,8 +7,8 @@
     report   report.json and loss.png, and the `TrainResult`
 
 It knows nothing of any UI: progress and cancellation go through the hooks (`RunHooks`); a step callback
-`callback(step, total, loss)` may raise `TrainingCancelled`. Every random draw of step s comes from a
-generator seeded by (seed, s, rank), so a run stopped and resumed draws exactly what an uninterrupted run
+`callback(step, total, loss)` may raise `TrainingCancelled`. What a step draws is `batches.py`'s: a
+function of (seed, step, rank), so a run stopped and resumed draws exactly what an uninterrupted run
 draws, and `checkpoint.py` needs to store no RNG state beyond the step.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torch import nn
 from .adapter import IPAdapter
 from .adapter_init import build_adapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
+from .batches import batch_indices, make_batch, seed_of
 from .checkpoint import SavedCheckpoint, load_checkpoint, open_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
@@ -88,14 +89,6 @@ class RunHooks:
     report_extra: dict[str, Any] = field(default_factory=dict)  # added to report.json (load time, data set, ...)
 
 
-def _seed(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (stable across runs and machines)."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
-
-
 class _StepModule(nn.Module):
     """What DDP wraps: the adapter's parameters, with the frozen model reached through the backend."""
 
@@ -106,47 +99,6 @@ class _StepModule(nn.Module):
 
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
         return self.backend.predict_noise(noisy, t, text, self.adapter.project(feats))
-
-
-def _batch_indices(step: int, n: int, config: TrainConfig, rank: int, world: int) -> list[int]:
-    """This process's images for a step: a fresh permutation per epoch, wrapping so every rank gets a full batch."""
-    spe = config.steps_per_epoch(n, world)
-    epoch, pos = divmod(step, spe)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_seed(config.seed, epoch, 0xE90C))).tolist()
-    start = pos * config.batch_size * world + rank * config.batch_size
-    return [perm[(start + j) % n] for j in range(config.batch_size)]
-
-
-def _make_batch(data: EncodedDataset, indices: list[int], gen: torch.Generator, config: TrainConfig,
-                alphas: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Latent crop + flip + posterior sample + condition dropout + noise, all from `gen`."""
-    size = config.resolution // 8
-    latents, feats, texts = [], [], []
-    dt, di, db = config.drop_text, config.drop_image, config.drop_both
-    for i in indices:
-        flip = config.flip and bool(torch.rand((), generator=gen) < 0.5)
-        mean = data.flip_mean[i] if flip else data.latent_mean[i]
-        std = data.flip_std[i] if flip else data.latent_std[i]
-        h, w = mean.shape[-2:]
-        if config.random_crop:
-            top = int(torch.randint(0, h - size + 1, (), generator=gen))
-            left = int(torch.randint(0, w - size + 1, (), generator=gen))
-        else:
-            top, left = (h - size) // 2, (w - size) // 2
-        window = (slice(None), slice(top, top + size), slice(left, left + size))
-        latents.append(mean[window] + std[window] * torch.randn((4, size, size), generator=gen))
-        r = float(torch.rand((), generator=gen))
-        drop_text = r < dt or dt + di <= r < dt + di + db
-        drop_image = dt <= r < dt + di + db
-        f = data.flip_features[i] if flip else data.features[i]
-        feats.append(data.dropped_features[0] if drop_image else f)
-        texts.append(data.empty_text[0] if drop_text else data.text[data.text_index[i]])
-    x0 = torch.stack(latents)
-    noise = torch.randn(x0.shape, generator=gen)
-    t = torch.randint(0, len(alphas), (len(indices),), generator=gen)
-    a = alphas[t].view(-1, 1, 1, 1)
-    return {"noisy": a.sqrt() * x0 + (1 - a).sqrt() * noise, "noise": noise, "t": t,
-            "text": torch.stack(texts), "feats": torch.stack(feats)}
 
 
 def _fingerprint(samples: Sequence[Sample]) -> list[str]:
@@ -176,7 +128,7 @@ class RunPlan:
     paths: RunPaths  # `resume`, if any, is the opened and accepted checkpoint
 
     @classmethod
-    def check(cls, config: TrainConfig, samples: Sequence[Sample], paths: RunPaths) -> "RunPlan":
+    def check(cls, config: TrainConfig, samples: Sequence[Sample], paths: RunPaths) -> RunPlan:
         """Validate the settings and refuse a resume of other settings or images (reading its state.json once)."""
         config.validate()
         if paths.resume is not None:
@@ -245,9 +197,9 @@ class TrainingRun:
         Raises TrainingDiverged on a NaN or infinite loss, before the weights are touched.
         """
         config, backend, accelerator = self.config, self.backend, self.accelerator
-        gen = torch.Generator().manual_seed(_seed(config.seed, step, self.rank))
-        indices = _batch_indices(step, len(self.samples), config, self.rank, self.world)
-        batch = _make_batch(self.data, indices, gen, config, backend.alphas_cumprod)
+        gen = torch.Generator().manual_seed(seed_of(config.seed, step, self.rank))
+        indices = batch_indices(step, len(self.samples), config, self.rank, self.world)
+        batch = make_batch(self.data, indices, gen, config, backend.alphas_cumprod)
         batch = {k: v.to(backend.device) for k, v in batch.items()}
         with accelerator.autocast():
             pred = self.step_module(batch["noisy"], batch["t"], batch["text"], batch["feats"])
