@@ -10,6 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.fileformat import save_adapter
+from ..ipadapter_train.weights_io import replace_file
 from .folders import adapter_target
 from .io_types import CATEGORY, IPAdapterTrain
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 def _publish(staged, target, overwrite: bool) -> None:
     """Move a finished file into place: replace when allowed, else a link that fails if the name exists."""
     if overwrite:
-        os.replace(staged, target)
+        replace_file(staged, target)
         return
     try:
         os.link(staged, target)  # atomic and refuses an existing name, even one created meanwhile
@@ -30,7 +31,7 @@ def _publish(staged, target, overwrite: bool) -> None:
         if target.exists():
             raise IPAdapterError(f"{target.name} already exists in {target.parent}: choose another name or set "
                                  "overwrite to true.") from None
-        os.replace(staged, target)
+        replace_file(staged, target)
     finally:
         staged.unlink(missing_ok=True)
 

@@ -185,10 +185,15 @@ def test_a_cli_resume_reads_state_json_once_and_checks_the_settings_once(tmp_pat
 
 
 def test_conditioning_gain_is_reported(tmp_path, samples):
-    result = run(tmp_path, samples, cfg(max_steps=2, validation=True, validation_timesteps=(300, 700)))
+    # The gain's own logic (a broken shuffle must fail) is tested in test_validation.py; here: the run
+    # validates with the config's images and timesteps and puts the block in report.json.
+    result = run(tmp_path, samples, cfg(max_steps=2, validation=True, validation_timesteps=(300, 700),
+                                        validation_max_images=3))
     gain = result.report["conditioning_gain"]
+    assert gain["images"] == 3 and gain["timesteps"] == [300, 700]
     assert gain["own_loss"] > 0 and gain["shuffled_loss"] > 0
-    assert gain["gain"] == pytest.approx(gain["shuffled_loss"] - gain["own_loss"])
+    saved = json.loads((result.run_dir / "report.json").read_text())
+    assert saved["conditioning_gain"] == gain
 
 
 def test_frozen_encoders_run_once_per_image_never_in_the_step(tmp_path, samples, monkeypatch):

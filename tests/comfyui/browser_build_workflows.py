@@ -134,13 +134,13 @@ def specs() -> dict[str, dict]:
                    checkpoint(), clip_vision(), training_images(), train(),
                    N("save", "IPAdapterTrain_Save", 2, {"name": "my_adapter", "overwrite": False}),
                    saved_to(2),
-                   N("loss", "PreviewImage", 2, title="Loss curve", width=300, height=260),
+                   # no "Loss curve" preview of loss_plot: the Train node's live chart shows the loss once
                    N("report", "PreviewAny", 2, title="Training report", width=360)]
     train_links = [("ckpt", "MODEL", "train", "model"), ("ckpt", "CLIP", "train", "clip"),
                    ("ckpt", "VAE", "train", "vae"), ("clipv", "CLIP_VISION", "train", "clip_vision"),
                    ("images", "images", "train", "images"), ("images", "captions", "train", "captions"),
                    ("train", "adapter", "save", "adapter"), ("save", "path", "saved", "source"),
-                   ("train", "loss_plot", "loss", "images"), ("train", "report", "report", "source")]
+                   ("train", "report", "report", "source")]
 
     gen_nodes, gen_links = generation(1, 2, 3, "load")
     apply_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE)),
@@ -154,10 +154,8 @@ def specs() -> dict[str, dict]:
     tta_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_IMAGES, NEED_REFERENCE, saved=tta_name)),
                  checkpoint(), clip_vision(), training_images(), train(col=1),
                  N("save", "IPAdapterTrain_Save", 1, {"name": tta_name, "overwrite": False}), saved_to(1)]
-    tta_nodes += tta_gen + [N("loss", "PreviewImage", 4, title="Loss curve", width=300, height=260),
-                            N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/trained"}, width=320, height=360)]
-    tta_links = train_links[:8] + tta_gen_links + [("train", "loss_plot", "loss", "images"),
-                                                   ("decode", "IMAGE", "out", "images")]
+    tta_nodes += tta_gen + [N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/trained"}, width=320, height=360)]
+    tta_links = train_links[:8] + tta_gen_links + [("decode", "IMAGE", "out", "images")]
 
     score_gen, score_gen_links = generation(1, 2, 2, "load")
     score_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE, NEED_SCORER)),
