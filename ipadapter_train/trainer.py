@@ -13,6 +13,7 @@ draws, and `checkpoint.py` needs to store no RNG state beyond the step.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -22,13 +23,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from .adapter import IPAdapter
 from .adapter_init import build_adapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .batches import batch_indices, make_batch, seed_of
-from .checkpoint import SavedCheckpoint, load_checkpoint, open_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, SavedCheckpoint, load_checkpoint, open_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
 from .encoding import EncodedDataset, Progress, encode_dataset
@@ -37,6 +39,7 @@ from .fileformat import file_metadata, save_adapter
 from .precision import make_accelerator
 from .report import RunTimes, training_report, write_report
 from .validation import conditioning_gain
+from .weights_io import write_error
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +165,7 @@ class TrainingRun:
         self.metadata: dict[str, Any] = {}
         self.files: dict[str, Path] = {}
         self.gain: dict[str, Any] | None = None
+        self.last_checkpoint: tuple[int, Path] | None = None  # (step, folder) of the newest checkpoint on disk
 
     def run(self) -> TrainResult:
         """All four phases."""
@@ -188,6 +192,7 @@ class TrainingRun:
             self.adapter.load_state_dict(state.adapter)
             optimizer.load_state_dict(state.optimizer)
             self.done, self.losses = state.step, list(state.info.get("losses", []))
+            self.last_checkpoint = (state.step, self.paths.resume.folder)
             log.info("Resumed from %s at step %d.", self.paths.resume.folder, state.step)
         self.step_module, self.optimizer = self.accelerator.prepare(_StepModule(self.adapter, backend), optimizer)
 
@@ -206,11 +211,13 @@ class TrainingRun:
         loss = F.mse_loss(pred.float(), batch["noise"])
         loss_value = float(accelerator.gather(loss.detach().reshape(1)).mean())
         if not math.isfinite(loss_value):
-            every = config.checkpoint_every
-            last = (step // every) * every if every else 0
-            raise TrainingDiverged(
-                f"The loss became {loss_value} at step {step + 1}: training stopped, the last good checkpoint "
-                f"(step {last}) in {self.paths.run_dir} is kept; lower the learning rate or train in fp32/bf16.")
+            if self.last_checkpoint is not None:
+                kept = (f"the last good checkpoint (step {self.last_checkpoint[0]}) in {self.last_checkpoint[1]} "
+                        "is kept")
+            else:
+                kept = "no checkpoint was written before it"
+            raise TrainingDiverged(f"The loss became {loss_value} at step {step + 1}: training stopped and {kept}; "
+                                   "lower the learning rate or train in fp32/bf16.")
         accelerator.backward(loss)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -254,26 +261,34 @@ class TrainingRun:
             stop = bool(self.accelerator.reduce(flag, "sum") > 0)
         return stop
 
-    def checkpoint(self) -> None:
-        """Write the resumable checkpoint of the steps done (when checkpoints are on); all processes wait."""
-        if self.main and self.config.checkpoint_every:
+    def checkpoint(self, force: bool = False) -> None:
+        """Write the resumable checkpoint of the steps done (when checkpoints are on, or `force`d); all
+        processes wait."""
+        if self.main and (self.config.checkpoint_every or force):
             info = {"config": self.config.to_dict(), "dataset": _fingerprint(self.samples), "world_size": self.world,
                     "losses": self.losses}
-            save_checkpoint(self.paths.run_dir, self.done, self.adapter.state_dict(), self.optimizer.state_dict(),
-                            info)
+            folder = self.paths.run_dir / CHECKPOINT_DIR
+            with _reporting_write_errors(folder):
+                save_checkpoint(self.paths.run_dir, self.done, self.adapter.state_dict(),
+                                self.optimizer.state_dict(), info)
+            self.last_checkpoint = (self.done, folder)
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> None:
         """The last checkpoint, the adapter file, and the conditioning gain (skipped after a cancel)."""
         config, backend = self.config, self.backend
-        self.checkpoint()
+        # A cancel always leaves a checkpoint, so the resume it offers works with checkpoints off too; and a
+        # checkpoint already in the run folder (a resumed run's) is brought up to the last step, so that it
+        # never holds fewer steps than the adapter beside it.
+        self.checkpoint(force=self.cancelled or (self.paths.run_dir / CHECKPOINT_DIR).is_dir())
         self.adapter = self.accelerator.unwrap_model(self.step_module).adapter
         self.metadata = {**self.hooks.metadata, "steps": self.done, "training_config": config.to_dict(),
                          "base_model": backend.name, "image_encoder": self.encoder.name}
         if self.cancelled:
             self.metadata["cancelled_at_step"] = self.done
         if self.main and self.paths.out_path is not None:
-            self.files["adapter"] = save_adapter(self.adapter.state_dict(), self.paths.out_path, self.metadata)
+            with _reporting_write_errors(self.paths.out_path):
+                self.files["adapter"] = save_adapter(self.adapter.state_dict(), self.paths.out_path, self.metadata)
         t0 = time.perf_counter()
         if config.validation and not self.cancelled:
             self.gain = self._validate()
@@ -306,9 +321,21 @@ class TrainingRun:
         report = training_report(run, self.times, self.config.batch_size * self.world, self.backend.device,
                                  self.hooks.report_extra)
         if self.main:
-            self.files.update(write_report(self.paths.run_dir, report, self.losses))
+            with _reporting_write_errors(self.paths.run_dir / "report.json"):
+                self.files.update(write_report(self.paths.run_dir, report, self.losses))
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
+
+
+@contextlib.contextmanager
+def _reporting_write_errors(path: Path):
+    """Turn a failed write of `path` (full disk, no permission, read-only) into one sentence that says the
+    previous file is intact (the writers in weights_io write a temp file and rename it, so it is)."""
+    existed = path.exists()
+    try:
+        yield
+    except (OSError, SafetensorError) as err:  # safetensors' own error carries the OS error in its text
+        raise write_error(path, err, existed) from err
 
 
 _PATH_FIELDS = ("out_path", "resume")

@@ -135,6 +135,35 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
     assert not (tmp_path / "a.safetensors").exists() and not (tmp_path / "a-run" / "report.json").exists()
 
 
+@pytest.mark.parametrize("every", [0, 50])
+def test_nan_loss_before_any_checkpoint_says_none_was_written(tmp_path, samples, every):
+    with pytest.raises(TrainingDiverged) as raised:
+        run(tmp_path, samples, cfg(max_steps=20, learning_rate=1e30, checkpoint_every=every))
+    message = str(raised.value)
+    assert "no checkpoint was written" in message and "step 0" not in message, message
+    assert not (tmp_path / "a-run" / "checkpoint").exists()
+
+
+def test_a_cancel_with_checkpoints_off_leaves_a_checkpoint_and_the_resume_equals_an_uninterrupted_run(
+        tmp_path, samples):
+    full = run(tmp_path, samples, cfg(checkpoint_every=0), name="full")
+    assert not (tmp_path / "full-run" / "checkpoint").exists()  # checkpoints stay off for a run that ends
+
+    def stop_at_3(step, total, loss):
+        if step == 3:
+            raise TrainingCancelled()
+
+    part = run(tmp_path, samples, cfg(checkpoint_every=0), name="part", callbacks=[stop_at_3])
+    assert part.cancelled and part.steps_done == 3
+    assert json.loads((tmp_path / "part-run" / "checkpoint" / "state.json").read_text())["step"] == 3
+    resumed = run(tmp_path, samples, cfg(checkpoint_every=0), name="part", resume=tmp_path / "part-run")
+    assert resumed.steps_done == 6 and resumed.losses == full.losses
+    for key, value in full.adapter.state_dict().items():
+        assert torch.equal(value, resumed.adapter.state_dict()[key]), key
+    # the run folder's checkpoint followed the resumed run to its end, so a second resume has nothing left to do
+    assert json.loads((tmp_path / "part-run" / "checkpoint" / "state.json").read_text())["step"] == 6
+
+
 def test_resume_with_other_settings_is_refused(tmp_path, samples, monkeypatch):
     run(tmp_path, samples, cfg(max_steps=2))
 
