@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import SavedCheckpoint
+from .checkpoint import SavedCheckpoint, open_checkpoint
 from .clip_features import CLIPFeatureEncoder
 from .config import TrainConfig
 from .data import load_image_folder
@@ -23,6 +23,7 @@ from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
 from .precision import frozen_dtype, make_accelerator
 from .random_init import is_random
+from .run_outputs import check_run_outputs, remove_stale_outputs
 from .trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, train
 
 log = logging.getLogger(__name__)
@@ -37,21 +38,31 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
                   config: TrainConfig, run_dir: str | Path | None = None, init_adapter: str | Path | None = None,
                   resume: str | Path | SavedCheckpoint | None = None, prompt: str | None = None,
                   callbacks: Sequence[StepCallback] = (), device: str | None = None,
-                  encode_progress=None) -> TrainResult:
+                  encode_progress=None, overwrite: bool = True) -> TrainResult:
     """Load the models and images from paths, train, save the adapter and the report.
 
-    The settings and a resume's checkpoint are checked before the models load; `resume` may be a run folder
-    or a checkpoint the caller already opened (`checkpoint.open_checkpoint`).
+    The settings, a resume's checkpoint and the outputs are checked before the models load; `resume` may be
+    a run folder or a checkpoint the caller already opened (`checkpoint.open_checkpoint`). An existing `out`
+    is replaced only with `overwrite` (the CLI's --overwrite; or when the resumed run wrote it), and no file
+    the run reads is ever written over.
     """
     from .clip_vision import load_clip_vision
     from .sd15 import load_sd15
 
+    started = time.time()
     out = Path(out)
     if out.suffix not in (".safetensors", ".bin"):
         raise IPAdapterError(f"The output {out} must end in .safetensors (or .bin for the old layout).")
-    samples, report = load_image_folder(Path(images), prompt=prompt)
+    run_dir = Path(run_dir) if run_dir else default_run_dir(out)
+    checkpoint = open_checkpoint(Path(resume) if isinstance(resume, str) else resume) if resume else None
+    images = Path(images)
+    check_run_outputs(out, run_dir, [Path(base_model), Path(image_encoder), images.parent if images.is_file()
+                                     else images, Path(init_adapter) if init_adapter else None],
+                      overwrite, checkpoint)
+    remove_stale_outputs(out, run_dir, started)
+    samples, report = load_image_folder(images, prompt=prompt)
     log.info("%s", report.summary())
-    plan = RunPlan.check(config, samples, RunPaths(Path(run_dir) if run_dir else default_run_dir(out), out, resume))
+    plan = RunPlan.check(config, samples, RunPaths(run_dir, out, checkpoint))
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     t0 = time.perf_counter()

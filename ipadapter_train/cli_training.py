@@ -82,7 +82,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _progress("training") as update:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
                                init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
-                               callbacks=[update], device=args.device)
+                               callbacks=[update], device=args.device, overwrite=args.overwrite)
     _print_summary(result)
     if result.cancelled:
         log.warning("Stopped early; continue with --resume %s", run_dir)
@@ -165,7 +165,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, help="folder of images (.txt captions or data.json)")
     p.add_argument("--base-model", required=True, help="SD1.5 single file (.safetensors/.ckpt) or diffusers folder")
     p.add_argument("--image-encoder", required=True, help="CLIP vision .safetensors file or transformers folder")
-    p.add_argument("--out", required=True, help="adapter file to write (.safetensors)")
+    p.add_argument("--out", required=True, help="adapter file to write (.safetensors); an existing file is "
+                   "refused unless --overwrite, and never one the run reads")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (a --resume may always "
+                   "replace the adapter its own run wrote)")
     p.add_argument("--prompt", help="one caption for every image (overrides .txt and data.json)")
     p.add_argument("--init-adapter", help="adapter file to fine-tune instead of starting from scratch")
     p.add_argument("--resume", help="run folder of a stopped run to continue")

@@ -39,7 +39,8 @@ def run_demo(out_dir: Path, base_model: Path | None = None, image_encoder: Path 
 
             raise IPAdapterError("Give both --base-model and --image-encoder, or neither for the random-weight demo.")
         result = train_adapter(samples_dir(), base_model, image_encoder, out, config or TrainConfig(),
-                               run_dir=out_dir / "run", callbacks=callbacks, device=device)
+                               run_dir=out_dir / "run", callbacks=callbacks, device=device,
+                               overwrite=True)  # the demo's folder is its own: a second demo replaces the first
         return result, inspect_adapter(out)
 
     from .clip_vision import build_clip_vision

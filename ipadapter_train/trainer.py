@@ -267,6 +267,8 @@ class TrainingRun:
         if self.main and (self.config.checkpoint_every or force):
             info = {"config": self.config.to_dict(), "dataset": _fingerprint(self.samples), "world_size": self.world,
                     "losses": self.losses}
+            if self.paths.out_path is not None:  # the file a resume of this run may replace (run_outputs.py)
+                info["adapter"] = str(self.paths.out_path.resolve())
             folder = self.paths.run_dir / CHECKPOINT_DIR
             with _reporting_write_errors(folder):
                 save_checkpoint(self.paths.run_dir, self.done, self.adapter.state_dict(),

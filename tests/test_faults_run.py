@@ -1,0 +1,281 @@
+"""Faults around a training run (issue 12): the same seed gives the same file, a run killed with kill -9 or
+stopped by Ctrl-C resumes to what an uninterrupted run gives, outputs that cannot or must not be written are
+refused before any model loads, and a failed or killed save loses nothing. Real files, micro models."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_cli, train_args
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_bit_equal(a: Path, b: Path) -> None:
+    first, second = tensors(a), tensors(b)
+    assert first.keys() == second.keys()
+    differ = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not differ, f"{len(differ)} of {len(first)} tensors differ, e.g. {differ[0]}"
+
+
+def one_error(r: subprocess.CompletedProcess) -> str:
+    """The run's single ERROR line (and no traceback)."""
+    errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    return errors[0]
+
+
+# ---------------------------------------------------------------- the same seed, the same adapter
+
+
+def test_two_plain_cli_runs_with_the_same_seed_give_bit_equal_adapters(models, tmp_path):
+    outs = [tmp_path / "one" / "a.safetensors", tmp_path / "two" / "a.safetensors"]
+    for draw, out in zip((1, 2), outs):
+        torch.manual_seed(draw)  # whatever the process drew before must not matter
+        torch.rand(draw)
+        r = run_cli(*train_args(models, out, "--max-steps", "3", "--seed", "7"))
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert_bit_equal(*outs)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="kill -9 of a child process mid-training is tested on Linux")
+def test_a_run_killed_with_kill_9_resumes_to_the_uninterrupted_runs_adapter(models, tmp_path):
+    steps = "24"
+    plain = tmp_path / "plain" / "a.safetensors"
+    r = run_cli(*train_args(models, plain, "--max-steps", steps, "--seed", "7", "--checkpoint-every", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    out = tmp_path / "killed" / "a.safetensors"
+    args = train_args(models, out, "--max-steps", steps, "--seed", "7", "--checkpoint-every", "2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    state = out.with_name("a-run") / "checkpoint" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ipadapter_train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.exists(), f"no checkpoint appeared; exit {proc.poll()}"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 2 <= killed_at < int(steps) and not out.exists()
+
+    r = run_cli(*args, "--resume", str(out.with_name("a-run")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out.with_name("a-run") / "report.json").read_text())["steps"] == int(steps)
+    assert_bit_equal(plain, out)
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_with_checkpoints_off_prints_a_resume_command_that_works(models, tmp_path, monkeypatch):
+    plain = tmp_path / "plain.safetensors"
+    r = run_cli(*train_args(models, plain, "--max-steps", "5", "--seed", "7", "--checkpoint-every", "0"))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    import contextlib
+
+    from ipadapter_train import cli_training
+
+    @contextlib.contextmanager
+    def ctrl_c_at_step_2(label):
+        def update(step, total, loss):
+            if step == 2:
+                raise KeyboardInterrupt  # what Ctrl-C raises in the step loop's main thread
+
+        yield update
+
+    out = tmp_path / "stopped.safetensors"
+    args = train_args(models, out, "--max-steps", "5", "--seed", "7", "--checkpoint-every", "0")
+    with monkeypatch.context() as patch:
+        patch.setattr(cli_training, "_progress", ctrl_c_at_step_2)
+        r = run_cli(*args)
+    assert r.returncode == 130, r.stderr[-3000:]
+    resume = re.search(r"continue with --resume (\S+)", r.stderr)
+    assert resume, r.stderr[-3000:]
+    r = run_cli(*args, "--resume", resume.group(1))  # the same command, plus what the message says
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_bit_equal(plain, out)
+
+
+# ---------------------------------------------------------------- outputs checked before the models load
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Loading a model fails the test: a refusal must come before any model work."""
+    import ipadapter_train.clip_vision as clip_vision
+    import ipadapter_train.sd15 as sd15
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(sd15, "load_sd15", refuse)
+    monkeypatch.setattr(clip_vision, "load_clip_vision", refuse)
+
+
+def test_an_existing_out_is_refused_unless_overwrite(models, tmp_path, no_model_loading):
+    out = tmp_path / "a.safetensors"
+    out.write_bytes(b"someone else's file")
+    r = run_cli(*train_args(models, out, "--max-steps", "1"))
+    assert r.returncode == 2 and "already exists" in one_error(r) and "--overwrite" in one_error(r)
+    assert out.read_bytes() == b"someone else's file" and not (tmp_path / "a-run").exists()
+
+
+def test_overwrite_replaces_an_existing_out(models, tmp_path):
+    out = tmp_path / "a.safetensors"
+    out.write_bytes(b"an old adapter")
+    r = run_cli(*train_args(models, out, "--max-steps", "1", "--overwrite"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "image_proj.proj.weight" in tensors(out)
+
+
+def test_no_input_of_the_run_is_ever_written_over_even_with_overwrite(models, tmp_path, no_model_loading):
+    from conftest import SAMPLES
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for picture in sorted(SAMPLES.iterdir()):
+        (images / picture.name).write_bytes(picture.read_bytes())
+    init = tmp_path / "init.safetensors"
+    init.write_bytes(b"init adapter bytes")
+    model_file = next(p for p in sorted(models["sd"].rglob("*.safetensors")))
+    before = {p: p.read_bytes() for p in (init, models["clip"], model_file)}
+    cases = {
+        "the image encoder": models["clip"],
+        "a file in the base model's folder": model_file,
+        "the init adapter": init,
+        "a file in the images folder": images / "x.safetensors",
+    }
+    (images / "x.safetensors").write_bytes(b"a file among the images")
+    for name, out in cases.items():
+        args = train_args(models, out, "--max-steps", "1", "--overwrite", "--init-adapter", str(init))
+        args[args.index("--images") + 1] = str(images)
+        r = run_cli(*args)
+        assert r.returncode == 2, (name, r.stderr[-3000:])
+        assert "which this run reads" in one_error(r), name
+    assert {p: p.read_bytes() for p in before} == before
+    assert (images / "x.safetensors").read_bytes() == b"a file among the images"
+
+
+def test_the_base_model_file_itself_is_never_the_out(models, tmp_path, no_model_loading):
+    base = tmp_path / "m.safetensors"
+    base.write_bytes(b"a 607 MB checkpoint, in spirit")
+    args = train_args(models, base, "--max-steps", "1", "--overwrite")
+    args[args.index("--base-model") + 1] = str(base)
+    r = run_cli(*args)
+    assert r.returncode == 2 and "which this run reads" in one_error(r)
+    assert base.read_bytes() == b"a 607 MB checkpoint, in spirit"
+
+
+def _make_unwritable(folder: Path):
+    """Make `folder` refuse new files (chmod; as root, the immutable attribute); None if this system cannot."""
+    folder.chmod(0o555)
+    undo = [lambda: folder.chmod(0o755)]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+            undo.insert(0, lambda: subprocess.run(["chattr", "-i", str(folder)], capture_output=True))
+    probe = folder / "probe"
+    try:
+        probe.write_bytes(b"")
+    except OSError:
+        return undo
+    probe.unlink()
+    for step in undo:
+        step()
+    return None
+
+
+@pytest.mark.unit  # chattr runs in a subprocess, but what is tested is the in-process CLI
+def test_an_out_in_a_read_only_folder_is_refused_before_any_model_loads(models, tmp_path, no_model_loading):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    undo = _make_unwritable(folder)
+    if undo is None:
+        pytest.skip("cannot make a folder read-only here (no chmod effect, no chattr)")
+    try:
+        r = run_cli(*train_args(models, folder / "a.safetensors", "--max-steps", "1", "--run-dir",
+                                str(tmp_path / "run")))
+    finally:
+        for step in undo:
+            step()
+    assert r.returncode == 2
+    message = one_error(r)
+    assert str(folder) in message and "Cannot write into" in message, message
+    assert not (tmp_path / "run").exists() and list(folder.iterdir()) == []
+
+
+# ---------------------------------------------------------------- a save that fails or is killed
+
+
+@pytest.mark.parametrize("failure", ["safetensors", "oserror"])
+def test_a_full_disk_during_the_save_is_one_sentence_and_the_previous_file_is_intact(models, tmp_path, monkeypatch,
+                                                                                       failure):
+    from safetensors import SafetensorError
+
+    import ipadapter_train.weights_io as weights_io
+
+    out = tmp_path / "a.safetensors"
+    out.write_bytes(b"the previous adapter")
+    real_save = weights_io.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        if Path(filename).name.startswith(".a.safetensors."):  # only the adapter file's save fails
+            Path(filename).write_bytes(b"half a file")
+            if failure == "safetensors":  # what safetensors raises on a full disk
+                raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(weights_io, "save_file", full_disk)
+    r = run_cli(*train_args(models, out, "--max-steps", "1", "--overwrite"))
+    assert r.returncode == 2
+    message = one_error(r)
+    assert str(out) in message and "the disk is full" in message and "previous file there is intact" in message
+    assert out.read_bytes() == b"the previous adapter"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(models, tmp_path):
+    out = tmp_path / "a.safetensors"
+    run = tmp_path / "a-run"
+    run.mkdir()
+    stale = [tmp_path / ".a.safetensors.0123456789ab.tmp", run / ".checkpoint.ba9876543210.tmp",
+             run / ".report.json.00112233aabb.tmp"]
+    stale[0].write_bytes(b"half an adapter")
+    stale[1].mkdir()
+    (stale[1] / "adapter.safetensors").write_bytes(b"half a checkpoint")
+    stale[2].write_text("{")
+    others = [tmp_path / ".b.safetensors.0123456789ab.tmp", tmp_path / ".a.safetensors.notahexname1.tmp",
+              tmp_path / "a.safetensors.0123456789ab.tmp"]
+    for path in others:
+        path.write_bytes(b"not ours")
+    old = time.time() - 3600
+    for path in stale + others:
+        os.utime(path, (old, old))
+    r = run_cli(*train_args(models, out, "--max-steps", "1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in others)
+    assert "left by an interrupted write" in r.stderr
