@@ -68,37 +68,15 @@ class AdapterSpec:
                 f"missing indices {missing}, wrong widths at {wrong}): it was trained for another UNet.")
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], source: str = "the adapter") -> "AdapterSpec":
-        """Infer the spec from a flat official-layout state dict; raise IPAdapterError if it is not one."""
-        if "image_proj.latents" in sd:
-            latents = sd["image_proj.latents"]  # [1, Q, D]
-            proj_in = sd.get("image_proj.proj_in.weight")
-            out = sd.get("image_proj.norm_out.weight")
-            if proj_in is None or out is None:
-                raise IPAdapterError(f"{source} has a Resampler without proj_in/norm_out: the file is incomplete.")
-            variant, clip_dim, cross_dim, tokens = "plus", proj_in.shape[1], out.shape[0], latents.shape[1]
-        elif "image_proj.proj.weight" in sd and "image_proj.norm.weight" in sd:
-            proj = sd["image_proj.proj.weight"]  # [tokens * cross_dim, clip_dim]
-            cross_dim = sd["image_proj.norm.weight"].shape[0]
-            variant, clip_dim, tokens = "base", proj.shape[1], proj.shape[0] // cross_dim
-        elif "image_proj.proj.0.weight" in sd:
-            raise IPAdapterError(f"{source} is an ip-adapter-full (MLP projection) file, which this version does "
-                                 "not support: use a base or plus adapter.")
-        else:
-            raise IPAdapterError(f"{source} has no image_proj weights: it is not an IP-Adapter in the official layout.")
-        layers = []
-        for key, value in sd.items():
-            if key.startswith("ip_adapter.") and key.endswith(".to_k_ip.weight"):
-                n = int(key.split(".")[1])
-                if f"ip_adapter.{n}.to_v_ip.weight" not in sd:
-                    raise IPAdapterError(f"{source} has ip_adapter.{n}.to_k_ip but no to_v_ip: the file is incomplete.")
-                if value.shape[1] != cross_dim:
-                    raise IPAdapterError(f"{source}: ip_adapter.{n}.to_k_ip reads {value.shape[1]}-d tokens but the "
-                                         f"image projection makes {cross_dim}-d ones; the file is inconsistent.")
-                layers.append((n, value.shape[0]))
-        if not layers:
-            raise IPAdapterError(f"{source} has no ip_adapter.<n>.to_k_ip weights: it is not a complete IP-Adapter.")
-        return cls(variant, int(clip_dim), int(cross_dim), int(tokens), tuple(sorted(layers)))
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], source: str = "The adapter") -> "AdapterSpec":
+        """Infer the spec from a flat official-layout state dict; raise IPAdapterError if it is not a whole one.
+
+        Every key and shape is checked (`adapter_check.check_adapter_state`); the weights' values are not:
+        loading a file checks those too, with `check_adapter_state` itself.
+        """
+        from .adapter_check import check_adapter_state
+
+        return check_adapter_state(sd, source, values=False)
 
 
 class IPLayer(nn.Module):

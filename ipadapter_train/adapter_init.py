@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .adapter import AdapterSpec, IPAdapter
+from .adapter_check import check_adapter_state
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
 from .errors import IPAdapterError
@@ -43,6 +44,7 @@ def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, confi
         return adapter
     if isinstance(init_adapter, IPAdapter):
         adapter, source = copy.deepcopy(init_adapter).float().train().requires_grad_(True), "The init adapter"
+        check_adapter_state(adapter.state_dict(), source)  # a file was checked when read; a module is checked here
     else:
         adapter, source = load_adapter_module(Path(init_adapter)), str(init_adapter)
     spec = adapter.spec

@@ -48,8 +48,9 @@ def _generator(args: argparse.Namespace):
 
     device = default_device() if args.device is None else args.device
     dtype = inference_dtype(args.precision, device)
+    adapter = load_adapter_module(Path(args.adapter))  # a damaged file is refused before the big models load
     return Generator(load_sd15(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
-                     load_adapter_module(Path(args.adapter)), device, dtype, adapter_name=str(args.adapter),
+                     adapter, device, dtype, adapter_name=str(args.adapter),
                      encoder_name=Path(args.image_encoder).name)
 
 

@@ -21,6 +21,7 @@ import torch
 
 from . import __version__
 from .adapter import AdapterSpec
+from .adapter_check import check_adapter_state
 from .errors import IPAdapterError
 from .weights_io import SAFETENSORS_SUFFIX, atomic_write, existing_file, read_weights_file, save_safetensors_atomic
 
@@ -122,11 +123,14 @@ def file_metadata(spec: AdapterSpec, extra: Mapping[str, Any] | None) -> dict[st
 
 
 def load_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read an adapter file into (flat official-layout state dict, metadata), validating its shape."""
+    """Read an adapter file into (flat official-layout state dict, metadata), refusing a damaged one.
+
+    Every key, shape and value is checked (`check_adapter_state`), so what loads can be applied.
+    """
     path = existing_file(path)
     raw, metadata = read_weights_file(path)
     state = flatten_adapter(raw, source=str(path))
-    AdapterSpec.from_state_dict(state, source=str(path))
+    check_adapter_state(state, str(path), metadata)
     return state, metadata
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .adapter import IPAdapter
+from .adapter_check import check_adapter_state
 from .clip_features import CLIPFeatureEncoder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
@@ -74,7 +75,9 @@ class Generator:
             log.warning("The base model or the image encoder has RANDOM weights: the images show the pipeline "
                         "working, not what a trained adapter does.")
         if adapter is not None:
-            # refused before any sampling, with the check the CLI and the nodes use
+            # refused before any sampling, with the checks the CLI and the nodes use: sound weights (no NaN,
+            # which would sample black images), then the fit to this encoder and UNet
+            check_adapter_state(adapter.state_dict(), adapter_name)
             adapter.spec.check_fits(self.encoder.feature_width(adapter.spec.variant), self.encoder.name,
                                     self.backend.cross_dim, self.backend.adapter_layers(),
                                     f"the UNet of {self.backend.name}", adapter_name)

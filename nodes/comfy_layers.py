@@ -11,6 +11,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from ..ipadapter_train.adapter_check import check_adapter_state
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.layout import AdapterLayer, adapter_layers
 
@@ -97,11 +98,14 @@ def context_width(model: Any) -> int:
 
 def check_adapter_fits(adapter: Any, feature_width: int, encoder_name: str, model: Any,
                        source: str = "The adapter") -> list[AdapterLayer]:
-    """Raise IPAdapterError unless the adapter fits the CLIP_VISION and the MODEL; return the MODEL's layers.
+    """Raise IPAdapterError unless the adapter is sound and fits the CLIP_VISION and the MODEL; return the
+    MODEL's layers.
 
-    Called by Apply (and Train, for an adapter to fine-tune) before anything samples or trains; the check
-    itself is the core's (`AdapterSpec.check_fits`), as for the CLI and generation.
+    Called by Apply (and Train, for an adapter to fine-tune) before anything samples or trains; the checks
+    are the core's (`check_adapter_state`: every key, shape and value; `AdapterSpec.check_fits`), as for the
+    CLI and generation.
     """
+    check_adapter_state(adapter.state_dict(), source)
     cross = context_width(model)
     layers = comfy_adapter_layers(model)
     adapter.spec.check_fits(feature_width, encoder_name, cross, layers, "this MODEL", source)

@@ -295,3 +295,116 @@ def test_missing_file_folder_and_bad_extension(tmp_path, sd15_layers):
     with pytest.raises(IPAdapterError):
         save_adapter({k: v for k, v in state.items() if k.startswith("ip_adapter.")}, tmp_path / "a.safetensors")
     assert not (tmp_path / "a.safetensors").exists()
+
+
+# ---------------------------------------------------------------- damaged files (issue 12, item 5)
+
+def _without(*keys):
+    return lambda sd: {k: v for k, v in sd.items() if k not in keys}
+
+
+def _with(key, value):
+    return lambda sd: {**sd, key: value(sd[key]) if callable(value) else value}
+
+
+def _poisoned(key, bad):
+    def damage(sd):
+        t = sd[key].clone()
+        t.view(-1)[5] = bad
+        return {**sd, key: t}
+    return damage
+
+
+# (name, variant, damage of the flat state dict, fragment of the one-sentence refusal). SD1.5 layers,
+# base reading 1024-d embeddings, plus reading 1280-d hidden states (the public files' encoders).
+DAMAGES = [
+    ("to_v_ip missing", "base", _without("ip_adapter.3.to_v_ip.weight"),
+     "ip_adapter.3.to_v_ip.weight is missing; the file has 31 of the 32 layer weights of an SD1.5 base adapter"),
+    ("to_k_ip missing", "base", _without("ip_adapter.3.to_k_ip.weight"),
+     "ip_adapter.3.to_k_ip.weight is missing; the file has 31 of the 32 layer weights"),
+    ("a whole layer missing", "base", _without("ip_adapter.5.to_k_ip.weight", "ip_adapter.5.to_v_ip.weight"),
+     "ip_adapter.5.to_k_ip.weight and 1 more are missing; the file has 30 of the 32 layer weights"),
+    ("the last layer missing", "base", _without("ip_adapter.31.to_k_ip.weight", "ip_adapter.31.to_v_ip.weight"),
+     "its metadata says 16 layers but the file has weights for 15"),
+    ("image_proj.norm missing", "base", _without("image_proj.norm.bias"),
+     "image_proj.norm.bias is missing; the file has 3 of the 4 image_proj weights of an SD1.5 base adapter"),
+    ("image_proj.proj for another encoder", "base", _with("image_proj.proj.weight", torch.zeros(3072, 768)),
+     r"image_proj.proj.weight is [3072, 768] but an SD1.5 base adapter (4 tokens of 768-d, 1024-d image "
+     r"features, 16 layers), as its metadata says, needs [3072, 1024]"),
+    ("image_proj.proj rows", "base", _with("image_proj.proj.weight", torch.zeros(3000, 1024)),
+     "image_proj.proj.weight is [3000, 1024] but image_proj.proj.bias is [3072]"),
+    ("image_proj.norm width", "base", _with("image_proj.norm.weight", torch.ones(700)),
+     "image_proj.norm.weight is [700] but an SD1.5 base adapter (4 tokens of 768-d"),
+    ("to_k_ip rows", "base", _with("ip_adapter.3.to_k_ip.weight", torch.zeros(330, 768)),
+     "ip_adapter.3.to_k_ip.weight is [330, 768] but ip_adapter.3.to_v_ip.weight is [320, 768]"),
+    ("to_k_ip reads another width", "base", _with("ip_adapter.3.to_k_ip.weight", torch.zeros(320, 700)),
+     "ip_adapter.3.to_k_ip.weight is [320, 700] but ip_adapter.3.to_v_ip.weight is [320, 768]"),
+    ("a layer reads another width", "base",
+     lambda sd: {**sd, "ip_adapter.3.to_k_ip.weight": torch.zeros(320, 700),
+                 "ip_adapter.3.to_v_ip.weight": torch.zeros(320, 700)},
+     "ip_adapter.3.to_k_ip.weight is [320, 700] but an SD1.5 base adapter (4 tokens of 768-d, 1024-d image "
+     "features, 16 layers) needs [320, 768]"),
+    ("a key of another kind", "base", _with("ip_adapter.3.to_q_ip.weight", torch.zeros(320, 768)),
+     "ip_adapter.3.to_q_ip.weight, which is not part of an SD1.5 base adapter"),
+    ("integer weights", "base", _with("image_proj.norm.bias", torch.zeros(768, dtype=torch.int64)),
+     "image_proj.norm.bias holds int64 values, not floating-point weights"),
+    ("NaN weights", "base", _poisoned("ip_adapter.7.to_v_ip.weight", float("nan")),
+     "non-finite weights (NaN or infinity) in ip_adapter.7.to_v_ip.weight"),
+    ("infinite weights", "plus", _poisoned("image_proj.proj_out.weight", float("inf")),
+     "non-finite weights (NaN or infinity) in image_proj.proj_out.weight"),
+    ("Resampler latents width", "plus", _with("image_proj.latents", torch.zeros(1, 16, 700)),
+     "image_proj.latents is [1, 16, 700] but an SD1.5 plus adapter (16 tokens of 768-d, 1280-d image features, "
+     "16 layers) needs [1, 16, 768]"),
+    ("Resampler layer missing", "plus", _without("image_proj.layers.2.0.to_kv.weight"),
+     "image_proj.layers.2.0.to_kv.weight is missing; the file has 50 of the 51 image_proj weights of an SD1.5 plus"),
+    ("Resampler proj_in for another encoder", "plus", _with("image_proj.proj_in.weight", torch.zeros(768, 1024)),
+     "image_proj.proj_in.weight is [768, 1024] but an SD1.5 plus adapter (16 tokens of 768-d, 1280-d image "
+     "features, 16 layers), as its metadata says, needs [768, 1280]"),
+]
+
+
+def damaged_adapter(folder: Path, layers, variant: str, damage, name: str = "damaged.safetensors") -> Path:
+    """An adapter saved by this package (so with its metadata), then damaged as `damage` says."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    clean = save_adapter(make_adapter(variant, 1024 if variant == "base" else 1280, layers).state_dict(),
+                         folder / f"clean-{variant}.safetensors", dtype=torch.float32)
+    with safe_open(str(clean), framework="pt") as handle:
+        metadata = handle.metadata()
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    path = folder / name
+    save_file({k: v.contiguous() for k, v in damage(state).items()}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("variant,damage,fragment", [d[1:] for d in DAMAGES], ids=[d[0] for d in DAMAGES])
+def test_damaged_adapter_is_refused_naming_what_is_wrong(tmp_path, sd15_layers, variant, damage, fragment):
+    path = damaged_adapter(tmp_path, sd15_layers, variant, damage)
+    for read in (load_adapter, inspect_adapter):
+        with pytest.raises(IPAdapterError) as err:
+            read(path)
+        message = str(err.value)
+        assert fragment in message and str(path) in message, message
+        assert "\n" not in message
+
+
+def test_damage_is_found_without_metadata_too(tmp_path, sd15_layers):
+    # a public file has no metadata of this package: the tensors alone must show the damage
+    from safetensors.torch import load_file, save_file
+
+    path = damaged_adapter(tmp_path, sd15_layers, "base", _without("ip_adapter.3.to_v_ip.weight"))
+    save_file(load_file(path), str(path))
+    with pytest.raises(IPAdapterError, match=r"ip_adapter\.3\.to_v_ip\.weight is missing"):
+        load_adapter(path)
+    clean = tmp_path / "clean-base.safetensors"
+    save_file(load_file(clean), str(clean))
+    assert inspect_adapter(clean)["num_layers"] == 16  # and a sound file without metadata still loads
+
+
+def test_damaged_tencent_bin_is_refused(tmp_path, sd15_layers):
+    state = make_adapter("base", 1024, sd15_layers).state_dict()
+    state["ip_adapter.9.to_k_ip.weight"] = torch.full_like(state["ip_adapter.9.to_k_ip.weight"], float("nan"))
+    path = save_adapter(state, tmp_path / "a.bin", dtype=None)
+    with pytest.raises(IPAdapterError, match=r"non-finite weights .* ip_adapter\.9\.to_k_ip\.weight"):
+        load_adapter(path)
