@@ -384,3 +384,67 @@ def test_score_with_a_full_clip_from_models_clip_scorers(folders):
         node.execute(images, "tiny-clip.safetensors", "", None)
     with pytest.raises(errors().IPAdapterError, match="No CLIP model named"):
         node.execute(images, "missing.safetensors", "x", None)
+
+
+# ---------------------------------------------------------------- damaged adapter files (issue 12)
+
+def _write_damaged(folder: Path, name: str, damage) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.clone().contiguous() for k, v in random_adapter("base", 768, layers()).state_dict().items()}
+    save_file(damage(state), str(folder / name))
+
+
+def _drop_v3(state):
+    state.pop("ip_adapter.3.to_v_ip.weight")
+    return state
+
+
+def _short_k3(state):
+    state["ip_adapter.3.to_k_ip.weight"] = torch.zeros(300, 768)
+    return state
+
+
+def _nan_k5(state):
+    state["ip_adapter.5.to_k_ip.weight"][0, 0] = float("nan")
+    return state
+
+
+@pytest.mark.parametrize("name,damage,sentence", [
+    ("missing.safetensors", _drop_v3, "ip_adapter.3.to_v_ip.weight is missing; the file has 31 of the 32 layer "
+                                      "weights of an SD1.5 base adapter"),
+    ("shape.safetensors", _short_k3, "ip_adapter.3.to_k_ip.weight is [300, 768] but ip_adapter.3.to_v_ip.weight "
+                                     "is [320, 768]"),
+    ("nan.safetensors", _nan_k5, "non-finite weights (NaN or infinity) in ip_adapter.5.to_k_ip.weight"),
+])
+def test_load_refuses_a_damaged_adapter_in_one_sentence(folders, name, damage, sentence):
+    _write_damaged(folders / "ipadapter", name, damage)
+    with pytest.raises(errors().IPAdapterError) as err:
+        load(name)
+    assert sentence in str(err.value) and name in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name,content", [
+    ("garbage.safetensors", b"\x89PNG not weights at all" * 40),
+    ("short-header.safetensors", (10**6).to_bytes(8, "little") + b'{"image_proj.proj.weight":'),
+    ("empty.safetensors", b""),
+])
+def test_load_refuses_a_malformed_safetensors_in_one_sentence(folders, name, content):
+    (folders / "ipadapter" / name).write_bytes(content)
+    with pytest.raises(errors().IPAdapterError, match="is not a readable .safetensors file") as err:
+        load(name)
+    assert name in str(err.value) and "download or save it again" in str(err.value)
+
+
+def test_apply_refuses_an_adapter_module_with_nan_weights_before_sampling():
+    from test_nodes_support import comfy_models
+
+    graph = comfy_models()
+    adapter = random_adapter("base", 768, pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"]))
+    with torch.no_grad():
+        adapter.layer(9).to_v_ip.weight[2, 2] = float("inf")
+    node = pack("nodes.node_apply").ApplyIPAdapter
+    with pytest.raises(errors().IPAdapterError, match=r"non-finite weights \(NaN or infinity\) in "
+                                                      r"ip_adapter\.9\.to_v_ip\.weight"):
+        with torch.inference_mode():
+            node.execute(graph["model"], adapter, graph["clip_vision"], torch.rand(1, 64, 64, 3), 1.0, 0.0, 1.0)
