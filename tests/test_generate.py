@@ -91,3 +91,13 @@ def test_adapter_for_another_encoder_or_model_is_refused(tmp_path):
     sdxl_like = IPAdapter.new("base", 32, 2048, adapter_layers(sd.unet.config))
     with pytest.raises(IPAdapterError, match="2048-d cross-attention"):
         Generator(sd, micro_clip(), sdxl_like)
+
+
+def test_an_adapter_module_with_nan_weights_is_refused_before_sampling(tmp_path):
+    # a module handed over directly (the API, a notebook) gets the same check as a file read from disk
+    adapter = load(adapter_file(tmp_path))
+    with torch.no_grad():
+        adapter.layer(1).to_k_ip.weight[0, 0] = float("nan")
+    with pytest.raises(IPAdapterError, match=r"the adapter has non-finite weights \(NaN or infinity\) in "
+                                             r"ip_adapter\.1\.to_k_ip\.weight"):
+        Generator(micro_sd15(), micro_clip(), adapter)

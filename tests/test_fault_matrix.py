@@ -1,0 +1,140 @@
+"""The fault matrix at the CLI tier: one row per case, (input files, command, exit status, sentence fragment,
+files the run must leave). A new case is one line of CASES; the files given as input must come out
+byte for byte as they went in, and nothing but the listed files may appear.
+
+The rows run in-process through `run_cli` (the command's result is what is tested, not the process).
+Placeholders in a row's arguments: {tmp} (the case's folder, holding its input files), {sd} and {clip}
+(the micro models of conftest's `models` fixture) and {ref} (a sample photo).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from conftest import SAMPLES, run_cli
+from test_fileformat import DAMAGES, damaged_adapter
+
+Maker = Callable[[Path, dict], None]  # writes one input file at the path, given the models fixture
+
+
+# ---------------------------------------------------------------- input makers
+
+def _sd15_layers():
+    from ipadapter_train.convert import default_unet_config
+    from ipadapter_train.layout import adapter_layers
+
+    return adapter_layers(default_unet_config())
+
+
+def sd15_damaged(name: str) -> Maker:
+    """An SD1.5 adapter file written by this package, then damaged as test_fileformat.DAMAGES[name] says."""
+    variant, damage = next((d[1], d[2]) for d in DAMAGES if d[0] == name)
+
+    def make(path: Path, models: dict) -> None:
+        scratch = path.parent / ".scratch"
+        scratch.mkdir()
+        damaged_adapter(scratch, _sd15_layers(), variant, damage).replace(path)
+        for leftover in scratch.iterdir():
+            leftover.unlink()
+        scratch.rmdir()
+    return make
+
+
+def micro_adapter(poison: float | None = None) -> Maker:
+    """A base adapter that fits the micro models (so only `poison`, put into one weight, can be wrong)."""
+    def make(path: Path, models: dict) -> None:
+        import json
+
+        from ipadapter_train.adapter import IPAdapter
+        from ipadapter_train.fileformat import save_adapter
+        from ipadapter_train.layout import adapter_layers
+
+        config = json.loads((models["sd"] / "unet" / "config.json").read_text())
+        torch.manual_seed(3)
+        adapter = IPAdapter.new("base", 32, 768, adapter_layers(config))  # the tiny CLIP's 32-d embedding
+        state = adapter.state_dict()
+        if poison is not None:
+            state["ip_adapter.3.to_v_ip.weight"][1, 1] = poison
+        save_adapter(state, path, dtype=torch.float32)
+    return make
+
+
+def raw_bytes(data: bytes) -> Maker:
+    """A file holding exactly `data`."""
+    return lambda path, models: path.write_bytes(data)
+
+
+# ---------------------------------------------------------------- the table
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    inputs: dict[str, Maker]  # file name in the case's folder -> how to write it
+    args: tuple[str, ...]
+    code: int  # exit status
+    fragment: str  # must appear in stdout or stderr
+    left: frozenset[str] = field(default_factory=frozenset)  # files the run must add to the folder
+
+
+def case(name, inputs, args, code, fragment, left=()) -> Case:
+    return Case(name, inputs, tuple(args), code, fragment, frozenset(left))
+
+
+INSPECT = ("inspect", "{tmp}/a.safetensors")
+GENERATE = ("generate", "--base-model", "{sd}", "--image-encoder", "{clip}", "--adapter", "{tmp}/a.safetensors",
+            "--image", "{ref}", "--prompt", "a cat", "--output", "{tmp}/out.png", "--width", "64", "--height", "64",
+            "--steps", "2")
+GARBAGE = b"\x89PNG not weights at all" * 40
+CUT_HEADER = (10**6).to_bytes(8, "little") + b'{"image_proj.proj.weight":'
+
+CASES = [
+    case("inspect: sound adapter", {"a.safetensors": micro_adapter()}, INSPECT, 0, '"variant": "base"'),
+    *[case(f"inspect: {d[0]}", {"a.safetensors": sd15_damaged(d[0])}, INSPECT, 2, d[3]) for d in DAMAGES],
+    case("inspect: garbage bytes", {"a.safetensors": raw_bytes(GARBAGE)}, INSPECT, 2,
+         "is not a readable .safetensors file"),
+    case("inspect: cut header", {"a.safetensors": raw_bytes(CUT_HEADER)}, INSPECT, 2, "truncated or damaged"),
+    case("generate: sound adapter", {"a.safetensors": micro_adapter()}, GENERATE, 0, "out.png", {"out.png"}),
+    case("generate: NaN weights", {"a.safetensors": micro_adapter(float("nan"))}, GENERATE, 2,
+         "non-finite weights (NaN or infinity) in ip_adapter.3.to_v_ip.weight"),
+    case("generate: infinite weights", {"a.safetensors": micro_adapter(float("-inf"))}, GENERATE, 2,
+         "non-finite weights (NaN or infinity) in ip_adapter.3.to_v_ip.weight"),
+    case("generate: to_v_ip missing", {"a.safetensors": sd15_damaged("to_v_ip missing")}, GENERATE, 2,
+         "ip_adapter.3.to_v_ip.weight is missing; the file has 31 of the 32 layer weights"),
+    case("generate: image_proj for another encoder", {"a.safetensors": sd15_damaged(
+         "image_proj.proj for another encoder")}, GENERATE, 2, "image_proj.proj.weight is [3072, 768]"),
+    case("generate: to_k_ip rows", {"a.safetensors": sd15_damaged("to_k_ip rows")}, GENERATE, 2,
+         "ip_adapter.3.to_k_ip.weight is [330, 768] but ip_adapter.3.to_v_ip.weight is [320, 768]"),
+    case("generate: garbage bytes", {"a.safetensors": raw_bytes(GARBAGE)}, GENERATE, 2,
+         "is not a readable .safetensors file"),
+]
+
+
+# ---------------------------------------------------------------- the runner
+
+def _files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("row", CASES, ids=[c.name for c in CASES])
+def test_fault_matrix_cli(row: Case, models, tmp_path):
+    for name, make in row.inputs.items():
+        make(tmp_path / name, models)
+    before = _files(tmp_path)
+    places = {"tmp": str(tmp_path), "sd": str(models["sd"]), "clip": str(models["clip"]),
+              "ref": str(SAMPLES / "chelsea.jpg")}
+    r = run_cli(*(arg.format(**places) for arg in row.args))
+    said = r.stdout + r.stderr
+    assert r.returncode == row.code, said
+    assert row.fragment in said, said
+    assert "Traceback" not in said
+    if row.code:  # a refusal is one sentence on one log line
+        errors = [line for line in r.stderr.splitlines() if line.startswith("ERROR")]
+        assert len(errors) == 1 and row.fragment in errors[0], r.stderr
+    after = _files(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # the inputs are as they were
+    assert set(after) - set(before) == row.left
