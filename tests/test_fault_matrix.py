@@ -4,7 +4,7 @@ byte for byte as they went in, and nothing but the listed files may appear.
 
 The rows run in-process through `run_cli` (the command's result is what is tested, not the process).
 Placeholders in a row's arguments: {tmp} (the case's folder, holding its input files), {sd} and {clip}
-(the micro models of conftest's `models` fixture) and {ref} (a sample photo).
+(the micro models of conftest's `models` fixture), {ref} (a sample photo) and {samples} (their folder).
 """
 from __future__ import annotations
 
@@ -89,6 +89,9 @@ INSPECT = ("inspect", "{tmp}/a.safetensors")
 GENERATE = ("generate", "--base-model", "{sd}", "--image-encoder", "{clip}", "--adapter", "{tmp}/a.safetensors",
             "--image", "{ref}", "--prompt", "a cat", "--output", "{tmp}/out.png", "--width", "64", "--height", "64",
             "--steps", "2")
+TRAIN_FROM = ("train", "--images", "{samples}", "--base-model", "{sd}", "--image-encoder", "{clip}", "--out",
+              "{tmp}/out.safetensors", "--resolution", "64", "--precision", "no", "--no-validation", "--max-steps", "1",
+              "--init-adapter", "{tmp}/a.safetensors")
 GARBAGE = b"\x89PNG not weights at all" * 40
 CUT_HEADER = (10**6).to_bytes(8, "little") + b'{"image_proj.proj.weight":'
 
@@ -109,6 +112,10 @@ CASES = [
          "image_proj.proj for another encoder")}, GENERATE, 2, "image_proj.proj.weight is [3072, 768]"),
     case("generate: to_k_ip rows", {"a.safetensors": sd15_damaged("to_k_ip rows")}, GENERATE, 2,
          "ip_adapter.3.to_k_ip.weight is [330, 768] but ip_adapter.3.to_v_ip.weight is [320, 768]"),
+    case("train --init-adapter: NaN weights", {"a.safetensors": micro_adapter(float("nan"))}, TRAIN_FROM, 2,
+         "non-finite weights (NaN or infinity) in ip_adapter.3.to_v_ip.weight"),
+    case("train --init-adapter: to_v_ip missing", {"a.safetensors": sd15_damaged("to_v_ip missing")}, TRAIN_FROM,
+         2, "ip_adapter.3.to_v_ip.weight is missing"),
     case("generate: garbage bytes", {"a.safetensors": raw_bytes(GARBAGE)}, GENERATE, 2,
          "is not a readable .safetensors file"),
 ]
@@ -126,7 +133,7 @@ def test_fault_matrix_cli(row: Case, models, tmp_path):
         make(tmp_path / name, models)
     before = _files(tmp_path)
     places = {"tmp": str(tmp_path), "sd": str(models["sd"]), "clip": str(models["clip"]),
-              "ref": str(SAMPLES / "chelsea.jpg")}
+              "ref": str(SAMPLES / "chelsea.jpg"), "samples": str(SAMPLES)}
     r = run_cli(*(arg.format(**places) for arg in row.args))
     said = r.stdout + r.stderr
     assert r.returncode == row.code, said
