@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 # The layer count of SD1.5's key table (ip_adapter.1 ... ip_adapter.31), to name the family in messages.
 SD15_LAYERS = 16
 SD15_CROSS_DIM = 768
+# Far above any UNet's cross-attention count (SD1.5 numbers up to 31, SDXL up to 139): a larger index is
+# damage, refused before a list of that many layers is made.
+MAX_LAYER_INDEX = 9999
 _AGAIN = "save or download it again"
 
 
@@ -77,6 +80,9 @@ def _layer_indices(sd: Mapping[str, torch.Tensor], source: str) -> list[int]:
     # The key table numbers cross-attention layers 1, 3, 5, ... (layout.adapter_layers): the highest index
     # says how many layers the file was made with, so a layer missing in the middle shows as a gap.
     top = max(indices)
+    if top > MAX_LAYER_INDEX:
+        raise IPAdapterError(f"{source} has weights for ip_adapter.{top}, beyond any UNet's layer numbering "
+                             f"(1, 3, 5, ...): the file is damaged or not an IP-Adapter; {_AGAIN}.")
     return list(range(1, top + 2 if top % 2 else top + 1, 2))
 
 

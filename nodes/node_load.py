@@ -13,8 +13,9 @@ from ..ipadapter_train.adapter_init import load_adapter_module
 class LoadIPAdapter(io.ComfyNode):
     """Reads .safetensors or tencent .bin files through the core's safe loader (pickles weights-only).
 
-    Public ip-adapter_sd15 / ip-adapter-plus_sd15 files load too; whether the file fits the CLIP_VISION
-    and MODEL is checked by Apply (or Train) before anything samples.
+    Public ip-adapter_sd15 / ip-adapter-plus_sd15 files load too. A damaged file (a missing or wrongly
+    shaped key, NaN weights, a cut header) is refused in one sentence by the core's check; whether a
+    sound file fits the CLIP_VISION and MODEL is checked by Apply (or Train) before anything samples.
     """
 
     @classmethod

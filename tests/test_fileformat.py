@@ -344,6 +344,8 @@ DAMAGES = [
                  "ip_adapter.3.to_v_ip.weight": torch.zeros(320, 700)},
      "ip_adapter.3.to_k_ip.weight is [320, 700] but an SD1.5 base adapter (4 tokens of 768-d, 1024-d image "
      "features, 16 layers) needs [320, 768]"),
+    ("a layer number beyond any UNet", "base", _with("ip_adapter.999999999.to_k_ip.weight", torch.zeros(320, 768)),
+     "has weights for ip_adapter.999999999, beyond any UNet's layer numbering"),
     ("a key of another kind", "base", _with("ip_adapter.3.to_q_ip.weight", torch.zeros(320, 768)),
      "ip_adapter.3.to_q_ip.weight, which is not part of an SD1.5 base adapter"),
     ("integer weights", "base", _with("image_proj.norm.bias", torch.zeros(768, dtype=torch.int64)),
