@@ -195,33 +195,25 @@ def write_error(path: str | os.PathLike, err: BaseException, existed: bool) -> I
 def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
     """Refuse a folder that cannot take new files, by creating and removing a file in it.
 
-    A missing folder is created for the test and removed again (with any parents created for it), so a
-    check leaves nothing behind. `what` names the folder's role in the message ("the output folder").
+    A missing folder is tested where it would be created (its nearest existing parent), so a check
+    creates no folder, and processes of one run checking the same folder at once do not disturb each
+    other. `what` names the folder's role in the message ("the output's folder").
     """
     folder = Path(folder)
-    missing = []
     probe_at = folder
     while not probe_at.exists() and probe_at.parent != probe_at:
-        missing.append(probe_at)
         probe_at = probe_at.parent
-    if probe_at.exists() and not probe_at.is_dir():
+    if not probe_at.is_dir():
         raise IPAdapterError(f"Cannot write into {folder} ({what}): {probe_at} is a file, not a folder; "
                              "choose another path.")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = _temp_sibling(folder / "write-test")
+        probe = _temp_sibling(probe_at / "write-test")
         fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
         cause = WRITE_ERRORS.get(err.errno) or short_error(err)
         raise IPAdapterError(f"Cannot write into {folder} ({what}): {cause}; choose a writable folder.") from err
-    finally:
-        for created in missing:  # deepest first
-            try:
-                created.rmdir()
-            except OSError:
-                break
 
 
 def remove_stale_temporaries(path: str | os.PathLike, older_than: float) -> list[Path]:

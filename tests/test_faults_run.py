@@ -214,15 +214,16 @@ def test_an_out_in_a_read_only_folder_is_refused_before_any_model_loads(models, 
     undo = _make_unwritable(folder)
     if undo is None:
         pytest.skip("cannot make a folder read-only here (no chmod effect, no chattr)")
-    try:
-        r = run_cli(*train_args(models, folder / "a.safetensors", "--max-steps", "1", "--run-dir",
-                                str(tmp_path / "run")))
+    try:  # the folder itself, and a folder still to be made inside it
+        runs = [run_cli(*train_args(models, out, "--max-steps", "1", "--run-dir", str(tmp_path / "run")))
+                for out in (folder / "a.safetensors", folder / "new" / "a.safetensors")]
     finally:
         for step in undo:
             step()
-    assert r.returncode == 2
-    message = one_error(r)
-    assert str(folder) in message and "Cannot write into" in message, message
+    for r, named in zip(runs, (folder, folder / "new")):
+        assert r.returncode == 2
+        message = one_error(r)
+        assert f"Cannot write into {named} " in message, message
     assert not (tmp_path / "run").exists() and list(folder.iterdir()) == []
 
 
