@@ -257,6 +257,28 @@ def test_a_full_disk_during_the_save_is_one_sentence_and_the_previous_file_is_in
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+@pytest.mark.unit  # mount runs in a subprocess; the training is the in-process CLI
+@pytest.mark.skipif(sys.platform != "linux", reason="a small tmpfs stands for a full disk on Linux")
+def test_a_really_full_disk_during_the_save_is_one_sentence_and_the_previous_file_is_intact(models, tmp_path):
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0) or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root (the monkeypatched cases above still run)")
+    try:
+        out = disk / "a.safetensors"
+        out.write_bytes(b"the previous adapter")  # the new adapter (about 200 kB in fp16) does not fit
+        r = run_cli(*train_args(models, out, "--max-steps", "1", "--overwrite", "--run-dir", str(tmp_path / "run")))
+        left = sorted(p.name for p in disk.iterdir())
+        previous = out.read_bytes()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    assert r.returncode == 2
+    message = one_error(r)
+    assert str(out) in message and "the disk is full" in message and "previous file there is intact" in message
+    assert previous == b"the previous adapter" and left == ["a.safetensors"]
+
+
 def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(models, tmp_path):
     out = tmp_path / "a.safetensors"
     run = tmp_path / "a-run"
