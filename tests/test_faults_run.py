@@ -188,6 +188,27 @@ def test_the_base_model_file_itself_is_never_the_out(models, tmp_path, no_model_
     assert base.read_bytes() == b"a 607 MB checkpoint, in spirit"
 
 
+def test_a_run_folder_inside_the_images_and_an_out_inside_the_resumed_checkpoint_are_refused(models, tmp_path):
+    from conftest import SAMPLES
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for picture in sorted(SAMPLES.iterdir()):
+        (images / picture.name).write_bytes(picture.read_bytes())
+    args = train_args(models, tmp_path / "a.safetensors", "--max-steps", "1", "--run-dir", str(images / "run"))
+    args[args.index("--images") + 1] = str(images)
+    r = run_cli(*args)
+    assert r.returncode == 2 and "lies inside" in one_error(r) and not (images / "run").exists()
+
+    assert run_cli(*train_args(models, tmp_path / "b.safetensors", "--max-steps", "1")).returncode == 0
+    checkpoint = tmp_path / "b-run" / "checkpoint"
+    before = (checkpoint / "adapter.safetensors").read_bytes()
+    r = run_cli(*train_args(models, checkpoint / "adapter.safetensors", "--max-steps", "2", "--overwrite",
+                            "--resume", str(tmp_path / "b-run")))
+    assert r.returncode == 2 and "which this run reads" in one_error(r)
+    assert (checkpoint / "adapter.safetensors").read_bytes() == before
+
+
 def _make_unwritable(folder: Path):
     """Make `folder` refuse new files (chmod; as root, the immutable attribute); None if this system cannot."""
     folder.chmod(0o555)
