@@ -33,7 +33,8 @@ def install(only_for: tuple[str, ...]) -> None:
 def blocked_for(module_name: str) -> bool:
     """True when `import resource` fails in a module of that name: the check that the block works."""
     try:
-        exec("import resource", {"__name__": module_name})
+        # what an `import resource` statement inside that module calls
+        builtins.__import__("resource", {"__name__": module_name}, None, (), 0)
     except ImportError:
         return True
     return False
