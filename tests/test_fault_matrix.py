@@ -64,6 +64,11 @@ def micro_adapter(poison: float | None = None) -> Maker:
     return make
 
 
+def copy_of(key: str) -> Maker:
+    """A byte copy of one of the `models` fixture's files (e.g. the tiny CLIP vision file)."""
+    return lambda path, models: path.write_bytes(Path(models[key]).read_bytes())
+
+
 def raw_bytes(data: bytes) -> Maker:
     """A file holding exactly `data`."""
     return lambda path, models: path.write_bytes(data)
@@ -92,6 +97,23 @@ GENERATE = ("generate", "--base-model", "{sd}", "--image-encoder", "{clip}", "--
 TRAIN_FROM = ("train", "--images", "{samples}", "--base-model", "{sd}", "--image-encoder", "{clip}", "--out",
               "{tmp}/out.safetensors", "--resolution", "64", "--precision", "no", "--no-validation", "--max-steps", "1",
               "--init-adapter", "{tmp}/a.safetensors")
+TRAIN = TRAIN_FROM[:-2]
+
+
+def train_with(*changes: str) -> tuple[str, ...]:
+    """TRAIN with `--flag value` pairs replaced (or added), and bare flags such as --overwrite appended."""
+    args, i = list(TRAIN), 0
+    while i < len(changes):
+        flag = changes[i]
+        has_value = i + 1 < len(changes) and not changes[i + 1].startswith("--")
+        if flag in args and has_value:
+            args[args.index(flag) + 1] = changes[i + 1]
+        else:
+            args += [flag, changes[i + 1]] if has_value else [flag]
+        i += 2 if has_value else 1
+    return tuple(args)
+
+
 GARBAGE = b"\x89PNG not weights at all" * 40
 CUT_HEADER = (10**6).to_bytes(8, "little") + b'{"image_proj.proj.weight":'
 
@@ -116,6 +138,14 @@ CASES = [
          "non-finite weights (NaN or infinity) in ip_adapter.3.to_v_ip.weight"),
     case("train --init-adapter: to_v_ip missing", {"a.safetensors": sd15_damaged("to_v_ip missing")}, TRAIN_FROM,
          2, "ip_adapter.3.to_v_ip.weight is missing"),
+    case("train: --out exists, no --overwrite", {"out.safetensors": micro_adapter()}, TRAIN, 2,
+         "already exists: pass --overwrite"),
+    case("train: --out is the image encoder, even with --overwrite", {"enc.safetensors": copy_of("clip")},
+         train_with("--image-encoder", "{tmp}/enc.safetensors", "--out", "{tmp}/enc.safetensors", "--overwrite"), 2,
+         "which this run reads"),
+    case("train: --out is the init adapter, even with --overwrite", {"a.safetensors": micro_adapter()},
+         train_with("--init-adapter", "{tmp}/a.safetensors", "--out", "{tmp}/a.safetensors", "--overwrite"), 2,
+         "which this run reads"),
     case("generate: garbage bytes", {"a.safetensors": raw_bytes(GARBAGE)}, GENERATE, 2,
          "is not a readable .safetensors file"),
 ]
