@@ -18,7 +18,7 @@ from typing import Iterable
 
 from .checkpoint import CHECKPOINT_DIR, SavedCheckpoint
 from .errors import IPAdapterError
-from .weights_io import check_writable_folder, remove_stale_temporaries
+from .write_failures import check_writable_folder, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 

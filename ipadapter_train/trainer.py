@@ -39,7 +39,7 @@ from .fileformat import file_metadata, save_adapter
 from .precision import make_accelerator
 from .report import RunTimes, training_report, write_report
 from .validation import conditioning_gain
-from .weights_io import write_error
+from .write_failures import write_error
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Crash-safe writing and safe reading of weights files: the one place the package touches them.
 
 Writes go to a temp file beside the target, are fsynced and renamed over it, so a crash leaves the
-old file or the new one, never half of either. Pickle files (`.bin`, `.pt`, `.pth`, `.ckpt`) are only
+old file or the new one, never half of either (`write_failures` says what a failed write means and
+cleans up what a killed one left). Pickle files (`.bin`, `.pt`, `.pth`, `.ckpt`) are only
 ever read with `torch.load(..., weights_only=True)`: a file carrying code is refused, never run.
 
     save_safetensors_atomic({"w": torch.zeros(2)}, "out.safetensors")
@@ -10,12 +11,10 @@ ever read with `torch.load(..., weights_only=True)`: a file carrying code is ref
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import pickle
-import re
 import secrets
 import shutil
 import sys
@@ -38,7 +37,8 @@ WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX,) + PICKLE_SUFFIXES
 
 # ---------------------------------------------------------------- crash-safe writes
 
-def _temp_sibling(path: Path) -> Path:
+def temp_sibling(path: Path) -> Path:
+    """A unique `.NAME.<12 hex>.tmp` path beside `path` (what an interrupted write may leave)."""
     # Same folder as the target, so the final os.replace is a rename on one file system.
     return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
@@ -86,7 +86,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     path = Path(path)
     if path.is_dir():
         raise IPAdapterError(f"Cannot write {path}: it is a folder; give a file name instead.")
-    tmp = _temp_sibling(path)
+    tmp = temp_sibling(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # os.open applies the umask (mkstemp's fixed 0600 would not). The mode is read now because
@@ -143,7 +143,7 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(path)
+    tmp = temp_sibling(path)
     os.mkdir(tmp)  # umask mode: mkdtemp's 0700 would hide the folder from other users
     old = path.with_name(f".{path.name}-old")
     try:
@@ -166,85 +166,6 @@ def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> 
     _fsync_dir(path.parent)
     shutil.rmtree(old, ignore_errors=True)
     return path
-
-
-# What a failed write means, by errno (EDQUOT is missing from some platforms' errno module).
-WRITE_ERRORS = {code: cause for code, cause in (
-    (errno.ENOSPC, "the disk is full"), (getattr(errno, "EDQUOT", None), "the disk quota is used up"),
-    (errno.EACCES, "no permission to write there"), (errno.EPERM, "no permission to write there"),
-    (errno.EROFS, "the file system is read-only")) if code is not None}
-_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
-
-
-def write_error(path: str | os.PathLike, err: BaseException, existed: bool) -> IPAdapterError:
-    """One sentence for a failed write of `path`: the cause, and that the previous file is intact.
-
-    `err` is an OSError or safetensors' own error, which carries the OS error only in its text
-    ("... (os error 28)"); `existed` says whether a previous file was there before the write.
-    """
-    code = getattr(err, "errno", None)
-    if code is None:
-        found = re.search(r"os error (\d+)", str(err))
-        code = int(found.group(1)) if found else None
-    cause = WRITE_ERRORS.get(code) or short_error(err)
-    kept = "the previous file there is intact" if existed else "no partial file was left there"
-    return IPAdapterError(f"Could not write {path} ({cause}): {kept}; free some space or choose a writable "
-                          "folder, then run again.")
-
-
-def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
-    """Refuse a folder that cannot take new files, by creating and removing a file in it.
-
-    A missing folder is tested where it would be created (its nearest existing parent), so a check
-    creates no folder, and processes of one run checking the same folder at once do not disturb each
-    other. `what` names the folder's role in the message ("the output's folder").
-    """
-    folder = Path(folder)
-    probe_at = folder
-    while not probe_at.exists() and probe_at.parent != probe_at:
-        probe_at = probe_at.parent
-    if not probe_at.is_dir():
-        raise IPAdapterError(f"Cannot write into {folder} ({what}): {probe_at} is a file, not a folder; "
-                             "choose another path.")
-    try:
-        probe = _temp_sibling(probe_at / "write-test")
-        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        cause = WRITE_ERRORS.get(err.errno) or short_error(err)
-        raise IPAdapterError(f"Cannot write into {folder} ({what}): {cause}; choose a writable folder.") from err
-
-
-def remove_stale_temporaries(path: str | os.PathLike, older_than: float) -> list[Path]:
-    """Remove what an interrupted atomic write of `path` left beside it; return what was removed.
-
-    Only `.<name>.<12 hex digits>.tmp` entries (files, or folders of `atomic_write_dir`) modified before
-    `older_than` (a `time.time()`) are taken: a write in progress now, by this process or another, is newer.
-    """
-    path = Path(path)
-    removed = []
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        found = _TEMP_NAME.fullmatch(entry.name)
-        if not found or found.group("name") != path.name:
-            continue
-        try:
-            if entry.lstat().st_mtime >= older_than:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except OSError as err:
-            log.debug("could not remove the stale temporary %s: %s", entry, err)
-            continue
-        log.info("Removed %s, left by an interrupted write of %s.", entry, path)
-        removed.append(entry)
-    return removed
 
 
 # ---------------------------------------------------------------- reading files
