@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from ipadapter_train.adapter import IPAdapter
 from ipadapter_train.clip_vision import encode_images
-from ipadapter_train.data import Sample, center_crop, resize_short_side, to_tensor
+from ipadapter_train.data import Sample
+from ipadapter_train.image_ops import center_crop, resize_short_side, to_tensor
 from ipadapter_train.diffusers_backend import DiffusersBackend
 from ipadapter_train.layout import adapter_layers
 

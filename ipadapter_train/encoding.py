@@ -24,7 +24,8 @@ from PIL import Image
 
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
-from .data import Sample, hflip, limit_aspect, resize_short_side, to_tensor
+from .data import Sample
+from .image_ops import hflip, limit_aspect, resize_short_side, to_tensor
 
 log = logging.getLogger(__name__)
 

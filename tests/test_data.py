@@ -14,14 +14,10 @@ from ipadapter_train.data import (
     IMAGE_EXTENSIONS,
     DatasetReport,
     Sample,
-    center_crop,
-    hflip,
-    limit_aspect,
     load_image,
     load_image_folder,
-    resize_short_side,
-    to_tensor,
 )
+from ipadapter_train.image_ops import center_crop, hflip, limit_aspect, resize_short_side, to_tensor
 from ipadapter_train.errors import IPAdapterError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"

@@ -47,9 +47,9 @@ def graph():
 @pytest.fixture(scope="module")
 def dataset():
     """3 sample photos at 64 px as an IMAGE batch and their captions (3 keep encoding and validation short)."""
-    data = pack("ipadapter_train.data")
+    data, image_ops = pack("ipadapter_train.data"), pack("ipadapter_train.image_ops")
     samples, _ = data.load_image_folder(SAMPLES)
-    pictures = [data.center_crop(data.resize_short_side(s.image, 64), 64) for s in samples[:3]]
+    pictures = [image_ops.center_crop(image_ops.resize_short_side(s.image, 64), 64) for s in samples[:3]]
     return pack("nodes.images").pils_to_tensor(pictures), "\n".join(s.caption for s in samples[:3])
 
 
