@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
+from . import families
 from . import ldm_layout as L
+from .diffusion_model import DiffusionModel
 from .errors import IPAdapterError
 from .random_init import RANDOM_MARK, empty_model, fill_random_, freeze, random_metadata
 from .weights_io import WeightFile, save_safetensors_atomic
@@ -30,17 +31,11 @@ log = logging.getLogger(__name__)
 _TOKENIZER_MAX = 77  # CLIP-L has 77 positions; ComfyUI's tokenizer copy says 8192 and would pad to that
 
 
-@dataclass
-class SD15:
-    """The frozen SD1.5 components and where they came from."""
-
-    unet: Any  # diffusers UNet2DConditionModel
-    vae: Any  # diffusers AutoencoderKL
-    text_encoder: Any  # transformers CLIPTextModel
-    tokenizer: Any  # transformers CLIPTokenizer
-    scheduler_config: dict
-    source: str
-    random_weights: bool = False  # built here with random weights, or loaded from a file marked so
+def SD15(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, scheduler_config: dict, source: str,
+         random_weights: bool = False) -> DiffusionModel:  # noqa: N802 (the name the SD1.5 container had)
+    """An SD1.5 `DiffusionModel`: one CLIP-L text encoder and its tokenizer."""
+    return DiffusionModel(families.SD15, unet, vae, [text_encoder], [tokenizer], scheduler_config, source,
+                          random_weights)
 
 
 # ---------------------------------------------------------------- configs and tokenizer
@@ -95,7 +90,7 @@ def _empty_parts(unet_cfg: dict, vae_cfg: dict, text_cfg: dict):
     return unet, vae, text
 
 
-def build_sd15(size: Literal["tiny", "full"] = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> SD15:
+def build_sd15(size: Literal["tiny", "full"] = "tiny", seed: int = 0, dtype: torch.dtype = torch.float32) -> DiffusionModel:
     """Build an SD1.5 with random weights: "full" is the real shape, "tiny" a cheap ComfyUI-loadable one."""
     if size not in ("tiny", "full"):
         raise IPAdapterError(f"Unknown model size {size!r}; expected 'tiny' or 'full'.")
@@ -125,7 +120,7 @@ def _log_unused(name: str, unused: list[str]) -> None:
             name, len(unused), "entry" if len(unused) == 1 else "entries", L.summarize_keys(unused))
 
 
-def _load_single_file(path: Path, dtype: torch.dtype) -> SD15:
+def _load_single_file(path: Path, dtype: torch.dtype) -> DiffusionModel:
     name = str(path)
     with WeightFile(path, unwrap_state_dict=True) as wf:  # the original SD releases wrap it in "state_dict"
         shapes = wf.shapes
@@ -164,7 +159,7 @@ def _variant(folder: Path) -> str | None:
     return "fp16" if not plain and any(".fp16." in n for n in names) else None
 
 
-def _load_folder(path: Path, dtype: torch.dtype) -> SD15:
+def _load_folder(path: Path, dtype: torch.dtype) -> DiffusionModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -205,7 +200,7 @@ def _load_folder(path: Path, dtype: torch.dtype) -> SD15:
     return SD15(unet, vae, text, tokenizer, scheduler_config, str(path))
 
 
-def load_sd15(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> SD15:
+def load_sd15(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load SD1.5 from a diffusers folder or an original-layout single file; every part frozen, in `dtype`."""
     path = Path(path)
     if not path.exists():
@@ -218,7 +213,7 @@ def load_sd15(path: str | os.PathLike, dtype: torch.dtype = torch.float32, devic
     return sd15
 
 
-def save_single_file(sd15: SD15, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+def save_single_file(sd15: DiffusionModel, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
     """Write `sd15` as one original-layout `.safetensors` checkpoint (what ComfyUI and A1111 load)."""
     out: dict[str, torch.Tensor] = {}
     for model, kmap in _key_maps(sd15.unet, sd15.vae, sd15.text_encoder):
