@@ -57,7 +57,7 @@ def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: in
             lap("vae")
             embeds, _ = encode_images(clip, [s.image for s in batch], device, torch.float32)
             lap("clip")
-            text = backend.encode_text([s.caption for s in batch]).to(device)
+            text = backend.encode_text([s.caption for s in batch])["context"].to(device)
             lap("text")
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (batch_size,), device=device)

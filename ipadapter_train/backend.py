@@ -6,18 +6,24 @@ diffusers back end lives in `diffusers_backend.py`; the node pack gives the same
 """
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Mapping, Protocol, Sequence
 
 import torch
 from PIL import Image
 
 from .adapter import IPAdapter
+from .families import ModelFamily
 from .layout import AdapterLayer
+
+# What `encode_text` returns: "context" [B, 77, cross_dim] always, "pooled" [B, P] for families whose UNet takes a
+# pooled text embedding (SDXL). `predict_noise` takes "pooled" and "time_ids" [B, 6] as `added` for such families.
+TextEmbeddings = dict[str, torch.Tensor]
 
 
 class DiffusionBackend(Protocol):
-    """A frozen SD1.5-style model the adapter trains against."""
+    """A frozen diffusion model of some family (`families.py`) that the adapter trains against."""
 
+    family: ModelFamily  # what the model is: layout, conditioning, defaults
     name: str  # what the adapter metadata records as base model
     device: torch.device
     dtype: torch.dtype  # dtype of the frozen weights
@@ -39,12 +45,16 @@ class DiffusionBackend(Protocol):
     def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels [B,3,H,W] in [-1,1] -> scaled latent mean and std [B,4,H/8,W/8] (float32, CPU)."""
 
-    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
-        """Captions -> text context [B, 77, cross_dim] (CPU)."""
+    def encode_text(self, captions: Sequence[str]) -> TextEmbeddings:
+        """Captions -> {"context": [B, 77, cross_dim], and "pooled": [B, P] when the family has one} (float32, CPU)."""
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                      ip_tokens: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
-        """Epsilon prediction with the image tokens applied at `scale` (None = adapter off)."""
+                      ip_tokens: torch.Tensor | None, scale: float = 1.0,
+                      added: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Epsilon prediction with the image tokens applied at `scale` (None = adapter off).
+
+        `text` is the context; `added` holds "pooled" and "time_ids" for families that condition on them.
+        """
 
     def enable_gradient_checkpointing(self) -> None:
         """Trade compute for memory in the frozen UNet's backward."""

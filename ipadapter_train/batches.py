@@ -34,7 +34,7 @@ def make_batch(data: EncodedDataset, indices: list[int], gen: torch.Generator, c
                 alphas: torch.Tensor) -> dict[str, torch.Tensor]:
     """Latent crop + flip + posterior sample + condition dropout + noise, all from `gen`."""
     size = config.resolution // 8
-    latents, feats, texts = [], [], []
+    latents, feats, texts, pooled = [], [], [], []
     dt, di, db = config.drop_text, config.drop_image, config.drop_both
     for i in indices:
         flip = config.flip and bool(torch.rand((), generator=gen) < 0.5)
@@ -54,9 +54,17 @@ def make_batch(data: EncodedDataset, indices: list[int], gen: torch.Generator, c
         f = data.flip_features[i] if flip else data.features[i]
         feats.append(data.dropped_features[0] if drop_image else f)
         texts.append(data.empty_text[0] if drop_text else data.text[data.text_index[i]])
+        if data.pooled is not None:  # the family's UNet also takes the pooled text embedding (SDXL)
+            pooled.append(data.empty_pooled[0] if drop_text else data.pooled[data.text_index[i]])
     x0 = torch.stack(latents)
     noise = torch.randn(x0.shape, generator=gen)
     t = torch.randint(0, len(alphas), (len(indices),), generator=gen)
     a = alphas[t].view(-1, 1, 1, 1)
-    return {"noisy": a.sqrt() * x0 + (1 - a).sqrt() * noise, "noise": noise, "t": t,
-            "text": torch.stack(texts), "feats": torch.stack(feats)}
+    px = size * 8
+    batch = {"noisy": a.sqrt() * x0 + (1 - a).sqrt() * noise, "noise": noise, "t": t,
+             "text": torch.stack(texts), "feats": torch.stack(feats),
+             # size/crop conditioning (original h, w, crop top, left, target h, w) for families that take it
+             "time_ids": torch.tensor([[px, px, 0, 0, px, px]] * len(indices), dtype=torch.float32)}
+    if pooled:
+        batch["pooled"] = torch.stack(pooled)
+    return batch

@@ -49,6 +49,8 @@ class EncodedDataset:
     empty_text: torch.Tensor  # [1, 77, cross_dim]: the caption "" for text dropout
     dropped_features: torch.Tensor  # [1, ...]: features of a dropped image
     captions: list[str]
+    pooled: torch.Tensor | None = None  # [U, P]: pooled text embeddings, for families whose UNet takes them
+    empty_pooled: torch.Tensor | None = None  # [1, P]: the pooled embedding of ""
 
     def __len__(self) -> int:
         return len(self.latent_mean)
@@ -87,6 +89,7 @@ def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder
     captions = [s.caption for s in samples]
     distinct = sorted(set(captions))
     text = backend.encode_text(distinct)
+    empty = backend.encode_text([""])
     row = {c: i for i, c in enumerate(distinct)}
     log.info("Encoded %d images and %d distinct captions once; training never runs the encoders again.",
              total, len(distinct))
@@ -94,8 +97,9 @@ def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder
         latent_mean=means, latent_std=stds,
         flip_mean=fmeans if flips else None, flip_std=fstds if flips else None,
         features=torch.stack(feats), flip_features=torch.stack(ffeats) if flips else None,
-        text=text, text_index=[row[c] for c in captions],
-        empty_text=backend.encode_text([""]),
+        text=text["context"], text_index=[row[c] for c in captions],
+        empty_text=empty["context"],
         dropped_features=encoder.dropped(config.variant),
         captions=captions,
+        pooled=text.get("pooled"), empty_pooled=empty.get("pooled"),
     )

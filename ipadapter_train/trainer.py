@@ -100,8 +100,9 @@ class _StepModule(nn.Module):
         self.adapter = adapter
         self.backend = backend  # a plain object, so the frozen UNet is never a registered submodule
 
-    def forward(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        return self.backend.predict_noise(noisy, t, text, self.adapter.project(feats))
+    def forward(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor, feats: torch.Tensor,
+                added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.backend.predict_noise(noisy, t, text, self.adapter.project(feats), added=added)
 
 
 def _fingerprint(samples: Sequence[Sample]) -> list[str]:
@@ -207,7 +208,7 @@ class TrainingRun:
         batch = make_batch(self.data, indices, gen, config, backend.alphas_cumprod)
         batch = {k: v.to(backend.device) for k, v in batch.items()}
         with accelerator.autocast():
-            pred = self.step_module(batch["noisy"], batch["t"], batch["text"], batch["feats"])
+            pred = self.step_module(batch["noisy"], batch["t"], batch["text"], batch["feats"], added_inputs(batch))
         loss = F.mse_loss(pred.float(), batch["noise"])
         loss_value = float(accelerator.gather(loss.detach().reshape(1)).mean())
         if not math.isfinite(loss_value):
@@ -327,6 +328,11 @@ class TrainingRun:
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
+
+
+def added_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's extra conditioning (pooled text, size/crop time_ids); backends of families without it ignore it."""
+    return {k: batch[k] for k in ("pooled", "time_ids") if k in batch}
 
 
 @contextlib.contextmanager

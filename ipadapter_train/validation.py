@@ -50,6 +50,10 @@ def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: Encod
         j = (i + 1) % n  # a derangement: never the image's own features
         latents = _center(data.latent_mean[i], size).unsqueeze(0)
         text = data.text[data.text_index[i]].unsqueeze(0)
+        px = size * 8
+        added = {"time_ids": torch.tensor([[px, px, 0, 0, px, px]], dtype=torch.float32)}
+        if data.pooled is not None:
+            added["pooled"] = data.pooled[data.text_index[i]].unsqueeze(0)
         for t in config.validation_timesteps:
             noise = torch.randn(latents.shape, generator=gen)
             a = backend.alphas_cumprod[t]
@@ -59,7 +63,7 @@ def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: Encod
             with autocast() if autocast else torch.autocast(dev.type, enabled=False):
                 tokens = adapter.project(feats.to(dev))
                 pred = backend.predict_noise(noisy.repeat(2, 1, 1, 1).to(dev), torch.full((2,), t, device=dev),
-                                             text.repeat(2, 1, 1).to(dev), tokens)
+                                             text.repeat(2, 1, 1).to(dev), tokens, added=added)
             target = noise.repeat(2, 1, 1, 1).to(dev)
             losses = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
             own_total += float(losses[0])

@@ -22,6 +22,7 @@ from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 from ..ipadapter_train.adapter import IPAdapter
 from ..ipadapter_train.ip_attention import IPState
 from ..ipadapter_train.errors import IPAdapterError, TrainingCancelled
+from ..ipadapter_train.families import family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer
 from . import checkpointing
 from .attn_patch import ATTN2, TrainingPatch, existing_patch
@@ -69,6 +70,11 @@ class ComfyBackend:
             raise IPAdapterError(f"This MODEL samples with {type(self.sampling).__name__}: training needs a "
                                  "discrete-time epsilon-prediction model such as SD1.5.")
         self.name = f"ComfyUI MODEL ({type(base.model_config).__name__})"
+        family = family_of_comfy_unet(base.model_config.unet_config)
+        if family is None:
+            raise IPAdapterError(f"This MODEL ({type(base.model_config).__name__}) is of no model family this pack "
+                                 "trains for: load an SD1.5 checkpoint with Load Checkpoint.")
+        self.family = family
         self.device = torch.device(model.load_device)
         self.dtype = base.manual_cast_dtype or base.get_dtype()
         self.cross_dim = context_width(model)
@@ -153,8 +159,8 @@ class ComfyBackend:
         return self.latent_format.process_in(mean).float().cpu(), (std * scale).cpu()
 
     @torch.no_grad()
-    def encode_text(self, captions: Sequence[str]) -> torch.Tensor:
-        """Captions -> CLIP context [B, 77, cross_dim] from the graph's CLIP (clip skip and LoRAs included)."""
+    def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Captions -> {"context": [B, 77, cross_dim]} from the graph's CLIP (clip skip and LoRAs included)."""
         rows = []
         for caption in captions:
             cond = self.clip.encode_from_tokens(self.clip.tokenize(caption))
@@ -162,10 +168,11 @@ class ComfyBackend:
                 log.warning("Caption %r is longer than 75 tokens; training uses its first 75, as the diffusers "
                             "back end does.", caption[:60])
             rows.append(cond[:, :TEXT_TOKENS].float().cpu())
-        return torch.cat(rows)
+        return {"context": torch.cat(rows)}
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                      ip_tokens: torch.Tensor | None, scale: float = 1.0) -> torch.Tensor:
+                      ip_tokens: torch.Tensor | None, scale: float = 1.0,
+                      added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The UNet's epsilon prediction, with the image tokens added at `scale` by the attached patches."""
         # Tokens stay set after the call, as in the diffusers back end; every call sets them anew.
         self.state.tokens, self.state.scale = ip_tokens, scale

@@ -57,6 +57,38 @@ def micro_sd15(seed: int = 0):
                 source="micro-sd15 (random weights)", random_weights=True)
 
 
+def micro_sdxl(seed: int = 0):
+    """An SDXL-conditioned micro model: a 2-level UNet 32/64 wide with 2048-d cross-attention and SDXL's
+    text_time extra conditioning, 1-layer CLIP-L (768) and bigG (1280, with projection) text encoders, a tiny VAE."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from ipadapter_train.diffusion_model import DiffusionModel
+    from ipadapter_train.families import SDXL
+    from ipadapter_train.sd15 import load_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=2048,
+        attention_head_dim=(2, 4), sample_size=8, transformer_layers_per_block=(1, 2), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=1280 + 6 * 8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    vae = AutoencoderKL(block_out_channels=(8, 8, 16, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        scaling_factor=0.13025)
+    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=12, vocab_size=49408, max_position_embeddings=77))
+    text2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=1280, intermediate_size=64, num_hidden_layers=2,
+                                                       num_attention_heads=20, vocab_size=49408, projection_dim=1280,
+                                                       max_position_embeddings=77, hidden_act="gelu"))
+    tok2 = load_tokenizer()
+    tok2.pad_token = "!"
+    for m in (unet, vae, text, text2):
+        m.eval().requires_grad_(False)
+    return DiffusionModel(SDXL, unet, vae, [text, text2], [load_tokenizer(), tok2], SDXL.config(
+        "scheduler/scheduler_config.json"), "micro-sdxl (random weights)", random_weights=True)
+
+
 def micro_clip(seed: int = 0):
     """The `tiny` CLIP vision preset: 64 wide, 2 layers, 32-d embedding."""
     from ipadapter_train.clip_vision import build_clip_vision
