@@ -139,8 +139,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=30, help="sampling steps (default 30)")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance (default 7.5)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
-    p.add_argument("--width", type=int, default=512)
-    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--width", type=int, help="image width (default: the model's, 512 SD1.5, 1024 SDXL)")
+    p.add_argument("--height", type=int, help="image height (default: the model's)")
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "euler_a", "dpm++", "pndm"])
     p.add_argument("--precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
                    help="weights precision; auto = fp16/bf16 on CUDA, fp32 elsewhere")

@@ -42,6 +42,11 @@ class TextEncoder:
     pooled: bool = False  # its projected pooled embedding is the UNet's `text_embeds` (SDXL's bigG)
     pad_token: str | None = None  # tokenizer pad override: bigG pads with "!" (id 0), CLIP-L with end-of-text
 
+    @property
+    def tokenizer_subfolder(self) -> str:
+        """Its tokenizer's diffusers folder (and pipeline argument) name: "tokenizer", "tokenizer_2"."""
+        return self.subfolder.replace("text_encoder", "tokenizer")
+
 
 @dataclass(frozen=True)
 class ModelFamily:

@@ -1,5 +1,6 @@
-"""Test generation with a trained adapter: a diffusers Stable Diffusion pipeline whose cross-attention
-layers run through the core's own `IPAttnProcessor` (the same modules training used).
+"""Test generation with a trained adapter: the family's diffusers pipeline (`StableDiffusionPipeline`,
+`StableDiffusionXLPipeline`) whose cross-attention layers run through the core's own `IPAttnProcessor` (the
+same modules training used).
 
     images = Generator(sd, clip, adapter).generate(reference=[ref], prompt="a cat in a palace", seed=42)
 """
@@ -17,8 +18,8 @@ from .adapter_check import check_adapter_state
 from .clip_features import CLIPFeatureEncoder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
+from .diffusion_model import DiffusionModel
 from .random_init import is_random
-from .sd15 import SD15
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +48,51 @@ class GenerationSettings:
     guidance: float = 7.5
     seed: int = 42
     num_images: int = 1
-    width: int = 512
-    height: int = 512
+    width: int | None = None  # None: the model family's default resolution (512 SD1.5, 1024 SDXL)
+    height: int | None = None
     scheduler: str = "ddim"
 
     def validate(self) -> None:
-        """Raise IPAdapterError on settings that cannot generate."""
+        """Raise IPAdapterError on settings that cannot generate (sizes must be filled in: `sized`)."""
         if self.width % 8 or self.height % 8 or min(self.width, self.height) < 64:
             raise IPAdapterError(f"Size {self.width}x{self.height} is not usable: give multiples of 8, at least 64.")
         if self.steps < 1 or self.num_images < 1:
             raise IPAdapterError("steps and the number of images must be at least 1.")
 
+    def sized(self, default: int) -> "GenerationSettings":
+        """A copy with the width and height that were not given set to `default`."""
+        from dataclasses import replace
+
+        return replace(self, width=self.width or default, height=self.height or default)
+
+
+def make_pipeline(sd: DiffusionModel):
+    """The family's diffusers pipeline over the loaded parts (no safety checker, no diffusers image encoder:
+    the adapter's image tokens come from the core)."""
+    import inspect
+
+    import diffusers
+
+    cls = getattr(diffusers, sd.family.pipeline)
+    parts = {"vae": sd.vae, "unet": sd.unet, "scheduler": make_scheduler("ddim", sd.scheduler_config)}
+    for spec, encoder, tokenizer in zip(sd.family.text_encoders, sd.text_encoders, sd.tokenizers):
+        parts[spec.subfolder] = encoder
+        parts[spec.tokenizer_subfolder] = tokenizer
+    accepted = inspect.signature(cls.__init__).parameters
+    for name in ("safety_checker", "feature_extractor", "image_encoder"):
+        if name in accepted:
+            parts[name] = None
+    if "requires_safety_checker" in accepted:
+        parts["requires_safety_checker"] = False
+    return cls(**parts)
+
 
 class Generator:
     """Loaded models + one adapter, ready to generate many times."""
 
-    def __init__(self, sd: SD15, clip_vision, adapter: IPAdapter | None, device: str | torch.device = "cpu",
+    def __init__(self, sd: DiffusionModel, clip_vision, adapter: IPAdapter | None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, adapter_name: str = "the adapter",
                  encoder_name: str = "clip_vision") -> None:
-        from diffusers import StableDiffusionPipeline
-
         self.backend = DiffusersBackend(sd, device, dtype)
         self.encoder = CLIPFeatureEncoder(clip_vision, device, dtype, name=encoder_name)
         self.adapter = adapter
@@ -83,10 +109,7 @@ class Generator:
                                     f"the UNet of {self.backend.name}", adapter_name)
             adapter.to(self.backend.device, dtype).eval().requires_grad_(False)
             self.backend.attach(adapter)
-        self.pipe = StableDiffusionPipeline(vae=sd.vae, text_encoder=sd.text_encoder, tokenizer=sd.tokenizer,
-                                            unet=sd.unet, scheduler=make_scheduler("ddim", sd.scheduler_config),
-                                            safety_checker=None, feature_extractor=None, image_encoder=None,
-                                            requires_safety_checker=False)
+        self.pipe = make_pipeline(sd)
         self.pipe.set_progress_bar_config(disable=True)
 
     @torch.no_grad()
@@ -105,6 +128,7 @@ class Generator:
                  negative_image: Sequence[Image.Image] | None = None,
                  progress: Callable[[int, int], None] | None = None) -> list[Image.Image]:
         """Generate `settings.num_images` images; the same settings and seed give the same images."""
+        settings = settings.sized(self.backend.family.default_resolution)
         settings.validate()
         self.pipe.scheduler = make_scheduler(settings.scheduler, self.backend.sd.scheduler_config)
         state = self.backend.state

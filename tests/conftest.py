@@ -15,6 +15,7 @@ A tier marker written on a test (or its module) wins over the automatic one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -59,7 +60,16 @@ def micro_sd15(seed: int = 0):
 
 def micro_sdxl(seed: int = 0):
     """An SDXL-conditioned micro model: a 2-level UNet 32/64 wide with 2048-d cross-attention and SDXL's
-    text_time extra conditioning, 1-layer CLIP-L (768) and bigG (1280, with projection) text encoders, a tiny VAE."""
+    text_time extra conditioning, 2-layer CLIP-L (768) and bigG (1280, with projection) text encoders, a tiny VAE.
+
+    A fresh copy each call (tests change models); built once per seed, since building costs seconds."""
+    import copy
+
+    return copy.deepcopy(_micro_sdxl(seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _micro_sdxl(seed: int):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 

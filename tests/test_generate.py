@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import micro_clip, micro_sd15
+from conftest import micro_clip, micro_sd15, micro_sdxl
 from ipadapter_train.adapter import IPAdapter
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.adapter_init import load_adapter_module
@@ -16,12 +16,12 @@ from ipadapter_train.layout import adapter_layers
 SETTINGS = dict(prompt="a cat", steps=4, width=64, height=64, seed=7, guidance=7.5)
 
 
-def adapter_file(tmp_path, variant="base", clip_dim=None):
-    sd = micro_sd15()
+def adapter_file(tmp_path, variant="base", clip_dim=None, micro=micro_sd15):
+    sd = micro()
     clip = micro_clip()
     dim = clip_dim or (clip.config.projection_dim if variant == "base" else clip.config.hidden_size)
     torch.manual_seed(2)
-    adapter = IPAdapter.new(variant, dim, 768, adapter_layers(sd.unet.config))
+    adapter = IPAdapter.new(variant, dim, sd.family.cross_dim, adapter_layers(sd.unet.config))
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.3)
@@ -81,6 +81,34 @@ def test_matches_diffusers_own_ip_adapter_path(tmp_path, samples, variant):
                   height=64, generator=torch.Generator("cpu").manual_seed(7)).images
     diff = np.abs(pixels(ours) - pixels(theirs))
     assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+
+
+def test_sdxl_generation_matches_diffusers_own_sdxl_ip_adapter_path(tmp_path, samples):
+    """The SDXL pipeline (two text encoders, pooled embedding, size conditioning) with our patched layers gives
+    what StableDiffusionXLPipeline.load_ip_adapter gives with the same file, seed and reference."""
+    from ipadapter_train.clip_vision import image_processor
+    from ipadapter_train.generate import make_pipeline
+
+    path = adapter_file(tmp_path, "base", micro=micro_sdxl)
+    ref = samples[2].image
+    gen = Generator(micro_sdxl(), micro_clip(), load(path))
+    ours = gen.generate([ref], GenerationSettings(**SETTINGS))
+    assert type(gen.pipe).__name__ == "StableDiffusionXLPipeline" and ours[0].size == (64, 64)
+    default = GenerationSettings(prompt="a cat").sized(gen.backend.family.default_resolution)
+    assert (default.width, default.height) == (1024, 1024)  # SDXL's own size when none is given
+
+    sd = micro_sdxl()
+    pipe = make_pipeline(sd)
+    pipe.register_modules(image_encoder=micro_clip(), feature_extractor=image_processor(224))
+    pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name=path.name, image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(1.0)
+    pipe.scheduler = gen.pipe.scheduler.__class__.from_config(sd.scheduler_config)
+    theirs = pipe(prompt="a cat", ip_adapter_image=ref, num_inference_steps=4, guidance_scale=7.5, width=64,
+                  height=64, generator=torch.Generator("cpu").manual_seed(7)).images
+    diff = np.abs(pixels(ours) - pixels(theirs))
+    assert diff.max() <= 2 and diff.mean() < 0.1, (diff.max(), diff.mean())
+    plain = Generator(micro_sdxl(), micro_clip(), None).generate(None, GenerationSettings(**SETTINGS))
+    assert np.abs(pixels(ours) - pixels(plain)).max() > 0  # the adapter acts
 
 
 def test_adapter_for_another_encoder_or_model_is_refused(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import micro_sd15
+from conftest import micro_sd15, micro_sdxl
 from ipadapter_train.adapter import IPAdapter
 from ipadapter_train.diffusers_backend import DiffusersBackend
 from ipadapter_train.fileformat import load_adapter, save_adapter
@@ -20,37 +20,44 @@ def _random_adapter(variant: str, clip_dim: int, unet_config) -> IPAdapter:
     return adapter
 
 
-@pytest.mark.parametrize("variant,clip_shape", [("base", (2, 24)), ("plus", (2, 5, 40))])
-def test_diffusers_load_ip_adapter_matches_core(tmp_path, variant, clip_shape):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+MICRO = {"sd15": micro_sd15, "sdxl": micro_sdxl}
 
-    reference = micro_sd15()
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+@pytest.mark.parametrize("variant,clip_shape", [("base", (2, 24)), ("plus", (2, 5, 40))])
+def test_diffusers_load_ip_adapter_matches_core(tmp_path, family, variant, clip_shape):
+    """The family's own diffusers pipeline (StableDiffusionPipeline / StableDiffusionXLPipeline) loads the file."""
+    from ipadapter_train.generate import make_pipeline
+
+    reference = MICRO[family]()
+    cross = reference.family.cross_dim
     adapter = _random_adapter(variant, clip_shape[-1], reference.unet.config)
     save_adapter(adapter.state_dict(), tmp_path / "a.safetensors", dtype=torch.float32)
 
-    pipe = StableDiffusionPipeline(vae=reference.vae, text_encoder=reference.text_encoder,
-                                   tokenizer=reference.tokenizer, unet=reference.unet,
-                                   scheduler=DDIMScheduler.from_config(reference.scheduler_config),
-                                   safety_checker=None, feature_extractor=None, image_encoder=None,
-                                   requires_safety_checker=False)
+    pipe = make_pipeline(reference)
     pipe.load_ip_adapter(str(tmp_path), subfolder="", weight_name="a.safetensors", image_encoder_folder=None)
 
     gen = torch.Generator().manual_seed(0)
     noisy = torch.randn(2, 4, 8, 8, generator=gen)
     t = torch.tensor([100, 700])
-    text = torch.randn(2, 77, 768, generator=gen)
+    text = torch.randn(2, 77, cross, generator=gen)
     feats = torch.randn(*clip_shape, generator=gen)
+    # SDXL's extra conditioning: the pooled text embedding and (original size, crop, target size)
+    added = {"pooled": torch.randn(2, 1280, generator=gen),
+             "time_ids": torch.tensor([[64.0, 96.0, 0.0, 16.0, 64.0, 64.0], [64.0, 64.0, 0.0, 0.0, 64.0, 64.0]])}
+    theirs_added = {"image_embeds": [feats.unsqueeze(1)]}
+    if reference.family.addition_embed_type:
+        theirs_added.update(text_embeds=added["pooled"], time_ids=added["time_ids"])
     with torch.no_grad():
-        theirs = pipe.unet(noisy, t, encoder_hidden_states=text,
-                           added_cond_kwargs={"image_embeds": [feats.unsqueeze(1)]}).sample
+        theirs = pipe.unet(noisy, t, encoder_hidden_states=text, added_cond_kwargs=theirs_added).sample
 
-        ours_sd = micro_sd15()
-        loaded = IPAdapter.new(variant, clip_shape[-1], 768, adapter_layers(ours_sd.unet.config))
+        ours_sd = MICRO[family]()
+        loaded = IPAdapter.new(variant, clip_shape[-1], cross, adapter_layers(ours_sd.unet.config))
         loaded.load_state_dict(load_adapter(tmp_path / "a.safetensors")[0])
         backend = DiffusersBackend(ours_sd)
         backend.attach(loaded)
-        ours = backend.predict_noise(noisy, t, text, loaded.project(feats))
+        ours = backend.predict_noise(noisy, t, text, loaded.project(feats), added=added)
         backend.detach()
-        plain = backend.predict_noise(noisy, t, text, None)
+        plain = backend.predict_noise(noisy, t, text, None, added=added)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
     assert (ours - plain).abs().max() > 1e-3  # the adapter really changes the prediction
