@@ -20,7 +20,7 @@ class TrainConfig:
     batch_size: int = 1
     learning_rate: float = 1e-4
     weight_decay: float = 0.01
-    resolution: int = 512
+    resolution: int | None = None  # None: the model family's default (512 for SD1.5, 1024 for SDXL)
     random_crop: bool = False  # centre crop otherwise
     flip: bool = False  # random horizontal flip
     seed: int = 42
@@ -40,7 +40,7 @@ class TrainConfig:
         """Raise IPAdapterError on values that cannot train."""
         if self.variant not in ("base", "plus"):
             raise IPAdapterError(f"Unknown variant {self.variant!r}: use 'base' or 'plus'.")
-        if self.resolution < 64 or self.resolution % 8:
+        if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
             raise IPAdapterError(f"Resolution {self.resolution} is not usable: give a multiple of 8, at least 64.")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
@@ -74,6 +74,12 @@ class TrainConfig:
         if "validation_timesteps" in d:
             d["validation_timesteps"] = tuple(d["validation_timesteps"])
         return cls(**d)
+
+    def for_family(self, family) -> "TrainConfig":
+        """This config with the resolution filled in from the model family when none was given."""
+        if self.resolution is not None:
+            return self
+        return dataclasses.replace(self, resolution=family.default_resolution)
 
     def steps_per_epoch(self, num_images: int, world_size: int = 1) -> int:
         """Optimizer steps in one pass over the images (each process takes its share of a batch)."""

@@ -113,6 +113,8 @@ def _check_resume(checkpoint: SavedCheckpoint, config: TrainConfig, samples: Seq
     """Refuse a checkpoint of other settings or other images, before any model work is spent on the run."""
     resume, info = checkpoint.folder, checkpoint.info
     saved = TrainConfig.from_dict(info["config"]).to_dict()
+    if config.resolution is None:  # no size given: the resumed run goes on at its own
+        config.resolution = saved["resolution"]
     differs = sorted(k for k, v in config.to_dict().items() if k not in RESUME_MAY_DIFFER and saved.get(k) != v)
     if differs:
         raise IPAdapterError(f"The checkpoint in {resume} was trained with other settings ({', '.join(differs)}): "
@@ -153,7 +155,7 @@ class TrainingRun:
                  accelerator=None) -> None:
         self.times = RunTimes()
         self.backend, self.encoder, self.init_adapter = backend, encoder, init_adapter
-        self.config, self.samples, self.paths = plan.config, plan.samples, plan.paths
+        self.config, self.samples, self.paths = plan.config.for_family(backend.family), plan.samples, plan.paths
         self.hooks = hooks or RunHooks()
         self.accelerator = accelerator or make_accelerator(self.config, backend.device, backend.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
