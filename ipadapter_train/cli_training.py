@@ -32,6 +32,7 @@ def _config_from_args(args: argparse.Namespace, saved=None):
     fields = {"variant": args.variant, "epochs": args.epochs, "max_steps": args.max_steps,
               "batch_size": args.batch_size, "learning_rate": args.lr, "weight_decay": args.weight_decay,
               "resolution": args.resolution, "random_crop": args.random_crop, "flip": args.flip,
+              "buckets": args.buckets,
               "seed": args.seed, "checkpoint_every": args.checkpoint_every, "mixed_precision": args.precision,
               "gradient_checkpointing": args.gradient_checkpointing,
               "validation": None if args.validation is None else args.validation}
@@ -144,6 +145,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                                                          "512 for SD1.5, 1024 for SDXL)")
     g.add_argument("--random-crop", action="store_true", default=None, help="random instead of centre crop")
     g.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
+    g.add_argument("--buckets", action="store_true", default=None,
+                   help="aspect-ratio buckets: train each image at the size of about resolution^2 pixels nearest "
+                        "its shape (sides multiples of 64, 1:2 to 2:1) instead of a square crop; a batch holds one "
+                        "size (default off)")
     g.add_argument("--seed", type=int, help="random seed (default 42)")
     g.add_argument("--checkpoint-every", type=int, help="steps between resumable checkpoints, 0 = off (default 5)")
     g.add_argument("--precision", choices=["auto", "no", "fp16", "bf16"],

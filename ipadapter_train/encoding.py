@@ -12,9 +12,17 @@ The VAE's memory grows with the pixels it encodes, so without the bound one 6000
 512 px needed over 9 GB, three times a square photo; with it, peak memory no longer depends on an
 image's aspect ratio. Random crops keep their full range on every usual photo (4:3, 3:2, 16:9 and 2:1
 are all within the bound); a panorama trains on its central 2:1 part.
+
+With buckets (`buckets.py`) the same bounded part is resized to cover its bucket instead, and a step takes
+the bucket's window of the latents; random crops then move only within the small remainder.
+
+SDXL conditions on where each training crop came from, so the geometry is kept per image: the raw
+size, where the encoded pixels lie in the whole image resized the same way (for the plain and the mirrored
+view), and the trained size. `batches.make_batch` adds the latent window's offset to make `time_ids`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from collections.abc import Callable, Sequence
@@ -25,7 +33,8 @@ from PIL import Image
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
 from .data import Sample
-from .image_ops import hflip, limit_aspect, resize_short_side, to_tensor
+from .buckets import Bucket, nearest_bucket
+from .image_ops import aspect_box, hflip, resize_short_side, resize_to_cover, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +47,15 @@ Progress = Callable[[int, int], None]
 class EncodedDataset:
     """Everything a training step reads, on CPU, float32."""
 
-    latent_mean: list[torch.Tensor]  # per image [4, h, w]; h or w equals resolution / 8
+    latent_mean: list[torch.Tensor]  # per image [4, h, w], at least target_size / 8 (see EncodedView)
     latent_std: list[torch.Tensor]
     flip_mean: list[torch.Tensor] | None
     flip_std: list[torch.Tensor] | None
+    # SDXL's size and crop conditioning, per image, in pixels, as (height, width) / (top, left):
+    original_size: list[tuple[int, int]]  # the raw image
+    crop_origin: list[tuple[int, int]]  # where the encoded pixels start in the whole image, resized alike
+    flip_crop_origin: list[tuple[int, int]] | None  # the same in the mirrored image
+    target_size: list[tuple[int, int]]  # what a step trains on: the resolution square, or the bucket
     features: torch.Tensor  # [N, D] (base) or [N, L, D] (plus)
     flip_features: torch.Tensor | None
     text: torch.Tensor  # [U, 77, cross_dim], one row per distinct caption
@@ -56,12 +70,39 @@ class EncodedDataset:
         return len(self.latent_mean)
 
 
+@dataclass(frozen=True)
+class EncodedView:
+    """What the VAE encodes from one image, and where it lies in the image (see the module docstring)."""
+
+    image: Image.Image | None
+    original: tuple[int, int]  # (height, width) of the raw image
+    origin: tuple[int, int]  # (top, left) of `image` in the whole raw image resized by the same scale
+    flip_origin: tuple[int, int]  # the same for the mirrored image
+    target: tuple[int, int]  # (height, width) a step trains on; `image` covers it
+
+
 def encoded_view(image: Image.Image, resolution: int) -> Image.Image:
-    """The part of an image the VAE encodes: at most `MAX_ASPECT`:1, centred, short side `resolution`.
+    """The part of an image the VAE encodes without buckets: at most `MAX_ASPECT`:1, centred, short side
+    `resolution`."""
+    return prepare_view(image, resolution).image
+
+
+def prepare_view(image: Image.Image, resolution: int, bucket: Bucket | None = None) -> EncodedView:
+    """The part of an image the VAE encodes, and its geometry: at most `MAX_ASPECT`:1, centred, then short
+    side `resolution`, or, with a (width, height) `bucket`, resized to cover the bucket.
 
     Cropped before the resize, so the resize too costs no more for a panorama than for a 2:1 photo.
     """
-    return resize_short_side(limit_aspect(image, MAX_ASPECT), resolution)
+    width, height = image.size
+    left, top, right, bottom = aspect_box(width, height, MAX_ASPECT)
+    capped = image if (right - left, bottom - top) == (width, height) else image.crop((left, top, right, bottom))
+    if bucket is None:
+        resized, target = resize_short_side(capped, resolution), (resolution, resolution)
+    else:
+        resized, target = resize_to_cover(capped, *bucket), (bucket[1], bucket[0])
+    sx, sy = resized.width / capped.width, resized.height / capped.height
+    return EncodedView(resized, (height, width), (round(top * sy), round(left * sx)),
+                       (round(top * sy), round((width - right) * sx)), target)
 
 
 def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder: ImageFeatureEncoder,
@@ -69,9 +110,13 @@ def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder
     """Encode every sample once; `progress(done, total)` is called after each image."""
     flips = config.flip
     means, stds, fmeans, fstds, feats, ffeats = [], [], [], [], [], []
+    geometry: list[EncodedView] = []  # without their images, which are not kept
     total = len(samples)
     for i, sample in enumerate(samples):
-        image = encoded_view(sample.image, config.resolution)
+        bucket = nearest_bucket(*sample.image.size, config.resolution) if config.buckets else None
+        view = prepare_view(sample.image, config.resolution, bucket)
+        image = view.image
+        geometry.append(dataclasses.replace(view, image=None))
         views = [image, hflip(image)] if flips else [image]
         mean, std = backend.encode_latents(torch.stack([to_tensor(v) for v in views]))
         means.append(mean[0])
@@ -96,6 +141,9 @@ def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder
     return EncodedDataset(
         latent_mean=means, latent_std=stds,
         flip_mean=fmeans if flips else None, flip_std=fstds if flips else None,
+        original_size=[g.original for g in geometry], crop_origin=[g.origin for g in geometry],
+        flip_crop_origin=[g.flip_origin for g in geometry] if flips else None,
+        target_size=[g.target for g in geometry],
         features=torch.stack(feats), flip_features=torch.stack(ffeats) if flips else None,
         text=text["context"], text_index=[row[c] for c in captions],
         empty_text=empty["context"],

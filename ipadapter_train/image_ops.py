@@ -1,6 +1,6 @@
-"""Image geometry for training: short-side resize to a multiple of 8, the aspect limit that bounds what the
-VAE encodes, centre crop, flip, and PIL -> [-1, 1] tensor. Pure functions of one image; `data.py` reads
-the data set, `encoding.py` applies these before the frozen encoders.
+"""Image geometry for training: short-side resize to a multiple of 8, resize to cover a bucket, the aspect
+limit that bounds what the VAE encodes, centre crop, flip, and PIL -> [-1, 1] tensor. Pure functions of one
+image; `data.py` reads the data set, `encoding.py` applies these before the frozen encoders.
 """
 from __future__ import annotations
 
@@ -29,19 +29,42 @@ def resize_short_side(image: Image.Image, size: int, multiple: int = 8) -> Image
     return image.resize(target, Image.Resampling.LANCZOS)
 
 
-def limit_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
-    """Centre-crop the long side to at most `max_aspect` times the short side; other images pass untouched."""
+def aspect_box(width: int, height: int, max_aspect: float) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of the central part of a `width` x `height` image that is at most
+    `max_aspect` times as long as it is short: the whole image when it already is."""
     if max_aspect < 1:
         raise ValueError(f"max_aspect must be at least 1, got {max_aspect}")
-    width, height = image.size
     keep = int(min(width, height) * max_aspect)
     if max(width, height) <= keep:
-        return image
+        return 0, 0, width, height
     if width > height:
         left = (width - keep) // 2
-        return image.crop((left, 0, left + keep, height))
+        return left, 0, left + keep, height
     top = (height - keep) // 2
-    return image.crop((0, top, width, top + keep))
+    return 0, top, width, top + keep
+
+
+def limit_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
+    """Centre-crop the long side to at most `max_aspect` times the short side; other images pass untouched."""
+    box = aspect_box(*image.size, max_aspect)
+    return image if box == (0, 0, *image.size) else image.crop(box)
+
+
+def resize_to_cover(image: Image.Image, width: int, height: int, multiple: int = 8) -> Image.Image:
+    """Resize, keeping the aspect ratio, to the smallest size that covers `width` x `height`, each side
+    a multiple of `multiple` (the VAE's latent grid) and never under the target; Lanczos keeps detail.
+
+    What sticks out past the target on one side is the remainder a crop may move in.
+    """
+    if width < 1 or height < 1 or multiple < 1:
+        raise ValueError(f"width, height and multiple must be positive, got {width}, {height}, {multiple}")
+    w, h = image.size
+    scale = max(width / w, height / h)
+    target = (max(width, int(w * scale / multiple + 0.5) * multiple),
+              max(height, int(h * scale / multiple + 0.5) * multiple))
+    if target == image.size:
+        return image.copy()
+    return image.resize(target, Image.Resampling.LANCZOS)
 
 
 def center_crop(image: Image.Image, size: int) -> Image.Image:

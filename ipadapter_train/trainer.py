@@ -29,7 +29,8 @@ from torch import nn
 from .adapter import IPAdapter
 from .adapter_init import build_adapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
-from .batches import batch_indices, make_batch, seed_of
+from .batches import batch_indices, make_batch, seed_of, total_steps
+from .buckets import bucket_counts, image_buckets
 from .checkpoint import CHECKPOINT_DIR, SavedCheckpoint, load_checkpoint, open_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
@@ -160,7 +161,9 @@ class TrainingRun:
         self.accelerator = accelerator or make_accelerator(self.config, backend.device, backend.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
-        self.total = self.config.total_steps(len(self.samples), self.world)
+        sizes = [s.image.size for s in self.samples]
+        self.buckets = image_buckets(sizes, self.config)  # each image's bucket; None: square crops
+        self.total = total_steps(self.config, sizes, self.world)
         self.done, self.losses, self.cancelled = 0, [], False
         self.adapter: IPAdapter | None = None
         self.data: EncodedDataset | None = None
@@ -184,6 +187,9 @@ class TrainingRun:
         t0 = time.perf_counter()
         self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
         self.times.encode = time.perf_counter() - t0
+        if self.buckets is not None:
+            log.info("Buckets (images per trained size): %s.",
+                     ", ".join(f"{k}: {v}" for k, v in bucket_counts(self.buckets).items()))
         if self.hooks.after_encode is not None:
             self.hooks.after_encode()
         if config.gradient_checkpointing:
@@ -206,7 +212,7 @@ class TrainingRun:
         """
         config, backend, accelerator = self.config, self.backend, self.accelerator
         gen = torch.Generator().manual_seed(seed_of(config.seed, step, self.rank))
-        indices = batch_indices(step, len(self.samples), config, self.rank, self.world)
+        indices = batch_indices(step, len(self.samples), config, self.rank, self.world, self.buckets)
         batch = make_batch(self.data, indices, gen, config, backend.alphas_cumprod)
         batch = {k: v.to(backend.device) for k, v in batch.items()}
         with accelerator.autocast():
@@ -321,6 +327,7 @@ class TrainingRun:
                "config": self.config.to_dict(), "steps": self.done, "total_steps": self.total,
                "cancelled": self.cancelled, "losses": self.losses, "precision": self.accelerator.mixed_precision,
                "frozen_dtype": str(self.backend.dtype).replace("torch.", ""), "world_size": self.world,
+               "buckets": bucket_counts(self.buckets) if self.buckets is not None else None,
                "conditioning_gain": self.gain, "base_model": self.backend.name, "image_encoder": self.encoder.name,
                "adapter": str(out_path) if out_path else None}
         report = training_report(run, self.times, self.config.batch_size * self.world, self.backend.device,

@@ -14,14 +14,9 @@ import torch.nn.functional as F
 
 from .adapter import IPAdapter
 from .backend import DiffusionBackend
+from .batches import centre_view
 from .config import TrainConfig
 from .encoding import EncodedDataset, Progress
-
-
-def _center(t: torch.Tensor, size: int) -> torch.Tensor:
-    h, w = t.shape[-2:]
-    top, left = (h - size) // 2, (w - size) // 2
-    return t[..., top:top + size, left:left + size]
 
 
 def validation_calls(num_images: int, config: TrainConfig) -> int:
@@ -42,16 +37,15 @@ def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: Encod
     if n < 2:
         return {"own_loss": None, "shuffled_loss": None, "gain": None,
                 "note": "needs at least 2 images to shuffle; skipped"}
-    size = config.resolution // 8
     gen = torch.Generator().manual_seed(config.seed + 7919)  # fixed, independent of training draws
     own_total, shuffled_total, count = 0.0, 0.0, 0
     calls = n * len(config.validation_timesteps)
     for i in range(n):
         j = (i + 1) % n  # a derangement: never the image's own features
-        latents = _center(data.latent_mean[i], size).unsqueeze(0)
+        window, time_ids = centre_view(data, i)  # the trained window (the square, or the bucket), its time_ids
+        latents = window.unsqueeze(0)
         text = data.text[data.text_index[i]].unsqueeze(0)
-        px = size * 8
-        added = {"time_ids": torch.tensor([[px, px, 0, 0, px, px]], dtype=torch.float32)}
+        added = {"time_ids": time_ids.unsqueeze(0)}
         if data.pooled is not None:
             added["pooled"] = data.pooled[data.text_index[i]].unsqueeze(0)
         for t in config.validation_timesteps:
