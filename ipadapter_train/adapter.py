@@ -72,7 +72,7 @@ class AdapterSpec:
         """
         ours = self.family
         theirs = model_family or family_of_width(cross_dim, len(layers))
-        if ours is not None and theirs is not None and ours is not theirs:
+        if ours is not None and theirs is not None and ours != theirs:
             from .adapter_check import article, family_phrase
 
             what = family_phrase(self.variant, len(self.layers), self.cross_dim)

@@ -18,6 +18,7 @@ import torch
 
 from .errors import IPAdapterError
 from .families import FAMILIES, family_of_width
+from .resampler import HEAD_DIM
 
 if TYPE_CHECKING:
     from .adapter import AdapterSpec
@@ -110,7 +111,8 @@ def _check_keys(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int],
     proj_keys = _image_proj_keys(variant)
     layer_keys = [f"ip_adapter.{n}.{p}.weight" for n in layers for p in ("to_k_ip", "to_v_ip")]
     cross = sd.get("image_proj.norm.weight" if variant == "base" else "image_proj.norm_out.weight")
-    family = family_phrase(variant, len(layers), int(cross.shape[0]) if cross is not None and cross.dim() == 1 else None)
+    width = int(cross.shape[0]) if cross is not None and cross.dim() == 1 else None
+    family = family_phrase(variant, len(layers), width)
     for wanted, what in ((layer_keys, "layer weights"), (proj_keys, "image_proj weights")):
         missing = [k for k in wanted if k not in sd]
         if missing:
@@ -183,8 +185,6 @@ def _resampler_width(sd: Mapping[str, torch.Tensor], source: str) -> int:
     A vote, as for the token width: one damaged tensor is then named by the shape check, instead of
     making all the others look wrong.
     """
-    from .resampler import HEAD_DIM
-
     votes: Counter[int] = Counter()
     for key, tensor in sd.items():
         tail = key[len("image_proj."):]
@@ -231,12 +231,16 @@ def _check_metadata(sd: Mapping[str, torch.Tensor], spec: "AdapterSpec", metadat
     """The sizes this package's metadata records (written from the tensors) must still match them."""
     from dataclasses import replace
 
-    said: dict[str, object] = {}
+    said: dict[str, int] = {}
     for field in ("tokens", "clip_dim", "cross_dim") + (("resampler_dim",) if spec.variant == "plus" else ()):
         try:
             said[field] = int(metadata[field])
         except (KeyError, TypeError, ValueError):
             continue
+    width = said.get("resampler_dim", HEAD_DIM)
+    if width <= 0 or width % HEAD_DIM:
+        raise IPAdapterError(f"{source} is damaged: its metadata says a Resampler {width} wide, "
+                             f"which is not a whole number of {HEAD_DIM}-d heads; {_AGAIN}.")
     if metadata.get("variant") in ("base", "plus") and metadata["variant"] != spec.variant:
         raise IPAdapterError(f"{source} is damaged: its metadata says a {metadata['variant']} adapter but its "
                              f"image_proj weights are those of a {spec.variant} one; {_AGAIN}.")

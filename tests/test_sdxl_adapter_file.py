@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import run_cli
@@ -232,8 +233,6 @@ def test_public_file_without_metadata_gets_its_family_from_shapes(tmp_path):
 
 
 def test_metadata_resampler_width_must_match_the_tensors(tmp_path):
-    from safetensors import safe_open
-
     path, _ = sdxl_file(tmp_path, "plus")
     with safe_open(str(path), framework="pt") as handle:
         meta = handle.metadata()
@@ -242,6 +241,23 @@ def test_metadata_resampler_width_must_match_the_tensors(tmp_path):
                                              r"tokens of 2048-d, 64-d image features, 70 layers\), as its metadata "
                                              r"says, needs \[1, 16, 192\]"):
         load_adapter(path)
+
+
+def test_resampler_width_that_is_no_whole_number_of_heads_is_refused(tmp_path):
+    path, adapter = sdxl_file(tmp_path, "plus")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+    save_file(load_file(path), str(path), metadata={**meta, "resampler_dim": "100"})
+    with pytest.raises(IPAdapterError, match=r"damaged: its metadata says a Resampler 100 wide, which is not a "
+                                             r"whole number of 64-d heads"):
+        load_adapter(path)
+    # every Resampler tensor 96 wide (one head of 96): not the official Resampler
+    odd = Resampler(embedding_dim=64, output_dim=CROSS, dim=96, heads=1, dim_head=96).state_dict()
+    state = {k: v for k, v in adapter.state_dict().items() if k.startswith("ip_adapter.")}
+    state |= {f"image_proj.{k}": v for k, v in odd.items()}
+    with pytest.raises(IPAdapterError, match=r"x has a Resampler \(image_proj\) 96 wide, which is not a whole "
+                                             r"number of 64-d heads"):
+        check_adapter_state(state, "x")
 
 
 # ---------------------------------------------------------------- an adapter for another family
