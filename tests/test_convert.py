@@ -1,4 +1,4 @@
-"""Converting the reference training script's checkpoints (tencent tutorial_train.py) to the official file."""
+"""Converting tencent's reference checkpoints (tutorial_train.py, tutorial_train_sdxl.py) to the official file."""
 from __future__ import annotations
 
 import json
