@@ -13,12 +13,19 @@ import torch
 from torch import nn
 
 from .errors import IPAdapterError
+from .families import FAMILIES, ModelFamily, family_of_adapter, family_of_width
 from .layout import AdapterLayer
-from .resampler import Resampler
+from .resampler import DEFAULT_DIM, HEAD_DIM, Resampler
 
 Variant = Literal["base", "plus"]
 VARIANTS = ("base", "plus")
 DEFAULT_TOKENS = {"base": 4, "plus": 16}
+
+
+def default_resampler_dim(cross_dim: int) -> int:
+    """The Resampler width of a new plus adapter: the family's for that cross width, else `DEFAULT_DIM`."""
+    family = family_of_width(cross_dim)
+    return family.resampler_dim if family is not None else DEFAULT_DIM
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,21 @@ class AdapterSpec:
     cross_dim: int  # the UNet's cross-attention width (768 for SD1.5)
     tokens: int
     layers: tuple[tuple[int, int], ...]  # (n, hidden) for each ip_adapter.<n>
+    # plus: the Resampler's width (its heads are 64-d: width / 64 heads); None means the default for
+    # cross_dim (`default_resampler_dim`), filled in on construction. base: always None.
+    resampler_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.variant == "plus" and self.resampler_dim is None:
+            # Filled in so that a spec built here equals the one read back from its file.
+            object.__setattr__(self, "resampler_dim", default_resampler_dim(self.cross_dim))
+        elif self.variant == "base" and self.resampler_dim is not None:
+            raise IPAdapterError("A base adapter has no Resampler: leave resampler_dim unset.")
+
+    @property
+    def family(self) -> ModelFamily | None:
+        """The model family the adapter's shapes belong to (`families.family_of_adapter`), or None."""
+        return family_of_adapter(self)
 
     @property
     def encoder_requirement(self) -> str:
@@ -39,19 +61,34 @@ class AdapterSpec:
         return f"a CLIP vision encoder whose hidden states are {self.clip_dim}-d"
 
     def check_fits(self, feature_width: int, encoder_name: str, cross_dim: int, layers: Sequence[AdapterLayer],
-                   model_name: str, source: str = "The adapter") -> None:
+                   model_name: str, source: str = "The adapter", model_family: ModelFamily | None = None) -> None:
         """Raise IPAdapterError unless the adapter reads the encoder's features and fits the UNet.
 
         `feature_width` is what the encoder gives for this adapter's variant (`encoder_name` says which
-        encoder), `cross_dim` and `layers` describe the UNet (`model_name`). The CLI, generation and the
-        nodes all check with this, before any work is spent.
+        encoder), `cross_dim` and `layers` describe the UNet (`model_name`), `model_family` its family when
+        the caller knows it (else it is read from `cross_dim` and the layer count). An adapter of another
+        family is refused first, naming both families. The CLI, generation and the nodes all check with
+        this, before any work is spent.
         """
+        ours = self.family
+        theirs = model_family or family_of_width(cross_dim, len(layers))
+        if ours is not None and theirs is not None and ours != theirs:
+            from .adapter_check import article, family_phrase
+
+            what = family_phrase(self.variant, len(self.layers), self.cross_dim)
+            if len(self.layers) == ours.adapter_layer_count:  # else the phrase already gives the count
+                what += f" ({len(self.layers)} cross-attention layers)"
+            raise IPAdapterError(
+                f"{source} is {what} and is for a {self.cross_dim}-d cross-attention model, but {model_name} is "
+                f"{theirs.describe()}: use an adapter trained for {theirs.label}, or {article(ours.label)} "
+                f"{ours.label} model.")
         if self.clip_dim != feature_width:
             raise IPAdapterError(f"{source} needs {self.encoder_requirement}, but {encoder_name} gives "
                                  f"{feature_width}-d features: use the image encoder the adapter was trained with.")
         if self.cross_dim != cross_dim:
+            widths = ", ".join(f"{f.label} is {f.cross_dim}" for f in FAMILIES.values())
             raise IPAdapterError(f"{source} is for a {self.cross_dim}-d cross-attention model, but {model_name} has "
-                                 f"{cross_dim}-d cross-attention (SD1.5 is 768): use the base model family the "
+                                 f"{cross_dim}-d cross-attention ({widths}): use the base model family the "
                                  "adapter was trained for.")
         self.check_layers(layers, model_name, source)
 
@@ -112,16 +149,24 @@ class IPAdapter(nn.Module):
         if spec.variant == "base":
             self.image_proj: nn.Module = ImageProjection(spec.clip_dim, spec.cross_dim, spec.tokens)
         else:
-            self.image_proj = Resampler(embedding_dim=spec.clip_dim, output_dim=spec.cross_dim,
-                                        num_queries=spec.tokens)
+            width = spec.resampler_dim
+            if width is None or width <= 0 or width % HEAD_DIM:
+                raise IPAdapterError(f"A plus adapter's Resampler width must be a positive multiple of {HEAD_DIM} "
+                                     f"(its heads are {HEAD_DIM}-d), not {width}: use "
+                                     + " or ".join(f"{f.resampler_dim} ({f.label})" for f in FAMILIES.values()) + ".")
+            self.image_proj = Resampler(embedding_dim=spec.clip_dim, output_dim=spec.cross_dim, dim=width,
+                                        heads=width // HEAD_DIM, num_queries=spec.tokens)
         self.ip_adapter = nn.ModuleDict({str(n): IPLayer(hidden, spec.cross_dim) for n, hidden in spec.layers})
 
     @classmethod
     def new(cls, variant: Variant, clip_dim: int, cross_dim: int, layers: list[AdapterLayer],
-            tokens: int | None = None) -> "IPAdapter":
-        """A fresh adapter for the given UNet layers (weights still random: see `init_from_unet`)."""
+            tokens: int | None = None, resampler_dim: int | None = None) -> "IPAdapter":
+        """A fresh adapter for the given UNet layers (weights still random: see `init_from_unet`).
+
+        `resampler_dim` (plus only): None is the family's width for `cross_dim` (`default_resampler_dim`).
+        """
         spec = AdapterSpec(variant, clip_dim, cross_dim, tokens or DEFAULT_TOKENS[variant],
-                           tuple((layer.index, layer.hidden) for layer in layers))
+                           tuple((layer.index, layer.hidden) for layer in layers), resampler_dim)
         return cls(spec)
 
     def init_from_unet(self, to_k_to_v: Mapping[int, tuple[torch.Tensor, torch.Tensor]]) -> None:

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Mapping
 import torch
 
 from .errors import IPAdapterError
+from .families import FAMILIES, family_of_width
+from .resampler import HEAD_DIM
 
 if TYPE_CHECKING:
     from .adapter import AdapterSpec
 
-# The layer count of SD1.5's key table (ip_adapter.1 ... ip_adapter.31), to name the family in messages.
-SD15_LAYERS = 16
-SD15_CROSS_DIM = 768
 # Far above any UNet's cross-attention count (SD1.5 numbers up to 31, SDXL up to 139): a larger index is
 # damage, refused before a list of that many layers is made.
 MAX_LAYER_INDEX = 9999
@@ -86,17 +85,34 @@ def _layer_indices(sd: Mapping[str, torch.Tensor], source: str) -> list[int]:
     return list(range(1, top + 2 if top % 2 else top + 1, 2))
 
 
-def _family(variant: str, n_layers: int, cross_dim: int | None) -> str:
-    if n_layers == SD15_LAYERS and cross_dim in (None, SD15_CROSS_DIM):
-        return f"an SD1.5 {variant} adapter"
-    return f"a {n_layers}-layer {variant} adapter"
+def article(word: str) -> str:
+    """'a' or 'an' before a label or number read aloud ('an SDXL', 'an SD1.5', 'an 8-layer', 'a 16-layer')."""
+    digits = word[:len(word) - len(word.lstrip("0123456789"))]
+    if digits:  # eight..., eleven, eighteen (and their thousands): the sounds that start with a vowel
+        return "an" if digits[0] == "8" or (len(digits) % 3 == 2 and digits[:2] in ("11", "18")) else "a"
+    return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"
+
+
+def family_phrase(variant: str, n_layers: int, cross_dim: int | None) -> str:
+    """The adapter in words, its model family named where the shapes tell it: 'an SDXL plus adapter'.
+
+    A family's own layer count (and width, when known) names the family alone; a family's width with
+    another count gives 'a 44-layer SDXL base adapter'; no family: 'a 4-layer base adapter'.
+    """
+    for family in FAMILIES.values():
+        if n_layers == family.adapter_layer_count and cross_dim in (None, family.cross_dim):
+            return f"{article(family.label)} {family.label} {variant} adapter"
+    family = family_of_width(cross_dim, n_layers) if cross_dim is not None else None
+    count = f"{n_layers}-layer"
+    return f"{article(count)} {count} {family.label + ' ' if family else ''}{variant} adapter"
 
 
 def _check_keys(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int], source: str) -> None:
     proj_keys = _image_proj_keys(variant)
     layer_keys = [f"ip_adapter.{n}.{p}.weight" for n in layers for p in ("to_k_ip", "to_v_ip")]
     cross = sd.get("image_proj.norm.weight" if variant == "base" else "image_proj.norm_out.weight")
-    family = _family(variant, len(layers), int(cross.shape[0]) if cross is not None and cross.dim() == 1 else None)
+    width = int(cross.shape[0]) if cross is not None and cross.dim() == 1 else None
+    family = family_phrase(variant, len(layers), width)
     for wanted, what in ((layer_keys, "layer weights"), (proj_keys, "image_proj weights")):
         missing = [k for k in wanted if k not in sd]
         if missing:
@@ -142,6 +158,7 @@ def _spec(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int], sourc
     else:
         tokens = _dims(sd, "image_proj.latents", 3, source, variant)[1]
         clip_dim = _dims(sd, "image_proj.proj_in.weight", 2, source, variant)[1]
+        resampler_dim = _resampler_width(sd, source)
     widths = []
     for n in layers:
         k, v = sd[f"ip_adapter.{n}.to_k_ip.weight"], sd[f"ip_adapter.{n}.to_v_ip.weight"]
@@ -151,12 +168,41 @@ def _spec(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int], sourc
                                  f"ip_adapter.{n}.to_v_ip.weight is {_shape(v)}, and the two projections of a layer "
                                  f"have the same shape [width, {cross_dim}]; {_AGAIN}.")
         widths.append((n, hidden))
-    return AdapterSpec(variant, clip_dim, cross_dim, tokens, tuple(widths))
+    return AdapterSpec(variant, clip_dim, cross_dim, tokens, tuple(widths),
+                       resampler_dim if variant == "plus" else None)
+
+
+# Which axis of each Resampler tensor is its width (image_proj.<key>, keyed by the name's tail).
+_RESAMPLER_WIDTH_AXIS = {"latents": 2, "proj_in.weight": 0, "proj_in.bias": 0, "proj_out.weight": 1,
+                         "0.norm1.weight": 0, "0.norm1.bias": 0, "0.norm2.weight": 0, "0.norm2.bias": 0,
+                         "0.to_q.weight": 1, "0.to_kv.weight": 1, "0.to_out.weight": 0, "1.0.weight": 0,
+                         "1.0.bias": 0, "1.1.weight": 1, "1.3.weight": 0}
+
+
+def _resampler_width(sd: Mapping[str, torch.Tensor], source: str) -> int:
+    """The Resampler's width (768 in SD1.5's plus files, 1280 in SDXL's): what most of its tensors say.
+
+    A vote, as for the token width: one damaged tensor is then named by the shape check, instead of
+    making all the others look wrong.
+    """
+    votes: Counter[int] = Counter()
+    for key, tensor in sd.items():
+        tail = key[len("image_proj."):]
+        tail = tail.split(".", 2)[2] if tail.startswith("layers.") and tail.count(".") >= 3 else tail
+        axis = _RESAMPLER_WIDTH_AXIS.get(tail)
+        if key.startswith("image_proj.") and axis is not None and tensor.dim() > axis:
+            votes[int(tensor.shape[axis])] += 1
+    width = votes.most_common(1)[0][0]
+    if width <= 0 or width % HEAD_DIM:
+        raise IPAdapterError(f"{source} has a Resampler (image_proj) {width} wide, which is not a whole number of "
+                             f"{HEAD_DIM}-d heads as in every plus adapter: the file is damaged or of another "
+                             f"kind; {_AGAIN}.")
+    return width
 
 
 def describe(spec: "AdapterSpec") -> str:
     """`spec` in words for messages: variant, tokens, widths and layers."""
-    family = _family(spec.variant, len(spec.layers), spec.cross_dim)
+    family = family_phrase(spec.variant, len(spec.layers), spec.cross_dim)
     return (f"{family} ({spec.tokens} tokens of {spec.cross_dim}-d, {spec.clip_dim}-d image features, "
             f"{len(spec.layers)} layers)")
 
@@ -185,12 +231,16 @@ def _check_metadata(sd: Mapping[str, torch.Tensor], spec: "AdapterSpec", metadat
     """The sizes this package's metadata records (written from the tensors) must still match them."""
     from dataclasses import replace
 
-    said: dict[str, object] = {}
-    for field in ("tokens", "clip_dim", "cross_dim"):
+    said: dict[str, int] = {}
+    for field in ("tokens", "clip_dim", "cross_dim") + (("resampler_dim",) if spec.variant == "plus" else ()):
         try:
             said[field] = int(metadata[field])
         except (KeyError, TypeError, ValueError):
             continue
+    width = said.get("resampler_dim", HEAD_DIM)
+    if width <= 0 or width % HEAD_DIM:
+        raise IPAdapterError(f"{source} is damaged: its metadata says a Resampler {width} wide, "
+                             f"which is not a whole number of {HEAD_DIM}-d heads; {_AGAIN}.")
     if metadata.get("variant") in ("base", "plus") and metadata["variant"] != spec.variant:
         raise IPAdapterError(f"{source} is damaged: its metadata says a {metadata['variant']} adapter but its "
                              f"image_proj weights are those of a {spec.variant} one; {_AGAIN}.")

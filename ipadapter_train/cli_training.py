@@ -110,6 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    # JSON only on stdout (scripts parse it); "summary" and "family" say what the file is for.
     from .fileformat import inspect_adapter
 
     print(json.dumps(inspect_adapter(Path(args.file)), indent=2))
@@ -118,9 +119,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
+    from .fileformat import inspect_adapter
 
     out = convert_checkpoint(Path(args.src), Path(args.dst))
-    print(f"wrote {out}")
+    print(f"wrote {out}: {inspect_adapter(out)['summary']}")  # e.g. "an SDXL base adapter (4 tokens of 2048-d, ...)"
     return 0
 
 
@@ -193,7 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda or mps")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("inspect", help="print an adapter's layout and metadata as JSON",
+    p = sub.add_parser("inspect", help="print an adapter's model family, layout and metadata as JSON",
                        epilog="example:\n  ipadapter-train inspect my_adapter.safetensors", formatter_class=raw)
     p.add_argument("file", help="adapter .safetensors or .bin")
     p.set_defaults(func=cmd_inspect)

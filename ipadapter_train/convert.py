@@ -1,11 +1,12 @@
 """Turn the reference training script's checkpoints into the official adapter file.
 
-tencent-ailab/IP-Adapter's tutorial_train.py trains a module holding `unet`, `image_proj_model` and
-`adapter_modules` (a ModuleList of ALL the UNet's attention processors, so the cross-attention
-ones sit at the odd positions i = n of the file). Its accelerate `save_state` folder stores either
-`adapter_modules.<i>.to_k_ip.weight` or, when accelerate's safetensors writer dropped those
-shared copies (tencent issues #375, #246, #436), only `unet.<path>.processor.to_k_ip.weight`.
-This module maps both through the fixed key table of `layout.py`, so the indices are right.
+tencent-ailab/IP-Adapter's tutorial_train.py (SD1.5) and tutorial_train_sdxl.py (SDXL) train a module
+holding `unet`, `image_proj_model` and `adapter_modules` (a ModuleList of ALL the UNet's attention
+processors, so the cross-attention ones sit at the odd positions i = n of the file). Its accelerate
+`save_state` folder stores either `adapter_modules.<i>.to_k_ip.weight` or, when accelerate's
+safetensors writer dropped those shared copies (tencent issues #375, #246, #436), only
+`unet.<path>.processor.to_k_ip.weight`. This module maps both through the fixed key table of the
+checkpoint's model family (read from its own shapes and names), so the indices are right.
 
     convert_checkpoint("output/checkpoint-2000", "my-adapter.safetensors")
 """
@@ -15,15 +16,15 @@ import json
 import logging
 import os
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
 from .errors import IPAdapterError
+from .families import FAMILIES, SD15, ModelFamily, family_of_width
 from .fileformat import adapter_output_path, flatten_adapter, guess_file_kind, save_adapter
-from .layout import adapter_layers, index_for_module_name
+from .layout import AdapterLayer, adapter_layers, index_for_module_name
 from .weights_io import existing_file, read_weights_file
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,8 @@ _IP_WEIGHT = re.compile(r"^(?P<module>.+)\.(?P<proj>to_[kv]_ip)(?:\.0)?\.weight$
 
 
 def default_unet_config() -> dict[str, Any]:
-    """The SD1.5 UNet config shipped with the package."""
-    text = resources.files("ipadapter_train").joinpath("assets/sd15/unet/config.json").read_text(encoding="utf-8")
-    return json.loads(text)
+    """The SD1.5 UNet config shipped with the package (a checkpoint's own family: `checkpoint_family`)."""
+    return SD15.config("unet/config.json")
 
 
 def _wanted(key: str) -> bool:
@@ -87,10 +87,50 @@ def read_reference_state(src: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def checkpoint_family(state: Mapping[str, torch.Tensor]) -> ModelFamily:
+    """The model family a reference checkpoint was trained for, from its own tensors.
+
+    First the width the IP weights read (to_k_ip is [hidden, 2048] for SDXL), then the UNet paths of
+    its processors, then the layer count of `adapter_modules`; none telling (a tiny test model), SD1.5,
+    whose key table then names what does not fit.
+    """
+    widths, paths, top = set(), set(), 0
+    for key, value in state.items():
+        match = _IP_WEIGHT.match(key)
+        if match is None:
+            continue
+        if value.dim() == 2:
+            widths.add(int(value.shape[1]))
+        if key.startswith("unet.") and match["module"].endswith(".processor"):
+            paths.add(match["module"][len("unet."):-len(".processor")])
+        elif key.startswith(("adapter_modules.", "ip_adapter.")) and match["module"].split(".", 1)[1].isdigit():
+            top = max(top, int(match["module"].split(".", 1)[1]))
+    by_width = {family_of_width(width) for width in widths} - {None}
+    if len(by_width) == 1:
+        return by_width.pop()
+    by_path = [f for f in FAMILIES.values() if paths and paths <= {layer.name for layer in f.adapter_layers()}]
+    if len(by_path) == 1:
+        return by_path[0]
+    by_count = [f for f in FAMILIES.values() if top and f.adapter_layer_count == (top + 1) // 2]
+    return by_count[0] if len(by_count) == 1 else SD15
+
+
+def _key_table(state: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any] | None) -> list[AdapterLayer]:
+    if unet_config is not None:
+        return adapter_layers(unet_config)
+    family = checkpoint_family(state)
+    log.info("converting as %s (%d cross-attention layers)", family.label, family.adapter_layer_count)
+    return family.adapter_layers()
+
+
 def reference_to_official(state: Mapping[str, torch.Tensor], unet_config: Mapping[str, Any] | None = None,
                           source: str = "The checkpoint") -> dict[str, torch.Tensor]:
-    """Rename reference-script keys to the official layout and check them against the key table."""
-    layers = adapter_layers(unet_config if unet_config is not None else default_unet_config())
+    """Rename reference-script keys to the official layout and check them against the key table.
+
+    The table is `unet_config`'s, or without one that of the family the checkpoint's shapes name
+    (`checkpoint_family`): SD1.5's 16 layers or SDXL's 70.
+    """
+    layers = _key_table(state, unet_config)
     by_path = index_for_module_name(layers)
     image_proj: dict[str, torch.Tensor] = {}
     from_list: dict[str, torch.Tensor] = {}  # adapter_modules.<i>.* and official ip_adapter.<n>.*

@@ -160,6 +160,16 @@ def family_of_comfy_unet(unet_config: Mapping[str, Any]) -> ModelFamily | None:
     return None
 
 
+def family_of_width(cross_dim: int | None, layer_count: int | None = None) -> ModelFamily | None:
+    """The family with this cross-attention width (the layer count decides between families that share
+    one), or None. What a UNet's `cross_dim` and layer list, or an adapter's token width, say."""
+    by_width = [f for f in FAMILIES.values() if f.cross_dim == cross_dim]
+    if len(by_width) == 1:
+        return by_width[0]
+    by_layers = [f for f in by_width if f.adapter_layer_count == layer_count]
+    return by_layers[0] if by_layers else None
+
+
 def family_of_adapter(spec: "AdapterSpec") -> ModelFamily | None:
     """The family an adapter was made for, read from its shapes (context width, then layer count), or None.
 

@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .adapter import AdapterSpec
-from .adapter_check import check_adapter_state
+from .adapter_check import check_adapter_state, describe
 from .errors import IPAdapterError
 from .weights_io import SAFETENSORS_SUFFIX, atomic_write, existing_file, read_weights_file, save_safetensors_atomic
 
@@ -119,6 +119,11 @@ def file_metadata(spec: AdapterSpec, extra: Mapping[str, Any] | None) -> dict[st
     meta.update({"format": "pt", "ipadapter_train.version": __version__, "variant": spec.variant,
                  "tokens": str(spec.tokens), "clip_dim": str(spec.clip_dim), "cross_dim": str(spec.cross_dim),
                  "num_layers": str(len(spec.layers))})
+    if spec.resampler_dim is not None:
+        meta["resampler_dim"] = str(spec.resampler_dim)
+    family = spec.family  # from the shapes; a tiny test model's width names none, so a caller's value stays
+    if family is not None:
+        meta["family"] = family.name
     return meta
 
 
@@ -135,7 +140,11 @@ def load_adapter(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
 
 
 def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
-    """Describe an adapter file as a JSON-able dict (shape, size, dtype and metadata)."""
+    """Describe an adapter file as a JSON-able dict: its model family, shape, size, dtype and metadata.
+
+    `summary` says it in words ("an SDXL plus adapter (16 tokens of 2048-d, 1280-d image features,
+    70 layers)"); `family` is read from the tensors, so a public file without metadata has one too.
+    """
     path = existing_file(path)
     state, metadata = load_adapter(path)
     spec = AdapterSpec.from_state_dict(state, source=str(path))
@@ -151,10 +160,13 @@ def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
         "file": str(path),
         "size_bytes": path.stat().st_size,
         "format": "safetensors" if path.suffix.lower() == SAFETENSORS_SUFFIX else "bin",
+        "summary": describe(spec),
+        "family": spec.family.name if spec.family is not None else None,  # from the shapes, metadata or not
         "variant": spec.variant,
         "tokens": spec.tokens,
         "clip_dim": spec.clip_dim,
         "cross_dim": spec.cross_dim,
+        "resampler_dim": spec.resampler_dim,
         "num_layers": len(spec.layers),
         "layer_indices": [n for n, _ in spec.layers],
         "parameters": int(sum(t.numel() for t in state.values())),

@@ -10,6 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+HEAD_DIM = 64  # every public plus file: heads = width / 64 (what diffusers' and IPAdapter_plus' loaders assume)
+# The width when no model family fixes one (tiny test models): 12 heads, the width plus adapters began with (SD1.5).
+DEFAULT_DIM = 768
+
 
 class PerceiverAttention(nn.Module):
     """Queries attend to [patches; queries], as in Flamingo's Perceiver Resampler."""
@@ -45,10 +49,13 @@ def feed_forward(dim: int, mult: int = 4) -> nn.Sequential:
 
 
 class Resampler(nn.Module):
-    """Maps CLIP hidden states [B, N, embedding_dim] to `num_queries` tokens [B, Q, output_dim]."""
+    """Maps CLIP hidden states [B, N, embedding_dim] to `num_queries` tokens [B, Q, output_dim].
 
-    def __init__(self, embedding_dim: int, output_dim: int = 768, dim: int = 768, depth: int = 4,
-                 dim_head: int = 64, heads: int = 12, num_queries: int = 16, ff_mult: int = 4) -> None:
+    SD1.5's plus files: dim 768, 12 heads, output 768; SDXL's: dim 1280, 20 heads, output 2048.
+    """
+
+    def __init__(self, embedding_dim: int, output_dim: int = 768, dim: int = DEFAULT_DIM, depth: int = 4,
+                 dim_head: int = HEAD_DIM, heads: int = 12, num_queries: int = 16, ff_mult: int = 4) -> None:
         super().__init__()
         self.latents = nn.Parameter(torch.randn(1, num_queries, dim) / dim**0.5)
         self.proj_in = nn.Linear(embedding_dim, dim)

@@ -1,4 +1,4 @@
-"""Converting the reference training script's checkpoints (tencent tutorial_train.py) to the official file."""
+"""Converting tencent's reference checkpoints (tutorial_train.py, tutorial_train_sdxl.py) to the official file."""
 from __future__ import annotations
 
 import json
@@ -251,3 +251,99 @@ def test_bad_sources(tmp_path):
         convert_checkpoint(sd_file, tmp_path / "a.safetensors")
     with pytest.raises(IPAdapterError, match=r"\.safetensors \(recommended\)"):
         convert_checkpoint(tmp_path / "missing-dir", tmp_path / "a.pt")
+
+
+# ---------------------------------------------------------------- SDXL (tencent tutorial_train_sdxl.py)
+
+@pytest.fixture(scope="module")
+def sdxl_layers():
+    from ipadapter_train.families import SDXL
+
+    return SDXL.adapter_layers()
+
+
+def sdxl_adapter(layers, variant: str = "base") -> IPAdapter:
+    """SDXL's 70 layers at their real widths (640/1280), reading tiny 16-d tokens: small, and no family's width,
+    so the key structure alone must tell convert that this is SDXL."""
+    torch.manual_seed(4)
+    return IPAdapter.new(variant, 48, 16, layers, resampler_dim=64 if variant == "plus" else None)
+
+
+def load_adapter_spec(path: Path):
+    from ipadapter_train.adapter import AdapterSpec
+
+    return AdapterSpec.from_state_dict(load_adapter(path)[0])
+
+
+@pytest.mark.parametrize("form,container", [
+    ("both", "safetensors"),  # the trap: only unet.<path>.processor.* survives, found by its SDXL paths
+    ("adapter_modules", "safetensors"),  # adapter_modules.<i> only: 70 layers up to 139
+    ("both", "bin"),
+])
+def test_sdxl_save_state_folder(tmp_path, sdxl_layers, form, container):
+    adapter = sdxl_adapter(sdxl_layers)
+    sd = reference_state(adapter, sdxl_layers, with_unet=form != "adapter_modules")
+    folder = save_state_folder(tmp_path / "checkpoint-100", sd, container)
+    if form == "both" and container == "safetensors":
+        assert not any(k.startswith("adapter_modules.") for k in read_reference_state(folder))
+    out = convert_checkpoint(folder, tmp_path / "sdxl.safetensors")
+    meta = assert_same(out, expected(adapter))
+    assert meta["num_layers"] == "70"
+    assert [n for n, _ in load_adapter_spec(out).layers] == list(range(1, 140, 2))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_sdxl_tencent_bin_and_plus(tmp_path, sdxl_layers):
+    adapter = sdxl_adapter(sdxl_layers, "plus")
+    ip = adapter.state_dict()
+    nested = {"image_proj": {k[len("image_proj."):]: v for k, v in ip.items() if k.startswith("image_proj.")},
+              "ip_adapter": {k[len("ip_adapter."):]: v for k, v in ip.items() if k.startswith("ip_adapter.")}}
+    torch.save(nested, tmp_path / "ip_adapter.bin")
+    meta = assert_same(convert_checkpoint(tmp_path / "ip_adapter.bin", tmp_path / "a.safetensors"), expected(adapter))
+    assert (meta["variant"], meta["num_layers"], meta["resampler_dim"]) == ("plus", "70", "64")
+
+
+@pytest.mark.parametrize("with_list,with_unet", [(False, True), (True, False)])
+def test_sdxl_family_from_the_2048_wide_weights(sdxl_layers, with_list, with_unet):
+    """Public-size weights (meta tensors, no memory): the 2048-d input width alone names SDXL."""
+    from ipadapter_train.convert import checkpoint_family, reference_to_official
+    from ipadapter_train.families import SD15, SDXL
+
+    state = {"image_proj_model.proj.weight": torch.empty(8192, 1024, device="meta"),
+             "image_proj_model.proj.bias": torch.empty(8192, device="meta")}
+    for layer in sdxl_layers:
+        for kv in "kv":
+            weight = torch.empty(layer.hidden, 2048, device="meta")
+            if with_unet:
+                state[f"unet.{layer.name}.processor.to_{kv}_ip.weight"] = weight
+            if with_list:
+                state[f"adapter_modules.{layer.index}.to_{kv}_ip.weight"] = weight
+    assert checkpoint_family(state) is SDXL
+    one = {"adapter_modules.1.to_k_ip.weight": torch.empty(640, 2048, device="meta")}  # neither paths nor count tell
+    assert checkpoint_family(one) is SDXL
+    assert checkpoint_family({"adapter_modules.1.to_k_ip.weight": torch.empty(320, 16, device="meta")}) is SD15
+    official = reference_to_official(state)
+    assert {k for k in official if k.startswith("ip_adapter.")} == {
+        f"ip_adapter.{n}.to_{kv}_ip.weight" for n in range(1, 140, 2) for kv in "kv"}
+    assert official["ip_adapter.121.to_k_ip.weight"].shape == (1280, 2048)  # mid block: last in the table
+    assert official["ip_adapter.1.to_k_ip.weight"].shape == (640, 2048)
+
+
+def test_sdxl_checkpoint_with_a_layer_missing_is_refused(tmp_path, sdxl_layers):
+    sd = reference_state(sdxl_adapter(sdxl_layers), sdxl_layers, with_list=False)
+    for kv in "kv":
+        del sd[f"unet.{sdxl_layers[60].name}.processor.to_{kv}_ip.weight"]
+    torch.save(sd, tmp_path / "pytorch_model.bin")
+    with pytest.raises(IPAdapterError, match=r"does not match the UNet's 70 cross-attention layers \(missing "
+                                             r"indices \[121\]"):
+        convert_checkpoint(tmp_path / "pytorch_model.bin", tmp_path / "a.safetensors")
+
+
+def test_cli_convert_says_what_it_wrote(tmp_path, sd15_layers):
+    from conftest import run_cli
+
+    folder = save_state_folder(tmp_path / "ckpt", reference_state(make_adapter("base", sd15_layers), sd15_layers),
+                               "safetensors")
+    r = run_cli("convert", str(folder), str(tmp_path / "a.safetensors"))
+    assert r.returncode == 0, r.stderr
+    assert "a.safetensors: an SD1.5 base adapter (4 tokens of 768-d, 1024-d image features, 16 layers)" in r.stdout

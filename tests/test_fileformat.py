@@ -93,6 +93,7 @@ def test_save_load_inspect_round_trip(tmp_path, sd15_layers, variant, clip_dim, 
     assert meta["format"] == "pt" and meta["variant"] == variant
     assert (meta["tokens"], meta["clip_dim"], meta["cross_dim"], meta["num_layers"]) == (
         str(tokens), str(clip_dim), "768", "16")
+    assert meta["family"] == "sd15" and meta.get("resampler_dim") == ("768" if variant == "plus" else None)
 
     info = inspect_adapter(path)
     json.dumps(info)
@@ -100,6 +101,7 @@ def test_save_load_inspect_round_trip(tmp_path, sd15_layers, variant, clip_dim, 
     assert (info["format"], info["variant"], info["tokens"], info["clip_dim"], info["cross_dim"]) == (
         "safetensors", variant, tokens, clip_dim, 768)
     assert info["num_layers"] == 16 and info["layer_indices"] == list(range(1, 32, 2))
+    assert info["family"] == "sd15" and info["summary"].startswith(f"an SD1.5 {variant} adapter ({tokens} tokens")
     assert info["parameters"] == sum(v.numel() for v in state.values())
     assert info["dtype"] == "float16"
 
