@@ -39,7 +39,9 @@ def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, confi
         # the process drew before, so the same settings give the same adapter (in a server, in tests).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            adapter = IPAdapter.new(config.variant, width, backend.cross_dim, backend.adapter_layers())
+            resampler = backend.family.resampler_dim if config.variant == "plus" else None
+            adapter = IPAdapter.new(config.variant, width, backend.cross_dim, backend.adapter_layers(),
+                                    resampler_dim=resampler)
         adapter.init_from_unet(backend.base_kv())
         return adapter
     if isinstance(init_adapter, IPAdapter):
@@ -52,6 +54,6 @@ def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, confi
         raise IPAdapterError(f"{source} is a {spec.variant} adapter but the run trains a {config.variant} "
                              f"one: pass --variant {spec.variant}.")
     spec.check_fits(width, encoder.name, backend.cross_dim, backend.adapter_layers(), f"the UNet of {backend.name}",
-                    source)
+                    source, model_family=backend.family)
     log.info("Fine-tuning %s (%s, %d tokens).", source, spec.variant, spec.tokens)
     return adapter
