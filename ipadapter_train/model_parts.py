@@ -23,20 +23,44 @@ SHIPPED_TOKENIZER = ASSETS / "sd15" / "tokenizer"
 
 
 def load_tokenizer(path: str | os.PathLike | None = None, pad_token: str | None = None):
-    """Load a CLIPTokenizer from `path` (default: the shipped CLIP BPE tokenizer), capped at 77 tokens;
-    `pad_token` overrides the folder's pad token (SDXL's bigG pads with "!")."""
+    """Load a CLIPTokenizer from `path` (default: the shipped CLIP BPE tokenizer), capped at 77 tokens.
+
+    `pad_token` makes it pad with that token the way OpenCLIP does (SDXL's bigG: "!", id 0): see `_open_clip_padding`.
+    """
     from transformers import CLIPTokenizer
 
     folder = Path(path) if path is not None else SHIPPED_TOKENIZER
-    extra = {"pad_token": pad_token} if pad_token is not None else {}
     try:
-        tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True, **extra)
+        tok = CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
-        raise IPAdapterError(f"{folder} is not a CLIP tokenizer folder with vocab.json and merges.txt "
-                             f"({type(exc).__name__}).") from None
+        raise IPAdapterError(f"{folder} is not a CLIP tokenizer folder (tokenizer.json, or vocab.json and "
+                             f"merges.txt) ({type(exc).__name__}).") from None
+    if pad_token is not None:
+        tok = _open_clip_padding(tok, pad_token)
     if tok.model_max_length > TOKENIZER_MAX:
         tok.model_max_length = TOKENIZER_MAX
     return tok
+
+
+def _open_clip_padding(tok: Any, pad_token: str) -> Any:
+    """The same vocabulary, padding with `pad_token` while a prompt's own "!" stays an ordinary word.
+
+    OpenCLIP (what SDXL's bigG was trained with, and what ComfyUI reproduces) pads with id 0 but
+    tokenizes "!" in a prompt as the word "!" (256). transformers registers a pad token as a special
+    token and cuts it out of the text (id 0): diffusers' SDXL tokenizer_2 does so (diffusers issue 4153).
+    So the tokenizer is rebuilt from the vocabulary with no special "!" and only told its pad token
+    afterwards, which sets the padding id without adding "!" to the special tokens it splits on.
+    """
+    import json
+
+    from transformers import CLIPTokenizer
+
+    model = json.loads(tok.backend_tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    clean = CLIPTokenizer(vocab=model["vocab"], merges=merges)
+    clean.model_max_length = tok.model_max_length
+    clean.pad_token = pad_token
+    return clean
 
 
 def tokenizer_subfolder(encoder: TextEncoder) -> str:
@@ -50,8 +74,9 @@ def family_tokenizers(family: ModelFamily, folder: Path | None = None) -> list[A
     out = []
     for encoder in family.text_encoders:
         sub = folder / tokenizer_subfolder(encoder) if folder is not None else None
-        if sub is not None and (sub / "vocab.json").is_file():
-            out.append(load_tokenizer(sub))
+        # transformers 5 saves tokenizer.json only; older saves (and hub folders) have vocab.json + merges.txt
+        if sub is not None and any((sub / n).is_file() for n in ("vocab.json", "tokenizer.json")):
+            out.append(load_tokenizer(sub, pad_token=encoder.pad_token))
             continue
         if sub is not None:
             log.warning("%s has no %s/ folder; using the CLIP tokenizer shipped with the package.", folder, sub.name)
