@@ -21,9 +21,10 @@ LABEL_EMB = UNET_PREFIX + "label_emb.0.0.weight"
 
 _UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-# Checkpoints of other models, by (context width, extra-conditioning width): named in the refusal.
-_OTHER_MODELS = {(1024, 0): "an SD2.x", (1280, 2560): "an SDXL refiner", (1024, 1024): "an SD2.x unCLIP",
-                 (1024, 2048): "an SD2.x unCLIP"}
+# Checkpoints of other models, by (context width, extra-conditioning width) as ComfyUI 0.3.75's
+# supported_models lists them: named in the refusal.
+_OTHER_MODELS = {(1024, 0): "an SD2.x", (1280, 2560): "an SDXL refiner", (1024, 1536): "an SD2.1 unCLIP",
+                 (1024, 2048): "an SD2.1 unCLIP"}
 
 
 def _per_block(value: Any, n: int) -> list:

@@ -101,10 +101,14 @@ def _load_folder(path: Path, dtype: torch.dtype) -> DiffusionModel:
     return DiffusionModel(family, unet, vae, texts, family_tokenizers(family, path), scheduler_config, str(path))
 
 
-def load_checked(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 family: ModelFamily | None = None, check: Check | None = None) -> DiffusionModel:
-    """`load_model` for callers that need one family: another family is an IPAdapterError, and
-    `check(shapes, name)` may refuse a single file by its header first."""
+def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               family: ModelFamily | None = None, check: Check | None = None) -> DiffusionModel:
+    """Load a model of any supported family (SD1.5, SDXL) from a diffusers folder or an original-layout
+    single file (`.safetensors`, `.ckpt`/`.pt`); every part frozen, in `dtype`, on `device`.
+
+    `family`: the family the caller needs; another one is refused before its weights are read.
+    `check(shapes, name)`: the caller's own refusals, run on a single file's header first.
+    """
     path = _exists(Path(path))
     if path.is_dir():
         found = _folder_family(path)
@@ -117,10 +121,3 @@ def load_checked(path: str | os.PathLike, dtype: torch.dtype = torch.float32, de
         freeze(part.to(device))  # already in `dtype`: loaded that way (casting again makes diffusers warn)
     log.info("Loaded %s from %s (%s, %s).", model.family.label, path, dtype, device)
     return model
-
-
-def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load a model of any supported family (SD1.5, SDXL) from a diffusers folder or an original-layout
-    single file (`.safetensors`, `.ckpt`/`.pt`); every part frozen, in `dtype`, on `device`."""
-    return load_checked(path, dtype, device)

@@ -16,7 +16,7 @@ import torch
 from . import families
 from . import ldm_layout as L
 from .diffusion_model import DiffusionModel
-from .model_loading import load_checked
+from .model_loading import load_model
 from .model_parts import load_tokenizer  # noqa: F401 (re-exported: the SD1.5 tokenizer is the shipped default)
 from .random_models import build_model, model_configs
 from .single_file import save_single_file  # noqa: F401 (re-exported)
@@ -51,4 +51,4 @@ def load_sd15(path: str | os.PathLike, dtype: torch.dtype = torch.float32, devic
 
     Any other model is refused with one sentence; `model_loading.load_model` loads every family.
     """
-    return load_checked(path, dtype, device, family=families.SD15, check=L.check_sd15)
+    return load_model(path, dtype, device, family=families.SD15, check=L.check_sd15)

@@ -17,8 +17,10 @@ from ipadapter_train.clip_vision import PRESETS, infer_clip_vision_config, prese
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.layout import adapter_layers
 from ipadapter_train.model_loading import load_model, peek_family
-from ipadapter_train.model_parts import tokenizer_subfolder
-from ipadapter_train.random_models import build_empty, build_model
+from ipadapter_train.diffusion_model import DiffusionModel
+from ipadapter_train.model_parts import empty_parts, tokenizer_subfolder
+from ipadapter_train.random_init import fill_random_
+from ipadapter_train.random_models import build_empty, build_model, model_configs
 from ipadapter_train.sd15 import load_sd15
 from ipadapter_train.single_file import save_single_file
 from ipadapter_train.weights_io import WeightFile
@@ -240,6 +242,33 @@ def test_missing_and_misshaped_weights_are_refused(tensors, tmp_path):
 def test_load_sd15_refuses_sdxl_file(tiny_file):
     with pytest.raises(IPAdapterError, match=r"sdxl-tiny\.safetensors is an SDXL"):
         load_sd15(tiny_file)
+    with pytest.raises(IPAdapterError, match=r"sdxl-tiny\.safetensors is an SDXL checkpoint; SD1\.5 is needed here"):
+        load_model(tiny_file, family=families.SD15)
+
+
+def _micro_sd15():
+    """A 2-level SD1.5 (32/64 wide, the shipped norms: a single file does not record them), 1-layer CLIP-L."""
+    cfgs = model_configs("sd15", "tiny")
+    cfgs["unet"].update(block_out_channels=[32, 64], layers_per_block=1, attention_head_dim=8,
+                        down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
+                        up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"])
+    cfgs["vae"].update(block_out_channels=[32, 64], down_block_types=["DownEncoderBlock2D"] * 2,
+                       up_block_types=["UpDecoderBlock2D"] * 2)
+    cfgs["text_encoder"].update(num_hidden_layers=1, intermediate_size=64)
+    unet, vae, texts = empty_parts(families.SD15, cfgs["unet"], cfgs["vae"], [cfgs["text_encoder"]])
+    for i, part in enumerate((unet, vae, *texts)):
+        fill_random_(part, seed=i)
+    return DiffusionModel(families.SD15, unet, vae, texts, [], {}, "micro")
+
+
+def test_load_model_reads_sd15_too(tmp_path):
+    micro = _micro_sd15()
+    path = save_single_file(micro, tmp_path / "model.safetensors")
+    assert peek_family(path) is families.SD15
+    back = load_model(path)
+    assert back.family is families.SD15 and len(back.text_encoders) == len(back.tokenizers) == 1
+    _states_equal(micro.unet, back.unet, cast=torch.float16)
+    assert back.tokenizer.pad_token == "<|endoftext|>"
 
 
 def test_peek_family_bad_input(tmp_path):
