@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from .cli_progress import progress_bar as _progress
+from .families import FAMILIES
 
 log = logging.getLogger("ipadapter_train")
 
@@ -129,7 +130,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_make_test_models(args: argparse.Namespace) -> int:
     from .testmodels import make_test_models
 
-    paths = make_test_models(Path(args.dir), size=args.size, vision=args.vision, seed=args.seed)
+    paths = make_test_models(Path(args.dir), size=args.size, vision=args.vision, seed=args.seed, family=args.family)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -208,12 +209,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output .safetensors")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("make-test-models", help="write random-weight SD1.5 and CLIP vision files",
+    p = sub.add_parser("make-test-models", help="write random-weight SD1.5 or SDXL and CLIP vision files",
                        epilog="examples:\n  ipadapter-train make-test-models test_models/\n"
-                              "  ipadapter-train make-test-models bench_models/ --size full", formatter_class=raw)
+                              "  ipadapter-train make-test-models bench_models/ --size full\n"
+                              "  ipadapter-train make-test-models sdxl_models/ --family sdxl --size tiny",
+                       formatter_class=raw)
     p.add_argument("dir", help="output folder")
+    p.add_argument("--family", choices=list(FAMILIES), default="sd15",
+                   help="model family; writes <family>-<size>.safetensors (default sd15)")
     p.add_argument("--size", choices=["tiny", "full"], default="tiny",
-                   help="tiny: narrow SD1.5 layout; full: the real SD1.5 shape (860M UNet)")
-    p.add_argument("--vision", choices=["tiny", "vit-l", "vit-h"], default="vit-l", help="CLIP vision shape")
+                   help="tiny: the family's block layout at small widths; full: the real shape "
+                        "(SD1.5: 860M UNet; SDXL: 2.6B UNet, a 7 GB file)")
+    p.add_argument("--vision", choices=["tiny", "vit-l", "vit-h", "vit-bigg"],
+                   help="CLIP vision shape (default: vit-l for sd15, vit-h for sdxl)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_test_models)

@@ -25,7 +25,7 @@ from .weights_io import WeightFile, read_transformers_folder, save_safetensors_a
 
 log = logging.getLogger(__name__)
 
-Preset = Literal["tiny", "vit-l", "vit-h"]
+Preset = Literal["tiny", "vit-l", "vit-h", "vit-bigg"]
 PRESETS: dict[str, dict[str, Any]] = {
     # fast unit tests only; gelu and 4 heads are what infer_clip_vision_config reads back for width 64
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -36,6 +36,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # OpenCLIP ViT-H/14, the encoder of the public SD1.5 IP-Adapters
     "vit-h": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, intermediate_size=5120,
                   projection_dim=1024, hidden_act="gelu"),
+    # OpenCLIP ViT-bigG/14, the encoder of the public ip-adapter_sdxl (1.8B parameters)
+    "vit-bigg": dict(hidden_size=1664, num_hidden_layers=48, num_attention_heads=16, intermediate_size=8192,
+                     projection_dim=1280, hidden_act="gelu"),
 }
 _COMMON = dict(patch_size=14, image_size=224, num_channels=3, layer_norm_eps=1e-5)
 # weights do not tell the head count: these are the known widths (64 is the tiny test preset)
@@ -139,7 +142,7 @@ def load_clip_vision(path: str | os.PathLike, dtype: torch.dtype = torch.float32
 
 
 def preset_config(preset: Preset):
-    """The `CLIPVisionConfig` of a named preset ("tiny", "vit-l", "vit-h")."""
+    """The `CLIPVisionConfig` of a named preset ("tiny", "vit-l", "vit-h", "vit-bigg")."""
     from transformers import CLIPVisionConfig
 
     if preset not in PRESETS:

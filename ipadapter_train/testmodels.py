@@ -1,8 +1,9 @@
-"""Write random-weight test models: an SD1.5 single file and a CLIP vision file.
+"""Write random-weight test models: a single-file checkpoint (SD1.5 or SDXL) and a CLIP vision file.
 
 No real CLIP or SD weights can be downloaded here, so tests, demos and the ComfyUI integration run
 on models built from configs. They load everywhere real ones do (this package, diffusers, ComfyUI)
-but produce noise: they prove plumbing, never quality.
+but produce noise: they prove plumbing, never quality. Both are drawn directly in fp16, the dtype
+they are written in, so even the full-size SDXL (2.6B UNet) is held once, about 7 GB.
 """
 from __future__ import annotations
 
@@ -16,19 +17,27 @@ import torch
 
 from .clip_vision import PRESETS, build_clip_vision, save_clip_vision
 from .errors import IPAdapterError
-from .sd15 import build_sd15, save_single_file
+from .families import get_family
+from .random_models import build_model
+from .single_file import save_single_file
 
 log = logging.getLogger(__name__)
 
+# The CLIP vision preset each family's public adapters use by default (SD1.5's test default stays ViT-L).
+DEFAULT_VISION = {"sd15": "vit-l", "sdxl": "vit-h"}
 
-def make_test_models(out_dir: str | os.PathLike, size: Literal["tiny", "full"] = "tiny",
-                     vision: str = "vit-l", seed: int = 0) -> dict[str, Path]:
-    """Write `sd15-<size>.safetensors` and `clip-vision-<vision>.safetensors` (fp16) into `out_dir`.
 
-    Returns {"sd15": path, "clip_vision": path}.
+def make_test_models(out_dir: str | os.PathLike, size: Literal["tiny", "full"] = "tiny", vision: str | None = None,
+                     seed: int = 0, family: str = "sd15") -> dict[str, Path]:
+    """Write `<family>-<size>.safetensors` and `clip-vision-<vision>.safetensors` (fp16) into `out_dir`.
+
+    `vision` defaults to the family's (SD1.5: vit-l, SDXL: vit-h). Returns {family: path, "clip_vision": path},
+    e.g. {"sdxl": .../sdxl-tiny.safetensors, "clip_vision": ...}.
     """
+    fam = get_family(family)
     if size not in ("tiny", "full"):
         raise IPAdapterError(f"Unknown model size {size!r}; expected 'tiny' or 'full'.")
+    vision = vision or DEFAULT_VISION.get(fam.name, "vit-h")
     if vision not in PRESETS:
         raise IPAdapterError(f"Unknown CLIP vision preset {vision!r}; expected one of {', '.join(PRESETS)}.")
     out = Path(out_dir)
@@ -36,14 +45,15 @@ def make_test_models(out_dir: str | os.PathLike, size: Literal["tiny", "full"] =
     written: dict[str, Path] = {}
 
     t0 = time.perf_counter()
-    sd15 = build_sd15(size, seed=seed)
-    written["sd15"] = save_single_file(sd15, out / f"sd15-{size}.safetensors", dtype=torch.float16)
-    del sd15  # the full model is 4 GiB in fp32: free it before building the next one
-    log.info("SD1.5 (%s) ready in %.1f s: %s", size, time.perf_counter() - t0, written["sd15"])
+    model = build_model(fam, size, seed=seed, dtype=torch.float16)
+    written[fam.name] = save_single_file(model, out / f"{fam.name}-{size}.safetensors", dtype=torch.float16)
+    del model  # a full model is gigabytes: free it before building the next one
+    log.info("%s (%s) ready in %.1f s: %s", fam.label, size, time.perf_counter() - t0, written[fam.name])
 
     t0 = time.perf_counter()
-    clip = build_clip_vision(vision, seed=seed)
+    clip = build_clip_vision(vision, seed=seed, dtype=torch.float16)
     written["clip_vision"] = save_clip_vision(clip, out / f"clip-vision-{vision}.safetensors", dtype=torch.float16)
+    del clip
     log.info("CLIP vision (%s) ready in %.1f s: %s", vision, time.perf_counter() - t0, written["clip_vision"])
 
     log.warning("The models in %s have RANDOM weights: they load like real ones but generate noise; "
