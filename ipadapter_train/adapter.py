@@ -70,18 +70,7 @@ class AdapterSpec:
         family is refused first, naming both families. The CLI, generation and the nodes all check with
         this, before any work is spent.
         """
-        ours = self.family
-        theirs = model_family or family_of_width(cross_dim, len(layers))
-        if ours is not None and theirs is not None and ours != theirs:
-            from .adapter_check import article, family_phrase
-
-            what = family_phrase(self.variant, len(self.layers), self.cross_dim)
-            if len(self.layers) == ours.adapter_layer_count:  # else the phrase already gives the count
-                what += f" ({len(self.layers)} cross-attention layers)"
-            raise IPAdapterError(
-                f"{source} is {what} and is for a {self.cross_dim}-d cross-attention model, but {model_name} is "
-                f"{theirs.describe()}: use an adapter trained for {theirs.label}, or {article(ours.label)} "
-                f"{ours.label} model.")
+        self.check_family(model_family or family_of_width(cross_dim, len(layers)), model_name, source)
         if self.clip_dim != feature_width:
             raise IPAdapterError(f"{source} needs {self.encoder_requirement}, but {encoder_name} gives "
                                  f"{feature_width}-d features: use the image encoder the adapter was trained with.")
@@ -91,6 +80,22 @@ class AdapterSpec:
                                  f"{cross_dim}-d cross-attention ({widths}): use the base model family the "
                                  "adapter was trained for.")
         self.check_layers(layers, model_name, source)
+
+    def check_family(self, model_family: ModelFamily | None, model_name: str, source: str = "The adapter") -> None:
+        """Raise IPAdapterError, naming both families, when the adapter is for another family than the model's
+        (nothing is said when either family is unknown). Cheap: callers run it before loading a model."""
+        ours = self.family
+        if ours is None or model_family is None or ours == model_family:
+            return
+        from .adapter_check import article, family_phrase
+
+        what = family_phrase(self.variant, len(self.layers), self.cross_dim)
+        if len(self.layers) == ours.adapter_layer_count:  # else the phrase already gives the count
+            what += f" ({len(self.layers)} cross-attention layers)"
+        raise IPAdapterError(
+            f"{source} is {what} and is for a {self.cross_dim}-d cross-attention model, but {model_name} is "
+            f"{model_family.describe()}: use an adapter trained for {model_family.label}, or "
+            f"{article(ours.label)} {ours.label} model.")
 
     def check_layers(self, layers: Sequence[AdapterLayer], model_name: str = "the model",
                      source: str = "The adapter") -> None:

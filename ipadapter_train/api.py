@@ -47,7 +47,7 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     the run reads is ever written over.
     """
     from .clip_vision import load_clip_vision
-    from .sd15 import load_sd15
+    from .model_loading import load_model
 
     started = time.time()
     out = Path(out)
@@ -66,7 +66,7 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     t0 = time.perf_counter()
-    sd = load_sd15(Path(base_model), dtype=dtype, device="cpu")
+    sd = load_model(Path(base_model), dtype=dtype, device="cpu")
     clip = load_clip_vision(Path(image_encoder), dtype=dtype, device="cpu")
     load_seconds = time.perf_counter() - t0
     random_weights = sd.random_weights or is_random(clip)

@@ -43,13 +43,15 @@ def _generator(args: argparse.Namespace):
     from .adapter_init import load_adapter_module
     from .clip_vision import load_clip_vision
     from .generate import Generator
+    from .model_loading import load_model, peek_family
     from .precision import default_device, inference_dtype
-    from .sd15 import load_sd15
 
     device = default_device() if args.device is None else args.device
     dtype = inference_dtype(args.precision, device)
-    adapter = load_adapter_module(Path(args.adapter))  # a damaged file is refused before the big models load
-    return Generator(load_sd15(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
+    # a damaged file, or an adapter of another model family, is refused before the big models load
+    adapter = load_adapter_module(Path(args.adapter))
+    adapter.spec.check_family(peek_family(Path(args.base_model)), f"the model {args.base_model}", str(args.adapter))
+    return Generator(load_model(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
                      adapter, device, dtype, adapter_name=str(args.adapter),
                      encoder_name=Path(args.image_encoder).name)
 

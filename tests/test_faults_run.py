@@ -125,12 +125,12 @@ def test_ctrl_c_with_checkpoints_off_prints_a_resume_command_that_works(models, 
 def no_model_loading(monkeypatch):
     """Loading a model fails the test: a refusal must come before any model work."""
     import ipadapter_train.clip_vision as clip_vision
-    import ipadapter_train.sd15 as sd15
+    import ipadapter_train.model_loading as model_loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(sd15, "load_sd15", refuse)
+    monkeypatch.setattr(model_loading, "load_model", refuse)
     monkeypatch.setattr(clip_vision, "load_clip_vision", refuse)
 
 

@@ -176,14 +176,14 @@ def test_resume_with_other_settings_is_refused(tmp_path, samples, monkeypatch):
 
 
 def test_from_files_a_resume_of_other_images_is_refused_before_the_models_load(tmp_path, samples, models, monkeypatch):
-    from ipadapter_train import api, sd15
+    from ipadapter_train import api, model_loading
 
     run(tmp_path, samples, cfg(max_steps=2))
 
     def no_loading(*args, **kwargs):
         raise AssertionError("a refused resume must not load the models first")
 
-    monkeypatch.setattr(sd15, "load_sd15", no_loading)
+    monkeypatch.setattr(model_loading, "load_model", no_loading)
     with pytest.raises(IPAdapterError, match="other images or captions"):
         api.train_adapter(SAMPLES, models["sd"], models["clip"], tmp_path / "b.safetensors", cfg(max_steps=4),
                           resume=tmp_path / "a-run", prompt="another caption for every image", device="cpu")
@@ -275,10 +275,10 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
     import weakref
 
     from conftest import SAMPLES
-    from ipadapter_train import api, clip_vision, sd15
+    from ipadapter_train import api, clip_vision, model_loading
 
     loaded = {}
-    load_sd, load_clip = sd15.load_sd15, clip_vision.load_clip_vision
+    load_sd, load_clip = model_loading.load_model, clip_vision.load_clip_vision
 
     def keep_sd(*args, **kw):
         loaded["sd"] = load_sd(*args, **kw)
@@ -289,7 +289,7 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
         loaded["clip"] = weakref.ref(model)  # a weak reference: the test must not keep it alive
         return model
 
-    monkeypatch.setattr(sd15, "load_sd15", keep_sd)
+    monkeypatch.setattr(model_loading, "load_model", keep_sd)
     monkeypatch.setattr(clip_vision, "load_clip_vision", watch_clip)
     seen = []
 
@@ -310,16 +310,16 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
 def test_bf16_holds_the_frozen_unet_in_bf16_and_trains_fp32_adapter_weights(tmp_path, models, monkeypatch):
     """The bf16 lever: no fp32 copy of the frozen UNet, fp32 master weights for what trains."""
     from conftest import SAMPLES
-    from ipadapter_train import api, sd15
+    from ipadapter_train import api, model_loading
 
     loaded = {}
-    load_sd = sd15.load_sd15
+    load_sd = model_loading.load_model
 
     def keep_sd(*args, **kw):
         loaded["sd"] = load_sd(*args, **kw)
         return loaded["sd"]
 
-    monkeypatch.setattr(sd15, "load_sd15", keep_sd)
+    monkeypatch.setattr(model_loading, "load_model", keep_sd)
     dtypes = []
 
     def during_steps(step, total, loss):
