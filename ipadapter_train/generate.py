@@ -53,8 +53,9 @@ class GenerationSettings:
     scheduler: str = "ddim"
 
     def validate(self) -> None:
-        """Raise IPAdapterError on settings that cannot generate (sizes must be filled in: `sized`)."""
-        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 64:
+        """Raise IPAdapterError on settings that cannot generate (a size not given is the model's: `sized`)."""
+        given = [side for side in (self.width, self.height) if side is not None]
+        if any(side % 8 or side < 64 for side in given):
             raise IPAdapterError(f"Size {self.width}x{self.height} is not usable: give multiples of 8, at least 64.")
         if self.steps < 1 or self.num_images < 1:
             raise IPAdapterError("steps and the number of images must be at least 1.")
