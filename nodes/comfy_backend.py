@@ -10,7 +10,7 @@ modified. Construct and use both inside `torch.inference_mode(False)`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from PIL import Image
@@ -22,7 +22,7 @@ from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 from ..ipadapter_train.adapter import IPAdapter
 from ..ipadapter_train.ip_attention import IPState
 from ..ipadapter_train.errors import IPAdapterError, TrainingCancelled
-from ..ipadapter_train.families import family_of_comfy_unet
+from ..ipadapter_train.families import FAMILIES, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer
 from . import checkpointing
 from .attn_patch import ATTN2, TrainingPatch, existing_patch
@@ -31,6 +31,9 @@ from .images import pils_to_tensor
 
 log = logging.getLogger(__name__)
 TEXT_TOKENS = 77  # one CLIP chunk: what SD1.5 was trained with and what the diffusers back end uses
+# diffusers' time_ids order (original height, width, crop top, left, target height, width) as the keywords of
+# ComfyUI's SDXL `encode_adm` (which embeds them in that same order: height, width, crop_h, crop_w, target...).
+SIZE_KEYS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")
 
 
 def make_autograd_safe(module: torch.nn.Module) -> int:
@@ -54,26 +57,30 @@ def make_autograd_safe(module: torch.nn.Module) -> int:
 
 
 class ComfyBackend:
-    """A frozen SD1.5 MODEL/CLIP/VAE from a ComfyUI graph, seen as the trainer's `DiffusionBackend`."""
+    """A frozen MODEL/CLIP/VAE of any known family (`families.FAMILIES`) from a ComfyUI graph, seen as the
+    trainer's `DiffusionBackend`."""
 
     def __init__(self, model: Any, clip: Any, vae: Any) -> None:
         self.patcher, self.clip, self.vae = model, clip, vae
-        base = model.model
+        base = self.base = model.model
         self.unet = base.diffusion_model
-        if getattr(self.unet, "num_classes", None) is not None:
-            raise IPAdapterError("This MODEL needs extra conditioning (an SDXL-style model): this pack trains "
-                                 "adapters for SD1.5 checkpoints; load one with Load Checkpoint.")
-        self.sampling = model.get_model_object("model_sampling")
-        if not isinstance(self.sampling, comfy.model_sampling.ModelSamplingDiscrete) or \
-                isinstance(self.sampling, comfy.model_sampling.V_PREDICTION) or \
-                not isinstance(self.sampling, comfy.model_sampling.EPS):
-            raise IPAdapterError(f"This MODEL samples with {type(self.sampling).__name__}: training needs a "
-                                 "discrete-time epsilon-prediction model such as SD1.5.")
-        self.name = f"ComfyUI MODEL ({type(base.model_config).__name__})"
+        kind = type(base.model_config).__name__
         family = family_of_comfy_unet(base.model_config.unet_config)
         if family is None:
-            raise IPAdapterError(f"This MODEL ({type(base.model_config).__name__}) is of no model family this pack "
-                                 "trains for: load an SD1.5 checkpoint with Load Checkpoint.")
+            config = base.model_config.unet_config
+            known = "; ".join(f"{f.label}: {f.cross_dim}-d, extra conditioning {f.adm_channels or 'none'}"
+                              for f in FAMILIES.values())
+            raise IPAdapterError(f"This MODEL ({kind}, {config.get('context_dim')}-d cross-attention, extra "
+                                 f"conditioning {config.get('adm_in_channels') or 'none'}) is of no model family this "
+                                 f"pack trains for ({known}): load such a checkpoint with Load Checkpoint.")
+        self.sampling = model.get_model_object("model_sampling")
+        if not isinstance(self.sampling, comfy.model_sampling.ModelSamplingDiscrete) or \
+                isinstance(self.sampling, (comfy.model_sampling.V_PREDICTION, comfy.model_sampling.X0)) or \
+                not isinstance(self.sampling, comfy.model_sampling.EPS):
+            raise IPAdapterError(f"This {family.label} MODEL samples with {type(self.sampling).__name__}: training "
+                                 "needs a discrete-time epsilon-prediction model, as the base checkpoints of "
+                                 f"{' and '.join(f.label for f in FAMILIES.values())} are.")
+        self.name = f"ComfyUI MODEL ({kind})"
         self.family = family
         self.device = torch.device(model.load_device)
         self.dtype = base.manual_cast_dtype or base.get_dtype()
@@ -160,20 +167,61 @@ class ComfyBackend:
 
     @torch.no_grad()
     def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Captions -> {"context": [B, 77, cross_dim]} from the graph's CLIP (clip skip and LoRAs included)."""
-        rows = []
+        """Captions -> {"context": [B, 77, cross_dim]}, and "pooled" [B, P] for a family whose UNet takes a pooled
+        text embedding (SDXL), from the graph's CLIP (clip skip and LoRAs included; ComfyUI's own pooled output)."""
+        pooled_width = self.family.pooled_width
+        rows, pooled = [], []
         for caption in captions:
-            cond = self.clip.encode_from_tokens(self.clip.tokenize(caption))
+            cond, pool = self.clip.encode_from_tokens(self.clip.tokenize(caption), return_pooled=True)
+            if cond.shape[-1] != self.cross_dim:
+                raise IPAdapterError(f"The CLIP gives {cond.shape[-1]}-d text embeddings but this {self.family.label} "
+                                     f"MODEL's cross-attention is {self.cross_dim}-d: connect the CLIP of the same "
+                                     "checkpoint.")
             if cond.shape[1] > TEXT_TOKENS:
                 log.warning("Caption %r is longer than 75 tokens; training uses its first 75, as the diffusers "
                             "back end does.", caption[:60])
             rows.append(cond[:, :TEXT_TOKENS].float().cpu())
-        return {"context": torch.cat(rows)}
+            if pooled_width:
+                if pool is None or pool.shape[-1] != pooled_width:
+                    got = "none" if pool is None else f"a {pool.shape[-1]}-d one"
+                    raise IPAdapterError(f"A {self.family.label} MODEL needs a {pooled_width}-d pooled text embedding "
+                                         f"but the CLIP gives {got}: connect the CLIP of the same checkpoint.")
+                pooled.append(pool[:1].float().cpu())
+        out = {"context": torch.cat(rows)}
+        if pooled_width:
+            out["pooled"] = torch.cat(pooled)
+        return out
+
+    def extra_conditioning(self, added: Mapping[str, torch.Tensor] | None, batch: int) -> torch.Tensor:
+        """The UNet's `y` [batch, adm_channels] from the pooled text embedding and, for a family with size
+        conditioning, each row's time_ids, built by the ComfyUI model's own `encode_adm` (as its sampler does)."""
+        family = self.family
+        added = added or {}
+        missing = [k for k in ("pooled", "time_ids") if k not in added and (k == "pooled" or family.size_conditioning)]
+        if missing:
+            raise IPAdapterError(f"A {family.label} UNet needs {' and '.join(missing)} with every call (its pooled "
+                                 "text embedding and size/crop conditioning); this is a bug in the caller.")
+        pooled = added["pooled"].float().cpu().expand(batch, -1)
+        sizes = added["time_ids"].float().cpu().expand(batch, -1) if family.size_conditioning else None
+        rows = []
+        for i in range(batch):
+            kwargs: dict[str, Any] = {"pooled_output": pooled[i:i + 1], "device": self.device}
+            if sizes is not None:
+                kwargs.update(zip(SIZE_KEYS, (int(round(v)) for v in sizes[i].tolist())))
+            rows.append(self.base.encode_adm(**kwargs))
+        y = torch.cat(rows)
+        if y.shape[-1] != family.adm_channels:
+            raise IPAdapterError(f"This MODEL's extra conditioning is {y.shape[-1]}-d where a {family.label} UNet "
+                                 f"takes {family.adm_channels}: the MODEL is not supported.")
+        return y.to(self.device, self.dtype)
 
     def predict_noise(self, noisy: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
                       ip_tokens: torch.Tensor | None, scale: float = 1.0,
-                      added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The UNet's epsilon prediction, with the image tokens added at `scale` by the attached patches."""
+                      added: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The UNet's epsilon prediction, with the image tokens added at `scale` by the attached patches.
+
+        `added` ("pooled", "time_ids") is read by families with extra conditioning (`extra_conditioning`).
+        """
         # Tokens stay set after the call, as in the diffusers back end; every call sets them anew.
         self.state.tokens, self.state.scale = ip_tokens, scale
         options = dict(self._options if self._options is not None
@@ -181,9 +229,12 @@ class ComfyBackend:
         t = timesteps.to(self.device)
         options["cond_or_uncond"] = [0]
         options["sigmas"] = self.sampling.sigmas.to(self.device)[t.long()]
+        kwargs = {}
+        if self.family.adm_channels:
+            kwargs["y"] = self.extra_conditioning(added, noisy.shape[0])
         try:
             return self.unet(noisy.to(self.device, self.dtype), t.float(),
-                             context=text.to(self.device, self.dtype), transformer_options=options)
+                             context=text.to(self.device, self.dtype), transformer_options=options, **kwargs)
         except comfy.model_management.InterruptProcessingException as exc:
             # ComfyUI's layers check the cancel flag on every op, so a cancel usually lands inside this
             # forward: it is the core's cancel, which saves and returns the adapter trained so far.

@@ -1,9 +1,10 @@
 """The adapter's layer table for a graph's MODEL, and the checks that an adapter fits a MODEL and a CLIP_VISION.
 
 The table comes from the core's fixed key table (`layout.adapter_layers`), fed a diffusers-style
-description of ComfyUI's UNet config, and is then checked against the UNet's actual modules: every
-key must reach a cross-attention `attn2` of the listed width, and no cross-attention layer may be
-left out. So a UNet the table does not describe is refused instead of silently patched wrongly.
+description of ComfyUI's UNet config (SD1.5's 16 layers, SDXL's 70, from the same code), and is then
+checked against the UNet's actual modules: every key must reach a cross-attention `attn2` of the listed
+width, and no cross-attention layer may be left out. So a UNet the table does not describe is refused
+instead of silently patched wrongly.
 """
 from __future__ import annotations
 
@@ -13,31 +14,58 @@ from torch import nn
 
 from ..ipadapter_train.adapter_check import check_adapter_state
 from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.families import FAMILIES, ModelFamily, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer, adapter_layers
 
 
+def _per_res_block(value: Any, count: int, what: str) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [int(value)] * count
+    if len(values) != count:
+        raise IPAdapterError(f"This MODEL's UNet config lists {len(values)} {what} where its blocks need {count}: "
+                             "the UNet is not supported.")
+    return [int(v) for v in values]
+
+
 def diffusers_style_config(unet_config: Mapping[str, Any]) -> dict[str, Any]:
-    """ComfyUI's UNet config (model_channels, channel_mult, num_res_blocks, transformer_depth) in the
-    fields `adapter_layers` reads (block types, widths, layers and transformer depth per level)."""
+    """ComfyUI's UNet config (model_channels, channel_mult, num_res_blocks, transformer_depth per input block,
+    transformer_depth_output per output block, transformer_depth_middle) in the fields `adapter_layers` reads:
+    block types, widths, res blocks and transformer depth per level, and whether the mid block has attention.
+
+    SD1.5: depth [1,1,1,1,1,1,0,0], middle 1. SDXL: depth [0,0,2,2,10,10], output [0,0,0,2,2,2,10,10,10],
+    middle 10. A diffusers config has one depth per level, shared by the down, up and mid blocks, so a
+    UNet whose depths it cannot state (SSD-1B's output blocks, say) is refused here in one sentence.
+    """
     mult = list(unet_config["channel_mult"])
     n = len(mult)
-    res = unet_config["num_res_blocks"]
-    res = list(res) if isinstance(res, (list, tuple)) else [int(res)] * n
-    depth_per_block = list(unet_config.get("transformer_depth") or [0] * sum(res))
-    middle = unet_config.get("transformer_depth_middle")
-    middle = int(middle) if middle is not None and middle > 0 else 0
+    res = _per_res_block(unet_config["num_res_blocks"], n, "res-block counts")
+    per_input = _per_res_block(unet_config.get("transformer_depth") or 0, sum(res), "input transformer depths")
     levels, pos = [], 0
     for b in range(n):
-        levels.append(int(depth_per_block[pos]) if pos < len(depth_per_block) else 0)
+        block = per_input[pos:pos + res[b]]
         pos += res[b]
-    has_attn = [d > 0 for d in levels]
-    # adapter_layers reads the mid block's depth from the last level (which has no attention in SD1.5):
-    # levels without attention carry the mid depth, the only place it is read. The module check below
-    # catches any UNet where this description is wrong.
+        if len(set(block)) != 1:
+            raise IPAdapterError(f"This MODEL's UNet has transformer depths {block} within one level: the UNet is "
+                                 "not supported.")
+        levels.append(block[0])
+    output = unet_config.get("transformer_depth_output")
+    if output is not None:
+        # ComfyUI lists the output blocks' depths in input-level order (level 0's blocks first) and pops from the end.
+        want = [d for b in range(n) for d in [levels[b]] * (res[b] + 1)]
+        if [int(d) for d in output] != want:
+            raise IPAdapterError(f"This MODEL's UNet has output transformer depths {list(output)} where its input "
+                                 f"blocks imply {want}: the UNet is not supported.")
+    middle = unet_config.get("transformer_depth_middle")
+    middle = levels[-1] if middle is None else int(middle)  # None: ComfyUI's default, the deepest level's depth
+    middle = max(middle, 0)  # -1: a mid block without attention, -2: no mid block
+    # adapter_layers reads the mid block's depth from the last level, as diffusers does: a last level without
+    # attention (SD1.5's) carries it; one with attention must have the mid block's depth.
+    if middle and levels[-1] and levels[-1] != middle:
+        raise IPAdapterError(f"This MODEL's mid block has {middle} transformer blocks where its deepest level has "
+                             f"{levels[-1]}: the UNet is not supported.")
     depths = [d if d > 0 else (middle or 1) for d in levels]
     return {
-        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn],
-        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)],
+        "down_block_types": ["CrossAttnDownBlock2D" if d else "DownBlock2D" for d in levels],
+        "up_block_types": ["CrossAttnUpBlock2D" if d else "UpBlock2D" for d in reversed(levels)],
         "block_out_channels": [int(unet_config["model_channels"]) * m for m in mult],
         "layers_per_block": res,
         "transformer_layers_per_block": depths,
@@ -66,6 +94,11 @@ def _cross_attention_count(unet: nn.Module) -> int:
     return sum(1 for name, module in unet.named_modules() if name.endswith(".attn2") and module is not None)
 
 
+def model_family(model: Any) -> ModelFamily | None:
+    """The model family of a ComfyUI MODEL (from its UNet config's context width and extra conditioning), or None."""
+    return family_of_comfy_unet(model.model.model_config.unet_config)
+
+
 def comfy_adapter_layers(model: Any) -> list[AdapterLayer]:
     """The adapter layers of a ComfyUI MODEL (ModelPatcher), each with its attn2 patch key, verified."""
     base = model.model
@@ -75,8 +108,8 @@ def comfy_adapter_layers(model: Any) -> list[AdapterLayer]:
     for layer in layers:
         attn = attn2_module(unet, layer.comfy_key)
         if attn is None:
-            raise IPAdapterError(f"This MODEL's UNet has no cross-attention at {layer.comfy_key}: its layout is not "
-                                 "the SD1.5 one this pack patches.")
+            raise IPAdapterError(f"This MODEL's UNet has no cross-attention at {layer.comfy_key} where its config "
+                                 "puts one: the UNet is not supported.")
         width = attn.to_q.weight.shape[0]
         if width != layer.hidden:
             raise IPAdapterError(f"This MODEL's cross-attention at {layer.comfy_key} is {width} wide where the "
@@ -89,10 +122,11 @@ def comfy_adapter_layers(model: Any) -> list[AdapterLayer]:
 
 
 def context_width(model: Any) -> int:
-    """The cross-attention (text context) width of a ComfyUI MODEL: 768 for SD1.5."""
+    """The cross-attention (text context) width of a ComfyUI MODEL: 768 for SD1.5, 2048 for SDXL."""
     width = model.model.model_config.unet_config.get("context_dim")
     if not width:
-        raise IPAdapterError("This MODEL has no cross-attention context: IP-Adapters need an SD1.5-style UNet.")
+        raise IPAdapterError("This MODEL has no cross-attention context: IP-Adapters need a UNet with "
+                             f"cross-attention ({', '.join(f.label for f in FAMILIES.values())}).")
     return int(width)
 
 
@@ -102,11 +136,12 @@ def check_adapter_fits(adapter: Any, feature_width: int, encoder_name: str, mode
     MODEL's layers.
 
     Called by Apply (and Train, for an adapter to fine-tune) before anything samples or trains; the checks
-    are the core's (`check_adapter_state`: every key, shape and value; `AdapterSpec.check_fits`), as for the
-    CLI and generation.
+    are the core's (`check_adapter_state`: every key, shape and value; `AdapterSpec.check_fits`, which refuses
+    an adapter of another model family first, naming both), as for the CLI and generation.
     """
     check_adapter_state(adapter.state_dict(), source)
     cross = context_width(model)
     layers = comfy_adapter_layers(model)
-    adapter.spec.check_fits(feature_width, encoder_name, cross, layers, "this MODEL", source)
+    adapter.spec.check_fits(feature_width, encoder_name, cross, layers, "this MODEL", source,
+                            model_family=model_family(model))
     return layers

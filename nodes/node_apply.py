@@ -13,7 +13,8 @@ from .io_types import CATEGORY, IPAdapterTrain
 
 
 class ApplyIPAdapter(io.ComfyNode):
-    """Patches every cross-attention layer (all 16 of SD1.5, the mid block included) of a MODEL clone.
+    """Patches every cross-attention layer of a MODEL clone (all 16 of SD1.5, all 70 of SDXL, the mid block
+    included). An adapter of another model family than the MODEL's is refused before anything samples.
 
     The reference images' CLIP features are averaged into one set of image tokens for the conditional
     half of the batch; the negative image's tokens (or a dropped image's, as in training) serve the
@@ -29,7 +30,8 @@ class ApplyIPAdapter(io.ComfyNode):
             description="Condition a MODEL on reference images with an IP-Adapter. The input MODEL is left "
                         "untouched; several Apply nodes can be chained.",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.5 MODEL to patch (a clone is returned)."),
+                io.Model.Input("model", tooltip="The MODEL to patch (a clone is returned): SD1.5 or SDXL, the "
+                                                "family the adapter was trained for."),
                 IPAdapterTrain.Input("adapter", tooltip="The adapter, from Load IP-Adapter or Train IP-Adapter."),
                 io.ClipVision.Input("clip_vision", tooltip="The image encoder the adapter was trained with "
                                                           "(a mismatch is reported before sampling)."),

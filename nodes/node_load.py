@@ -13,7 +13,7 @@ from ..ipadapter_train.adapter_init import load_adapter_module
 class LoadIPAdapter(io.ComfyNode):
     """Reads .safetensors or tencent .bin files through the core's safe loader (pickles weights-only).
 
-    Public ip-adapter_sd15 / ip-adapter-plus_sd15 files load too. A damaged file (a missing or wrongly
+    Public ip-adapter_sd15 / ip-adapter-plus_sd15 (and SDXL) files load too. A damaged file (a missing or wrongly
     shaped key, NaN weights, a cut header) is refused in one sentence by the core's check; whether a
     sound file fits the CLIP_VISION and MODEL is checked by Apply (or Train) before anything samples.
     """
@@ -24,7 +24,7 @@ class LoadIPAdapter(io.ComfyNode):
             node_id="IPAdapterTrain_Load",
             display_name="Load IP-Adapter",
             category=CATEGORY,
-            description="Load an IP-Adapter (base or plus, SD1.5) from models/ipadapter.",
+            description="Load an IP-Adapter (base or plus, SD1.5 or SDXL) from models/ipadapter.",
             inputs=[io.Combo.Input("adapter_name", options=adapter_files(),
                                    tooltip="An adapter file in models/ipadapter (.safetensors or .bin).")],
             outputs=[IPAdapterTrain.Output(display_name="adapter", tooltip="The adapter, fp32, with its metadata.")],

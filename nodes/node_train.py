@@ -56,8 +56,9 @@ class TrainIPAdapter(io.ComfyNode):
                         "applied). Cancel returns the adapter trained so far and the graph continues with it "
                         "(while the images are still being encoded, it stops the prompt: nothing is trained yet).",
             inputs=[
-                io.Model.Input("model", tooltip="The SD1.5 MODEL to train against, from Load Checkpoint "
-                                                "(LoRAs already applied to it stay applied). It stays frozen."),
+                io.Model.Input("model", tooltip="The MODEL to train against (SD1.5 or SDXL), from Load "
+                                                "Checkpoint (LoRAs already applied to it stay applied). It stays "
+                                                "frozen; the adapter is for its family."),
                 io.Clip.Input("clip", tooltip="The CLIP text encoder of the same checkpoint: it encodes the captions."),
                 io.Vae.Input("vae", tooltip="The VAE of the same checkpoint: it encodes the training images."),
                 io.ClipVision.Input("clip_vision", tooltip="The image encoder the adapter reads, from Load CLIP "
@@ -74,9 +75,11 @@ class TrainIPAdapter(io.ComfyNode):
                                tooltip="AdamW learning rate; the reference recipe uses 0.0001."),
                 io.Int.Input("batch_size", default=1, min=1, max=64,
                              tooltip="Images per step; each step draws them from the shuffled set."),
-                io.Int.Input("resolution", default=512, min=64, max=2048, step=8,
-                             tooltip="Training resolution in pixels (multiple of 8); images are resized so "
-                                     "their short side is this and centre-cropped."),
+                io.Int.Input("resolution", default=0, min=0, max=2048, step=8,
+                             tooltip="Training resolution in pixels: 0 = the model's default (512 SD1.5, 1024 "
+                                     "SDXL); else a multiple of 8, at least 64. Images are resized so their "
+                                     "short side is this and centre-cropped (with buckets: about this many "
+                                     "pixels at each image's own shape)."),
                 io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="Seed of every random draw (batches, noise, timesteps, dropout)."),
                 io.Int.Input("checkpoint_every", default=0, min=0, max=100000,
@@ -90,6 +93,11 @@ class TrainIPAdapter(io.ComfyNode):
                                          "them: less GPU memory for large resolutions or batches, about 30% slower "
                                          "steps. Same weights either way. On a CPU it saves no memory (the model "
                                          "load sets the peak there)."),
+                io.Boolean.Input("buckets", default=False,
+                                 tooltip="Aspect-ratio buckets: each image trains at the bucket nearest its own "
+                                         "shape (about resolution x resolution pixels, e.g. 1216x832 at 1024) "
+                                         "instead of a centre-cropped square, so wide and tall images keep their "
+                                         "whole picture. A batch holds images of one bucket."),
                 IPAdapterTrain.Input("init_adapter", optional=True,
                                      tooltip="Optional adapter to fine-tune (from Load IP-Adapter or another "
                                              "Train node); small data sets should fine-tune a pretrained one."),
@@ -106,9 +114,22 @@ class TrainIPAdapter(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, resolution) -> bool | str:
+        """Refuse a resolution the trainer cannot use when the graph is queued (0 means the model's default)."""
+        if resolution is None:  # fed by another node: checked when Train runs
+            return True
+        try:
+            _config(resolution=resolution).validate()
+        except IPAdapterError as exc:
+            return str(exc)
+        if resolution > 2048:
+            return f"Resolution {resolution} is above the node's limit of 2048."
+        return True
+
+    @classmethod
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
                 resolution, seed, checkpoint_every, validation="quick", gradient_checkpointing=False,
-                init_adapter=None) -> io.NodeOutput:
+                buckets=False, init_adapter=None) -> io.NodeOutput:
         samples = samples_from_images(images, captions)
         if init_adapter is not None:
             if init_adapter.spec.variant != variant:
@@ -116,11 +137,18 @@ class TrainIPAdapter(io.ComfyNode):
                                      f"{variant}: set variant to {init_adapter.spec.variant}.")
             encoder = ComfyImageEncoder(clip_vision)
             check_adapter_fits(init_adapter, encoder.feature_width(variant), encoder.name, model, "init_adapter")
-        config = TrainConfig(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-                             resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every,
-                             gradient_checkpointing=bool(gradient_checkpointing), **validation_settings(validation))
+        config = _config(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                         resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every,
+                         gradient_checkpointing=bool(gradient_checkpointing), buckets=bool(buckets),
+                         **validation_settings(validation))
+        config.validate()  # before any work: the resolution (when given), the steps, the batch size
         node_id, prompt_id = _ids(cls.hidden)
         adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
                                          init_adapter, _workflow_id(cls.hidden), _client_id())
         plot = pils_to_tensor([plot_losses(result.losses)])
         return io.NodeOutput(adapter, plot, report_text(result))
+
+
+def _config(resolution: int, **fields) -> TrainConfig:
+    """The core's config for the node's widgets: resolution 0 is None (the model family's default)."""
+    return TrainConfig(resolution=int(resolution) or None, **fields)

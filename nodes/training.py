@@ -20,6 +20,7 @@ import comfy.model_management
 import folder_paths
 
 from ..ipadapter_train.adapter import IPAdapter
+from ..ipadapter_train.batches import total_steps
 from ..ipadapter_train.config import TrainConfig
 from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
@@ -100,15 +101,21 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
     queued it) go into the run's events, so only that page draws the run, on that workflow's Train node.
     """
+    with torch.inference_mode(False):  # the back end's schedule and state must be ordinary tensors
+        backend = ComfyBackend(model, clip, vae)
+        encoder = ComfyImageEncoder(clip_vision)
+    # The model's family fills in the resolution (0 on the node = 512 SD1.5, 1024 SDXL) before counting: with
+    # buckets the step count depends on it. The trainer resolves and counts the same way.
+    config = config.for_family(backend.family)
+    config.validate()
+    steps = total_steps(config, [s.image.size for s in samples], 1)
     run_dir = make_run_dir(node_id)
     out = run_dir / "adapter.safetensors"
-    reporter = RunReporter(node_id, prompt_id, config.total_steps(len(samples)), len(samples),
-                           validation_calls(len(samples), config), config.batch_size, workflow_id, client_id)
+    reporter = RunReporter(node_id, prompt_id, steps, len(samples), validation_calls(len(samples), config),
+                           config.batch_size, workflow_id, client_id)
     cancelled, failed = False, True
     try:
         with torch.inference_mode(False):
-            backend = ComfyBackend(model, clip, vae)
-            encoder = ComfyImageEncoder(clip_vision)
             result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
                            callbacks=[reporter.step], encode_progress=reporter.encoding,
                            validation_progress=reporter.validating,

@@ -51,13 +51,15 @@ def diffusers_sd15():
     return pack("ipadapter_train.sd15").load_sd15(model_files()["sd15"])
 
 
-def random_adapter(variant: str, clip_dim: int, layers, seed: int = 1):
-    """An adapter with non-trivial random weights everywhere (norms included)."""
+def random_adapter(variant: str, clip_dim: int, layers, seed: int = 1, cross_dim: int = 768,
+                   resampler_dim: int | None = None):
+    """An adapter with non-trivial random weights everywhere (norms included); SD1.5-wide unless `cross_dim` says
+    otherwise (2048 for SDXL; a small `resampler_dim` keeps a plus adapter's Resampler tiny)."""
     import torch
 
     core = pack("ipadapter_train.adapter")
     torch.manual_seed(seed)
-    adapter = core.IPAdapter.new(variant, clip_dim, 768, layers)
+    adapter = core.IPAdapter.new(variant, clip_dim, cross_dim, layers, resampler_dim=resampler_dim)
     with torch.no_grad():
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.2)
