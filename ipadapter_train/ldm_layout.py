@@ -13,7 +13,7 @@ from . import families
 from .errors import IPAdapterError
 from .ldm_keys import indices, is_known_unused, shape_of, summarize_keys  # noqa: F401 (re-exported)
 from .ldm_text import OLD_TEXT_PREFIX, TEXT_PREFIX, find_text_prefix, read_text_config, text_key_map  # noqa: F401
-from .ldm_unet import UNET_PREFIX, read_unet_config, unet_key_map  # noqa: F401
+from .ldm_unet import UNET_PREFIX, not_stable_diffusion, read_unet_config, unet_key_map  # noqa: F401
 from .ldm_vae import VAE_PREFIX, from_ldm_tensor, infer_vae_config, to_ldm_tensor, vae_key_map  # noqa: F401
 
 SD15_CONTEXT_DIM = 768
@@ -24,13 +24,7 @@ def check_sd15(sd: Mapping[str, Any], source: str) -> None:
     """Raise IPAdapterError unless `sd` looks like an original-layout SD1.5 checkpoint."""
     keys = list(sd.keys())
     if not any(k.startswith(UNET_PREFIX) for k in keys):
-        if any(k.startswith("vision_model.") for k in keys):
-            raise IPAdapterError(f"{source} is a CLIP vision model, not a Stable Diffusion 1.5 checkpoint.")
-        if any(k.startswith(("down_blocks.", "text_model.", "encoder.down_blocks.")) for k in keys):
-            raise IPAdapterError(f"{source} holds diffusers-format weights of one component: give the "
-                                 "diffusers model folder (with model_index.json) or a single-file checkpoint instead.")
-        raise IPAdapterError(f"{source} is not a Stable Diffusion checkpoint in the original single-file "
-                             "layout (it has no model.diffusion_model.* weights).")
+        raise not_stable_diffusion(keys, source)
     if f"{UNET_PREFIX}label_emb.0.0.weight" in sd or any(k.startswith("conditioner.") for k in keys):
         raise IPAdapterError(f"{source} is an SDXL (or other class-conditioned) checkpoint; "
                              "only Stable Diffusion 1.5 is supported here.")

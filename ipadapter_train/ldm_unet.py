@@ -92,7 +92,8 @@ def head_counts(widths: list[int], base: Mapping[str, Any]) -> int | list[int]:
     return [max(1, w // head_dim) for w in widths]
 
 
-def _not_stable_diffusion(keys: list[str], source: str) -> IPAdapterError:
+def not_stable_diffusion(keys: list[str], source: str) -> IPAdapterError:
+    """The refusal for a file without a `model.diffusion_model.*` UNet, saying what it holds instead."""
     if any(k.startswith("vision_model.") for k in keys):
         return IPAdapterError(f"{source} is a CLIP vision model, not a Stable Diffusion checkpoint.")
     if any(k.startswith(("down_blocks.", "text_model.", "encoder.down_blocks.")) for k in keys):
@@ -109,7 +110,7 @@ def family_of_checkpoint(sd: Mapping[str, Any], source: str = "the checkpoint") 
     """
     keys = list(sd.keys())
     if not any(k.startswith(UNET_PREFIX) for k in keys):
-        raise _not_stable_diffusion(keys, source)
+        raise not_stable_diffusion(keys, source)
     to_k = sorted(k for k in keys if k.startswith(UNET_PREFIX) and k.endswith("attn2.to_k.weight"))
     if not to_k:
         raise IPAdapterError(f"{source} has a UNet without cross-attention; it is not a Stable Diffusion checkpoint.")
