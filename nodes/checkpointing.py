@@ -1,4 +1,4 @@
-"""Gradient checkpointing for ComfyUI's SD1.5 UNet while the adapter trains, undone afterwards.
+"""Gradient checkpointing for ComfyUI's UNet (SD1.5, SDXL) while the adapter trains, undone afterwards.
 
 Each layer of the UNet's input, middle and output blocks (ResBlock, SpatialTransformer, up/downsampler)
 gets a forward that runs under `torch.utils.checkpoint` (non-reentrant): its activations are not kept for

@@ -6,6 +6,11 @@ on the graph's own model: no second copy of the checkpoint, LoRAs already patche
 applied (the model is loaded through `load_models_gpu`, which applies them), and the adapter enters
 through attn2 replace patches passed in `transformer_options`, so the ModelPatcher itself is never
 modified. Construct and use both inside `torch.inference_mode(False)`.
+
+Any family of `ipadapter_train.families` trains this way; nothing here names one. A family whose UNet takes a
+pooled text embedding (SDXL) gets ComfyUI's own pooled CLIP output, and the UNet's `y` is built per sample by
+the ComfyUI model's own `encode_adm` from that embedding and the sample's size/crop conditioning, as ComfyUI's
+sampler builds it, never by hand.
 """
 from __future__ import annotations
 

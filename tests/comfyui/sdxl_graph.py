@@ -122,3 +122,20 @@ def comfy_sdxl(seed: int = 0) -> dict:
         assert list(missing) == ["text_projection.weight"] and not unexpected, (missing, unexpected)  # unused in SDXL
         encoders.clip_g.transformer.load_state_dict(_comfy_names(clip_g), strict=True)
     return {"model": model, "clip": clip}
+
+
+def bare_model(config_class=None, markers: dict | None = None, **unet_changes):
+    """A MODEL (ModelPatcher) of ComfyUI's `config_class` (default: its SDXL class) over the tiny UNet config with
+    `unet_changes`, weights left unset: for the checks made before anything runs. `markers` are the state-dict keys
+    ComfyUI reads the prediction type from (e.g. {"v_pred": ...})."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    with torch.inference_mode():
+        config = (config_class or comfy.supported_models.SDXL)({**UNET_CONFIG, **unet_changes})
+        config.unet_config["num_head_channels"] = HEAD_CHANNELS
+        config.set_inference_dtype(torch.float32, None)
+        base = config.get_model(dict(markers or {}))
+        device = comfy.model_management.get_torch_device()
+        return comfy.model_patcher.ModelPatcher(base, load_device=device, offload_device=device)

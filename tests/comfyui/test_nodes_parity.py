@@ -228,7 +228,8 @@ def test_the_full_sd15_unet_config_gives_the_official_key_table():
     layout = pack("ipadapter_train.layout")
     comfy_config = {"model_channels": 320, "channel_mult": [1, 2, 4, 4], "num_res_blocks": [2, 2, 2, 2],
                     "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_middle": 1,
-                    "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1], "context_dim": 768}
+                    # as ComfyUI's model_detection lists it: by input level (level 0's three output blocks first)
+                    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "context_dim": 768}
     ours = layout.adapter_layers(comfy_layers.diffusers_style_config(comfy_config))
     reference = layout.adapter_layers(pack("ipadapter_train.sd15")._shipped("unet/config.json"))
     assert ours == reference
@@ -307,5 +308,7 @@ def test_training_with_gradient_checkpointing_ends_with_the_same_weights(graph, 
                                                           core["trainer"].RunPaths(tmp_path / str(checkpointed)))
     plain, ckpt = results[False].adapter.state_dict(), results[True].adapter.state_dict()
     assert results[False].losses == pytest.approx(results[True].losses, rel=1e-5)
+    # Adam divides by sqrt(v): where a gradient is ~0, float noise in it moves a weight by a fraction of the 1e-4
+    # learning rate, so the weights agree to 1e-5 (a tenth of one step), not to the gradients' 1e-6
     for key, value in plain.items():
-        torch.testing.assert_close(ckpt[key], value, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(ckpt[key], value, atol=1e-5, rtol=1e-5)

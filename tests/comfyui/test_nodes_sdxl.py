@@ -249,3 +249,14 @@ def test_an_adapter_of_the_other_family_is_refused_in_one_sentence_naming_both(g
         apply(sd15_graph, sdxl_adapter("base", layers), inputs["image"])
     message = str(refused.value)
     assert "SD1.5" in message and "SDXL" in message and one_sentence(message), message
+
+
+def test_an_sdxl_layout_a_diffusers_config_cannot_state_is_refused_in_one_sentence():
+    """SSD-1B (ComfyUI's own config for it): its output blocks' depths differ from its input blocks'."""
+    errors = pack("ipadapter_train.errors")
+    ssd_1b = {"model_channels": 320, "channel_mult": [1, 2, 4], "num_res_blocks": [2, 2, 2],
+              "transformer_depth": [0, 0, 2, 2, 4, 4], "transformer_depth_output": [0, 0, 0, 1, 1, 2, 10, 4, 4],
+              "transformer_depth_middle": -1, "context_dim": 2048, "adm_in_channels": 2816}
+    with pytest.raises(errors.IPAdapterError, match="output transformer depths") as refused:
+        pack("nodes.comfy_layers").diffusers_style_config(ssd_1b)
+    assert one_sentence(str(refused.value))
