@@ -45,8 +45,10 @@ def free_port() -> int:
 class ComfyServer:
     """One ComfyUI process with its own base directory, models and log file."""
 
-    def __init__(self, base: Path, models: dict[str, list[Path]] | None = None, pack: Path = ROOT) -> None:
+    def __init__(self, base: Path, models: dict[str, list[Path]] | None = None, pack: Path = ROOT,
+                 args: tuple[str, ...] = ()) -> None:
         self.base = Path(base)
+        self.args = tuple(args)  # extra command-line flags (e.g. the SDXL server's dtypes)
         self.pack = Path(pack)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -72,7 +74,7 @@ class ComfyServer:
                     target.symlink_to(Path(f).resolve())
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--disable-api-nodes", "--dont-print-server",
-               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:"]
+               "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:", *self.args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -131,7 +133,13 @@ class ComfyServer:
         """Poll /history until the prompt finished; return its entry (status, outputs)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
+            try:
+                history = self.get(f"/history/{prompt_id}")
+            except (TimeoutError, urllib.error.URLError, ConnectionError):
+                # a server busy loading a multi-gigabyte checkpoint can leave a request unanswered for a while
+                if not self.alive():
+                    raise AssertionError(f"ComfyUI died while running {prompt_id}:\n{self.log()[-4000:]}") from None
+                continue
             if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
                 entry = history[prompt_id]
                 if entry["status"].get("status_str") in ("success", "error"):
