@@ -117,7 +117,7 @@ def test_the_shipped_sdxl_workflow_trains_saves_and_applies(sdxl_comfy, shipped)
     assert len(entry["outputs"][preview]["images"]) == 1
     one, zero = latent(server, entry, ids["one"]), latent(server, entry, ids["zero"])
     assert one.shape == zero.shape == (1, 4, 8, 8) and torch.isfinite(one).all()
-    assert (one - zero).abs().max() > 1e-3  # the trained adapter changes what SDXL samples
+    assert (one - zero).abs().max() > 0.01 * zero.abs().max()  # the trained adapter changes what SDXL samples
 
 
 def test_the_saved_sdxl_adapter_loads_and_applies_like_the_trained_one(sdxl_comfy, shipped):
