@@ -6,8 +6,8 @@
 Each graph below is created node by node in the page (LiteGraph.createNode, connect, widget values),
 laid out in columns from the nodes' real sizes, and saved with `app.graph.serialize()`: exactly what
 the editor's Save writes, so the files stay in the format the frontend of this ComfyUI expects.
-Widget values are defaults for users (512 px, the SD1.5 and ViT-H file names people download); tests
-override them.
+Widget values are defaults for users (512 px for SD1.5, 1024 px for SDXL, the checkpoint and ViT-H file
+names people download); tests override them.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ POSITIVE = "a photo of a cat sitting in a sunlit garden, best quality"
 NEGATIVE = "blurry, low quality, watermark, text"
 CLIP_VISION_BIGG = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
 SCORER = "clip-vit-large-patch14.safetensors"
+CKPT_SDXL = "sd_xl_base_1.0.safetensors"
 
 # What each template needs, on a Note in the graph (the public file names; README "In ComfyUI" lists the same).
 NEED_FIRST = "Before you press Run: the model names in this template are examples; pick the files you have in each loader."
@@ -39,10 +40,18 @@ NEED_CLIP_VISION = (f"CLIP vision (Load CLIP Vision), in models/clip_vision: the
                     f"The public ip-adapter_sd15 and ip-adapter-plus_sd15 use {CLIP_VISION} (OpenCLIP ViT-H/14): "
                     f"use it to train or fine-tune for them. {CLIP_VISION_BIGG} goes with the *_vit-G adapters "
                     f"(ip-adapter_sd15_vit-G).")
+NEED_CHECKPOINT_SDXL = (f"Checkpoint (Load Checkpoint): an SDXL single file in models/checkpoints, e.g. {CKPT_SDXL} "
+                        "(its two text encoders and its VAE are inside).")
+NEED_CLIP_VISION_SDXL = (f"CLIP vision (Load CLIP Vision), in models/clip_vision: the encoder the adapter is trained with. "
+                         f"The public ip-adapter_sdxl_vit-h and ip-adapter-plus_sdxl_vit-h use {CLIP_VISION} "
+                         f"(OpenCLIP ViT-H/14): use it to train or fine-tune for them. {CLIP_VISION_BIGG} goes with "
+                         f"ip-adapter_sdxl.")
 NEED_IMAGES = ("Training images: put 5 or more jpg/png/webp/bmp files in a folder under ComfyUI's input folder, "
                "input/<folder>, each with a same-named .txt caption (or type one prompt on the node), then pick "
                "<folder> in Load Training Images (press R to refresh the list). Any size: Train IP-Adapter's "
                "resolution sets the training size.")
+NEED_IMAGES_SDXL = (NEED_IMAGES + " Here resolution 0 trains at SDXL's 1024 px and buckets keeps wide and tall "
+                    "pictures whole; if the GPU runs out of memory, turn on gradient_checkpointing.")
 NEED_ADAPTER = ("Adapter (Load IP-Adapter), in models/ipadapter: my_adapter.safetensors from the training template, "
                 "or the public ip-adapter_sd15.safetensors / ip-adapter-plus_sd15.safetensors (with the ViT-H "
                 "CLIP vision file above).")
@@ -100,19 +109,19 @@ def saved_to(col):
     return N("saved", "PreviewAny", col, title="Saved to", width=300, height=110)
 
 
-def train(col=1):
+def train(col=1, **widgets):
     return N("train", "IPAdapterTrain_Train", col,
              {"variant": "base", "steps": 50, "learning_rate": 1e-4, "batch_size": 1, "resolution": 512,
-              "seed": 42, "control_after_generate": "fixed", "checkpoint_every": 0}, width=360)
+              "seed": 42, "control_after_generate": "fixed", "checkpoint_every": 0, **widgets}, width=360)
 
 
-def generation(col_apply, col_sampler, col_out, model_from, ref_title="Reference image"):
+def generation(col_apply, col_sampler, col_out, model_from, ref_title="Reference image", size=512):
     nodes = [
         N("ref", "LoadImage", 0, {"image": "example.png"}, title=ref_title),
         N("apply", "IPAdapterTrain_Apply", col_apply, {"weight": 1.0, "start_at": 0.0, "end_at": 1.0}),
         N("pos", "CLIPTextEncode", col_apply, {"text": POSITIVE}, title="Positive prompt", width=340),
         N("neg", "CLIPTextEncode", col_apply, {"text": NEGATIVE}, title="Negative prompt", width=340),
-        N("latent", "EmptyLatentImage", col_apply, {"width": 512, "height": 512, "batch_size": 1}),
+        N("latent", "EmptyLatentImage", col_apply, {"width": size, "height": size, "batch_size": 1}),
         N("sampler", "KSampler", col_sampler,
           {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m",
            "scheduler": "karras", "denoise": 1.0}),
@@ -170,11 +179,21 @@ def specs() -> dict[str, dict]:
     score_links = score_gen_links + [("decode", "IMAGE", "score", "images"), ("ref", "IMAGE", "score", "reference"),
                                      ("decode", "IMAGE", "out", "images"), ("score", "scores", "scores", "source"),
                                      ("score", "table", "table", "images")]
+    # SDXL: train at the model's own size (resolution 0 = 1024 px) with buckets, then sample at 1024 px
+    sdxl_gen, sdxl_gen_links = generation(2, 3, 4, "train", size=1024)
+    sdxl_name = "my_sdxl_adapter"  # apart from the SD1.5 templates' names: an SDXL adapter is another file
+    sdxl_nodes = [note(need(NEED_CHECKPOINT_SDXL, NEED_CLIP_VISION_SDXL, NEED_IMAGES_SDXL, NEED_REFERENCE, saved=sdxl_name)),
+                  N("ckpt", "CheckpointLoaderSimple", 0, {"ckpt_name": CKPT_SDXL}), clip_vision(), training_images(),
+                  train(col=1, resolution=0, buckets=True),
+                  N("save", "IPAdapterTrain_Save", 1, {"name": sdxl_name, "overwrite": False}), saved_to(1)]
+    sdxl_nodes += sdxl_gen + [N("out", "PreviewImage", 4, width=320, height=360)]
+    sdxl_links = train_links[:8] + sdxl_gen_links + [("decode", "IMAGE", "out", "images")]
     return {
         "train_ip_adapter": {"nodes": train_nodes, "links": train_links, "outputs": CONTRACT_OUTPUTS},
         "apply_ip_adapter": {"nodes": apply_nodes, "links": apply_links, "outputs": CONTRACT_OUTPUTS},
         "train_then_apply": {"nodes": tta_nodes, "links": tta_links, "outputs": CONTRACT_OUTPUTS},
         "score": {"nodes": score_nodes, "links": score_links, "outputs": CONTRACT_OUTPUTS},
+        "train_ip_adapter_sdxl": {"nodes": sdxl_nodes, "links": sdxl_links, "outputs": CONTRACT_OUTPUTS},
     }
 
 

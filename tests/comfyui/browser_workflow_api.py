@@ -36,6 +36,8 @@ SHIPPED = {
     "apply_ip_adapter": "Generate with your IP-Adapter",
     "train_then_apply": "Train and use an IP-Adapter",
     "score": "Score generated images with CLIP",
+    # the train_ip_adapter_sdxl; "Train an SDXL IP-Adapter on your images" would not fit the card's title
+    "train_ip_adapter_sdxl": "Train and use an SDXL IP-Adapter",
 }
 
 

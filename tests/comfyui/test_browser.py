@@ -42,7 +42,7 @@ ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
 SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
 TRAIN_FOLDER = "ipadapter_train_samples"
 CHART = ".ipadapter-train-chart"
-SHIPPED = ["train_ip_adapter", "apply_ip_adapter", "train_then_apply", "score"]
+SHIPPED = ["train_ip_adapter", "apply_ip_adapter", "train_then_apply", "score", "train_ip_adapter_sdxl"]
 
 
 @pytest.fixture(scope="module")
