@@ -211,7 +211,7 @@ def test_an_adapter_for_another_encoder_is_refused_before_sampling(graph, layers
 def test_an_adapter_for_another_unet_is_refused_before_sampling(graph, inputs):
     errors = pack("ipadapter_train.errors")
     layout = pack("ipadapter_train.layout")
-    config = pack("ipadapter_train.sd15")._shipped("unet/config.json")  # real SD1.5 widths 320/640/1280
+    config = pack("ipadapter_train.families").SD15.config("unet/config.json")  # real SD1.5 widths 320/640/1280
     adapter = random_adapter("base", 768, layout.adapter_layers(config))
     with pytest.raises(errors.IPAdapterError, match="do not fit this MODEL"):
         apply(graph, adapter, inputs["image"])
@@ -231,7 +231,7 @@ def test_the_full_sd15_unet_config_gives_the_official_key_table():
                     # as ComfyUI's model_detection lists it: by input level (level 0's three output blocks first)
                     "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "context_dim": 768}
     ours = layout.adapter_layers(comfy_layers.diffusers_style_config(comfy_config))
-    reference = layout.adapter_layers(pack("ipadapter_train.sd15")._shipped("unet/config.json"))
+    reference = layout.adapter_layers(pack("ipadapter_train.families").SD15.config("unet/config.json"))
     assert ours == reference
     table = {layer.index: (layer.comfy_key[:2], layer.hidden) for layer in ours}
     assert table == {1: (("input", 1), 320), 3: (("input", 2), 320), 5: (("input", 4), 640),
