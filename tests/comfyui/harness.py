@@ -205,11 +205,32 @@ def sdxl_model_files() -> dict[str, Path]:
     return {k: Path(v) for k, v in json.loads(r.stdout).items()}
 
 
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+SDXL_SERVER_MEMORY = 16 * 2**30  # the measured 14.4 GiB peak plus a margin for the test process
+
+
 @pytest.fixture(scope="module")
 def sdxl_comfy(tmp_path_factory) -> ComfyServer:
     """A server of its own for a module's SDXL tests (bf16 UNet, see `SDXL_SERVER_ARGS`), with the full-size SDXL
     checkpoint and the ViT-L CLIP vision file of `sdxl_model_files`; stopped at the end of the module, so its
-    memory is free for what runs next."""
+    memory is free for what runs next.
+
+    The server peaks at about 14.4 GiB (measured); with less memory free than 16 GiB it can be killed mid-run,
+    so the module is skipped with the figures instead (a machine shared with other jobs; 24 GB machines pass)."""
+    available = available_memory_bytes()
+    if available is not None and available < SDXL_SERVER_MEMORY:
+        pytest.skip(f"the full-size SDXL server needs about {SDXL_SERVER_MEMORY / 2**30:.0f} GiB of free memory; "
+                    f"{available / 2**30:.1f} GiB is available now")
     files = sdxl_model_files()
     server = ComfyServer(tmp_path_factory.mktemp("comfy-sdxl-base"),
                          {"checkpoints": [files["sdxl"]], "clip_vision": [files["clip_vision"]]}, args=SDXL_SERVER_ARGS)
