@@ -70,11 +70,14 @@ def worker(args: argparse.Namespace) -> dict:
     if args.worker == "baseline":
         from baseline_loop import run_baseline
 
-        t0 = time.perf_counter()
-        sd = load_model(models["model"], dtype=torch.float32)  # the recipe casts the encoders itself
-        clip = load_clip_vision(models["clip_vision"], dtype=torch.float32)
-        load = time.perf_counter() - t0
+        from baseline_loop import MIXED
+
         precision = baseline_precision(args)
+        dtype = MIXED[precision] or torch.float32  # the encoders' dtype; the loop casts the UNet and VAE to fp32
+        t0 = time.perf_counter()
+        sd = load_model(models["model"], dtype=dtype)
+        clip = load_clip_vision(models["clip_vision"], dtype=dtype)
+        load = time.perf_counter() - t0
         steps = run_baseline(sd, clip, samples, args.baseline_steps, args.resolution, args.device,
                              batch_size=args.batch_size, precision=precision,
                              gradient_checkpointing=args.gradient_checkpointing)
@@ -114,6 +117,10 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
     if args.baseline_precision:
         cmd += ["--baseline-precision", args.baseline_precision]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if r.returncode != 0 and side == "baseline":  # e.g. out of memory: our side's figures still count
+        last = (r.stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"baseline failed (exit {r.returncode}):\n{r.stderr[-3000:]}", file=sys.stderr)
+        return {"failed": f"failed, exit {r.returncode}" + ("" if r.returncode < 0 else f": {last[:120]}")}
     if r.returncode != 0:
         raise SystemExit(f"{side} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -170,7 +177,8 @@ def record_family_row(entry: dict) -> None:
                 "precision ours / baseline", "gradient checkpointing", "peak ours / baseline", "encode once s",
                 "baseline parts s"],
                [entry["date"], entry["machine"], f"`{entry['command']}`", f"{args['resolution']} px",
-                args["batch_size"], secs(ours["seconds_per_step"]), secs(base["seconds_per_step"]) if base else "",
+                args["batch_size"], secs(ours["seconds_per_step"]),
+                secs(base["seconds_per_step"]) if base else entry.get("baseline_failed") or "",
                 f"{entry['speedup']:.2f}x" if entry["speedup"] else "",
                 f"{ours['precision']} / {base['precision']}" if base else ours["precision"],
                 "yes" if args["gradient_checkpointing"] else "no", peaks, secs(ours["encode_seconds"], 1),
@@ -210,17 +218,19 @@ def main() -> None:
     ensure_models(args.size, args.vision, args.family)
     ours = run_side("ours", args)
     baseline = run_side("baseline", args) if args.baseline_steps > 0 else None
+    failed = baseline.pop("failed", None) if baseline else None
+    baseline = None if failed else baseline
     entry = {"date": datetime.date.today().isoformat(), "machine": machine(args.device),
              "command": "python bench/bench_train.py " + " ".join(sys.argv[1:]), "args": vars(args), "ours": ours,
-             "baseline": baseline,
+             "baseline": baseline, "baseline_failed": failed,
              "speedup": baseline["seconds_per_step"] / ours["seconds_per_step"] if baseline else None}
     if args.job:
         entry["kit_job"] = kit_job(args)
     append_history(ROOT / "bench" / "results.json", entry)
     record_row(entry)
     if args.min_speedup and (entry["speedup"] or 0) < args.min_speedup:
-        raise SystemExit(f"Ours is {entry['speedup']:.2f}x the baseline in this run, below --min-speedup "
-                         f"{args.min_speedup}: a change made training slower.")
+        raise SystemExit(f"Ours is {entry['speedup'] or 0:.2f}x the baseline in this run, below --min-speedup "
+                         f"{args.min_speedup}: a change made training slower (or the baseline did not run).")
     print(json.dumps({"speedup": entry["speedup"], "ours_s_per_step": ours["seconds_per_step"],
                       "ours_images_per_second": ours["images_per_second"],
                       "baseline_s_per_step": baseline["seconds_per_step"] if baseline else None,
