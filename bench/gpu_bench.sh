@@ -12,13 +12,18 @@
 #   2. the kit's 50-step batch-1 job from the command's start to the saved file, model load included;
 #   3. peak VRAM at batch 1 with gradient checkpointing (the 6 GB-card target);
 #   4. each lever on one training step (bench_levers.py);
-#   5. the sampling overhead of an applied adapter, diffusers path (ComfyUI is not installed there).
+#   5. the sampling overhead of an applied adapter, diffusers path (ComfyUI is not installed there);
+#   6. SDXL (full 2.6B UNet, ViT-H encoder), 1024 px, bf16: ours against tencent's tutorial_train_sdxl recipe
+#      at batch 1 and at batch 4. Writing the random SDXL model first takes a minute or two (6.5 GiB);
+#      SDXL=0 skips these steps, SDXL_RES sets their resolution (the dry run uses 128).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${DEVICE:-cuda}
 SIZE=${SIZE:-full}
 RES=${RES:-512}
 PRECISION=${PRECISION:-bf16}
+SDXL=${SDXL:-1}
+SDXL_RES=${SDXL_RES:-1024}
 PY=${PYTHON:-python3}
 DEST=${OUT:-bench/.tmp/gpu}
 mkdir -p "$DEST"
@@ -41,6 +46,11 @@ step "$PY" bench/bench_train.py "${common[@]}" --precision "$PRECISION" --batch-
 step "$PY" bench/bench_train.py "${common[@]}" --precision "$PRECISION" --batch-size 1 --steps 8 --baseline-steps 0 --gradient-checkpointing
 step "$PY" bench/bench_levers.py "${common[@]}" --levers bf16,fp32,channels_last,fused_adamw,grad_ckpt --steps 10
 step "$PY" bench/bench_sampling.py "${common[@]}" --dtype "$PRECISION" --repeats 10 --paths diffusers
+if [ "$SDXL" = 1 ]; then
+  xl=(--family sdxl --device "$DEVICE" --size "$SIZE" --resolution "$SDXL_RES" --precision "$PRECISION")
+  step "$PY" bench/bench_train.py "${xl[@]}" --batch-size 1 --steps 8 --baseline-steps 3
+  step "$PY" bench/bench_train.py "${xl[@]}" --batch-size 4 --steps 6 --baseline-steps 3
+fi
 for f in results levers_results sampling_results; do
   [ -f "bench/$f.json" ] && cp "bench/$f.json" "$DEST/gpu_$f.json"
   [ -f "bench/$f.json.before" ] && mv "bench/$f.json.before" "bench/$f.json"

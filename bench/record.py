@@ -79,7 +79,9 @@ def machine(device: str) -> str:
 
     from ipadapter_train.precision import cpu_has_bf16
 
-    bf16 = "AVX512-BF16/AMX" if cpu_has_bf16() else "no native bf16"
+    bf16 = "no native bf16"
+    if cpu_has_bf16():  # AMX tiles run bf16 several times faster than AVX512-BF16 alone: say which one it has
+        bf16 = "AMX" if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)() else "AVX512-BF16, no AMX"
     text = f"{cpu_name()} ({bf16}), {os.cpu_count()} cores, torch {torch.__version__}, " \
            f"{torch.get_num_threads()} threads"
     if device.startswith("cuda") and torch.cuda.is_available():
