@@ -45,18 +45,23 @@ def _prepare(image, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def run_baseline(sd, clip, samples: Sequence[Sample], steps: int, resolution: int, device: str = "cpu",
                  seed: int = 0, batch_size: int = 1, precision: str = "no",
-                 gradient_checkpointing: bool = False) -> list[dict[str, float]]:
+                 gradient_checkpointing: bool = False, low_precision_unet: bool = False) -> list[dict[str, float]]:
     """Train `steps` steps the reference way; return each step's seconds, in all and per part.
 
     `sd` and `clip` come loaded in the recipe's weight dtype (fp32, or bf16 for "bf16"). The parts (image, vae, clip, text, unet) show where the reference
     recipe spends a step, so a gap to another measurement of the reference can be placed.
+
+    `low_precision_unet` keeps the UNet's weights in the weight dtype instead of the recipe's fp32 (not the
+    recipe: for a machine where the recipe's fp32 SDXL UNet beside its autocast copies does not fit; the loop is
+    otherwise the recipe's, encoders every step).
     """
     torch.manual_seed(seed)
     weight_dtype = MIXED[precision] or torch.float32
     # UNet and VAE in fp32 in both recipes; the backend casts every part it holds, so it is built without the
     # text encoders, which stay in the weight dtype they were loaded in (never held in fp32: 3.3 GB for SDXL).
     encoders, sd.text_encoders = sd.text_encoders, [None] * len(sd.text_encoders)
-    backend = DiffusersBackend(sd, device, torch.float32)
+    backend = DiffusersBackend(sd, device, weight_dtype if low_precision_unet else torch.float32)
+    sd.vae.to(device, torch.float32)  # fp32 in both recipes (a no-op unless the UNet kept the weight dtype)
     sd.text_encoders = [e.to(device, weight_dtype).requires_grad_(False).eval() for e in encoders]
     clip = clip.to(device, weight_dtype)
     if gradient_checkpointing:  # not in the reference scripts: only so a run that needs it compares like with like

@@ -80,13 +80,15 @@ def worker(args: argparse.Namespace) -> dict:
         load = time.perf_counter() - t0
         steps = run_baseline(sd, clip, samples, args.baseline_steps, args.resolution, args.device,
                              batch_size=args.batch_size, precision=precision,
-                             gradient_checkpointing=args.gradient_checkpointing)
+                             gradient_checkpointing=args.gradient_checkpointing,
+                             low_precision_unet=args.baseline_low_precision_unet)
         steady = steps[1:] or steps
         sec = statistics.median(s["total"] for s in steady)
         parts = {k: statistics.median(s[k] for s in steady) for k in steady[0] if k != "total"}
         return {"side": "baseline", "load_seconds": load, "step_seconds": [s["total"] for s in steps],
                 "seconds_per_step": sec, "images_per_second": args.batch_size / sec, "parts_median_seconds": parts,
-                "peak_memory": peak_memory(torch.device(args.device)), "precision": precision}
+                "peak_memory": peak_memory(torch.device(args.device)),
+                "precision": precision + (" (UNet weights too)" if args.baseline_low_precision_unet else "")}
     from ipadapter_train.allocator import keep_freed_memory
     from ipadapter_train.api import train_adapter
     from ipadapter_train.config import TrainConfig
@@ -116,6 +118,8 @@ def run_side(side: str, args: argparse.Namespace) -> dict:
         cmd.append("--gradient-checkpointing")
     if args.baseline_precision:
         cmd += ["--baseline-precision", args.baseline_precision]
+    if args.baseline_low_precision_unet:
+        cmd.append("--baseline-low-precision-unet")
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if r.returncode != 0 and side == "baseline":  # e.g. out of memory: our side's figures still count
         last = (r.stderr.strip().splitlines() or ["no message"])[-1]
@@ -200,6 +204,10 @@ def main() -> None:
     p.add_argument("--precision", default="auto")
     p.add_argument("--baseline-precision", choices=["no", "bf16", "fp16"],
                    help="the baseline's mixed precision (default: the family's reference recipe, see above)")
+    p.add_argument("--baseline-low-precision-unet", action="store_true",
+                   help="the baseline's UNet weights in its mixed-precision dtype instead of the recipe's fp32 (not "
+                        "the recipe: for machines where the recipe's fp32 SDXL UNet does not fit; encoders still "
+                        "run every step)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--job", action="store_true", help="also time the kit's 50-step job end to end")
     p.add_argument("--min-speedup", type=float, default=0.0,

@@ -212,6 +212,8 @@ def trained_adapter_file(models, tmp_path_factory) -> Path:
 
 TIERS = ("unit", "cli", "server", "browser")
 SERVER_FIXTURES = {"comfy"}  # tests/comfyui/harness.py: a running ComfyUI server
+# The full-size SDXL server needs about 16 GiB: its tests run last, after its fixture has stopped every other server.
+LAST_FIXTURES = {"sdxl_comfy"}
 
 
 def _references(obj, targets: tuple, globals_: dict, seen: set, depth: int = 3) -> bool:
@@ -258,9 +260,16 @@ def tier_of(item) -> str:
     return "unit"
 
 
+def runs_last(item) -> bool:
+    """Whether a collected test uses a fixture of `LAST_FIXTURES` (the sort key that moves it to the end)."""
+    return bool(LAST_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its tier, so `-m unit` / `-m "not server and not browser"` select them."""
+    """Mark every test with its tier, so `-m unit` / `-m "not server and not browser"` select them, and move the
+    tests of `LAST_FIXTURES` to the end (in their order), since their fixture stops the other servers."""
+    items.sort(key=runs_last)  # stable: the others keep their order
     for item in items:
         tier = tier_of(item)
         if not item.get_closest_marker(tier):

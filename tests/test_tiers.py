@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import cli, run_cli, tier_of
+from conftest import cli, pytest_collection_modifyitems, run_cli, runs_last, tier_of
 
 # The cases below name subprocess and cli; an explicit marker keeps this module itself in "unit".
 pytestmark = pytest.mark.unit
@@ -59,3 +59,18 @@ def test_every_collected_test_has_a_tier(request):
     for test in request.session.items:
         assert {m.name for m in test.iter_markers()} & tiers, test.nodeid
     assert request.node.get_closest_marker("unit")
+
+
+def test_the_sdxl_server_tests_are_moved_to_the_end_in_their_order():
+    a, b, c, d = (item(_plain, name=f"test_{n}.py", fixtures=f) for n, f in
+                  (("a", ("comfy",)), ("b", ("sdxl_comfy", "tmp_path")), ("c", ()), ("d", ("sdxl_comfy",))))
+    for each in (a, b, c, d):
+        each.nodeid, each.get_closest_marker, each.add_marker = each.path.name, lambda name: None, lambda mark: None
+    items = [a, b, c, d]
+    pytest_collection_modifyitems(None, items)
+    assert items == [a, c, b, d]
+
+
+def test_in_this_session_nothing_runs_after_the_sdxl_server_tests(request):
+    order = [runs_last(test) for test in request.session.items]
+    assert order == sorted(order), "a test runs after the SDXL server module has stopped the other servers"
