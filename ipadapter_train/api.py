@@ -24,7 +24,8 @@ from .errors import IPAdapterError
 from .precision import frozen_dtype, make_accelerator
 from .random_init import is_random
 from .run_outputs import check_run_outputs, remove_stale_outputs
-from .trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, train
+from .previews import PreviewSource
+from .trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, last_path, train
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,15 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
                   config: TrainConfig, run_dir: str | Path | None = None, init_adapter: str | Path | None = None,
                   resume: str | Path | SavedCheckpoint | None = None, prompt: str | None = None,
                   callbacks: Sequence[StepCallback] = (), device: str | None = None,
-                  encode_progress=None, overwrite: bool = True) -> TrainResult:
+                  encode_progress=None, overwrite: bool = True, previews: PreviewSource | None = None,
+                  preview_progress=None) -> TrainResult:
     """Load the models and images from paths, train, save the adapter and the report.
 
     The settings, a resume's checkpoint and the outputs are checked before the models load; `resume` may be
     a run folder or a checkpoint the caller already opened (`checkpoint.open_checkpoint`). An existing `out`
     is replaced only with `overwrite` (the CLI's --overwrite; or when the resumed run wrote it), and no file
-    the run reads is ever written over.
+    the run reads is ever written over. With `config.preview_every`, the run previews (and with a scorer in
+    `previews`, scores) the adapter as it trains (previews.py).
     """
     from .clip_vision import load_clip_vision
     from .model_loading import load_model
@@ -57,12 +60,13 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     checkpoint = open_checkpoint(Path(resume) if isinstance(resume, str) else resume) if resume else None
     images = Path(images)
     check_run_outputs(out, run_dir, [Path(base_model), Path(image_encoder), images.parent if images.is_file()
-                                     else images, Path(init_adapter) if init_adapter else None],
-                      overwrite, checkpoint)
+                                     else images, Path(init_adapter) if init_adapter else None,
+                                     previews.folder if previews else None],
+                      overwrite, checkpoint, [last_path(out)] if config.keep == "best" else [])
     remove_stale_outputs(out, run_dir, started)
     samples, report = load_image_folder(images, prompt=prompt)
     log.info("%s", report.summary())
-    plan = RunPlan.check(config, samples, RunPaths(run_dir, out, checkpoint))
+    plan = RunPlan.check(config, samples, RunPaths(run_dir, out, checkpoint), previews)
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     t0 = time.perf_counter()
@@ -79,13 +83,14 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
         # These models were loaded here for this run alone, and the loop needs only the UNet after
         # encoding: dropping the VAE, the text encoder and the image encoder frees about 2 GB (fp32,
         # ViT-L) before the steps. Measured peak RSS of a full-size fp32 run: 8.6 -> 8.2 GB.
-        sd.release_encoders()
+        sd.release_encoders(keep_vae=plan.previews is not None)  # previews decode with the VAE
         encoder.model = None
         gc.collect()
         if accelerator.device.type == "cuda":
             torch.cuda.empty_cache()
 
     hooks = RunHooks(callbacks=callbacks, encode_progress=encode_progress, after_encode=release_encoders,
+                     preview_progress=preview_progress,
                      metadata={"dataset_images": len(samples), "random_weights": random_weights},
                      report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()})
     return TrainingRun(backend, encoder, plan, hooks, Path(init_adapter) if init_adapter else None, accelerator).run()
@@ -102,5 +107,6 @@ def train_in_memory(samples, sd, clip, config: TrainConfig, run_dir: Path, out: 
     dtype = frozen_dtype(accelerator.mixed_precision)
     backend = DiffusersBackend(sd, accelerator.device, dtype)
     encoder = CLIPFeatureEncoder(clip, accelerator.device, dtype, name=getattr(clip, "name_or_path", "clip"))
+    metadata = {"random_weights": bool(sd.random_weights or is_random(clip)), **(metadata or {})}
     return train(backend, encoder, samples, config, RunPaths(run_dir, out), callbacks=callbacks, metadata=metadata,
                  accelerator=accelerator, **kwargs)

@@ -45,6 +45,10 @@ class DiffusionBackend(Protocol):
     def encode_latents(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixels [B,3,H,W] in [-1,1] -> scaled latent mean and std [B,4,H/8,W/8] (float32, CPU)."""
 
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [B,4,h,w] (as `encode_latents` gives them) -> pixels [B,3,H,W] in [-1,1], float32 on CPU
+        (for previews)."""
+
     def encode_text(self, captions: Sequence[str]) -> TextEmbeddings:
         """Captions -> {"context": [B, 77, cross_dim], and "pooled": [B, P] when the family has one} (float32, CPU)."""
 

@@ -3,6 +3,8 @@
     <run_dir>/checkpoint/adapter.safetensors    fp32 adapter weights (official key layout)
     <run_dir>/checkpoint/optimizer.safetensors  AdamW moments, flattened as state.<param>.<name>
     <run_dir>/checkpoint/state.json             step, config, losses, param groups, dataset fingerprint
+    <run_dir>/checkpoint/<name>.safetensors     extra weights a run keeps with its state (the best preview
+                                                step's adapter: `preview_run.py`), listed in state.json
 
 Every random draw of step s is a function of (seed, s, rank) (see batches.py), so the step number
 *is* the RNG state: a resumed run draws exactly what an uninterrupted one would have drawn.
@@ -11,6 +13,7 @@ leaves the previous checkpoint.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ class TrainingState:
     adapter: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
     info: dict[str, Any]  # state.json: config, losses, fingerprint, ...
+    extra: dict[str, dict[str, torch.Tensor]] = dataclasses.field(default_factory=dict)  # by name
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
@@ -58,15 +62,21 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict[str
 
 
 def save_checkpoint(run_dir: Path, step: int, adapter: dict[str, torch.Tensor], optimizer: dict[str, Any],
-                    info: dict[str, Any]) -> Path:
-    """Write the checkpoint folder atomically (new folder, then swap) and return its path."""
+                    info: dict[str, Any], extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write the checkpoint folder atomically (new folder, then swap) and return its path; `extra` weights go
+    beside the adapter as `<name>.safetensors`."""
     tensors, groups = _flatten_optimizer(optimizer)
+    extra = {name: weights for name, weights in (extra or {}).items() if weights}
 
     def write(folder: Path) -> None:
         save_safetensors_atomic({k: v.detach().float().cpu() for k, v in adapter.items()},
                                 folder / "adapter.safetensors")
         save_safetensors_atomic(tensors, folder / "optimizer.safetensors")
-        atomic_write_text(folder / "state.json", json.dumps({**info, "step": step, "param_groups": groups}, indent=1))
+        for name, weights in extra.items():
+            save_safetensors_atomic({k: v.detach().float().cpu().contiguous() for k, v in weights.items()},
+                                    folder / f"{name}.safetensors")
+        atomic_write_text(folder / "state.json", json.dumps({**info, "step": step, "param_groups": groups,
+                                                             "extra_weights": sorted(extra)}, indent=1))
 
     final = atomic_write_dir(Path(run_dir) / CHECKPOINT_DIR, write)
     log.debug("saved the step-%d checkpoint to %s", step, final)
@@ -117,8 +127,11 @@ def load_checkpoint(path: Path | SavedCheckpoint) -> TrainingState:
     try:
         adapter = load_file(str(saved.folder / "adapter.safetensors"))
         tensors = load_file(str(saved.folder / "optimizer.safetensors"))
+        # plain names only: a state.json never leads a load out of its own folder
+        extra = {name: load_file(str(saved.folder / f"{name}.safetensors"))
+                 for name in saved.info.get("extra_weights", []) if str(name).isidentifier()}
     except (OSError, ValueError, SafetensorError) as exc:
         raise _damaged(saved.folder, exc) from exc
     info = dict(saved.info)
     groups = info.pop("param_groups")
-    return TrainingState(int(info["step"]), adapter, _unflatten_optimizer(tensors, groups), info)
+    return TrainingState(int(info["step"]), adapter, _unflatten_optimizer(tensors, groups), info, extra)

@@ -10,6 +10,9 @@ from .cli_progress import progress_bar as _progress
 from .families import FAMILIES
 
 log = logging.getLogger("ipadapter_train")
+# The CLI previews by default (the API's TrainConfig does not): a round after each quarter of the run, about 10% of
+# a default SD1.5 run on a 2-core CPU (BENCHMARKS.md, "Previews").
+PREVIEW_DEFAULT = "auto"
 
 TRAIN_EXAMPLES = """examples:
   ipadapter-train train --images my_photos/ --base-model sd15.safetensors \\
@@ -20,6 +23,9 @@ TRAIN_EXAMPLES = """examples:
   # continue a stopped run:
   ipadapter-train train --images my_photos/ --base-model sd15.safetensors \\
       --image-encoder clip_vision/ --out my_adapter.safetensors --resume my_adapter-run/
+  # previews every 10 steps on held-out images, scored with a full CLIP; keep the best-scored step:
+  ipadapter-train train --images my_photos/ --base-model sd15.safetensors --image-encoder clip_vision/ \\
+      --out my_adapter.safetensors --preview-every 10 --clip clip-vit-large-patch14/ --keep best
   # two processes, data-parallel:
   accelerate launch --multi_gpu --num_processes 2 -m ipadapter_train train ...
 """
@@ -29,18 +35,35 @@ def _config_from_args(args: argparse.Namespace, saved=None):
     """The run's settings: the arguments given, over the resumed checkpoint's settings (`saved`) or the defaults."""
     from .config import TrainConfig
 
-    base = TrainConfig.from_dict(saved.config) if saved is not None else TrainConfig()
+    base = TrainConfig.from_dict(saved.config) if saved is not None else TrainConfig(preview_every=PREVIEW_DEFAULT)
     fields = {"variant": args.variant, "epochs": args.epochs, "max_steps": args.max_steps,
               "batch_size": args.batch_size, "learning_rate": args.lr, "weight_decay": args.weight_decay,
               "resolution": args.resolution, "random_crop": args.random_crop, "flip": args.flip,
               "buckets": args.buckets,
               "seed": args.seed, "checkpoint_every": args.checkpoint_every, "mixed_precision": args.precision,
               "gradient_checkpointing": args.gradient_checkpointing,
-              "validation": None if args.validation is None else args.validation}
+              "validation": None if args.validation is None else args.validation,
+              "preview_every": args.preview_every, "preview_size": args.preview_size,
+              "preview_steps": args.preview_steps, "keep": args.keep, "early_stop": args.early_stop}
     for name, value in fields.items():
         if value is not None:
             setattr(base, name, value)
     return base
+
+
+def _preview_lines(r: dict) -> list[str]:
+    previews = r.get("previews")
+    if not previews:
+        return []
+    lines = [f"previews: {len(previews['grids'])} grid(s) in {previews['seconds']:.1f} s, held out of training: "
+             f"{', '.join(Path(h).name for h in previews['held_out']) or 'none'}"]
+    if previews.get("why"):
+        lines.append(previews["why"])
+    if r.get("kept"):
+        lines.append(f"kept the best step ({r['kept']['step']}); the last step's adapter: {r['kept']['last_adapter']}")
+    if r.get("stopped_early"):
+        lines.append(f"training {r['stopped_early']}")
+    return lines
 
 
 def _print_summary(result) -> None:
@@ -50,7 +73,9 @@ def _print_summary(result) -> None:
              f"loss: first {result.losses[0]:.4f}, last {result.losses[-1]:.4f}" if result.losses else "loss: none",
              f"seconds per step: {r['seconds_per_step']:.3f}" if r.get("seconds_per_step") else "",
              f"conditioning gain (shuffled - own loss): {gain['gain']:+.5f}" if gain.get("gain") is not None else "",
+             *_preview_lines(r),
              f"report: {result.files.get('report')}  loss plot: {result.files.get('loss_plot')}",
+             f"previews page: {result.files['previews_page']}" if result.files.get("previews_page") else "",
              f"adapter: {result.files.get('adapter')}"]
     if r.get("random_weights"):
         lines.insert(0, "NOTE: random-weight models; these figures show the pipeline runs, not adapter quality.")
@@ -81,15 +106,56 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args, saved)
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
+    previews = _preview_source(args) if config.previews_on else None
     with _progress("training") as update:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
                                init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
-                               callbacks=[update], device=args.device, overwrite=args.overwrite)
+                               callbacks=[update], device=args.device, overwrite=args.overwrite, previews=previews)
     _print_summary(result)
     if result.cancelled:
         log.warning("Stopped early; continue with --resume %s", run_dir)
         return 130
     return 0
+
+
+def _preview_source(args: argparse.Namespace):
+    """The previews' images, prompts and scorer from --preview-images, --preview-prompts and --clip."""
+    from .data import load_image_folder
+    from .errors import IPAdapterError
+    from .previews import PreviewSource
+
+    images = folder = prompts = scorer = None
+    if args.preview_images:
+        folder = Path(args.preview_images)
+        images, report = load_image_folder(folder)
+        log.info("Preview images: %s", report.summary())
+    if args.preview_prompts:
+        try:
+            text = Path(args.preview_prompts).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IPAdapterError(f"Cannot read the preview prompts {args.preview_prompts} ({exc}): give a UTF-8 "
+                                 "text file with one prompt per line.") from exc
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if not prompts:
+            raise IPAdapterError(f"{args.preview_prompts} holds no prompt: write one prompt per line.")
+    if args.clip:
+        from .scoring import Scorer
+
+        scorer = Scorer.load(Path(args.clip))
+    return PreviewSource(images, prompts, scorer, folder)
+
+
+def _preview_every(value: str):
+    """--preview-every: a number of steps (0 = off) or "auto"."""
+    if value == "auto":
+        return value
+    try:
+        steps = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of steps or 'auto'") from None
+    if steps < 0:
+        raise argparse.ArgumentTypeError("give 0 (off), a positive number of steps or 'auto'")
+    return steps
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -160,6 +226,26 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gradient-checkpointing", action="store_true", default=None, help="less memory, more compute")
     g.add_argument("--no-validation", dest="validation", action="store_false", default=None,
                    help="skip the conditioning-gain measurement after training")
+    g = p.add_argument_group("previews while training (see README: a grid of generated images every N steps)")
+    g.add_argument("--preview-every", type=_preview_every, metavar="N|auto",
+                   help="render the preview grid every N steps and at the end; 0 = off; auto = after each quarter "
+                        "of the run (default auto: about 10%% of a default SD1.5 run's time on a 2-core CPU, see "
+                        "BENCHMARKS.md)")
+    g.add_argument("--preview-images", metavar="FOLDER",
+                   help="reference images for the previews (default: 1 or 2 training images are held out of "
+                        "training when there are at least 5)")
+    g.add_argument("--preview-prompts", metavar="FILE",
+                   help="text file, one prompt per line (default: the reference images' captions)")
+    g.add_argument("--clip", metavar="PATH", help="a full CLIP model (folder or .safetensors, as `score` takes) to "
+                   "score every preview: CLIP-I, CLIP-T, the combined percent and grade; writes scores.json")
+    g.add_argument("--keep", choices=["last", "best"],
+                   help="the adapter written to --out: the last step's, or the best-scored preview's (then the last "
+                        "one is <out>-last.safetensors); best needs --clip (default last)")
+    g.add_argument("--early-stop", type=int, metavar="K",
+                   help="stop after K scored previews without a better score (needs --clip; default 0 = never)")
+    g.add_argument("--preview-size", type=int, help="preview side in pixels (default: half the training size of the "
+                                                    "model family: 256 for SD1.5, 512 for SDXL)")
+    g.add_argument("--preview-steps", type=int, help="sampling steps per preview image (default 8)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
 
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from .errors import IPAdapterError
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
+PREVIEW_ROUNDS_AUTO = 4  # preview_every "auto": a round after each quarter of the run (and so at the end)
 
 
 @dataclass
@@ -35,6 +36,15 @@ class TrainConfig:
     validation: bool = True  # conditioning gain after training
     validation_timesteps: tuple[int, ...] = (200, 400, 600, 800)
     validation_max_images: int = 8
+    # Previews while training (previews.py): a fixed grid of generated images every N steps and at the end.
+    preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = a round after each quarter of the run
+    preview_size: int | None = None  # pixels; None: half the family's resolution (256 SD1.5, 512 SDXL)
+    preview_steps: int = 8  # DDIM sampling steps per preview image
+    preview_guidance: float = 5.0  # classifier-free guidance over text and image (as at generation)
+    preview_weights: tuple[float, ...] = (0.0, 0.5, 1.0)  # adapter weights of a grid's columns
+    preview_seed: int = 1234  # the grid's noise: the same for every round, so grids differ only by training
+    keep: Literal["last", "best"] = "last"  # the output adapter: the last step's, or the best-scored preview's
+    early_stop: int = 0  # stop after this many scored previews without a better score; 0 = never
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -57,11 +67,43 @@ class TrainConfig:
             raise IPAdapterError(f"Condition dropout rates {drops} must be non-negative and sum to at most 1.")
         if self.mixed_precision not in ("auto", "no", "fp16", "bf16"):
             raise IPAdapterError(f"Unknown precision {self.mixed_precision!r}: use auto, no, fp16 or bf16.")
+        self._validate_previews()
+
+    def _validate_previews(self) -> None:
+        every = self.preview_every
+        if every != "auto" and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
+            raise IPAdapterError(f"preview_every must be 0 (off), a number of steps or 'auto', got {every!r}.")
+        if self.preview_size is not None and (self.preview_size < 64 or self.preview_size % 8):
+            raise IPAdapterError(f"Preview size {self.preview_size} is not usable: give a multiple of 8, at least 64.")
+        if self.preview_steps < 1:
+            raise IPAdapterError(f"preview_steps must be at least 1, got {self.preview_steps}.")
+        if not self.preview_weights or any(not 0 <= w <= 2 for w in self.preview_weights):
+            raise IPAdapterError(f"Preview weights {list(self.preview_weights)} must be one or more values "
+                                 "from 0 to 2.")
+        if self.keep not in ("last", "best"):
+            raise IPAdapterError(f"keep must be 'last' or 'best', got {self.keep!r}.")
+        if self.early_stop < 0:
+            raise IPAdapterError(f"early_stop must be 0 (off) or more, got {self.early_stop}.")
+        if (self.keep == "best" or self.early_stop) and not self.previews_on:
+            raise IPAdapterError("Keeping the best step and stopping early both judge the previews: turn previews "
+                                 "on (--preview-every) and give a CLIP model to score them (--clip).")
+
+    @property
+    def previews_on(self) -> bool:
+        """Whether the run renders previews."""
+        return self.preview_every != 0
+
+    def preview_interval(self, total_steps: int) -> int:
+        """Steps between preview rounds (0 = off); "auto" spreads `PREVIEW_ROUNDS_AUTO` rounds over the run."""
+        if self.preview_every == "auto":
+            return max(1, -(-total_steps // PREVIEW_ROUNDS_AUTO))
+        return int(self.preview_every)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy."""
         d = dataclasses.asdict(self)
         d["validation_timesteps"] = list(self.validation_timesteps)
+        d["preview_weights"] = list(self.preview_weights)
         return d
 
     @classmethod
@@ -72,8 +114,9 @@ class TrainConfig:
         if unknown:
             raise IPAdapterError(f"Unknown training settings {unknown}: check their spelling.")
         d = dict(d)
-        if "validation_timesteps" in d:
-            d["validation_timesteps"] = tuple(d["validation_timesteps"])
+        for name in ("validation_timesteps", "preview_weights"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
     def for_family(self, family) -> "TrainConfig":

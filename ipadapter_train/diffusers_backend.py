@@ -93,6 +93,26 @@ class DiffusersBackend:
         return (dist.mean.float() * factor).cpu(), (dist.std.float() * factor).cpu()
 
     @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [B,4,h,w] -> pixels [B,3,H,W] in [-1,1] (float32, CPU), one image at a time (the
+        decoder's memory grows with the batch)."""
+        vae = self.sd.vae
+        if vae is None:
+            raise IPAdapterError("The VAE was released after encoding: keep it (release_encoders(keep_vae=True)) "
+                                 "to decode previews.")
+        upcast = self.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        dtype = torch.float32 if upcast else next(vae.parameters()).dtype
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            images = [vae.decode(z[None].to(self.device, dtype) / vae.config.scaling_factor).sample.float().cpu()
+                      for z in latents]
+        finally:
+            if upcast:
+                vae.to(self.dtype)
+        return torch.cat(images)
+
+    @torch.no_grad()
     def encode_text(self, captions: Sequence[str]) -> TextEmbeddings:
         """The family's text conditioning: each encoder's chosen hidden state, side by side, and the pooled
         embedding where the family's UNet takes one."""

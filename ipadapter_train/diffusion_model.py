@@ -41,7 +41,9 @@ class DiffusionModel:
         """Every model part still held: UNet, VAE, text encoders."""
         return [m for m in (self.unet, self.vae, *self.text_encoders) if m is not None]
 
-    def release_encoders(self) -> None:
-        """Drop the VAE and the text encoders (training needs only the UNet once the images are encoded)."""
-        self.vae = None
+    def release_encoders(self, keep_vae: bool = False) -> None:
+        """Drop the VAE and the text encoders (training needs only the UNet once the images are encoded, and the
+        VAE's decoder when it previews: `keep_vae`)."""
+        if not keep_vae:
+            self.vae = None
         self.text_encoders = [None] * len(self.text_encoders)

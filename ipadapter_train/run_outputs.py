@@ -22,7 +22,8 @@ from .write_failures import check_writable_folder, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = (CHECKPOINT_DIR, "report.json", "loss.png")  # what a run writes into its run folder
+# what a run writes into its run folder (preview_run.py: the previews' grids, scores and page)
+RUN_FILES = (CHECKPOINT_DIR, "report.json", "loss.png", "previews", "scores.json", "previews.html")
 
 
 def _resolved(path: Path) -> Path:
@@ -63,13 +64,16 @@ def _continues(out: Path, resume: SavedCheckpoint | None) -> bool:
 
 
 def check_run_outputs(out: Path | None, run_dir: Path, inputs: Iterable[Path | None] = (), overwrite: bool = False,
-                      resume: SavedCheckpoint | None = None) -> None:
+                      resume: SavedCheckpoint | None = None, others: Iterable[Path] = ()) -> None:
     """Refuse, in one sentence, outputs that would replace an input, an existing file not to be replaced,
     or that lie in a folder that cannot be written; call before loading any model.
 
     `inputs` are the files and folders the run reads (None entries are skipped); `resume` the opened
-    checkpoint, whose folder is an input too, though its run folder may be the run's own.
+    checkpoint, whose folder is an input too, though its run folder may be the run's own. `others` are more
+    files the run writes beside `out` (keep="best"'s `<out>-last.safetensors`), held to the same rules.
     """
+    for other in others:
+        check_run_outputs(other, run_dir, inputs, overwrite or resume is not None, resume)
     out, run_dir = (Path(out) if out is not None else None), Path(run_dir)
     reads = [Path(p) for p in inputs if p is not None]
     if resume is not None:

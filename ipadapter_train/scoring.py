@@ -48,6 +48,17 @@ def grade(percent: float) -> str:
     return "F"
 
 
+def combined(clip_i: float | None, clip_score: float | None) -> float:
+    """The kit's combined figure in [0, 1] (x 100 = the percent it grades): the mean of max(CLIP-I, 0) and
+    min(CLIPScore, 1), of those given."""
+    parts = [max(clip_i, 0.0)] if clip_i is not None else []
+    if clip_score is not None:
+        parts.append(min(clip_score, 1.0))
+    if not parts:
+        raise IPAdapterError("A combined percent needs CLIP-I, CLIPScore or both.")
+    return sum(parts) / len(parts)
+
+
 def vision_fingerprint(model: Any) -> str:
     """A short hash of a vision tower's patch embedding and image projection.
 
@@ -189,20 +200,17 @@ class Scorer:
         gen = self.image_embeddings(_check_images(generated, "generated"))
         warnings: list[str] = []
         clip_i = clip_i_mean = clip_t = clip_t_mean = clip_score = clip_score_mean = None
-        parts: list[float] = []
         if reference is not None:
             refs = self.image_embeddings(_check_images(reference, "reference"))
             # several references: compare with the direction of their mean, as the adapter averages them too
             center = torch.nn.functional.normalize(refs.mean(0), dim=-1)
             clip_i = (gen @ center).tolist()
             clip_i_mean = sum(clip_i) / len(clip_i)
-            parts.append(max(clip_i_mean, 0.0))
         if prompt is not None:
             cos = (gen @ self.text_embeddings([prompt])[0]).tolist()
             clip_t, clip_t_mean = cos, sum(cos) / len(cos)
             clip_score = [CLIPSCORE_WEIGHT * max(c, 0.0) for c in cos]
             clip_score_mean = sum(clip_score) / len(clip_score)
-            parts.append(min(clip_score_mean, 1.0))
             n_tokens = self.token_count(prompt)
             if n_tokens > self.max_tokens:
                 warnings.append(f"The prompt has {n_tokens} tokens; CLIP-T used its first {self.max_tokens}, "
@@ -212,8 +220,8 @@ class Scorer:
             warnings.append(f"CLIP-I is flattered: the scoring model {self.name} is the same image encoder that "
                             "conditioned the adapter (fingerprint "
                             f"{self.fingerprint}); score with another CLIP for a fair CLIP-I.")
-        combined = sum(parts) / len(parts)
-        percent = 100.0 * combined
+        both = combined(clip_i_mean, clip_score_mean)
+        percent = 100.0 * both
         used = ", ".join(n for n, v in (("CLIP-I", clip_i_mean), ("CLIPScore", clip_score_mean)) if v is not None)
         note = None
         if self.random_weights:
@@ -223,7 +231,7 @@ class Scorer:
             scorer=self.name, scorer_fingerprint=self.fingerprint, random_weights=self.random_weights,
             num_images=gen.shape[0], num_references=0 if reference is None else len(reference), prompt=prompt,
             clip_i=clip_i, clip_i_mean=clip_i_mean, clip_t=clip_t, clip_t_mean=clip_t_mean,
-            clip_score=clip_score, clip_score_mean=clip_score_mean, combined=combined, percent=percent,
+            clip_score=clip_score, clip_score_mean=clip_score_mean, combined=both, percent=percent,
             grade=grade(percent), scale=f"{SCALE_SENTENCE} This report averages: {used}.",
             conditioning_fingerprint=conditioning_fingerprint, warnings=warnings, note=note)
         for w in warnings:

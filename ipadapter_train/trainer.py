@@ -1,9 +1,10 @@
 """The training loop, as one run in four phases:
 
-    set_up   check a resume against the settings and images, build the adapter, encode the images once,
-             restore the checkpoint
-    steps    (batch -> forward -> backward -> optimizer step -> callbacks -> checkpoint) x N
-    finish   the last checkpoint, save the adapter, validate (the conditioning gain)
+    set_up   check a resume against the settings and images, build the adapter, encode the images (and the
+             previews' references and prompts) once, restore the checkpoint
+    steps    (batch -> forward -> backward -> optimizer step -> callbacks -> preview round when due ->
+             checkpoint) x N; with scored previews, `early_stop` may end them
+    finish   the last checkpoint, save the adapter (the best-scored step's with keep="best"), validate
     report   report.json and loss.png, and the `TrainResult`
 
 It knows nothing of any UI: progress and cancellation go through the hooks (`RunHooks`); a step callback
@@ -19,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,22 +32,23 @@ from .adapter_init import build_adapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .batches import batch_indices, make_batch, seed_of, total_steps
 from .buckets import bucket_counts, image_buckets
-from .checkpoint import CHECKPOINT_DIR, SavedCheckpoint, load_checkpoint, open_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Sample
-from .encoding import EncodedDataset, Progress, encode_dataset
-from .errors import IPAdapterError, TrainingCancelled, TrainingDiverged
+from .encoding import EncodedDataset, encode_dataset
+from .errors import TrainingCancelled, TrainingDiverged
 from .fileformat import file_metadata, save_adapter
 from .precision import make_accelerator
+from .preview_run import BEST_FILE, PreviewRunner
+from .previews import PreviewSource
+from .run_plan import RunHooks, RunPaths, RunPlan, StepCallback, fingerprint  # noqa: F401 (StepCallback: re-exported)
 from .report import RunTimes, training_report, write_report
 from .validation import conditioning_gain
 from .write_failures import write_error
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, int, float], None]
-RESUME_MAY_DIFFER = {"epochs", "max_steps", "checkpoint_every", "validation", "validation_timesteps",
-                     "validation_max_images", "extra", "mixed_precision", "gradient_checkpointing"}
+
 
 
 @dataclass
@@ -65,34 +67,6 @@ class TrainResult:
     metadata: dict[str, str] = field(default_factory=dict)  # what the adapter file holds (or would hold)
 
 
-@dataclass
-class RunPaths:
-    """Where a run reads and writes."""
-
-    run_dir: Path  # report.json, loss.png and the resumable checkpoint/
-    out_path: Path | None = None  # the adapter file; None: not saved
-    resume: Path | SavedCheckpoint | None = None  # the run folder (or opened checkpoint) of a stopped run
-
-    def __post_init__(self) -> None:
-        self.run_dir = Path(self.run_dir)
-        self.out_path = Path(self.out_path) if self.out_path is not None else None
-        if self.resume is not None and not isinstance(self.resume, SavedCheckpoint):
-            self.resume = Path(self.resume)
-
-
-@dataclass
-class RunHooks:
-    """What a caller adds to a run: progress and cancellation, work between phases, its own records."""
-
-    callbacks: Sequence[StepCallback] = ()  # after every step on the main process; may raise TrainingCancelled
-    encode_progress: Progress | None = None  # (done, total) while the images are encoded
-    validation_progress: Progress | None = None  # (done, total), one call per UNet call; TrainingCancelled
-    #                                              skips the rest of validation
-    after_encode: Callable[[], None] | None = None  # e.g. free the VAE and encoders: the steps need only the UNet
-    metadata: dict[str, Any] = field(default_factory=dict)  # added to the adapter file's metadata
-    report_extra: dict[str, Any] = field(default_factory=dict)  # added to report.json (load time, data set, ...)
-
-
 class _StepModule(nn.Module):
     """What DDP wraps: the adapter's parameters, with the frozen model reached through the backend."""
 
@@ -104,44 +78,6 @@ class _StepModule(nn.Module):
     def forward(self, noisy: torch.Tensor, t: torch.Tensor, text: torch.Tensor, feats: torch.Tensor,
                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         return self.backend.predict_noise(noisy, t, text, self.adapter.project(feats), added=added)
-
-
-def _fingerprint(samples: Sequence[Sample]) -> list[str]:
-    return [f"{s.path.name}|{s.caption}" for s in samples]
-
-
-def _check_resume(checkpoint: SavedCheckpoint, config: TrainConfig, samples: Sequence[Sample]) -> SavedCheckpoint:
-    """Refuse a checkpoint of other settings or other images, before any model work is spent on the run."""
-    resume, info = checkpoint.folder, checkpoint.info
-    saved = TrainConfig.from_dict(info["config"]).to_dict()
-    if config.resolution is None:  # no size given: the resumed run goes on at its own
-        config.resolution = saved["resolution"]
-    differs = sorted(k for k, v in config.to_dict().items() if k not in RESUME_MAY_DIFFER and saved.get(k) != v)
-    if differs:
-        raise IPAdapterError(f"The checkpoint in {resume} was trained with other settings ({', '.join(differs)}): "
-                             "resume with the same settings, or start a new run.")
-    if info.get("dataset") != _fingerprint(samples):
-        raise IPAdapterError(f"The checkpoint in {resume} was trained on other images or captions: resume with "
-                             "the same folder, or start a new run.")
-    return checkpoint
-
-
-@dataclass
-class RunPlan:
-    """A run's settings, images and paths, checked before any model is loaded: `RunPlan.check`."""
-
-    config: TrainConfig
-    samples: Sequence[Sample]
-    paths: RunPaths  # `resume`, if any, is the opened and accepted checkpoint
-
-    @classmethod
-    def check(cls, config: TrainConfig, samples: Sequence[Sample], paths: RunPaths) -> RunPlan:
-        """Validate the settings and refuse a resume of other settings or images (reading its state.json once)."""
-        config.validate()
-        if paths.resume is not None:
-            paths = RunPaths(paths.run_dir, paths.out_path,
-                             _check_resume(open_checkpoint(paths.resume), config, samples))
-        return cls(config, samples, paths)
 
 
 class TrainingRun:
@@ -172,6 +108,12 @@ class TrainingRun:
         self.files: dict[str, Path] = {}
         self.gain: dict[str, Any] | None = None
         self.last_checkpoint: tuple[int, Path] | None = None  # (step, folder) of the newest checkpoint on disk
+        self.stopped_early: str | None = None
+        self.preview = None if plan.previews is None else PreviewRunner(
+            plan.previews, plan.scorer, self.config, self.paths.run_dir, self.total,
+            bool(self.hooks.metadata.get("random_weights", False)))
+        if plan.previews is not None:
+            plan.previews.config = self.config  # the family's resolution filled in
 
     def run(self) -> TrainResult:
         """All four phases."""
@@ -187,6 +129,11 @@ class TrainingRun:
         t0 = time.perf_counter()
         self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
         self.times.encode = time.perf_counter() - t0
+        if self.preview is not None and self.main:  # its encoders and the model without the adapter, once
+            try:
+                self.preview.set_up(backend, self.encoder, self.accelerator.autocast, self.hooks.preview_progress)
+            except TrainingCancelled:
+                self.cancelled = True
         if self.buckets is not None:
             log.info("Buckets (images per trained size): %s.",
                      ", ".join(f"{k}: {v}" for k, v in bucket_counts(self.buckets).items()))
@@ -202,6 +149,8 @@ class TrainingRun:
             optimizer.load_state_dict(state.optimizer)
             self.done, self.losses = state.step, list(state.info.get("losses", []))
             self.last_checkpoint = (state.step, self.paths.resume.folder)
+            if self.preview is not None:
+                self.preview.restore(state.info.get("previews"), state.extra.get(BEST_FILE))
             log.info("Resumed from %s at step %d.", self.paths.resume.folder, state.step)
         self.step_module, self.optimizer = self.accelerator.prepare(_StepModule(self.adapter, backend), optimizer)
 
@@ -237,7 +186,10 @@ class TrainingRun:
         config = self.config
         self.backend.attach(self.adapter)
         start = time.perf_counter()
+        previews_before = self.preview.seconds if self.preview else 0.0
         try:
+            if self.cancelled:  # during the previews' set-up
+                raise TrainingCancelled()
             for step in range(self.done, self.total):
                 tick = time.perf_counter()
                 loss = self.step(step)
@@ -246,15 +198,38 @@ class TrainingRun:
                 self.times.steps.append(time.perf_counter() - tick)
                 if self._stop_requested(loss):
                     raise TrainingCancelled()
+                if self.preview is not None and self.preview.due(self.done, self.total):
+                    self.stopped_early = self._preview_round()
+                # after the round, so a checkpoint holds the scores and best weights up to its step
                 if config.checkpoint_every and self.done % config.checkpoint_every == 0 and self.done < self.total:
                     self.checkpoint()
+                if self.stopped_early:
+                    log.info("Training %s.", self.stopped_early)
+                    break
         except (TrainingCancelled, KeyboardInterrupt):
             self.cancelled = True
             log.warning("Training cancelled after %d of %d steps; saving the adapter trained so far.",
                         self.done, self.total)
         finally:
             self.backend.detach()
-            self.times.training = time.perf_counter() - start  # steps plus checkpoints
+            previews = (self.preview.seconds if self.preview else 0.0) - previews_before
+            self.times.training = time.perf_counter() - start - previews  # steps plus checkpoints
+
+    def _preview_round(self) -> str | None:
+        """Render (and score) the preview round after the current step on the main process; the reason to stop
+        early, or None (every process gets the same answer)."""
+        stop = None
+        if self.main:
+            entry = self.preview.run(self.done, self.backend, self.adapter, self.accelerator.autocast,
+                                     self.hooks.preview_progress)
+            if self.hooks.on_preview is not None:
+                self.hooks.on_preview(entry, self.preview.last_grid)
+            stop = self.preview.stop_reason()
+        if self.world > 1:
+            flag = torch.tensor([float(stop is not None)], device=self.backend.device)
+            if self.accelerator.reduce(flag, "sum") > 0 and stop is None:
+                stop = "stopped early (on the main process)"
+        return stop
 
     def _stop_requested(self, loss: float) -> bool:
         """Run the step callbacks; True when one of them cancelled, on any process."""
@@ -274,14 +249,17 @@ class TrainingRun:
         """Write the resumable checkpoint of the steps done (when checkpoints are on, or `force`d); all
         processes wait."""
         if self.main and (self.config.checkpoint_every or force):
-            info = {"config": self.config.to_dict(), "dataset": _fingerprint(self.samples), "world_size": self.world,
+            info = {"config": self.config.to_dict(), "dataset": fingerprint(self.samples), "world_size": self.world,
                     "losses": self.losses}
             if self.paths.out_path is not None:  # the file a resume of this run may replace (run_outputs.py)
                 info["adapter"] = str(self.paths.out_path.resolve())
+            extra = {}
+            if self.preview is not None:
+                info["previews"], extra[BEST_FILE] = self.preview.checkpoint_state()
             folder = self.paths.run_dir / CHECKPOINT_DIR
             with _reporting_write_errors(folder):
                 save_checkpoint(self.paths.run_dir, self.done, self.adapter.state_dict(),
-                                self.optimizer.state_dict(), info)
+                                self.optimizer.state_dict(), info, extra)
             self.last_checkpoint = (self.done, folder)
         self.accelerator.wait_for_everyone()
 
@@ -297,13 +275,38 @@ class TrainingRun:
                          "base_model": backend.name, "image_encoder": self.encoder.name}
         if self.cancelled:
             self.metadata["cancelled_at_step"] = self.done
+        if self.stopped_early:
+            self.metadata["stopped_early"] = self.stopped_early
         if self.main and self.paths.out_path is not None:
-            with _reporting_write_errors(self.paths.out_path):
-                self.files["adapter"] = save_adapter(self.adapter.state_dict(), self.paths.out_path, self.metadata)
+            if self._keeps_best():
+                self._save_best()
+            else:
+                with _reporting_write_errors(self.paths.out_path):
+                    self.files["adapter"] = save_adapter(self.adapter.state_dict(), self.paths.out_path,
+                                                         self.metadata)
         t0 = time.perf_counter()
         if config.validation and not self.cancelled:
             self.gain = self._validate()
         self.times.validation = time.perf_counter() - t0
+
+    def _keeps_best(self) -> bool:
+        return self.config.keep == "best" and self.preview is not None and self.preview.best_state is not None
+
+    def _save_best(self) -> None:
+        """keep="best": the last step's adapter goes to `<out>-last.safetensors`, the best-scored step's to the
+        output, and the run goes on (validation, the returned adapter) with the best one."""
+        out = self.paths.out_path
+        last = last_path(out)
+        with _reporting_write_errors(last):
+            self.files["last_adapter"] = save_adapter(self.adapter.state_dict(), last, self.metadata)
+        best = self.preview.book.best
+        self.adapter.load_state_dict(self.preview.best_state)
+        self.metadata = {**self.metadata, "steps": best["step"], "kept": "best",
+                         "best_score": round(best["score"], 4), "best_why": self.preview.book.why(),
+                         "last_adapter": last.name}
+        with _reporting_write_errors(out):
+            self.files["adapter"] = save_adapter(self.adapter.state_dict(), out, self.metadata)
+        log.info("%s Saved it as %s; the last step's adapter is %s.", self.preview.book.why(), out, last)
 
     def _validate(self) -> dict[str, Any] | None:
         config = self.config
@@ -329,14 +332,27 @@ class TrainingRun:
                "frozen_dtype": str(self.backend.dtype).replace("torch.", ""), "world_size": self.world,
                "buckets": bucket_counts(self.buckets) if self.buckets is not None else None,
                "conditioning_gain": self.gain, "base_model": self.backend.name, "image_encoder": self.encoder.name,
-               "adapter": str(out_path) if out_path else None}
+               "adapter": str(out_path) if out_path else None, "stopped_early": self.stopped_early,
+               "previews": self.preview.report() if self.preview is not None else None,
+               "preview_seconds": self.preview.seconds if self.preview is not None else 0.0}
+        if self._keeps_best():
+            run["kept"] = {"step": self.preview.book.best["step"], "why": self.preview.book.why(),
+                           "last_adapter": str(last_path(out_path))}
         report = training_report(run, self.times, self.config.batch_size * self.world, self.backend.device,
                                  self.hooks.report_extra)
         if self.main:
             with _reporting_write_errors(self.paths.run_dir / "report.json"):
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
+                if self.preview is not None:
+                    self.preview.write_files()  # the page again, now with the final loss curve
+                    self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
+
+
+def last_path(out: Path) -> Path:
+    """Where keep="best" puts the last step's adapter: `<out>-last.safetensors` beside the output."""
+    return out.with_name(f"{out.stem}-last{out.suffix}")
 
 
 def added_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -356,17 +372,19 @@ def _reporting_write_errors(path: Path):
 
 
 _PATH_FIELDS = ("out_path", "resume")
-_HOOK_FIELDS = ("callbacks", "encode_progress", "validation_progress", "after_encode", "metadata", "report_extra")
+_HOOK_FIELDS = ("callbacks", "encode_progress", "validation_progress", "preview_progress", "on_preview",
+                "after_encode", "metadata", "report_extra")
 
 
 def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,
           paths: RunPaths | Path | str, hooks: RunHooks | None = None, *, init_adapter: Path | IPAdapter | None = None,
-          accelerator=None, **fields: Any) -> TrainResult:
+          accelerator=None, previews: PreviewSource | None = None, **fields: Any) -> TrainResult:
     """Train an adapter on `samples`; save it to `paths.out_path` and write report.json/loss.png in `paths.run_dir`.
 
     `paths` may also be the run folder alone, and the fields of `RunPaths` and `RunHooks` may be given as
     keyword arguments (`out_path=`, `resume=`, `callbacks=`, `encode_progress=`, ...), as callers wrote
-    them before the run had phases.
+    them before the run had phases. `previews` gives the preview images, prompts and scorer (`config.preview_every`
+    turns previews on).
     """
     unknown = sorted(set(fields) - set(_PATH_FIELDS) - set(_HOOK_FIELDS))
     if unknown:
@@ -378,4 +396,5 @@ def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequ
     given = {k: v for k, v in fields.items() if k in _HOOK_FIELDS and v is not None}
     if given:
         hooks = RunHooks(**{**{k: getattr(hooks, k) for k in _HOOK_FIELDS}, **given})
-    return TrainingRun(backend, encoder, RunPlan.check(config, samples, paths), hooks, init_adapter, accelerator).run()
+    plan = RunPlan.check(config, samples, paths, previews)
+    return TrainingRun(backend, encoder, plan, hooks, init_adapter, accelerator).run()

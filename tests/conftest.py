@@ -192,9 +192,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def train_args(models, out: Path, *extra: str) -> list[str]:
+    """A CLI training run on the micro models; previews off (the CLI's default renders them: tests of previews
+    turn them on with --preview-every in `extra`, the last one given wins)."""
     return ["train", "--images", str(SAMPLES), "--base-model", str(models["sd"]), "--image-encoder",
             str(models["clip"]), "--out", str(out), "--resolution", "64", "--precision", "no",
-            "--no-validation", *extra]
+            "--no-validation", "--preview-every", "0", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,143 @@
+"""A run's previews as the trainer sees them: when a round is due, render it, score it, write its files, and
+keep the best step's weights.
+
+Files in the run folder: `previews/step_NNNN.png` (one grid per round), `scores.json` (with a scorer) and
+`previews.html` (previews over steps, their scores, the loss curve), each written atomically after every round.
+A checkpoint keeps the book of scores and the best weights (`checkpoint_state`), so a resumed run keeps its
+best-so-far.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import torch
+
+from .adapter import IPAdapter
+from .backend import DiffusionBackend, ImageFeatureEncoder
+from .config import TrainConfig
+from .preview_grid import compose_grid
+from .preview_scores import PreviewScorer, ScoreBook
+from .previews import Previews
+from .run_page import write_page
+from .scoring import grade
+from .weights_io import atomic_write, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PREVIEWS_DIR = "previews"
+SCORES = "scores.json"
+BEST_FILE = "best"  # the checkpoint's copy of the best weights: checkpoint/best.safetensors
+
+Progress = Callable[[int, int], None]
+
+
+class PreviewRunner:
+    """Preview rounds of one run (see the module docstring). `scorer` is a `scoring.Scorer` or None."""
+
+    def __init__(self, previews: Previews, scorer: Any, config: TrainConfig, run_dir: Path, total: int,
+                 random_weights: bool = False) -> None:
+        self.previews, self.config, self.run_dir = previews, config, Path(run_dir)
+        self.interval = config.preview_interval(total)
+        self.random_weights = random_weights or bool(scorer is not None and scorer.random_weights)
+        self._scorer = scorer
+        self.scorer: PreviewScorer | None = None
+        self.book = ScoreBook(scorer.name, self.random_weights) if scorer is not None else None
+        self.best_state: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU, fp32)
+        self.rounds: list[dict[str, Any]] = []  # {"step", "grid"}, in the order rendered
+        self.seconds = 0.0  # all preview work: set-up (encoding, the weight-0 images) and every round
+        self.set_up_seconds = 0.0
+        self.round_seconds: list[float] = []
+        self.last_grid = None  # the newest grid image (the node shows it)
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether a round follows step `step` (counted from 1): every `interval` steps, and at the end."""
+        return step == total or step % self.interval == 0
+
+    def set_up(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder,
+               autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> None:
+        """Encode the references and prompts and render the weight-0 images (before the adapter is attached)."""
+        t0 = time.perf_counter()
+        self.previews.encode(backend, encoder)
+        if self._scorer is not None:
+            self.scorer = PreviewScorer(self._scorer, self.previews)
+        self.previews.render_baseline(backend, autocast, progress)
+        self.set_up_seconds = time.perf_counter() - t0
+        self.seconds += self.set_up_seconds
+
+    def restore(self, info: dict[str, Any] | None, best: dict[str, torch.Tensor] | None) -> None:
+        """A resumed run's book and best weights, as its checkpoint kept them."""
+        if info and self.book is not None and info.get("book"):
+            self.book = ScoreBook.from_dict(info["book"])
+            self.book.random_weights = self.book.random_weights or self.random_weights
+        self.rounds = list((info or {}).get("rounds", []))
+        self.best_state = best
+
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+        """(what state.json keeps of the previews, the best weights to store beside the checkpoint)."""
+        return ({"book": self.book.to_dict() if self.book else None, "rounds": self.rounds}, self.best_state)
+
+    def run(self, step: int, backend: DiffusionBackend, adapter: IPAdapter,
+            autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> dict[str, Any]:
+        """Render (and score) the round after step `step`, write its files; return {"step", "grid", "score"?}."""
+        t0 = time.perf_counter()
+        images = self.previews.render(backend, adapter, autocast, progress)
+        entry: dict[str, Any] = {"step": step, "grid": f"{PREVIEWS_DIR}/step_{step:04d}.png"}
+        title = f"step {step}"
+        if self.scorer is not None:
+            score, cells = self.scorer.score(images)
+            improved = self.book.add(step, entry["grid"], score, cells)
+            if improved:
+                self.best_state = {k: v.detach().float().cpu().clone() for k, v in adapter.state_dict().items()}
+            entry.update(score=score, grade=grade(score), best_step=self.book.best["step"])
+            title += f": {score:.1f}% ({entry['grade']})" + (" best so far" if improved else "")
+            if self.random_weights:
+                title += ", random-weight figures"
+        p = self.previews
+        weights = list(images)
+        grid = compose_grid(title, [p.references[c.reference].image for c in p.cells],
+                            [f"{p.references[c.reference].path.name}: {p.prompts[c.prompt] or '(image only)'}"
+                             for c in p.cells], weights, [images[w] for w in weights])
+        atomic_write(self.run_dir / entry["grid"], lambda path: grid.save(path, format="PNG"))
+        self.last_grid = grid
+        self.rounds = [r for r in self.rounds if r["step"] != step] + [{"step": step, "grid": entry["grid"]}]
+        self.write_files()
+        self.round_seconds.append(time.perf_counter() - t0)
+        self.seconds += self.round_seconds[-1]
+        log.info("Preview after step %d: %s%s.", step, self.run_dir / entry["grid"],
+                 f", score {entry['score']:.1f}%" if "score" in entry else "")
+        return entry
+
+    def write_files(self) -> None:
+        """scores.json (with a scorer) and previews.html, from what the rounds so far gave."""
+        scores = self.book.to_dict() if self.book is not None else None
+        if scores is not None:
+            atomic_write_text(self.run_dir / SCORES, json.dumps(scores, indent=1))
+        write_page(self.run_dir, sorted(self.rounds, key=lambda r: r["step"]),
+                   {**self.previews.describe(), "random_weights": self.random_weights}, scores)
+
+    def stop_reason(self) -> str | None:
+        """Why the run stops early (`early_stop` rounds without a better score), or None to go on."""
+        patience = self.config.early_stop
+        if not patience or self.book is None:
+            return None
+        waited = self.book.rounds_without_improvement()
+        if waited < patience:
+            return None
+        return (f"stopped early: {waited} scored preview round(s) since the best one (step "
+                f"{self.book.best['step']}) without a better score (early_stop {patience})")
+
+    def report(self) -> dict[str, Any]:
+        """What report.json says of the previews."""
+        out = {**self.previews.describe(), "every": self.interval, "seconds": self.seconds,
+               "set_up_seconds": self.set_up_seconds, "round_seconds": self.round_seconds,
+               "grids": [r["grid"] for r in sorted(self.rounds, key=lambda r: r["step"])],
+               "page": "previews.html", "random_weights": self.random_weights}
+        if self.book is not None:
+            best = self.book.best
+            out.update(scores=SCORES, scorer=self.book.scorer, best_step=best["step"] if best else None,
+                       best_score=best["score"] if best else None, why=self.book.why())
+        return out
