@@ -99,6 +99,7 @@ class ComfyBackend:
         self._grad_flags: dict[str, bool] | None = None
         self._checkpointing = False
         self._restore_forwards = None  # set while checkpointing wraps the UNet's layers
+        self._loaded_weights = 0  # bytes of UNet weights on the device after `_load`
 
     def adapter_layers(self) -> list[AdapterLayer]:
         """The UNet's cross-attention layers in file order, each with its attn2 patch key."""
@@ -107,6 +108,7 @@ class ComfyBackend:
     def _load(self) -> None:
         # The same call ComfyUI's own LoRA trainer makes: the whole UNet on the device, patches applied.
         comfy.model_management.load_models_gpu([self.patcher], memory_required=1e20, force_full_load=True)
+        self._loaded_weights = self.patcher.loaded_size()
         swapped = make_autograd_safe(self.unet)
         if swapped:
             log.info("Made %d inference-mode tensors of the UNet usable by autograd (same values).", swapped)
@@ -171,6 +173,27 @@ class ComfyBackend:
         return self.latent_format.process_in(mean).float().cpu(), (std * scale).cpu()
 
     @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [B,4,h,w] (as `encode_latents` gives them) -> pixels [B,3,H,W] in [-1,1], float32 on the
+        CPU, through the graph's own VAE (for previews).
+
+        ComfyUI's `vae.decode` loads the VAE with `load_models_gpu`, which may offload other models to make room
+        on a GPU; while the adapter is attached the UNet is loaded back whole, as `attach` loaded it, so the steps
+        after a preview round run on the same weights.
+        """
+        pixels = self.vae.decode(self.latent_format.process_out(latents.float()))  # [B,H,W,C] in [0,1]
+        if self._options is not None:
+            self._ensure_loaded()
+        return (pixels[..., :3].movedim(-1, 1).float().clamp(0, 1) * 2.0 - 1.0).cpu()
+
+    def _ensure_loaded(self) -> None:
+        """Load the UNet whole again if loading another model (the VAE) offloaded any of it."""
+        if self.patcher not in comfy.model_management.loaded_models() or \
+                self.patcher.loaded_size() < self._loaded_weights:
+            log.info("The VAE's decode offloaded part of the UNet; loading it back for training.")
+            self._load()
+
+    @torch.no_grad()
     def encode_text(self, captions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Captions -> {"context": [B, 77, cross_dim]}, and "pooled" [B, P] for a family whose UNet takes a pooled
         text embedding (SDXL), from the graph's CLIP (clip skip and LoRAs included; ComfyUI's own pooled output)."""
@@ -229,6 +252,8 @@ class ComfyBackend:
         """
         # Tokens stay set after the call, as in the diffusers back end; every call sets them anew.
         self.state.tokens, self.state.scale = ip_tokens, scale
+        if self._options is None:  # no adapter attached (the previews' weight-0 images): load it as attach does
+            self._ensure_loaded()
         options = dict(self._options if self._options is not None
                        else self.patcher.model_options.get("transformer_options", {}))
         t = timesteps.to(self.device)

@@ -9,10 +9,17 @@ from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
 from .comfy_layers import check_adapter_fits
+from .folders import scorer_choices, scorer_path
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
+from .node_score import _load as load_scorer  # the Score node's cache: one CLIP model loaded for both nodes
 from . import runs
-from .training import VALIDATION_MODES, report_text, samples_from_images, train_in_graph, validation_settings
+from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES, check_preview_settings,
+                       preview_every_setting, preview_grids, preview_source, report_text, samples_from_images,
+                       train_in_graph, validation_settings)
+
+# What previews cost, for the tooltip: the lead's measurement (BENCHMARKS.md, "Previews").
+PREVIEW_COST = "about 10% of a default run (50 steps at 512 px) on a 2-core CPU"
 
 
 def _ids(hidden) -> tuple[str, str]:
@@ -41,9 +48,14 @@ def _workflow_id(hidden) -> str | None:
 class TrainIPAdapter(io.ComfyNode):
     """Trains image_proj + to_k_ip/to_v_ip with the core's loop on the graph's own (frozen) models.
 
-    Cancel (the Cancel button or POST /interrupt) stops within one step; the node then returns the
-    adapter trained so far instead of failing, so the rest of the graph (Save, Apply) still runs with it.
-    A cancel while the images are still being encoded ends the prompt as interrupted: nothing is trained.
+    Cancel (the Cancel button or POST /interrupt) stops within one step (or one sampling step of a preview
+    round); the node then returns the adapter trained so far instead of failing, so the rest of the graph
+    (Save, Apply) still runs with it. A cancel while the images are still being encoded ends the prompt as
+    interrupted: nothing is trained.
+
+    Previews (on by default: a round after each quarter of the run) render a fixed grid with the adapter as it
+    is, on the graph's own MODEL, CLIP and VAE; the node shows the latest grid under its loss chart and returns
+    all of them as its `previews` output.
     """
 
     @classmethod
@@ -102,6 +114,26 @@ class TrainIPAdapter(io.ComfyNode):
                 IPAdapterTrain.Input("init_adapter", optional=True,
                                      tooltip="Optional adapter to fine-tune (from Load IP-Adapter or another "
                                              "Train node); small data sets should fine-tune a pretrained one."),
+                io.Int.Input("preview_every", default=PREVIEWS_AUTO, min=PREVIEWS_OFF, max=100000, optional=True,
+                             tooltip="Preview grids while training (each reference x each prompt at adapter "
+                                     "weights 0, 0.5 and 1, fixed seeds, 8 sampling steps at half the training "
+                                     f"size): 0 = auto (after each quarter of the run), N = every N steps and at the "
+                                     f"end, -1 = off. Cost: {PREVIEW_COST}."),
+                io.Image.Input("preview_images", optional=True,
+                               tooltip="Reference images for the previews. Unconnected: with 5 or more training "
+                                       "images, 1 (2 from 10 images) is held out of training and previewed; with "
+                                       "fewer, the first training image is previewed."),
+                io.String.Input("preview_prompts", default="", multiline=True, optional=True,
+                                tooltip="Prompts for the previews, one per line; empty = the references' captions "
+                                        "(preview_images have none: they are previewed image only)."),
+                io.Combo.Input("scorer", options=[NO_SCORER, *scorer_choices()], default=NO_SCORER, optional=True,
+                               tooltip="A full CLIP model (models/clip_scorers or models/clip, as Score with CLIP "
+                                       "uses) to score every preview round: CLIP-I against the reference, CLIP-T "
+                                       "against the prompt, a percent and a grade. none: previews are not scored."),
+                io.Boolean.Input("keep_best", default=False, optional=True,
+                                 tooltip="Return (and save in the run folder) the adapter of the best-scored preview "
+                                         "round instead of the last step's (kept beside it as "
+                                         "adapter-last.safetensors). Needs a scorer and previews on."),
             ],
             outputs=[
                 IPAdapterTrain.Output(display_name="adapter",
@@ -110,6 +142,9 @@ class TrainIPAdapter(io.ComfyNode):
                                 tooltip="The loss curve as an image, for saving or for API users (the node "
                                         "itself shows it live in its chart)."),
                 io.String.Output(display_name="report", tooltip="A summary and the run's report.json."),
+                io.Image.Output(display_name="previews",
+                                tooltip="Every preview grid of the run, oldest first (the node shows the latest "
+                                        "live); with previews off, one small picture that says so."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
@@ -130,7 +165,11 @@ class TrainIPAdapter(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
                 resolution, seed, checkpoint_every, validation="quick", gradient_checkpointing=False,
-                buckets=False, init_adapter=None) -> io.NodeOutput:
+                buckets=False, init_adapter=None, preview_every=PREVIEWS_AUTO, preview_images=None,
+                preview_prompts="", scorer=NO_SCORER, keep_best=False) -> io.NodeOutput:
+        preview_every = PREVIEWS_AUTO if preview_every is None else int(preview_every)
+        scorer = scorer or NO_SCORER
+        check_preview_settings(preview_every, scorer, bool(keep_best))
         samples = samples_from_images(images, captions)
         if init_adapter is not None:
             if init_adapter.spec.variant != variant:
@@ -141,13 +180,18 @@ class TrainIPAdapter(io.ComfyNode):
         config = _config(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                          resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every,
                          gradient_checkpointing=bool(gradient_checkpointing), buckets=bool(buckets),
+                         preview_every=preview_every_setting(preview_every), keep="best" if keep_best else "last",
                          **validation_settings(validation))
         config.validate()  # before any work: the resolution (when given), the steps, the batch size
+        source = None
+        if config.previews_on:
+            source = preview_source(preview_images, preview_prompts,
+                                    load_scorer(scorer_path(scorer)) if scorer != NO_SCORER else None)
         node_id, prompt_id = _ids(cls.hidden)
         adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
-                                         init_adapter, _workflow_id(cls.hidden), _client_id())
+                                         init_adapter, _workflow_id(cls.hidden), _client_id(), source)
         plot = pils_to_tensor([plot_losses(result.losses)])
-        return io.NodeOutput(adapter, plot, report_text(result))
+        return io.NodeOutput(adapter, plot, report_text(result), preview_grids(result))
 
 
 def _config(resolution: int, **fields) -> TrainConfig:

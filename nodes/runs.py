@@ -2,9 +2,12 @@
 `GET /ipadapter_train/runs` route.
 
 A run goes through phases: "encoding" (the images through the VAE and CLIP vision), "training" (the
-optimizer steps), "validating" (the conditioning gain, when the node's validation setting is on) and
-"done". ComfyUI's progress bar counts the units of the current phase (images, then steps, then validation
-calls); the events name the phase, so the chart on the node can say what the bar counts.
+optimizer steps), "previewing" (a preview round: the no-adapter images once before the first step, then a
+grid after every `preview_every` steps and at the end), "validating" (the conditioning gain, when the node's
+validation setting is on) and "done". ComfyUI's progress bar counts the units of the current phase (images,
+steps, a round's sampling steps, validation calls); the events name the phase, so the chart on the node can
+say what the bar counts. After every round a preview event names the grid's file, which the page loads
+through ComfyUI's `/view`, and the run's record keeps the list, so a reloaded page shows the latest grid.
 
 Events (see CONTRACT.md) go to every connected page, not only the one that queued the prompt, so a
 page reloaded mid-run (which gets a new client id) keeps receiving them; the route lets it redraw the
@@ -20,6 +23,7 @@ import statistics
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
@@ -37,6 +41,7 @@ log = logging.getLogger(__name__)
 PHASE_EVENT = "ipadapter_train.phase"
 PROGRESS_EVENT = "ipadapter_train.progress"
 DONE_EVENT = "ipadapter_train.done"
+PREVIEW_EVENT = "ipadapter_train.preview"
 ROUTE = "/ipadapter_train/runs"
 ETA_WINDOW = 20
 KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded after their run ended
@@ -54,7 +59,8 @@ RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run,
 def snapshot() -> dict[str, Any]:
     """{"runs": [run, ...]} of this server process, oldest first (see CONTRACT.md for the fields)."""
     with _LOCK:
-        return {"runs": [{**run, "losses": list(run["losses"])} for run in RUNS.values()]}
+        return {"runs": [{**run, "losses": list(run["losses"]), "previews": [dict(p) for p in run["previews"]]}
+                         for run in RUNS.values()]}
 
 
 def _server():
@@ -93,6 +99,26 @@ def _interrupted() -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class PreviewSchedule:
+    """When a run's preview rounds come and how many sampling steps each one takes (for the bar and the ETA)."""
+
+    every: int  # a round after every `every` steps, and one after the last step
+    sampling_steps: int  # DDIM steps of one render (one preview weight for every cell)
+    round_renders: int  # renders in a round: one per preview weight other than 0
+    baseline_renders: int  # renders before the first step: 1 when weight 0 (no adapter) is previewed, else 0
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether a round follows step `step` (counted from 1), as the core decides it."""
+        return step == total or step % self.every == 0
+
+    def rounds_between(self, after: int, total: int) -> int:
+        """Rounds that follow the steps after `after`, up to and including `total`."""
+        if after >= total:
+            return 0
+        return total // self.every - after // self.every + (1 if total % self.every else 0)
+
+
 def _forget_old_runs() -> None:
     """Keep every unfinished run and the last KEEP_FINISHED finished ones (called with _LOCK held)."""
     finished = [key for key, run in RUNS.items() if run["done"]]
@@ -109,22 +135,33 @@ class RunReporter:
     minutes on a CPU) stops at the next image and lets the interrupt through: nothing is trained yet, so
     ComfyUI ends the prompt as interrupted, as its own nodes do.
 
-    The ETA covers the rest of the node's work: the remaining steps and the validation after them. It is
-    None until a step has been measured on its own: the first step also pays the set-up after encoding
-    and one-off warm-up costs, so the first figure comes after the second step.
+    A cancel during a preview round stops it at the next sampling step (`preview_progress` raises the
+    core's `TrainingCancelled`): the run ends at once with the adapter of the steps done.
+
+    The ETA covers the rest of the node's work: the remaining steps, the preview rounds still to come and the
+    validation after them. It is None until a step has been measured on its own: the first step also pays
+    the set-up after encoding and one-off warm-up costs, so the first figure comes after the second step. A
+    round's time is measured (from the end of its step to its grid); until one was, it is estimated from the
+    sampling steps of the no-adapter images.
     """
 
     def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
-                 batch_size: int = 1, workflow_id: str | None = None, client_id: str | None = None) -> None:
+                 batch_size: int = 1, workflow_id: str | None = None, client_id: str | None = None,
+                 previews: PreviewSchedule | None = None, subfolder: str = "") -> None:
         self.node_id, self.prompt_id, self.workflow_id, self.client_id = node_id, prompt_id, workflow_id, client_id
         self.total, self.images, self.validation_calls = total, images, validation_calls
         self.batch_size = max(1, batch_size)
+        self.previews, self.subfolder = previews, subfolder.strip("/")
         self.cancel_requested = False
         self.steps_done = 0
         self._step_times: deque[float] = deque(maxlen=ETA_WINDOW)
         self._call_times: deque[float] = deque(maxlen=ETA_WINDOW)
+        self._sample_times: deque[float] = deque(maxlen=ETA_WINDOW)  # one DDIM step of a preview render
+        self._round_times: deque[float] = deque(maxlen=ETA_WINDOW)  # a whole round, its grid included
         self._last_step: float | None = None
         self._last_call: float | None = None
+        self._round: dict[str, Any] | None = None  # the preview round in progress: step, done, total, start, last
+        self._last_round_step = -1  # the step of the last finished round
         self.started = time.time()  # orders the runs of one node for the pages (newest is shown)
         self._bar = comfy.utils.ProgressBar(images)
         with _LOCK:
@@ -134,7 +171,8 @@ class RunReporter:
                 "started": self.started,
                 "phase": "encoding", "phase_done": 0, "phase_total": images,
                 "step": 0, "total": total, "losses": [], "eta_seconds": None,
-                "validation_calls": validation_calls, "done": False, "cancelled": False, "failed": False}
+                "validation_calls": validation_calls, "previews": [], "done": False, "cancelled": False,
+                "failed": False}
             _forget_old_runs()
         self._phase("encoding", 0, images)
         self._update_bar(0, images)
@@ -151,10 +189,11 @@ class RunReporter:
             if run is not None:
                 run.update(fields)
 
-    def _phase(self, phase: str, done: int, total: int, eta: float | None = None) -> None:
+    def _phase(self, phase: str, done: int, total: int, eta: float | None = None, **extra: Any) -> None:
         """Record the phase and its progress, and tell the pages."""
         self._update(phase=phase, phase_done=done, phase_total=total, eta_seconds=eta)
-        _send(PHASE_EVENT, {**self._ids(), "phase": phase, "done": done, "total": total, "eta_seconds": eta})
+        _send(PHASE_EVENT, {**self._ids(), "phase": phase, "done": done, "total": total, "eta_seconds": eta,
+                            **extra})
 
     def _update_bar(self, value: int, total: int) -> None:
         try:
@@ -166,6 +205,31 @@ class RunReporter:
 
     def _step_seconds(self) -> float | None:
         return statistics.median(self._step_times) if self._step_times else None
+
+    def _round_estimate(self) -> float:
+        """Seconds a preview round takes: measured, else from the sampling steps measured so far (0 if none)."""
+        if self._round_times:
+            return statistics.median(self._round_times)
+        if self._sample_times and self.previews is not None:
+            p = self.previews
+            return statistics.median(self._sample_times) * p.round_renders * p.sampling_steps
+        return 0.0
+
+    def _rounds_left(self, done: int) -> int:
+        """Preview rounds still to come after step `done`, the one due at `done` included if it has not run."""
+        p = self.previews
+        if p is None or not p.round_renders:
+            return 0
+        pending = 1 if done >= 1 and p.due(done, self.total) and self._last_round_step != done else 0
+        return pending + p.rounds_between(done, self.total)
+
+    def _eta(self, done: int) -> float | None:
+        """The rest of the node's work after step `done` (its round not yet run): None before a step was measured."""
+        seconds = self._step_seconds()
+        if seconds is None:
+            return None
+        return (seconds * (self.total - done) + self._rounds_left(done) * self._round_estimate()
+                + self._validation_estimate())
 
     def _validation_estimate(self) -> float:
         """Seconds the validation after training should take, from the measured step time."""
@@ -190,12 +254,12 @@ class RunReporter:
     def step(self, step: int, total: int, loss: float) -> None:
         """After every optimizer step: record, tell the pages, update the bar, honour a cancel."""
         now = time.perf_counter()
+        self._round = None  # the no-adapter images (rendered before the first step) are done
         if self._last_step is not None:
             self._step_times.append(now - self._last_step)
         self._last_step = now
         self.steps_done, self.total = step, total
-        seconds = self._step_seconds()
-        eta = None if seconds is None else seconds * (total - step) + self._validation_estimate()
+        eta = self._eta(step)
         with _LOCK:
             run = RUNS.get((self.prompt_id, self.node_id))
             if run is not None:
@@ -206,10 +270,72 @@ class RunReporter:
         self._update_bar(step, total)
         if self.cancel_requested:
             raise TrainingCancelled()
-        if step >= total and self.validation_calls:
+        if step >= total and self.previews is None:  # with previews, validation starts after the last round
+            self._start_validation()
+
+    def _start_validation(self) -> None:
+        if self.validation_calls:
             self._last_call = time.perf_counter()
-            self._phase("validating", 0, self.validation_calls, self._validation_estimate() if seconds else None)
+            estimate = self._validation_estimate() if self._step_seconds() is not None else None
+            self._phase("validating", 0, self.validation_calls, estimate)
             self._update_bar(0, self.validation_calls)
+
+    def preview_progress(self, done: int, total: int) -> None:
+        """After every sampling step of a preview render: the bar counts the round's sampling steps (all its
+        renders); the ETA adds the rest of the round; a cancel stops the round at once."""
+        now = time.perf_counter()
+        p = self.previews
+        if self._round is None:
+            baseline = self._last_step is None  # before the first step: the no-adapter images
+            renders = (p.baseline_renders if baseline else p.round_renders) if p is not None else 1
+            steps = p.sampling_steps if p is not None else total
+            # a round starts when its step ends; the no-adapter images, at their first sampling step
+            start = now if baseline else self._last_step
+            self._round = {"step": self.steps_done, "done": 0, "total": max(1, renders) * steps, "start": start,
+                           "last": start, "baseline": baseline}
+        r = self._round
+        if now > r["last"] and (r["done"] or not r["baseline"]):
+            self._sample_times.append(now - r["last"])
+        r["last"] = now
+        r["done"] = min(r["done"] + 1, r["total"])
+        per_step = statistics.median(self._sample_times) if self._sample_times else None
+        eta = None
+        rest = self._eta(self.steps_done) if not r["baseline"] else None
+        if rest is not None and per_step is not None:
+            # the rest of this round, then everything after it (this round is no longer "to come")
+            eta = (r["total"] - r["done"]) * per_step + max(0.0, rest - self._round_estimate())
+        self._phase("previewing", r["done"], r["total"], eta, step=r["step"])
+        self._update_bar(r["done"], r["total"])
+        if self.cancel_requested:
+            raise TrainingCancelled()  # the run stops now and the node returns the adapter of the steps done
+
+    def preview_done(self, entry: dict[str, Any], grid: Any = None) -> None:
+        """After every preview round: record its grid for the runs route and tell the pages where it is."""
+        now = time.perf_counter()
+        if self._round is not None and not self._round["baseline"]:
+            self._round_times.append(now - self._round["start"])
+        self._round = None
+        step = int(entry["step"])
+        self._last_round_step = step
+        self._last_step = now  # the next step's time does not include the round
+        folder, _, filename = str(entry["grid"]).replace("\\", "/").rpartition("/")
+        item: dict[str, Any] = {"step": step, "filename": filename,
+                                "subfolder": "/".join(x for x in (self.subfolder, folder) if x), "type": "output"}
+        for key in ("score", "grade", "best_step", "random_weights"):
+            if entry.get(key) is not None:
+                item[key] = entry[key]
+        with _LOCK:
+            run = RUNS.get((self.prompt_id, self.node_id))
+            if run is not None:
+                run["previews"] = [p for p in run["previews"] if p["step"] != step] + [item]
+        _send(PREVIEW_EVENT, {**self._ids(), **item})
+        if step >= self.total:
+            self._start_validation()
+        else:
+            self._phase("training", step, self.total, self._eta(step))
+            self._update_bar(step, self.total)
+        if self.cancel_requested:
+            raise TrainingCancelled()
 
     def validating(self, done: int, total: int) -> None:
         """After every validation UNet call: the bar counts calls; the ETA comes from the measured ones."""

@@ -1,9 +1,13 @@
 """What the Train node does, apart from its schema: turn graph inputs into the core's samples and
 config, run `ipadapter_train.trainer.train` on the ComfyUI back end, and shape the outputs.
 
-On cancel the trainer stops at the next step and this returns the adapter trained so far (the run's
-report says `cancelled`). Each run keeps its files (adapter, report.json, loss.png, checkpoints) in
-`output/ipadapter_train/<run>`: ComfyUI's output directory survives a restart, its temp directory does not.
+On cancel the trainer stops at the next step (or the next sampling step of a preview round) and this returns
+the adapter trained so far (the run's report says `cancelled`). Each run keeps its files (adapter, report.json,
+loss.png, checkpoints, previews/, scores.json, previews.html) in `output/ipadapter_train/<run>`: ComfyUI's output
+directory survives a restart, its temp directory does not.
+
+Previews (the core's `previews.py`) render on the graph's own MODEL, CLIP and VAE through `ComfyBackend`; the
+scorer is the Score node's cached CLIP model, so a run loads no second copy of anything.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image, ImageDraw
 
 import comfy.model_management
 import folder_paths
@@ -24,11 +29,12 @@ from ..ipadapter_train.batches import total_steps
 from ..ipadapter_train.config import TrainConfig
 from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.previews import PreviewSource, plan_previews
 from ..ipadapter_train.trainer import TrainResult, train
 from ..ipadapter_train.validation import validation_calls
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
-from .images import tensor_to_pils
-from .runs import RunReporter
+from .images import pils_to_tensor, tensor_to_pils
+from .runs import PreviewSchedule, RunReporter
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +46,8 @@ VALIDATION_MODES: dict[str, dict[str, Any]] = {
     "quick": {"validation": True, "validation_max_images": 4, "validation_timesteps": (300, 700)},
     "full": {"validation": True},
 }
+NO_SCORER = "none"  # the scorer combo's first entry: previews are not scored
+PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1  # the node's preview_every: 0 = auto (a round after each quarter), -1 = off
 
 
 def split_captions(captions: str, count: int) -> list[str]:
@@ -73,6 +81,46 @@ def validation_settings(mode: str) -> dict[str, Any]:
     return dict(VALIDATION_MODES[mode])
 
 
+def preview_every_setting(preview_every: int) -> int | str:
+    """The node's preview_every (-1 off, 0 auto, N steps) -> the core's (0 off, "auto", N)."""
+    every = int(preview_every)
+    if every < PREVIEWS_OFF:
+        raise IPAdapterError(f"preview_every {every} is not usable: give -1 (off), 0 (auto) or a number of steps.")
+    return 0 if every == PREVIEWS_OFF else "auto" if every == PREVIEWS_AUTO else every
+
+
+def split_prompts(text: str | None) -> list[str] | None:
+    """Preview prompts, one per non-empty line; None when there is none (the references' captions are used)."""
+    lines = [line.strip() for line in (text or "").replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return [line for line in lines if line] or None
+
+
+def preview_source(images: torch.Tensor | None, prompts: str | None, scorer: Any = None) -> PreviewSource:
+    """The node's preview inputs -> the core's PreviewSource (None fields: the run chooses, see `plan_previews`).
+
+    Preview images are named preview_0000.png ... in the run's records; they have no captions, so without
+    preview prompts they are previewed image only.
+    """
+    samples = None
+    if images is not None:
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise IPAdapterError("preview_images is empty: connect an IMAGE batch of one or more pictures, or "
+                                 "leave it unconnected to preview held-out training images.")
+        samples = [Sample(path=Path(f"preview_{i:04d}.png"), image=p, caption="")
+                   for i, p in enumerate(tensor_to_pils(images))]
+    return PreviewSource(images=samples, prompts=split_prompts(prompts), scorer=scorer)
+
+
+def check_preview_settings(preview_every: int, scorer_name: str, keep_best: bool) -> None:
+    """Refuse keep_best without scored previews, in one sentence naming the node's inputs, before any work."""
+    if keep_best and int(preview_every) == PREVIEWS_OFF:
+        raise IPAdapterError("keep_best picks the best-scored preview round, but preview_every is -1 (off): set "
+                             "it to 0 (auto) or a number of steps.")
+    if keep_best and scorer_name == NO_SCORER:
+        raise IPAdapterError("keep_best needs scored previews: pick a CLIP model in scorer (models/clip_scorers "
+                             "or models/clip).")
+
+
 def make_run_dir(node_id: str) -> Path:
     """Create a fresh run folder `output/ipadapter_train/run-<date>-<time>-node<id>` and return it.
 
@@ -95,7 +143,8 @@ def make_run_dir(node_id: str) -> Path:
 
 def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: list[Sample], config: TrainConfig,
                    node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None,
-                   workflow_id: str | None = None, client_id: str | None = None) -> tuple[IPAdapter, TrainResult]:
+                   workflow_id: str | None = None, client_id: str | None = None,
+                   previews: PreviewSource | None = None) -> tuple[IPAdapter, TrainResult]:
     """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result.
 
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
@@ -108,18 +157,28 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     # buckets the step count depends on it. The trainer resolves and counts the same way.
     config = config.for_family(backend.family)
     config.validate()
-    steps = total_steps(config, [s.image.size for s in samples], 1)
+    # The images it trains on: with previews on and no preview images, 1 or 2 are held out (5+ images). The
+    # trainer plans the same way (plan_previews is a function of the images, the settings and the seed).
+    trained, planned = plan_previews(samples, previews, config)
+    steps = total_steps(config, [s.image.size for s in trained], 1)
     run_dir = make_run_dir(node_id)
     out = run_dir / "adapter.safetensors"
-    reporter = RunReporter(node_id, prompt_id, steps, len(samples), validation_calls(len(samples), config),
-                           config.batch_size, workflow_id, client_id)
+    schedule = None
+    if planned is not None:
+        renders = [w for w in config.preview_weights if w != 0]
+        schedule = PreviewSchedule(config.preview_interval(steps), config.preview_steps, len(renders),
+                                   1 if len(renders) < len(config.preview_weights) else 0)
+    subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
+    reporter = RunReporter(node_id, prompt_id, steps, len(trained), validation_calls(len(trained), config),
+                           config.batch_size, workflow_id, client_id, schedule, subfolder)
     cancelled, failed = False, True
     try:
         with torch.inference_mode(False):
             result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
                            callbacks=[reporter.step], encode_progress=reporter.encoding,
-                           validation_progress=reporter.validating,
-                           metadata={"dataset_images": len(samples), "trained_with": "ComfyUI node pack"})
+                           validation_progress=reporter.validating, previews=previews,
+                           preview_progress=reporter.preview_progress, on_preview=reporter.preview_done,
+                           metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack"})
         cancelled, failed = result.cancelled, False
     except comfy.model_management.InterruptProcessingException:
         cancelled, failed = True, False  # cancelled before the first step: the prompt stops, nothing was trained
@@ -138,6 +197,59 @@ def _remove_if_empty(run_dir: Path) -> None:
         run_dir.rmdir()
     except OSError:  # not empty (the run's files, or a checkpoint of a failed run): keep what is there
         pass
+
+
+def preview_grids(result: TrainResult) -> torch.Tensor:
+    """The run's preview grids, oldest first, as an IMAGE batch; one small picture that says why when there are
+    none (previews off, or the run stopped before its first round)."""
+    previews = result.report.get("previews")
+    if not previews:
+        return pils_to_tensor([notice_image("Previews were off (preview_every -1): no grids.")])
+    pictures = []
+    for grid in previews.get("grids") or []:
+        with Image.open(result.run_dir / grid) as image:
+            pictures.append(image.convert("RGB"))
+    if not pictures:
+        return pils_to_tensor([notice_image(f"No preview round ran: the run stopped after {result.steps_done} "
+                                            "step(s).")])
+    width, height = max(p.width for p in pictures), max(p.height for p in pictures)
+    if any(p.size != (width, height) for p in pictures):  # one batch needs one size: pad on white
+        padded = []
+        for p in pictures:
+            canvas = Image.new("RGB", (width, height), "white")
+            canvas.paste(p, (0, 0))
+            padded.append(canvas)
+        pictures = padded
+    return pils_to_tensor(pictures)
+
+
+def notice_image(text: str, width: int = 384, height: int = 64) -> Image.Image:
+    """A small white picture with one line of text (what an IMAGE output shows when it has nothing else)."""
+    image = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(image).text((10, height // 2 - 6), text, fill=(40, 40, 40))
+    return image
+
+
+def preview_lines(rep: dict[str, Any]) -> list[str]:
+    """The summary's lines about previews: the grids, held-out images, the best round and what was kept."""
+    previews = rep.get("previews")
+    if not previews:
+        return ["Previews off."]
+    grids = previews.get("grids") or []
+    lines = [f"Previews: {len(grids)} grid(s) in previews/ (previews.html shows them over the steps)."]
+    if previews.get("held_out"):
+        lines.append(f"Held out of training for the previews: {', '.join(previews['held_out'])}.")
+    elif previews.get("references"):
+        lines.append(f"Preview references: {', '.join(previews['references'])}.")
+    if previews.get("best_step") is not None:
+        label = " (random-weight figures)" if previews.get("random_weights") else ""
+        lines.append(f"Best preview: step {previews['best_step']}, {previews['best_score']:.1f}%{label}.")
+    if rep.get("kept"):
+        lines.append(f"Kept the best step's adapter: {rep['kept']['why']} The last step's is "
+                     f"{Path(rep['kept']['last_adapter']).name}.")
+    if rep.get("stopped_early"):
+        lines.append(f"Training {rep['stopped_early']}.")
+    return lines
 
 
 def report_text(result: TrainResult) -> str:
@@ -159,5 +271,6 @@ def report_text(result: TrainResult) -> str:
         lines.append("Validation off: no conditioning gain.")
     elif not result.cancelled:
         lines.append("Validation cancelled: no conditioning gain (the adapter is complete).")
+    lines.extend(preview_lines(rep))
     lines.append(f"Run folder (adapter, report.json, loss.png): {result.run_dir}")
     return "\n".join(lines) + "\n\n" + json.dumps(rep, indent=2, default=str)
