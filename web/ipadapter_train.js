@@ -10,21 +10,28 @@
 // reloads, so a reloaded page finds its runs again. A page reloaded mid-run asks
 // `GET /ipadapter_train/runs` (through api.fetchApi, so no host is hard-coded) for what it missed, on
 // setup and again on every websocket reconnect.
-// The chart is an extra: the node also returns the loss curve as an IMAGE and a text report.
+// Under the chart, the run's latest preview grid (`ipadapter_train.preview` after every preview round, and the
+// runs route's `previews` list after a reload), loaded through ComfyUI's /view; same runs, same filters.
+// The chart and the grid are extras: the node also returns the loss curve and the grids as IMAGEs and a text
+// report.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { drawChart, runState, statusText } from "./loss_chart.js";
+import { addPreview, makePreviewView, PREVIEW_HEIGHT, previewEntry, viewRoute } from "./preview_grid.js";
 
 const NODE_CLASS = "IPAdapterTrain_Train";
 const EVT_PHASE = "ipadapter_train.phase";
 const EVT_PROGRESS = "ipadapter_train.progress";
 const EVT_DONE = "ipadapter_train.done";
+const EVT_PREVIEW = "ipadapter_train.preview";
 const RUNS_ROUTE = "/ipadapter_train/runs";
 const WIDGET_NAME = "loss_chart";
+const PREVIEW_WIDGET_NAME = "preview_grid";
 const CHART_HEIGHT = 150;
 
 /** "<prompt id>|<node execution id>" -> {node, promptId, workflowId, clientId, started, phase, phaseDone, phaseTotal,
- * step, total, losses: (number|undefined)[] by step-1, eta, done, cancelled, failed, stopped} */
+ * step, total, losses: (number|undefined)[] by step-1, eta, done, cancelled, failed, stopped,
+ * previews: [{step, filename, subfolder, type, score?, grade?, bestStep?, randomWeights?}] in step order} */
 const runs = new Map();
 /** the chart controllers of the Train nodes this page created */
 const charts = new Set();
@@ -40,6 +47,7 @@ function runFor(d) {
         run = {
             node, promptId, workflowId: null, clientId: null, started: 0, phase: "encoding", phaseDone: 0, phaseTotal: 0,
             step: 0, total: 0, losses: [], eta: null, done: false, cancelled: false, failed: false, stopped: "",
+            previews: [], previewStep: null,
         };
         runs.set(key, run);
     }
@@ -60,7 +68,15 @@ function onPhase(event) {
     run.phaseDone = Number(d.done) || 0;
     run.phaseTotal = Number(d.total) || 0;
     if (run.phase === "training" && run.phaseTotal) run.total = run.phaseTotal;
+    run.previewStep = run.phase === "previewing" ? Number(d.step) || 0 : null;
     run.eta = eta(d.eta_seconds);
+    redraw();
+}
+
+function onPreview(event) {
+    const d = event.detail || {};
+    if (d.node == null) return;
+    addPreview(runFor(d), previewEntry(d));
     redraw();
 }
 
@@ -122,6 +138,7 @@ function mergeServerRuns(serverRuns) {
         const run = runFor(r);
         listed.add(`${run.promptId}|${run.node}`);
         if (r.total) run.total = Number(r.total);
+        for (const p of Array.isArray(r.previews) ? r.previews : []) addPreview(run, previewEntry(p));
         const losses = Array.isArray(r.losses) ? r.losses : [];
         const step = Number(r.step) || losses.length;
         const offset = step - losses.length;
@@ -235,10 +252,14 @@ function addChart(node) {
     status.style.cssText =
         "flex:0 0 auto;font:11px sans-serif;color:var(--input-text,#ddd);white-space:nowrap;overflow:hidden;text-overflow:ellipsis;";
     root.append(canvas, status);
+    // the latest preview grid, in its own widget under the chart
+    const preview = makePreviewView((entry) => api.apiURL(viewRoute(entry)));
 
     const chart = {
         draw() {
             const run = runOf(node);
+            preview.root.dataset.nodeId = run?.node ?? String(node.id);
+            preview.update(run);
             const text = statusText(run);
             if (status.textContent !== text) status.textContent = text;
             root.dataset.nodeId = run?.node ?? String(node.id);
@@ -267,6 +288,14 @@ function addChart(node) {
     });
     widget.serialize = false;
     new ResizeObserver(() => chart.draw()).observe(canvas);
+    const previewWidget = node.addDOMWidget(PREVIEW_WIDGET_NAME, "ipadapter_train_preview", preview.root, {
+        serialize: false,
+        hideOnZoom: false,
+        getMinHeight: () => PREVIEW_HEIGHT,
+        getValue: () => "",
+        setValue: () => {},
+    });
+    previewWidget.serialize = false;
     const size = node.computeSize();
     node.setSize([Math.max(node.size[0], 320, size[0]), Math.max(node.size[1], size[1])]);
     requestAnimationFrame(() => chart.draw());
@@ -281,6 +310,7 @@ app.registerExtension({
         api.addEventListener(EVT_PHASE, onPhase);
         api.addEventListener(EVT_PROGRESS, onProgress);
         api.addEventListener(EVT_DONE, onDone);
+        api.addEventListener(EVT_PREVIEW, onPreview);
         api.addEventListener("execution_error", (e) => onPromptEnded(e, "error"));
         api.addEventListener("execution_interrupted", (e) => onPromptEnded(e, "interrupted"));
         api.addEventListener("reconnected", fetchRuns);

@@ -1,7 +1,7 @@
 // Drawing for the "Train IP-Adapter" loss chart: the status line and the canvas chart (raw loss and a
 // debiased moving average over an x axis of the run's steps, and the phase: encoding, training,
-// validating). Pure functions of a run record {phase, phaseDone, phaseTotal, step, total, losses, eta,
-// done, cancelled, failed, stopped}; imported by ipadapter_train.js. ComfyUI also loads this file as an
+// previewing, validating). Pure functions of a run record {phase, phaseDone, phaseTotal, previewStep, step, total,
+// losses, eta, done, cancelled, failed, stopped}; imported by ipadapter_train.js. ComfyUI also loads this file as an
 // extension module, which is harmless: it registers nothing.
 
 const SMOOTHING = 0.9; // exponential moving average weight, debiased (as TensorBoard's smoothing)
@@ -26,6 +26,10 @@ export function phaseText(run) {
     const count = `${run.phaseDone ?? 0}/${run.phaseTotal || "?"}`;
     if (run.phase === "encoding") return `encoding images ${count}`;
     if (run.phase === "validating") return `validating ${count} (conditioning gain)`;
+    if (run.phase === "previewing") {
+        const step = run.previewStep ?? run.step;
+        return `previewing ${count} (${step ? `after step ${step}` : "no-adapter images"})`;
+    }
     return "";
 }
 
@@ -40,8 +44,9 @@ export function statusText(run) {
     // No ETA until the node has measured a step on its own (it sends null until then).
     const eta = run.eta == null ? "ETA after the first steps" : `ETA ${formatDuration(run.eta)}`;
     if (run.phase === "encoding") return `${phaseText(run)}…`;
+    if (run.phase === "previewing" && !run.step) return `${phaseText(run)}…`;
     if (!run.step) return `${steps}, preparing the first step…`;
-    if (run.phase === "validating") return `${steps}${loss}, ${phaseText(run)}, ${eta}`;
+    if (run.phase === "validating" || run.phase === "previewing") return `${steps}${loss}, ${phaseText(run)}, ${eta}`;
     return `${steps}${loss}, ${eta}`;
 }
 
