@@ -147,11 +147,12 @@ class RunReporter:
 
     def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
                  batch_size: int = 1, workflow_id: str | None = None, client_id: str | None = None,
-                 previews: PreviewSchedule | None = None, subfolder: str = "") -> None:
+                 previews: PreviewSchedule | None = None, subfolder: str = "", random_scores: bool = False) -> None:
         self.node_id, self.prompt_id, self.workflow_id, self.client_id = node_id, prompt_id, workflow_id, client_id
         self.total, self.images, self.validation_calls = total, images, validation_calls
         self.batch_size = max(1, batch_size)
         self.previews, self.subfolder = previews, subfolder.strip("/")
+        self.random_scores = random_scores  # the scorer has random weights: its figures say so
         self.cancel_requested = False
         self.steps_done = 0
         self._step_times: deque[float] = deque(maxlen=ETA_WINDOW)
@@ -321,9 +322,11 @@ class RunReporter:
         folder, _, filename = str(entry["grid"]).replace("\\", "/").rpartition("/")
         item: dict[str, Any] = {"step": step, "filename": filename,
                                 "subfolder": "/".join(x for x in (self.subfolder, folder) if x), "type": "output"}
-        for key in ("score", "grade", "best_step", "random_weights"):
+        for key in ("score", "grade", "best_step"):
             if entry.get(key) is not None:
                 item[key] = entry[key]
+        if "score" in item and (self.random_scores or entry.get("random_weights")):
+            item["random_weights"] = True
         with _LOCK:
             run = RUNS.get((self.prompt_id, self.node_id))
             if run is not None:

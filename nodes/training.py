@@ -170,7 +170,8 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
                                    1 if len(renders) < len(config.preview_weights) else 0)
     subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
     reporter = RunReporter(node_id, prompt_id, steps, len(trained), validation_calls(len(trained), config),
-                           config.batch_size, workflow_id, client_id, schedule, subfolder)
+                           config.batch_size, workflow_id, client_id, schedule, subfolder,
+                           bool(getattr(previews and previews.scorer, "random_weights", False)))
     cancelled, failed = False, True
     try:
         with torch.inference_mode(False):

@@ -68,7 +68,7 @@ def train(graph, dataset, **widgets):
 def test_train_node_trains_an_sdxl_adapter_in_its_bucket_that_apply_and_ksampler_use(graph, wide_images):
     import nodes as comfy_nodes  # ComfyUI's nodes.py
 
-    adapter, plot, report = train(graph, wide_images)
+    adapter, plot, report, previews = train(graph, wide_images)  # previews at the node's default: auto
     layers = pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
     assert adapter.spec.family.name == "sdxl" and adapter.spec.cross_dim == 2048
     assert [n for n, _ in adapter.spec.layers] == [layer.index for layer in layers]
@@ -79,6 +79,11 @@ def test_train_node_trains_an_sdxl_adapter_in_its_bucket_that_apply_and_ksampler
     assert rep["steps"] == rep["total_steps"] == 2 and all(map(torch.isfinite, torch.tensor(rep["losses"])))
     assert rep["conditioning_gain"]["gain"] is not None  # validation ran with the pooled text and time_ids
     assert plot.shape[0] == 1
+    # previews on the SDXL graph's own models (pooled text and time_ids at the preview size, its VAE decodes):
+    # auto = a round after each quarter, so after both steps of 2; 3 images: none held out
+    assert rep["previews"]["grids"] == ["previews/step_0001.png", "previews/step_0002.png"]
+    assert rep["previews"]["held_out"] == [] and rep["previews"]["size"] == 128
+    assert previews.shape[0] == 2 and previews.shape[-1] == 3
 
     apply = pack("nodes.node_apply").ApplyIPAdapter
     with torch.inference_mode():

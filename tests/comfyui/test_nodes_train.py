@@ -2,7 +2,10 @@
 adapter that Apply uses directly (then KSampler / KSamplerAdvanced sample with it), reports its phases
 (encoding, training, validating) and progress through ComfyUI's bar and the CONTRACT events, keeps its run
 folder under ComfyUI's output directory, and on cancel returns the partial adapter without letting
-ComfyUI's interrupt escape."""
+ComfyUI's interrupt escape.
+
+These runs turn previews off (preview_every -1), so the phases, the bar and the ETA they check are those of
+training alone; test_nodes_previews.py runs the node with previews on."""
 from __future__ import annotations
 
 import json
@@ -69,8 +72,9 @@ def server(monkeypatch):
 
 
 def train(graph, dataset, steps=STEPS, variant="base", init_adapter=None, node="7", prompt="p-1",
-          validation="quick", workflow="wf-1"):
-    """Run the node as ComfyUI's executor does: a class clone with the hidden inputs, in the node's context."""
+          validation="quick", workflow="wf-1", preview_every=-1, **previews):
+    """Run the node as ComfyUI's executor does: a class clone with the hidden inputs, in the node's context.
+    Previews are off unless asked for (`preview_every`, and preview_images, preview_prompts, scorer, keep_best)."""
     node_cls = pack("nodes.node_train").TrainIPAdapter
     hidden = {io.Hidden.unique_id: node, io.Hidden.extra_pnginfo: {"workflow": {"id": workflow, "nodes": []}}}
     images, captions = dataset
@@ -78,7 +82,8 @@ def train(graph, dataset, steps=STEPS, variant="base", init_adapter=None, node="
         return node_cls.PREPARE_CLASS_CLONE(hidden).execute(
             model=graph["model"], clip=graph["clip"], vae=graph["vae"], clip_vision=graph["clip_vision"],
             images=images, captions=captions, variant=variant, steps=steps, learning_rate=1e-4, batch_size=1,
-            resolution=64, seed=42, checkpoint_every=0, validation=validation, init_adapter=init_adapter).args
+            resolution=64, seed=42, checkpoint_every=0, validation=validation, init_adapter=init_adapter,
+            preview_every=preview_every, **previews).args
 
 
 @pytest.fixture
@@ -113,8 +118,8 @@ def trained(graph, dataset, tmp_path_factory):
     return SimpleNamespace(outputs=outputs, server=fake, bar=seen, runs=listed, output=output)
 
 
-def test_train_returns_an_adapter_a_loss_plot_and_a_report(trained, graph):
-    adapter, plot, report = trained.outputs
+def test_train_returns_an_adapter_a_loss_plot_a_report_and_the_previews_notice(trained, graph):
+    adapter, plot, report, previews = trained.outputs
     layers = pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
     assert [n for n, _ in adapter.spec.layers] == [layer.index for layer in layers]
     assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in adapter.parameters())
@@ -123,6 +128,9 @@ def test_train_returns_an_adapter_a_loss_plot_and_a_report(trained, graph):
     assert plot.shape[0] == 1 and plot.shape[-1] == 3 and plot.dtype == torch.float32
     assert report.startswith(f"Trained: {STEPS} of {STEPS} steps.")
     assert '"conditioning_gain"' in report
+    assert "Previews off." in report.split("\n\n")[0]
+    # previews off: one small picture that says so, as an IMAGE
+    assert previews.ndim == 4 and previews.shape[0] == 1 and previews.shape[-1] == 3 and previews.shape[1] <= 128
 
 
 def test_the_trained_adapter_is_used_by_apply_and_ksampler_without_saving(trained, graph, dataset):
@@ -194,7 +202,7 @@ def test_phases_progress_events_runs_state_and_the_run_folder(trained):
                    "started": started, "phase": "done",
                    "phase_done": calls, "phase_total": calls, "step": STEPS, "total": STEPS,
                    "losses": [p["loss"] for p in progress], "eta_seconds": 0.0, "validation_calls": calls,
-                   "done": True, "cancelled": False, "failed": False}
+                   "previews": [], "done": True, "cancelled": False, "failed": False}
 
     # the run folder is kept under ComfyUI's output directory, and the report says where
     folders = list((output_dir / "ipadapter_train").iterdir())
@@ -213,7 +221,7 @@ def first_two(dataset):
 
 
 def test_validation_off_skips_the_phase_and_the_gain(graph, dataset, server, bar):
-    _, _, report = train(graph, first_two(dataset), steps=2, node="43", validation="off")
+    _, _, report, _ = train(graph, first_two(dataset), steps=2, node="43", validation="off")
     sent = events(server, "ipadapter_train.phase", "ipadapter_train.progress")
     assert [d["phase"] for kind, d in sent if kind == "phase"] == ["encoding"] * 3 + ["training"]
     assert [d["eta_seconds"] for kind, d in sent if kind == "progress"] == [None, 0.0]  # nothing left to wait for
@@ -269,7 +277,7 @@ def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph
     old = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        adapter, plot, report = train(graph, dataset, steps=steps, node="9")
+        adapter, plot, report, _ = train(graph, dataset, steps=steps, node="9")
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
     assert report.startswith(f"Cancelled: 2 of {steps} steps.")
@@ -291,7 +299,7 @@ def test_cancel_during_validation_keeps_the_whole_adapter_without_a_gain(graph, 
     old = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(hook)
     try:
-        adapter, _, report = train(graph, first_two(dataset), steps=2, node="11")
+        adapter, _, report, _ = train(graph, first_two(dataset), steps=2, node="11")
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
     summary, full = report.split("\n\n", 1)
@@ -335,7 +343,7 @@ def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset
 
     runs.RunReporter.step = step
     try:
-        adapter, _, report = train(graph, dataset, steps=6, node="10")
+        adapter, _, report, _ = train(graph, dataset, steps=6, node="10")
     finally:
         runs.RunReporter.step = original
     assert report.startswith("Cancelled: 1 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "1"
@@ -343,7 +351,7 @@ def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset
 
 def test_fine_tuning_an_init_adapter(trained, graph, dataset):
     init = trained.outputs[0]
-    adapter, _, _ = train(graph, dataset, steps=1, init_adapter=init)
+    adapter, _, _, _ = train(graph, dataset, steps=1, init_adapter=init)
     key = "ip_adapter.1.to_k_ip.weight"
     before, after = init.state_dict()[key], adapter.state_dict()[key]
     assert not torch.equal(before, after) and (before - after).abs().max() < 1e-2  # one small step from init

@@ -1,0 +1,296 @@
+"""Previews of the Train node in-process (CPU, tiny random-weight SD1.5 at 64 px, 8 sampling steps):
+
+- `ComfyBackend.decode_latents` (the graph's own VAE) decodes as the diffusers back end does, and an
+  encode -> decode round trip through it is the diffusers back end's round trip;
+- the node's `previews` output is every grid of the run, the grids are the files the preview events name
+  (under ComfyUI's output directory, for `/view`), and the runs route lists them;
+- the progress bar and the phase events count a round's sampling steps ("previewing"), the ETA includes the
+  rounds still to come, and a cancel during a round stops it at the next sampling step;
+- with 5 images one is held out: it never reaches training (the encoded set) and the report names it;
+- a CLIP scorer scores every round, keep_best returns and saves the best-scored step's adapter, the figures
+  of a random-weight scorer say so; keep_best without a scorer or with previews off is refused before any work.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_nodes_support import comfy_models, comfy_or_skip, diffusers_sd15, pack
+from test_nodes_train import FakeServer, SAMPLES, events, train
+
+comfy_or_skip()
+
+import comfy.model_management  # noqa: E402
+import comfy.utils  # noqa: E402
+import folder_paths  # noqa: E402
+
+PREVIEW_STEPS = 8  # the core's default sampling steps per preview image
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return comfy_models()
+
+
+def photos(count: int) -> tuple[torch.Tensor, str]:
+    """The first `count` sample photos at 64 px as an IMAGE batch, and their captions."""
+    data, image_ops = pack("ipadapter_train.data"), pack("ipadapter_train.image_ops")
+    samples, _ = data.load_image_folder(SAMPLES)
+    assert len(samples) >= count
+    pictures = [image_ops.center_crop(image_ops.resize_short_side(s.image, 64), 64) for s in samples[:count]]
+    return pack("nodes.images").pils_to_tensor(pictures), "\n".join(s.caption for s in samples[:count])
+
+
+@pytest.fixture(autouse=True)
+def output_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
+    return tmp_path / "output"
+
+
+@pytest.fixture
+def server(monkeypatch):
+    runs = pack("nodes.runs")
+    fake = FakeServer()
+    monkeypatch.setattr(runs, "PromptServer", type("PromptServer", (), {"instance": fake}))
+    return fake
+
+
+@pytest.fixture
+def bar():
+    seen = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(
+        lambda value, total, preview, prompt_id=None, node_id=None: seen.append((value, total)))
+    yield seen
+    comfy.utils.set_progress_bar_global_hook(old)
+
+
+def test_decode_latents_decodes_as_the_diffusers_backend_and_round_trips_as_it_does(graph):
+    ours_backend = pack("nodes.comfy_backend")
+    theirs = pack("ipadapter_train.diffusers_backend").DiffusersBackend(diffusers_sd15())
+    with torch.inference_mode(False):
+        ours = ours_backend.ComfyBackend(graph["model"], graph["clip"], graph["vae"])
+        pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
+        latents = ours.encode_latents(pixels)[0]
+        decoded = ours.decode_latents(latents)
+        assert decoded.shape == (2, 3, 64, 64) and decoded.dtype == torch.float32 and decoded.device.type == "cpu"
+        assert decoded.min() >= -1 and decoded.max() <= 1
+        # ComfyUI's VAE clamps to [0, 1]; diffusers' does not: compare in the range both give
+        torch.testing.assert_close(decoded, theirs.decode_latents(latents).clamp(-1, 1), atol=2e-3, rtol=1e-3)
+        torch.testing.assert_close(decoded, theirs.decode_latents(theirs.encode_latents(pixels)[0]).clamp(-1, 1),
+                                   atol=2e-3, rtol=1e-3)
+
+
+def grid_files(output: Path) -> list[Path]:
+    return sorted(output.glob("ipadapter_train/*/previews/step_*.png"))
+
+
+def test_previews_output_events_bar_and_runs_route(graph, server, bar, output_dir):
+    runs = pack("nodes.runs")
+    adapter, _, report, previews = train(graph, photos(3), steps=4, node="21", prompt="p-prev", validation="off",
+                                         preview_every=2, preview_prompts="a cat\n\na dog\n")
+    summary, full = report.split("\n\n", 1)
+    rep = json.loads(full)["previews"]
+    # 3 images: none held out, the first training image is the reference; 2 prompts (the empty line is skipped)
+    assert rep["held_out"] == [] and rep["references"] == ["image_0000.png"]
+    assert rep["prompts"] == ["a cat", "a dog"] and rep["sampling_steps"] == PREVIEW_STEPS and rep["size"] == 64
+    assert rep["grids"] == ["previews/step_0002.png", "previews/step_0004.png"]
+    assert "Previews: 2 grid(s)" in summary and "Preview references: image_0000.png." in summary
+
+    # the output is every grid, oldest first, pixel for pixel the files the events name
+    sent = [d for e, d, _ in server.sent if e == "ipadapter_train.preview"]
+    assert [d["step"] for d in sent] == [2, 4]
+    run_dir = Path(report.split("\n\n")[0].rsplit(": ", 1)[1])
+    for d in sent:
+        assert set(d) == {"node", "prompt_id", "workflow_id", "client_id", "started", "step", "filename",
+                          "subfolder", "type"}
+        assert (d["node"], d["prompt_id"], d["type"]) == ("21", "p-prev", "output")
+        assert d["subfolder"] == f"ipadapter_train/{run_dir.name}/previews"
+        assert d["filename"] == f"step_{d['step']:04d}.png"
+    files = [output_dir / d["subfolder"] / d["filename"] for d in sent]
+    assert files == grid_files(output_dir)
+    assert previews.shape[0] == 2 and previews.dtype == torch.float32
+    for i, path in enumerate(files):
+        with Image.open(path) as grid:
+            assert previews.shape[1:3] == (grid.height, grid.width)
+            expected = np.asarray(grid.convert("RGB"), dtype=np.float32) / 255.0
+        assert np.array_equal(previews[i].numpy(), expected)
+
+    # the runs route keeps the list for a reloaded page
+    listed = next(r for r in runs.snapshot()["runs"] if (r["prompt_id"], r["node"]) == ("p-prev", "21"))
+    assert listed["previews"] == [{k: d[k] for k in ("step", "filename", "subfolder", "type")} for d in sent]
+
+    # phases: the no-adapter images once (1 render), then a round (weights 0.5 and 1: 2 renders) after steps 2
+    # and 4, each counted in sampling steps on ComfyUI's bar
+    timeline = [(d["phase"], d.get("step"), d["done"], d["total"])
+                for kind, d in events(server, "ipadapter_train.phase") if d["phase"] != "encoding"]
+    round_ = 2 * PREVIEW_STEPS
+    assert timeline == ([("training", None, 0, 4)]
+                        + [("previewing", 0, i, PREVIEW_STEPS) for i in range(1, PREVIEW_STEPS + 1)]
+                        + [("previewing", 2, i, round_) for i in range(1, round_ + 1)] + [("training", None, 2, 4)]
+                        + [("previewing", 4, i, round_) for i in range(1, round_ + 1)])
+    assert [(v, t) for v, t in bar if t == round_] == [(i, round_) for i in range(1, round_ + 1)] * 2
+    # the ETA (its arithmetic: test_the_eta_counts_the_rounds_still_to_come): none before a step was measured on
+    # its own, then a figure through the rounds, and nothing left at the last sampling step of the last round
+    phases = [d for kind, d in events(server, "ipadapter_train.phase")]
+    progress = [d for kind, d in events(server, "ipadapter_train.progress")]
+    assert progress[0]["eta_seconds"] is None and all(d["eta_seconds"] > 0 for d in progress[1:3])
+    previewing = [d for d in phases if d["phase"] == "previewing"]
+    assert all(d["eta_seconds"] is None for d in previewing if d["step"] == 0)
+    assert all(d["eta_seconds"] is not None for d in previewing if d["step"] == 2)
+    assert previewing[-1]["eta_seconds"] == pytest.approx(0.0, abs=1e-9)
+    assert [d["eta_seconds"] > 0 for d in phases if d["phase"] == "training" and d["done"] == 2] == [True]
+    assert adapter.metadata["steps"] == "4"
+
+
+def test_the_eta_counts_the_rounds_still_to_come():
+    runs = pack("nodes.runs")
+    schedule = runs.PreviewSchedule(every=5, sampling_steps=8, round_renders=2, baseline_renders=1)
+    assert [schedule.rounds_between(done, 12) for done in (0, 4, 5, 9, 10, 11, 12)] == [3, 3, 2, 2, 1, 1, 0]
+    assert schedule.rounds_between(0, 10) == 2 and schedule.due(12, 12) and not schedule.due(11, 12)
+    reporter = runs.RunReporter("1", "p-eta", total=12, images=1, previews=schedule)
+    reporter._step_times.extend([1.0, 1.0])
+    reporter._round_times.append(10.0)
+    # after step 4: 8 steps and the rounds after 5, 10 and 12
+    assert reporter._eta(4) == pytest.approx(8 * 1.0 + 3 * 10.0)
+    # after step 5, its round not yet run: the same three rounds; once it ran, two
+    assert reporter._eta(5) == pytest.approx(7 * 1.0 + 3 * 10.0)
+    reporter._last_round_step = 5
+    assert reporter._eta(5) == pytest.approx(7 * 1.0 + 2 * 10.0)
+    # before a round was measured, a round is estimated from the measured sampling steps
+    fresh = runs.RunReporter("1", "p-eta2", total=12, images=1, previews=schedule)
+    fresh._step_times.append(1.0)
+    fresh._sample_times.extend([0.5, 0.5])
+    assert fresh._eta(10) == pytest.approx(2 * 1.0 + 2 * (0.5 * 2 * 8))
+
+
+def test_cancel_during_a_preview_round_stops_it_at_the_next_sampling_step(graph, server):
+    round_ = 2 * PREVIEW_STEPS
+    seen = []
+
+    def hook(value, total, preview, prompt_id=None, node_id=None):
+        seen.append((value, total))
+        if total == round_ and value == 3:  # the third sampling step of the round after step 2
+            comfy.model_management.interrupt_current_processing(True)  # the Cancel button
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        adapter, _, report, previews = train(graph, photos(3), steps=6, node="22", preview_every=2)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    assert report.startswith("Cancelled: 2 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "2"
+    assert not comfy.model_management.processing_interrupted()
+    assert seen[-1] == (3, round_)  # no sampling step after the cancel, no step 3, no validation
+    phases = [(d["phase"], d["done"]) for e, d, _ in server.sent if e == "ipadapter_train.phase"]
+    assert phases[-1] == ("previewing", 3) and "validating" not in [p for p, _ in phases]
+    assert [d for e, d, _ in server.sent if e == "ipadapter_train.preview"] == []  # the round never finished
+    assert [d["cancelled"] for e, d, _ in server.sent if e == "ipadapter_train.done"] == [True]
+    assert previews.shape[0] == 1  # no grid: one picture that says the run stopped first
+
+
+def test_a_held_out_image_never_reaches_training_and_the_report_names_it(graph, monkeypatch):
+    trainer = pack("ipadapter_train.trainer")
+    encoded = []
+    original = trainer.encode_dataset
+
+    def spy(samples, *args, **kwargs):
+        encoded.append([str(s.path) for s in samples])
+        return original(samples, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "encode_dataset", spy)
+    images, captions = photos(5)
+    _, _, report, previews = train(graph, (images, captions), steps=2, node="23", validation="off",
+                                   preview_every=0)  # auto
+    rep = json.loads(report.split("\n\n", 1)[1])
+    held = rep["previews"]["held_out"]
+    names = [f"image_{i:04d}.png" for i in range(5)]
+    assert len(held) == 1 and held[0] in names
+    assert encoded == [[n for n in names if n not in held]]  # the training set, encoded once, without it
+    assert rep["previews"]["references"] == held
+    assert f"Held out of training for the previews: {held[0]}." in report.split("\n\n")[0]
+    assert rep["previews"]["prompts"] == [captions.split("\n")[names.index(held[0])].strip()]  # its own caption
+    assert previews.shape[0] == len(rep["previews"]["grids"]) == 2  # auto over 2 steps: after steps 1 and 2
+
+
+def test_preview_images_replace_the_held_out_ones(graph, monkeypatch):
+    trainer = pack("ipadapter_train.trainer")
+    encoded = []
+    original = trainer.encode_dataset
+    monkeypatch.setattr(trainer, "encode_dataset",
+                        lambda samples, *a, **k: encoded.append(len(samples)) or original(samples, *a, **k))
+    images, captions = photos(5)
+    _, _, report, _ = train(graph, (images, captions), steps=1, node="24", validation="off", preview_every=1,
+                            preview_images=images[:2])
+    rep = json.loads(report.split("\n\n", 1)[1])["previews"]
+    assert encoded == [5] and rep["held_out"] == []  # all five train
+    assert rep["references"] == ["preview_0000.png", "preview_0001.png"] and rep["prompts"] == [""]  # image only
+
+
+@pytest.fixture
+def scorers(tmp_path, monkeypatch):
+    """A tiny random-weight full CLIP in a temporary models/clip_scorers."""
+    table = dict(folder_paths.folder_names_and_paths)
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", table)
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    folder = tmp_path / "clip_scorers"
+    folder.mkdir()
+    table["clip_scorers"] = ([str(folder)], {".safetensors"})
+    clip_model = pack("ipadapter_train.clip_model")
+    clip_model.save_clip(clip_model.build_clip("tiny"), folder / "tiny-clip.safetensors")
+    return folder
+
+
+def test_scored_previews_keep_the_best_step_with_the_score_nodes_cached_scorer(graph, server, scorers, monkeypatch):
+    scoring, node_score = pack("ipadapter_train.scoring"), pack("nodes.node_score")
+    loads = []
+    original = scoring.Scorer.load.__func__
+    monkeypatch.setattr(scoring.Scorer, "load", classmethod(lambda cls, path, *a, **k: loads.append(path) or
+                                                            original(cls, path, *a, **k)))
+    node_score._scorer.cache_clear()
+    node = pack("nodes.node_train").TrainIPAdapter
+    assert "tiny-clip.safetensors" in next(i for i in node.define_schema().inputs if i.id == "scorer").options
+
+    adapter, _, report, previews = train(graph, photos(3), steps=3, node="25", validation="off", preview_every=1,
+                                         scorer="tiny-clip.safetensors", keep_best=True)
+    summary, full = report.split("\n\n", 1)
+    rep = json.loads(full)
+    run_dir = Path(rep["adapter"]).parent
+    scores = json.loads((run_dir / "scores.json").read_text())
+    best = max(scores["rounds"], key=lambda r: r["score"])["step"]
+    assert rep["previews"]["best_step"] == best == rep["kept"]["step"] and scores["best_step"] == best
+    # the node returns, and the run folder keeps, the best step's adapter; the last one beside it
+    files = pack("ipadapter_train.fileformat")
+    saved, meta = files.load_adapter(run_dir / "adapter.safetensors")
+    assert meta["steps"] == str(best) == adapter.metadata["steps"] and meta["kept"] == "best"
+    for key, value in adapter.state_dict().items():
+        torch.testing.assert_close(value, saved[key].float())
+    assert (run_dir / "adapter-last.safetensors").is_file()
+    assert "Kept the best step's adapter" in summary and "random-weight figures" in summary
+    # the events carry the scores, labelled as random-weight figures
+    sent = [d for e, d, _ in server.sent if e == "ipadapter_train.preview"]
+    assert [d["step"] for d in sent] == [1, 2, 3] and previews.shape[0] == 3
+    assert all(isinstance(d["score"], float) and d["grade"] and d["random_weights"] is True for d in sent)
+    assert sent[-1]["best_step"] == best
+    # the Score node's cache: one load for both nodes
+    node_score._load(scorers / "tiny-clip.safetensors")
+    assert len(loads) == 1
+
+
+@pytest.mark.parametrize("settings,words", [
+    ({"keep_best": True}, "keep_best needs scored previews: pick a CLIP model in scorer"),
+    ({"keep_best": True, "scorer": "tiny-clip.safetensors", "preview_every": -1}, "preview_every is -1 (off)"),
+])
+def test_keep_best_without_scored_previews_is_refused_before_any_work(graph, output_dir, scorers, settings, words):
+    errors = pack("ipadapter_train.errors")
+    with pytest.raises(errors.IPAdapterError) as refused:
+        train(graph, photos(3), **{"preview_every": 0, **settings})
+    message = str(refused.value)
+    assert words in message and message.endswith(".") and message.count(". ") == 0, message
+    assert not (output_dir / "ipadapter_train").exists()  # no run started
