@@ -74,7 +74,7 @@ def need(*items: str, saved: str | None = None) -> str:
 # its type when it has none, so links to these nodes fall back to the index.
 CONTRACT_OUTPUTS = {
     "IPAdapterTrain_LoadTrainingImages": ["images", "captions", "report"],
-    "IPAdapterTrain_Train": ["adapter", "loss_plot", "report"],
+    "IPAdapterTrain_Train": ["adapter", "loss_plot", "report", "previews"],
     "IPAdapterTrain_Save": ["path"],
     "IPAdapterTrain_Load": ["adapter"],
     "IPAdapterTrain_Apply": ["model"],

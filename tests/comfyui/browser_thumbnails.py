@@ -37,6 +37,7 @@ DISPLAY_NAMES = {
     "IPAdapterTrain_Apply": "Apply IP-Adapter", "IPAdapterTrain_Score": "Score with CLIP",
 }
 IMAGE_NODES = {"PreviewImage", "SaveImage", "LoadImage"}
+PREVIEW_H = 184  # the Train node's preview grid widget (web/preview_grid.js PREVIEW_HEIGHT) and its gap
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -171,7 +172,14 @@ def render(path: Path, out: Path | None = None) -> Path:
         if node["type"] in tall:  # a text box
             draw.rounded_rectangle([P(x + 10, wy + 4), P(x + w - 10, y + h - 8)], radius=max(1, int(4 * scale)),
                                    fill=WIDGET_BG)
-        if node["type"] == "IPAdapterTrain_Train":  # the live loss chart
+        if node["type"] == "IPAdapterTrain_Train":  # the live loss chart, and the latest preview grid under it
+            gx0, gy0, gx1, gy1 = x + 12, max(wy + 6, y + h - PREVIEW_H), x + w - 12, y + h - 10
+            draw.rectangle([P(gx0, gy0), P(gx1, gy1)], fill=(245, 245, 245))
+            cell = min((gx1 - gx0 - 16) / 4, gy1 - gy0 - 16)
+            for j, colour in enumerate(((150, 120, 90), (70, 90, 120), (95, 115, 130), (120, 130, 125))):
+                left = gx0 + 8 + j * (cell + 2)
+                draw.rectangle([P(left, gy0 + 8), P(left + cell - 2, gy0 + 8 + cell)], fill=colour)
+            h -= PREVIEW_H
             cx0, cy0, cx1, cy1 = x + 12, max(wy + 6, y + h - 150), x + w - 12, y + h - 10
             draw.rectangle([P(cx0, cy0), P(cx1, cy1)], fill=(30, 30, 30))
             raw, avg, acc = [], [], None
