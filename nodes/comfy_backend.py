@@ -181,16 +181,20 @@ class ComfyBackend:
         on a GPU; while the adapter is attached the UNet is loaded back whole, as `attach` loaded it, so the steps
         after a preview round run on the same weights.
         """
-        pixels = self.vae.decode(self.latent_format.process_out(latents.float()))  # [B,H,W,C] in [0,1]
+        try:
+            pixels = self.vae.decode(self.latent_format.process_out(latents.float()))  # [B,H,W,C] in [0,1]
+        except comfy.model_management.InterruptProcessingException as exc:
+            raise TrainingCancelled() from exc  # a cancel that lands in the decoder: the core's cancel, as in the UNet
         if self._options is not None:
             self._ensure_loaded()
         return (pixels[..., :3].movedim(-1, 1).float().clamp(0, 1) * 2.0 - 1.0).cpu()
 
     def _ensure_loaded(self) -> None:
-        """Load the UNet whole again if loading another model (the VAE) offloaded any of it."""
+        """Load the UNet whole (as `attach` does) unless it still is: not yet loaded, or loading another model (the
+        VAE) offloaded some of it."""
         if self.patcher not in comfy.model_management.loaded_models() or \
                 self.patcher.loaded_size() < self._loaded_weights:
-            log.info("The VAE's decode offloaded part of the UNet; loading it back for training.")
+            log.debug("Loading the MODEL whole onto %s.", self.device)
             self._load()
 
     @torch.no_grad()

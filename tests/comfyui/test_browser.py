@@ -11,8 +11,10 @@ frontend served by a real ComfyUI server with this pack, on CPU with random-weig
   has the same node id, and another browser tab with the same workflow, show nothing of that run; the
   page is reloaded mid-run and the chart comes back with the steps it missed (from
   GET /ipadapter_train/runs) and keeps following; Cancel (POST /interrupt) ends it; a short run then
-  clears the chart when it starts encoding and shows its validation phase. Screenshots are saved under
-  tests/artifacts/browser/.
+  clears the chart when it starts encoding and shows its preview and validation phases;
+- the latest preview grid of that short run appears under the chart on the Train node (loaded through
+  ComfyUI's /view), and again after a page reload (from GET /ipadapter_train/runs). Screenshots are saved
+  under tests/artifacts/browser/.
 
 Skipped only when /usr/bin/chromium is missing (`apt-get install -y chromium`). Needs `pip install
 playwright` (its Python package only: the Debian browser is used, `playwright install` is never run)
@@ -42,6 +44,7 @@ ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
 SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
 TRAIN_FOLDER = "ipadapter_train_samples"
 CHART = ".ipadapter-train-chart"
+PREVIEW = ".ipadapter-train-preview"
 SHIPPED = ["train_ip_adapter", "apply_ip_adapter", "train_then_apply", "score", "train_ip_adapter_sdxl"]
 
 
@@ -126,6 +129,28 @@ def chart_state(page) -> dict | None:
     }}""")
 
 
+def preview_state(page) -> dict | None:
+    return page.evaluate(f"""() => {{
+        const el = document.querySelector('{PREVIEW}');
+        if (!el) return null;
+        const img = el.querySelector('img');
+        const r = img.getBoundingClientRect();
+        return {{...el.dataset, text: el.querySelector('.ipadapter-train-preview-caption')?.textContent ?? '',
+                 width: img.naturalWidth, shown: r.width > 0 && r.height > 0}};
+    }}""")
+
+
+def wait_preview(page, predicate, timeout: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = preview_state(page)
+        if state and predicate(state):
+            return state
+        page.wait_for_timeout(250)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the preview grid to {what}; last: {state}")
+
+
 def wait_chart(page, predicate, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     state = None
@@ -173,9 +198,9 @@ def test_shipped_workflows_load_and_convert_like_the_editor(server, page):
         ours = editor_to_api(wf, object_info)
         assert strip(ours, object_info) == strip(editor, object_info), \
             f"{name}: editor_to_api differs from the editor's graphToPrompt"
-        # the chart widget is not an input: it must not reach the prompt
+        # the chart and preview widgets are not inputs: they must not reach the prompt
         for node in editor.values():
-            assert "loss_chart" not in node["inputs"]
+            assert "loss_chart" not in node["inputs"] and "preview_grid" not in node["inputs"]
 
 
 # Every change of the chart's state, recorded in the page (a phase can pass between two polls).
@@ -212,12 +237,13 @@ def queue_with_run_button(page) -> str:
     return body["prompt_id"]
 
 
-def training_widgets(steps: int, validation: str, save_name: str) -> dict[str, dict]:
+def training_widgets(steps: int, validation: str, save_name: str, preview_every: int = 0) -> dict[str, dict]:
     return {
         "CheckpointLoaderSimple": {"ckpt_name": bs.CHECKPOINT},
         "CLIPVisionLoader": {"clip_name": bs.CLIP_VISION},
         "IPAdapterTrain_LoadTrainingImages": {"folder": TRAIN_FOLDER},
-        "IPAdapterTrain_Train": {"steps": steps, "resolution": 64, "batch_size": 1, "validation": validation},
+        "IPAdapterTrain_Train": {"steps": steps, "resolution": 64, "batch_size": 1, "validation": validation,
+                                 "preview_every": preview_every},
         "IPAdapterTrain_Save": {"name": save_name},
     }
 
@@ -308,7 +334,8 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     page.screenshot(path=str(ARTIFACTS / "loss_chart_cancelled.png"))
     wait_queue_empty(server)
 
-    # a short run with validation: the chart is cleared when it starts encoding and names each phase
+    # a short run with previews (auto: after each of its 2 steps) and validation: the chart is cleared when it
+    # starts encoding and names each phase
     set_widgets(page, training_widgets(2, "full", "browser_test_validated"))
     page.evaluate(RECORD_CHART)
     second = queue_with_run_button(page)
@@ -320,11 +347,32 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     log = chart_log(page, second)
     assert log[0]["phase"] == "encoding" and log[0]["points"] == "0", log[:3]  # the cancelled run's curve is gone
     phases = [e["phase"] for e in log]
-    assert [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p] == [
-        "encoding", "training", "validating", "done"], log
+    changes = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
+    assert changes[0] == "encoding" and changes[-2:] == ["validating", "done"], log
+    assert set(changes) == {"encoding", "training", "previewing", "validating", "done"}, log
     assert any(re.search(r"validating \d+/12 \(conditioning gain\)", e["text"]) for e in log), log  # 3 images x 4
+    assert any(re.search(r"previewing \d+/16 \(after step [12]\)", e["text"]) for e in log), log
+
+    # the latest preview grid, under the chart, loaded through /view
+    grid = wait_preview(page, lambda s: s["promptId"] == second and s["step"] == "2" and s["loaded"] == "1", 60,
+                        "show the run's last grid")
+    assert grid["count"] == "2" and grid["shown"] and grid["width"] > 0, grid
+    assert grid["text"].startswith("preview after step 2") and "/view?" in grid["src"], grid
+    assert "type=output" in grid["src"] and "previews" in grid["src"], grid
+    page.screenshot(path=str(ARTIFACTS / "preview_grid_done.png"))
+
+    # and again after a reload, from GET /ipadapter_train/runs
+    page.reload(wait_until="domcontentloaded")
+    bs.open_comfy(page, server)
+    again = wait_preview(page, lambda s: s["promptId"] == second and s["loaded"] == "1", 60,
+                         "come back after the reload")
+    assert (again["step"], again["src"], again["count"]) == (grid["step"], grid["src"], grid["count"]), again
+    focus_train_node(page)
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(ARTIFACTS / "preview_grid_after_reload.png"))
     (ARTIFACTS / "loss_chart_states.json").write_text(json.dumps(
-        {"live": live, "after_reload": after, "later": later, "cancelled": done, "short_run": log}, indent=2))
+        {"live": live, "after_reload": after, "later": later, "cancelled": done, "short_run": log,
+         "preview_grid": grid, "preview_grid_after_reload": again}, indent=2))
     wait_queue_empty(server)
 
 
