@@ -19,7 +19,7 @@ from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES,
                        train_in_graph, validation_settings)
 
 # What previews cost, for the tooltip: the lead's measurement (BENCHMARKS.md, "Previews").
-PREVIEW_COST = "about 10% of a default run (50 steps at 512 px) on a 2-core CPU"
+PREVIEW_COST = "about 10% of a default run on 2 CPU cores"
 
 
 def _ids(hidden) -> tuple[str, str]:
