@@ -257,7 +257,7 @@ def test_scored_previews_keep_the_best_step_with_the_score_nodes_cached_scorer(g
     node = pack("nodes.node_train").TrainIPAdapter
     assert "tiny-clip.safetensors" in next(i for i in node.define_schema().inputs if i.id == "scorer").options
 
-    adapter, _, report, previews = train(graph, photos(3), steps=3, node="25", validation="off", preview_every=1,
+    adapter, _, report, previews = train(graph, photos(3), steps=2, node="25", validation="off", preview_every=1,
                                          scorer="tiny-clip.safetensors", keep_best=True)
     summary, full = report.split("\n\n", 1)
     rep = json.loads(full)
@@ -269,13 +269,13 @@ def test_scored_previews_keep_the_best_step_with_the_score_nodes_cached_scorer(g
     files = pack("ipadapter_train.fileformat")
     saved, meta = files.load_adapter(run_dir / "adapter.safetensors")
     assert meta["steps"] == str(best) == adapter.metadata["steps"] and meta["kept"] == "best"
-    for key, value in adapter.state_dict().items():
-        torch.testing.assert_close(value, saved[key].float())
+    for key, value in adapter.state_dict().items():  # the file holds the weights at its own precision
+        torch.testing.assert_close(value.to(saved[key].dtype), saved[key], atol=0, rtol=0)
     assert (run_dir / "adapter-last.safetensors").is_file()
     assert "Kept the best step's adapter" in summary and "random-weight figures" in summary
     # the events carry the scores, labelled as random-weight figures
     sent = [d for e, d, _ in server.sent if e == "ipadapter_train.preview"]
-    assert [d["step"] for d in sent] == [1, 2, 3] and previews.shape[0] == 3
+    assert [d["step"] for d in sent] == [1, 2] and previews.shape[0] == 2
     assert all(isinstance(d["score"], float) and d["grade"] and d["random_weights"] is True for d in sent)
     assert sent[-1]["best_step"] == best
     # the Score node's cache: one load for both nodes
