@@ -111,7 +111,8 @@ def train_then_apply(server: ComfyServer, test_models) -> tuple[dict, dict[str, 
     if server.base not in _TRAIN_THEN_APPLY:
         prompt = workflow(server, "train_then_apply", test_models)
         set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(server))
-        set_inputs(prompt, "IPAdapterTrain_Train", steps=3, resolution=64, validation="off")
+        # previews off: this checks the adapter in the graph (test_server_previews.py covers previews)
+        set_inputs(prompt, "IPAdapterTrain_Train", steps=3, resolution=64, validation="off", preview_every=-1)
         set_inputs(prompt, "IPAdapterTrain_Save", name="in_graph")
         saves = sample_branches(prompt, {"plain": None, "zero": 0.0, "one": 1.0})
         entry = run(server, prompt)
@@ -170,7 +171,7 @@ def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, te
 
     prompt = workflow(comfy, "train_ip_adapter", test_models)
     set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy))
-    set_inputs(prompt, "IPAdapterTrain_Train", steps=5000, resolution=64, seed=7, validation="off")
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=5000, resolution=64, seed=7, validation="off", preview_every=-1)
     set_inputs(prompt, "IPAdapterTrain_Save", name="partial")
     prompt_id = comfy.queue(prompt)
     train_id = find_nodes(prompt, "IPAdapterTrain_Train")[0]
