@@ -6,7 +6,7 @@
 
 Runs `ipadapter-train train` twice on the 5 sample photos with the CLI's defaults (10 epochs, the family's
 resolution, validation on): once with its default previews (`--preview-every auto`: one image held out, a round
-after each quarter of the run, 8 DDIM steps at half the training size) and once with `--preview-every 0`. From the
+after each third of the run, 6 DPM-Solver++ steps at half the training size) and once with `--preview-every 0`. From the
 first run's report.json: one preview round (seconds, median of the rounds), the previews' set-up (encoding the
 reference and prompt, the weight-0 images), and the previews' share of the run's wall time; from both, the whole
 command's time with and without previews. Random weights cost the same per step as real ones; no image or score
@@ -82,7 +82,7 @@ def main() -> None:
              "share_of_run": with_previews["preview_seconds"] / with_previews["wall_seconds"]}
     append_history(ROOT / "bench" / "previews_results.json", entry)
     append_row("previews", "Preview runs (written by bench/bench_previews.py)",
-               ["date", "machine", "command", "preview size, DDIM steps, cells", "one round s", "set-up s",
+               ["date", "machine", "command", "preview size, sampling steps, cells", "one round s", "set-up s",
                 "rounds", "previews s (share of the run)", "run with previews s (steps)",
                 "run without previews s (steps)", "peak with previews"],
                [entry["date"], entry["machine"], f"`{entry['command']}`",

@@ -7,7 +7,8 @@ from typing import Callable, Iterator
 
 @contextmanager
 def progress_bar(desc: str, unit: str = "step") -> Iterator[Callable[..., None]]:
-    """Yield `update(step, total, loss=None)` driving a tqdm bar with ETA; logging goes above the bar."""
+    """Yield `update(step, total, loss=None)` driving a tqdm bar with ETA; logging goes above the bar.
+    `update.note(done, total)` shows a preview round's sampling progress after the step count."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -20,6 +21,10 @@ def progress_bar(desc: str, unit: str = "step") -> Iterator[Callable[..., None]]
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         bar.refresh()
 
+    def note(done: int, total: int) -> None:
+        bar.set_postfix(preview=f"{done}/{total}")
+
+    update.note = note
     with logging_redirect_tqdm():
         try:
             yield update

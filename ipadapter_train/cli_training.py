@@ -10,8 +10,8 @@ from .cli_progress import progress_bar as _progress
 from .families import FAMILIES
 
 log = logging.getLogger("ipadapter_train")
-# The CLI previews by default (the API's TrainConfig does not): a round after each quarter of the run, about 10% of
-# a default SD1.5 run on a 2-core CPU (BENCHMARKS.md, "Previews").
+# The CLI previews by default (the API's TrainConfig does not): a round after each third of the run; what that costs
+# in a default SD1.5 run on a 2-core CPU is in BENCHMARKS.md ("Previews").
 PREVIEW_DEFAULT = "auto"
 
 TRAIN_EXAMPLES = """examples:
@@ -110,7 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     with _progress("training") as update:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
                                init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
-                               callbacks=[update], device=args.device, overwrite=args.overwrite, previews=previews)
+                               callbacks=[update], device=args.device, overwrite=args.overwrite, previews=previews,
+                               preview_progress=update.note)
     _print_summary(result)
     if result.cancelled:
         log.warning("Stopped early; continue with --resume %s", run_dir)
@@ -228,9 +229,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="skip the conditioning-gain measurement after training")
     g = p.add_argument_group("previews while training (see README: a grid of generated images every N steps)")
     g.add_argument("--preview-every", type=_preview_every, metavar="N|auto",
-                   help="render the preview grid every N steps and at the end; 0 = off; auto = after each quarter "
-                        "of the run (default auto: about 10%% of a default SD1.5 run's time on a 2-core CPU, see "
-                        "BENCHMARKS.md)")
+                   help="render the preview grid every N steps and at the end; 0 = off; auto = after each third "
+                        "of the run (default auto; its cost in a default run is in BENCHMARKS.md, Previews)")
     g.add_argument("--preview-images", metavar="FOLDER",
                    help="reference images for the previews (default: 1 or 2 training images are held out of "
                         "training when there are at least 5)")
@@ -245,7 +245,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="stop after K scored previews without a better score (needs --clip; default 0 = never)")
     g.add_argument("--preview-size", type=int, help="preview side in pixels (default: half the training size of the "
                                                     "model family: 256 for SD1.5, 512 for SDXL)")
-    g.add_argument("--preview-steps", type=int, help="sampling steps per preview image (default 8)")
+    g.add_argument("--preview-steps", type=int, help="sampling steps (DPM-Solver++) per preview image (default 6)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
 
 

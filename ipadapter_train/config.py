@@ -8,7 +8,7 @@ from typing import Any, Literal
 from .errors import IPAdapterError
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
-PREVIEW_ROUNDS_AUTO = 4  # preview_every "auto": a round after each quarter of the run (and so at the end)
+PREVIEW_ROUNDS_AUTO = 3  # preview_every "auto": a round after each third of the run (and so at the end)
 
 
 @dataclass
@@ -37,9 +37,9 @@ class TrainConfig:
     validation_timesteps: tuple[int, ...] = (200, 400, 600, 800)
     validation_max_images: int = 8
     # Previews while training (previews.py): a fixed grid of generated images every N steps and at the end.
-    preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = a round after each quarter of the run
+    preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = a round after each third of the run
     preview_size: int | None = None  # pixels; None: half the family's resolution (256 SD1.5, 512 SDXL)
-    preview_steps: int = 8  # DDIM sampling steps per preview image
+    preview_steps: int = 6  # sampling steps (DPM-Solver++ 2M) per preview image
     preview_guidance: float = 5.0  # classifier-free guidance over text and image (as at generation)
     preview_weights: tuple[float, ...] = (0.0, 0.5, 1.0)  # adapter weights of a grid's columns
     preview_seed: int = 1234  # the grid's noise: the same for every round, so grids differ only by training

@@ -1,9 +1,10 @@
-"""A small DDIM sampler over any `DiffusionBackend`, for previews during training.
+"""A small sampler over any `DiffusionBackend`, for previews during training.
 
 Previews must run on the models the run already holds (the ComfyUI node has no diffusers pipeline, and a
 second copy of a model is not an option on a CPU), so sampling goes through the same seam as training:
-`backend.predict_noise` with the adapter's tokens, then `backend.decode_latents`. diffusers' DDIMScheduler
-does the stepping, set up from the backend's own noise schedule.
+`backend.predict_noise` with the adapter's tokens, then `backend.decode_latents`. diffusers' DPM-Solver++ (2M, as
+`generate --scheduler dpm++`) does the stepping, set up from the backend's own noise schedule: at the few steps a
+preview can afford it gives far sharper pictures than DDIM.
 """
 from __future__ import annotations
 
@@ -33,15 +34,15 @@ class Conditioning:
                             {k: torch.cat([uncond.added[k], cond.added[k]]) for k in cond.added})
 
 
-def ddim_scheduler(alphas_cumprod: torch.Tensor):
-    """diffusers' DDIMScheduler on exactly this noise schedule (Stable Diffusion's step settings)."""
-    from diffusers import DDIMScheduler
+def preview_scheduler(alphas_cumprod: torch.Tensor):
+    """diffusers' DPMSolverMultistepScheduler (DPM-Solver++ 2M) on exactly this noise schedule, with Stable
+    Diffusion's step spacing (the settings `generate`'s "dpm++" takes from an SD scheduler config)."""
+    from diffusers import DPMSolverMultistepScheduler
 
     a = alphas_cumprod.double()
     betas = 1 - a / torch.cat([a.new_ones(1), a[:-1]])
-    return DDIMScheduler(num_train_timesteps=len(a), trained_betas=betas.float().numpy(), clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading",
-                         prediction_type="epsilon")
+    return DPMSolverMultistepScheduler(num_train_timesteps=len(a), trained_betas=betas.float().numpy(),
+                                       steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
 
 
 @torch.no_grad()
@@ -49,13 +50,13 @@ def sample_latents(backend: DiffusionBackend, noise: torch.Tensor, cond: Conditi
                    steps: int, guidance: float, scale: float = 1.0,
                    autocast: Callable[[], ContextManager] | None = None,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Denoise `noise` [B, 4, h, w] in `steps` DDIM steps with guidance over text and image; the latents (CPU,
-    float32). `progress(done, steps)` after every step may raise to stop at once."""
-    scheduler = ddim_scheduler(backend.alphas_cumprod)
+    """Denoise `noise` [B, 4, h, w] in `steps` DPM-Solver++ steps with guidance over text and image; the latents
+    (CPU, float32). `progress(done, steps)` after every step may raise to stop at once."""
+    scheduler = preview_scheduler(backend.alphas_cumprod)
     scheduler.set_timesteps(steps)
     both = Conditioning.pair(uncond, cond)
     device = backend.device
-    latents = noise.to(device, torch.float32)
+    latents = noise.to(device, torch.float32) * scheduler.init_noise_sigma
     for i, t in enumerate(scheduler.timesteps):
         with autocast() if autocast else nullcontext():
             eps = backend.predict_noise(latents.repeat(2, 1, 1, 1), torch.full((2 * len(latents),), int(t),

@@ -38,7 +38,9 @@ def render_page(steps: Sequence[dict[str, Any]], info: dict[str, Any], scores: d
     parts = ["<!doctype html><meta charset='utf-8'><title>IP-Adapter training previews</title>",
              "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}td,th{padding:2px 8px;"
              "border-bottom:1px solid #ddd;text-align:right}.note{background:#fee;padding:8px}"
-             ".best{background:#efe;padding:8px}</style>", "<h1>Training previews</h1>"]
+             ".best{background:#efe;padding:8px}.strip{display:flex;gap:12px;overflow-x:auto}"
+             "figure.grid{margin:0;flex:0 0 auto}figure.grid img{height:320px}figure.best{outline:3px solid #3a3}"
+             "</style>", "<h1>Training previews</h1>"]
     if info.get("random_weights"):
         parts.append("<p class='note'><b>Random-weight models: the images and any scores show that the pipeline "
                      "runs, not what a trained adapter does.</b></p>")
@@ -47,7 +49,7 @@ def render_page(steps: Sequence[dict[str, Any]], info: dict[str, Any], scores: d
     parts.append(f"<p>References: {html.escape(refs)}" + (" (held out of training)" if held else
                                                          " (training images: none was held out)") + ". Prompts: "
                  + html.escape(" | ".join(p or "(image only)" for p in info.get("prompts", []))) + ". "
-                 + html.escape(f"{info.get('sampling_steps')} DDIM steps, guidance {info.get('guidance')}, seed "
+                 + html.escape(f"{info.get('sampling_steps')} DPM-Solver++ steps, guidance {info.get('guidance')}, seed "
                                f"{info.get('seed')}, the same noise in every round.") + "</p>")
     if scores:
         if scores.get("note"):
@@ -59,12 +61,21 @@ def render_page(steps: Sequence[dict[str, Any]], info: dict[str, Any], scores: d
     if loss_plot:
         parts.append(f"<h2>Loss</h2><img src='{html.escape(loss_plot)}' alt='loss curve'>")
     by_step = {r["step"]: r for r in (scores or {}).get("rounds", [])}
-    for entry in reversed(list(steps)):
+    ordered = sorted(steps, key=lambda e: e["step"])
+    # the grids side by side over the steps (scroll sideways), each with its score; the tables below
+    parts.append("<h2>Grids over the steps</h2><div class='strip'>")
+    for entry in ordered:
         scored = by_step.get(entry["step"])
-        title = f"Step {entry['step']}" + (f": {scored['score']:.1f}% ({scored['grade']})" if scored else "")
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='{html.escape(entry['grid'])}' "
-                     f"alt='{html.escape(title)}' style='max-width:100%'>")
+        label = f"step {entry['step']}" + (f": {scored['score']:.1f}% ({scored['grade']})" if scored else "")
+        best = " best" if scores and scores.get("best_step") == entry["step"] else ""
+        parts.append(f"<figure class='grid{best}'><a href='{html.escape(entry['grid'])}'><img src='"
+                     f"{html.escape(entry['grid'])}' alt='{html.escape(label)}'></a><figcaption>"
+                     f"{html.escape(label)}{' (best)' if best else ''}</figcaption></figure>")
+    parts.append("</div>")
+    for entry in reversed(ordered):
+        scored = by_step.get(entry["step"])
         if scored:
+            parts.append(f"<h3>Step {entry['step']}: {scored['score']:.1f}% ({html.escape(scored['grade'])})</h3>")
             parts.append(_scores_table(scored["cells"]))
     return "\n".join(parts)
 

@@ -31,7 +31,7 @@ from ipadapter_train.trainer import RunPaths, RunPlan, TrainingRun
 
 def cfg(**kw) -> TrainConfig:
     base = dict(resolution=64, max_steps=4, checkpoint_every=0, mixed_precision="no", validation=False, seed=3,
-                preview_every=2, preview_steps=3, learning_rate=5e-3)
+                preview_every=2, preview_steps=2, learning_rate=5e-3)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -67,10 +67,10 @@ def test_a_grid_is_deterministic_and_weight_0_and_1_are_the_diffusers_pipelines_
         assert np.array_equal(pixels(first[weight][0]), pixels(again[weight][0])), weight
     assert not np.array_equal(pixels(first[0.0][0]), pixels(first[1.0][0]))
 
-    # the same picture from diffusers' own pipeline, DDIM scheduler, the same starting noise
+    # the same picture from diffusers' own pipeline with `generate`'s DPM-Solver++, the same starting noise
     pipe = make_pipeline(sd)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = make_scheduler("ddim", sd.scheduler_config)
+    pipe.scheduler = make_scheduler("dpm++", sd.scheduler_config)
 
     def pipeline_image(tokens) -> np.ndarray:
         backend.state.tokens, backend.state.scale = tokens, 1.0
@@ -266,3 +266,19 @@ def test_bad_preview_settings_are_one_sentence(tmp_path, samples):
 
         _preview_source(argparse.Namespace(preview_images=None, preview_prompts=str(empty), clip=None))
     assert load_image_folder(SAMPLES)[0]  # the sample folder the CLI tests use is intact
+
+
+def test_a_cancel_during_a_preview_round_stops_at_once_and_keeps_the_adapter(tmp_path, samples):
+    calls = []
+
+    def cancel_in_the_second_round(done, total):
+        calls.append((done, total))
+        if len(calls) > total:  # the weight-0 images (set-up) made `total` calls; the first call of step 2's round
+            raise TrainingCancelled()
+
+    result = train_in_memory(samples, micro_sd15(), micro_clip(), cfg(max_steps=6), tmp_path / "run",
+                             tmp_path / "a.safetensors", preview_progress=cancel_in_the_second_round)
+    assert result.cancelled and result.steps_done == 2
+    assert len(calls) == cfg().preview_steps + 1  # not one sampling step more
+    assert not (tmp_path / "run" / "previews" / "step_0002.png").exists()
+    assert load_file(tmp_path / "a.safetensors") and (tmp_path / "run" / "checkpoint" / "state.json").is_file()
