@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
-from ..ipadapter_train.config import TrainConfig
+from ..ipadapter_train.config import PREVIEW_ROUNDS_AUTO, TrainConfig
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
@@ -20,6 +20,7 @@ from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES,
 
 # What previews cost, for the tooltip: the lead's measurement (BENCHMARKS.md, "Previews").
 PREVIEW_COST = "about 10% of a default run on 2 CPU cores"
+PREVIEW_STEPS = TrainConfig.preview_steps  # the core's default sampling steps per preview image
 
 
 def _ids(hidden) -> tuple[str, str]:
@@ -53,7 +54,7 @@ class TrainIPAdapter(io.ComfyNode):
     (Save, Apply) still runs with it. A cancel while the images are still being encoded ends the prompt as
     interrupted: nothing is trained.
 
-    Previews (on by default: a round after each quarter of the run) render a fixed grid with the adapter as it
+    Previews (on by default: `PREVIEW_ROUNDS_AUTO` rounds spread over the run) render a fixed grid with the adapter as it
     is, on the graph's own MODEL, CLIP and VAE; the node shows the latest grid under its loss chart and returns
     all of them as its `previews` output.
     """
@@ -116,8 +117,9 @@ class TrainIPAdapter(io.ComfyNode):
                                              "Train node); small data sets should fine-tune a pretrained one."),
                 io.Int.Input("preview_every", default=PREVIEWS_AUTO, min=PREVIEWS_OFF, max=100000, optional=True,
                              tooltip="Preview grids while training (each reference x each prompt at adapter "
-                                     "weights 0, 0.5 and 1, fixed seeds, 8 sampling steps at half the training "
-                                     f"size): 0 = auto (after each quarter of the run), N = every N steps and at the "
+                                     f"weights 0, 0.5 and 1, fixed seeds, {PREVIEW_STEPS} sampling steps at half the "
+                                     f"training size): 0 = auto (a round after each 1/{PREVIEW_ROUNDS_AUTO} of the run), "
+                                     "N = every N steps and at the "
                                      f"end, -1 = off. Cost: {PREVIEW_COST}."),
                 io.Image.Input("preview_images", optional=True,
                                tooltip="Reference images for the previews. Unconnected: with 5 or more training "

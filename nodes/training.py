@@ -47,7 +47,7 @@ VALIDATION_MODES: dict[str, dict[str, Any]] = {
     "full": {"validation": True},
 }
 NO_SCORER = "none"  # the scorer combo's first entry: previews are not scored
-PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1  # the node's preview_every: 0 = auto (a round after each quarter), -1 = off
+PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1  # the node's preview_every: 0 = auto (config.PREVIEW_ROUNDS_AUTO rounds), -1 = off
 
 
 def split_captions(captions: str, count: int) -> list[str]:

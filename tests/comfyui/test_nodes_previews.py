@@ -1,4 +1,4 @@
-"""Previews of the Train node in-process (CPU, tiny random-weight SD1.5 at 64 px, 8 sampling steps):
+"""Previews of the Train node in-process (CPU, tiny random-weight SD1.5 at 64 px, the core's default sampling steps):
 
 - `ComfyBackend.decode_latents` (the graph's own VAE) decodes as the diffusers back end does, and an
   encode -> decode round trip through it is the diffusers back end's round trip;
@@ -29,7 +29,7 @@ import comfy.model_management  # noqa: E402
 import comfy.utils  # noqa: E402
 import folder_paths  # noqa: E402
 
-PREVIEW_STEPS = 8  # the core's default sampling steps per preview image
+PREVIEW_STEPS = pack("ipadapter_train.config").TrainConfig().preview_steps  # per preview image (the default)
 
 
 @pytest.fixture(scope="module")

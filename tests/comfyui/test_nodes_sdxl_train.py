@@ -80,7 +80,7 @@ def test_train_node_trains_an_sdxl_adapter_in_its_bucket_that_apply_and_ksampler
     assert rep["conditioning_gain"]["gain"] is not None  # validation ran with the pooled text and time_ids
     assert plot.shape[0] == 1
     # previews on the SDXL graph's own models (pooled text and time_ids at the preview size, its VAE decodes):
-    # auto = a round after each quarter, so after both steps of 2; 3 images: none held out
+    # auto = a round after each third of the run, so after both steps of 2; 3 images: none held out
     assert rep["previews"]["grids"] == ["previews/step_0001.png", "previews/step_0002.png"]
     assert rep["previews"]["held_out"] == [] and rep["previews"]["size"] == 128
     assert previews.shape[0] == 2 and previews.shape[-1] == 3
