@@ -86,7 +86,8 @@ class TrainConfig:
             raise IPAdapterError(f"early_stop must be 0 (off) or more, got {self.early_stop}.")
         if (self.keep == "best" or self.early_stop) and not self.previews_on:
             raise IPAdapterError("Keeping the best step and stopping early both judge the previews: turn previews "
-                                 "on (--preview-every) and give a CLIP model to score them (--clip).")
+                                 "on (--preview-every; preview_every on the Train node) and give a CLIP model to "
+                                 "score them (--clip; the node's scorer).")
 
     @property
     def previews_on(self) -> bool:

@@ -85,7 +85,8 @@ class PreviewRunner:
         """Render (and score) the round after step `step`, write its files; return {"step", "grid", "score"?}."""
         t0 = time.perf_counter()
         images = self.previews.render(backend, adapter, autocast, progress)
-        entry: dict[str, Any] = {"step": step, "grid": f"{PREVIEWS_DIR}/step_{step:04d}.png"}
+        entry: dict[str, Any] = {"step": step, "grid": f"{PREVIEWS_DIR}/step_{step:04d}.png",
+                                 "random_weights": self.random_weights}
         title = f"step {step}"
         if self.scorer is not None:
             score, cells = self.scorer.score(images)

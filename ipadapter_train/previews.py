@@ -172,7 +172,7 @@ def plan_previews(samples: Sequence[Sample], source: PreviewSource | None, confi
     source = source or PreviewSource()
     if (config.keep == "best" or config.early_stop) and source.scorer is None:
         raise IPAdapterError("Keeping the best step and stopping early need scored previews: give a CLIP model "
-                             "(--clip) to score them.")
+                             "to score them (--clip; the Train node's scorer).")
     held: list[Sample] = []
     if source.images:
         train, references = list(samples), list(source.images)
