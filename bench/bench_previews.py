@@ -6,7 +6,7 @@
 
 Runs `ipadapter-train train` twice on the 5 sample photos with the CLI's defaults (10 epochs, the family's
 resolution, validation on): once with its default previews (`--preview-every auto`: one image held out, a round
-after each third of the run, 6 DPM-Solver++ steps at half the training size) and once with `--preview-every 0`. From the
+after each third of the run, 5 DPM-Solver++ steps at half the training size) and once with `--preview-every 0`. From the
 first run's report.json: one preview round (seconds, median of the rounds), the previews' set-up (encoding the
 reference and prompt, the weight-0 images), and the previews' share of the run's wall time; from both, the whole
 command's time with and without previews. Random weights cost the same per step as real ones; no image or score
@@ -63,6 +63,9 @@ def main() -> None:
     p.add_argument("--vision", help="CLIP vision preset (default: the family's)")
     p.add_argument("--resolution", type=int, help="default: the family's (the CLI's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--only-with-previews", action="store_true",
+                   help="skip the run without previews (it does not depend on the preview settings)")
+    p.add_argument("--preview-steps", type=int, help="sampling steps of a preview (default: the CLI's)")
     p.add_argument("--tmp", default=str(ROOT / "bench" / ".tmp"))
     args = p.parse_args()
     from ipadapter_train.testmodels import DEFAULT_VISION
@@ -71,8 +74,10 @@ def main() -> None:
     tmp = Path(args.tmp)
     tmp.mkdir(parents=True, exist_ok=True)
     models = ensure_models(args.size, args.vision, args.family)
-    with_previews = run(models, tmp / "previews_on.safetensors", args)
-    without = run(models, tmp / "previews_off.safetensors", args, "--preview-every", "0")
+    extra = ["--preview-steps", str(args.preview_steps)] if args.preview_steps else []
+    with_previews = run(models, tmp / "previews_on.safetensors", args, *extra)
+    without = (None if args.only_with_previews else
+               run(models, tmp / "previews_off.safetensors", args, "--preview-every", "0"))
     previews = with_previews["previews"]
     rounds = previews["round_seconds"]
     entry = {"date": datetime.date.today().isoformat(), "machine": machine(args.device),
@@ -91,9 +96,11 @@ def main() -> None:
                 secs(entry["round_seconds_median"], 1), secs(previews["set_up_seconds"], 1), len(rounds),
                 f"{with_previews['preview_seconds']:.1f} ({100 * entry['share_of_run']:.1f}%)",
                 f"{with_previews['command_seconds']:.0f} ({with_previews['steps']})",
-                f"{without['command_seconds']:.0f} ({without['steps']})", peak_cell(with_previews["peak_memory"])])
+                f"{without['command_seconds']:.0f} ({without['steps']})" if without else "not run",
+                peak_cell(with_previews["peak_memory"])])
     print(json.dumps({k: entry[k] for k in ("round_seconds_median", "share_of_run")} |
-                     {"with": with_previews["command_seconds"], "without": without["command_seconds"]}, indent=2))
+                     {"with": with_previews["command_seconds"],
+                      "without": without["command_seconds"] if without else None}, indent=2))
 
 
 if __name__ == "__main__":

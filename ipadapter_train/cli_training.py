@@ -245,7 +245,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="stop after K scored previews without a better score (needs --clip; default 0 = never)")
     g.add_argument("--preview-size", type=int, help="preview side in pixels (default: half the training size of the "
                                                     "model family: 256 for SD1.5, 512 for SDXL)")
-    g.add_argument("--preview-steps", type=int, help="sampling steps (DPM-Solver++) per preview image (default 6)")
+    g.add_argument("--preview-steps", type=int, help="sampling steps (DPM-Solver++) per preview image (default 5)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
 
 

@@ -39,7 +39,7 @@ class TrainConfig:
     # Previews while training (previews.py): a fixed grid of generated images every N steps and at the end.
     preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = a round after each third of the run
     preview_size: int | None = None  # pixels; None: half the family's resolution (256 SD1.5, 512 SDXL)
-    preview_steps: int = 6  # sampling steps (DPM-Solver++ 2M) per preview image
+    preview_steps: int = 5  # sampling steps (DPM-Solver++ 2M) per preview image: the 15% budget (BENCHMARKS.md)
     preview_guidance: float = 5.0  # classifier-free guidance over text and image (as at generation)
     preview_weights: tuple[float, ...] = (0.0, 0.5, 1.0)  # adapter weights of a grid's columns
     preview_seed: int = 1234  # the grid's noise: the same for every round, so grids differ only by training

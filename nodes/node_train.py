@@ -19,7 +19,7 @@ from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES,
                        train_in_graph, validation_settings)
 
 # What previews cost, for the tooltip: the lead's measurement (BENCHMARKS.md, "Previews").
-PREVIEW_COST = "about 10% of a default run on 2 CPU cores"
+PREVIEW_COST = "about 15% of a default SD1.5 run on 2 CPU cores (14.7% measured, BENCHMARKS.md)"
 PREVIEW_STEPS = TrainConfig.preview_steps  # the core's default sampling steps per preview image
 
 
