@@ -111,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
                                init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
                                callbacks=[update], device=args.device, overwrite=args.overwrite, previews=previews,
-                               preview_progress=update.note)
+                               preview_progress=getattr(update, "note", None))  # a bar may lack it
     _print_summary(result)
     if result.cancelled:
         log.warning("Stopped early; continue with --resume %s", run_dir)
