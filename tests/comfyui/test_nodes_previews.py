@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from test_nodes_support import comfy_models, comfy_or_skip, diffusers_sd15, pack
-from test_nodes_train import FakeServer, SAMPLES, events, train
+from test_nodes_train import SAMPLES, events, output_dir, server, train  # noqa: F401 (fixtures)
 
 comfy_or_skip()
 
@@ -45,19 +45,6 @@ def photos(count: int) -> tuple[torch.Tensor, str]:
     pictures = [image_ops.center_crop(image_ops.resize_short_side(s.image, 64), 64) for s in samples[:count]]
     return pack("nodes.images").pils_to_tensor(pictures), "\n".join(s.caption for s in samples[:count])
 
-
-@pytest.fixture(autouse=True)
-def output_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(folder_paths, "output_directory", str(tmp_path / "output"))
-    return tmp_path / "output"
-
-
-@pytest.fixture
-def server(monkeypatch):
-    runs = pack("nodes.runs")
-    fake = FakeServer()
-    monkeypatch.setattr(runs, "PromptServer", type("PromptServer", (), {"instance": fake}))
-    return fake
 
 
 @pytest.fixture
