@@ -61,19 +61,24 @@ class AdapterSpec:
         return f"a CLIP vision encoder whose hidden states are {self.clip_dim}-d"
 
     def check_fits(self, feature_width: int, encoder_name: str, cross_dim: int, layers: Sequence[AdapterLayer],
-                   model_name: str, source: str = "The adapter", model_family: ModelFamily | None = None) -> None:
+                   model_name: str, source: str = "The adapter", model_family: ModelFamily | None = None,
+                   metadata: Mapping[str, str] | None = None, fix: str = "use {file} as the image encoder") -> None:
         """Raise IPAdapterError unless the adapter reads the encoder's features and fits the UNet.
 
         `feature_width` is what the encoder gives for this adapter's variant (`encoder_name` says which
         encoder), `cross_dim` and `layers` describe the UNet (`model_name`), `model_family` its family when
         the caller knows it (else it is read from `cross_dim` and the layer count). An adapter of another
-        family is refused first, naming both families. The CLI, generation and the nodes all check with
-        this, before any work is spent.
+        family is refused first, naming both families. A wrong image encoder is named, with the one the
+        adapter was trained with (its `metadata` records it, else its width tells it) and `fix` (where to
+        load `{file}`, the encoder that fits; `image_encoders.mismatch_sentence`). The CLI, generation and
+        the nodes all check with this, before any work is spent.
         """
+        from .image_encoders import mismatch_sentence
+
         self.check_family(model_family or family_of_width(cross_dim, len(layers)), model_name, source)
         if self.clip_dim != feature_width:
-            raise IPAdapterError(f"{source} needs {self.encoder_requirement}, but {encoder_name} gives "
-                                 f"{feature_width}-d features: use the image encoder the adapter was trained with.")
+            raise IPAdapterError(mismatch_sentence(self.variant, self.clip_dim, metadata, feature_width,
+                                                   encoder_name, source, fix))
         if self.cross_dim != cross_dim:
             widths = ", ".join(f"{f.label} is {f.cross_dim}" for f in FAMILIES.values())
             raise IPAdapterError(f"{source} is for a {self.cross_dim}-d cross-attention model, but {model_name} has "

@@ -54,6 +54,6 @@ def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, confi
         raise IPAdapterError(f"{source} is a {spec.variant} adapter but the run trains a {config.variant} "
                              f"one: pass --variant {spec.variant}.")
     spec.check_fits(width, encoder.name, backend.cross_dim, backend.adapter_layers(), f"the UNet of {backend.name}",
-                    source, model_family=backend.family)
+                    source, model_family=backend.family, metadata=getattr(adapter, "metadata", None))
     log.info("Fine-tuning %s (%s, %d tokens).", source, spec.variant, spec.tokens)
     return adapter

@@ -35,6 +35,19 @@ def default_run_dir(out: Path) -> Path:
     return out.with_name(out.stem + "-run")
 
 
+def check_init_encoder(init_adapter: Path, image_encoder: Path) -> None:
+    """Refuse an adapter to fine-tune that reads another image encoder's features than `image_encoder` gives,
+    from the files' headers (the adapter file is small), naming both encoders."""
+    from .fileformat import load_adapter
+    from .image_encoders import ENCODER_FIX, adapter_reads, check_encoder, encoder_widths_of_file
+
+    state, metadata = load_adapter(init_adapter)
+    reads = adapter_reads(state)
+    if reads is not None:
+        check_encoder(*reads, metadata, encoder_widths_of_file(image_encoder), image_encoder.name, str(init_adapter),
+                      fix=ENCODER_FIX)
+
+
 def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str | Path, out: str | Path,
                   config: TrainConfig, run_dir: str | Path | None = None, init_adapter: str | Path | None = None,
                   resume: str | Path | SavedCheckpoint | None = None, prompt: str | None = None,
@@ -67,6 +80,8 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     samples, report = load_image_folder(images, prompt=prompt)
     log.info("%s", report.summary())
     plan = RunPlan.check(config, samples, RunPaths(run_dir, out, checkpoint), previews)
+    if init_adapter:  # an adapter for another image encoder is refused from the headers, before the models load
+        check_init_encoder(Path(init_adapter), Path(image_encoder))
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     t0 = time.perf_counter()

@@ -43,6 +43,7 @@ def _generator(args: argparse.Namespace):
     from .adapter_init import load_adapter_module
     from .clip_vision import load_clip_vision
     from .generate import Generator
+    from .image_encoders import ENCODER_FIX, check_encoder, encoder_widths_of_file
     from .model_loading import load_model, peek_family
     from .precision import default_device, inference_dtype
 
@@ -51,6 +52,9 @@ def _generator(args: argparse.Namespace):
     # a damaged file, or an adapter of another model family, is refused before the big models load
     adapter = load_adapter_module(Path(args.adapter))
     adapter.spec.check_family(peek_family(Path(args.base_model)), f"the model {args.base_model}", str(args.adapter))
+    check_encoder(adapter.spec.variant, adapter.spec.clip_dim, adapter.metadata,
+                  encoder_widths_of_file(Path(args.image_encoder)), Path(args.image_encoder).name, str(args.adapter),
+                  fix=ENCODER_FIX)
     return Generator(load_model(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
                      adapter, device, dtype, adapter_name=str(args.adapter),
                      encoder_name=Path(args.image_encoder).name)

@@ -23,6 +23,7 @@ from . import __version__
 from .adapter import AdapterSpec
 from .adapter_check import check_adapter_state, describe
 from .errors import IPAdapterError
+from .image_encoders import ENCODER_KEY, adapter_encoder
 from .weights_io import SAFETENSORS_SUFFIX, atomic_write, existing_file, read_weights_file, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
     spec = AdapterSpec.from_state_dict(state, source=str(path))
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in state.values())
     dtype = next(iter(dtypes)) if len(dtypes) == 1 else "mixed (" + ", ".join(sorted(dtypes)) + ")"
+    encoder = adapter_encoder(spec.variant, spec.clip_dim, metadata)
     shown: dict[str, Any] = dict(metadata)
     if "training_config" in shown:
         try:
@@ -165,6 +167,10 @@ def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
         "variant": spec.variant,
         "tokens": spec.tokens,
         "clip_dim": spec.clip_dim,
+        # the image encoder it reads: as its metadata records it, else named from clip_dim (None: no known one)
+        "image_encoder": encoder.label if encoder is not None else None,
+        "image_encoder_from": (None if encoder is None else
+                               "metadata" if metadata.get(ENCODER_KEY) == encoder.label else "width"),
         "cross_dim": spec.cross_dim,
         "resampler_dim": spec.resampler_dim,
         "num_layers": len(spec.layers),

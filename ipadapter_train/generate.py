@@ -107,7 +107,8 @@ class Generator:
             check_adapter_state(adapter.state_dict(), adapter_name)
             adapter.spec.check_fits(self.encoder.feature_width(adapter.spec.variant), self.encoder.name,
                                     self.backend.cross_dim, self.backend.adapter_layers(),
-                                    f"the UNet of {self.backend.name}", adapter_name, self.backend.family)
+                                    f"the UNet of {self.backend.name}", adapter_name, self.backend.family,
+                                    metadata=getattr(adapter, "metadata", None))
             adapter.to(self.backend.device, dtype).eval().requires_grad_(False)
             self.backend.attach(adapter)
         self.pipe = make_pipeline(sd)

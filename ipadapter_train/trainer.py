@@ -38,6 +38,7 @@ from .data import Sample
 from .encoding import EncodedDataset, encode_dataset
 from .errors import TrainingCancelled, TrainingDiverged
 from .fileformat import file_metadata, save_adapter
+from .image_encoders import encoder_metadata
 from .precision import make_accelerator
 from .preview_run import BEST_FILE, PreviewRunner
 from .previews import PreviewSource
@@ -126,6 +127,9 @@ class TrainingRun:
         """Build the adapter, encode the images once, restore a resumed run's weights and optimizer."""
         config, backend = self.config, self.backend
         self.adapter = build_adapter(backend, self.encoder, config, self.init_adapter).to(backend.device)
+        # Recorded in the file, so a later mismatch names this encoder (read now: the encoder is released
+        # after encoding).
+        self.encoder_metadata = encoder_metadata(self.encoder.feature_width("base"), self.encoder.feature_width("plus"))
         t0 = time.perf_counter()
         self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
         self.times.encode = time.perf_counter() - t0
@@ -272,7 +276,7 @@ class TrainingRun:
         self.checkpoint(force=self.cancelled or (self.paths.run_dir / CHECKPOINT_DIR).is_dir())
         self.adapter = self.accelerator.unwrap_model(self.step_module).adapter
         self.metadata = {**self.hooks.metadata, "steps": self.done, "training_config": config.to_dict(),
-                         "base_model": backend.name, "image_encoder": self.encoder.name}
+                         "base_model": backend.name, "image_encoder": self.encoder.name, **self.encoder_metadata}
         if self.cancelled:
             self.metadata["cancelled_at_step"] = self.done
         if self.stopped_early:

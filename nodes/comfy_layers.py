@@ -17,6 +17,10 @@ from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.families import FAMILIES, ModelFamily, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer, adapter_layers
 
+# Where a user puts the image encoder an adapter needs, for the core's mismatch sentence ({file}: the encoder).
+ENCODER_FIX = "load {file} in Load CLIP Vision"
+GIVEN_ENCODER = "the CLIP vision model"
+
 
 def _per_res_block(value: Any, count: int, what: str) -> list[int]:
     values = list(value) if isinstance(value, (list, tuple)) else [int(value)] * count
@@ -143,5 +147,6 @@ def check_adapter_fits(adapter: Any, feature_width: int, encoder_name: str, mode
     cross = context_width(model)
     layers = comfy_adapter_layers(model)
     adapter.spec.check_fits(feature_width, encoder_name, cross, layers, "this MODEL", source,
-                            model_family=model_family(model))
+                            model_family=model_family(model), metadata=getattr(adapter, "metadata", None),
+                            fix=ENCODER_FIX)
     return layers

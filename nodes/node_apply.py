@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..ipadapter_train.errors import IPAdapterError
 from .attn_patch import apply_image_prompt
 from .comfy_backend import ComfyImageEncoder
-from .comfy_layers import check_adapter_fits
+from .comfy_layers import GIVEN_ENCODER, check_adapter_fits
 from .io_types import CATEGORY, IPAdapterTrain
 
 
@@ -57,7 +57,7 @@ class ApplyIPAdapter(io.ComfyNode):
                                  "make start_at <= end_at.")
         encoder = ComfyImageEncoder(clip_vision)
         variant = adapter.spec.variant
-        layers = check_adapter_fits(adapter, encoder.feature_width(variant), encoder.name, model)
+        layers = check_adapter_fits(adapter, encoder.feature_width(variant), GIVEN_ENCODER, model)
         feats = encoder.encode_tensor(image, variant).mean(dim=0, keepdim=True)
         if negative_image is not None:
             negative = encoder.encode_tensor(negative_image, variant).mean(dim=0, keepdim=True)

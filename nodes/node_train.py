@@ -8,7 +8,7 @@ from ..ipadapter_train.config import PREVIEW_ROUNDS_AUTO, TrainConfig
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
-from .comfy_layers import check_adapter_fits
+from .comfy_layers import GIVEN_ENCODER, check_adapter_fits
 from .folders import scorer_choices, scorer_path
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
@@ -178,7 +178,7 @@ class TrainIPAdapter(io.ComfyNode):
                 raise IPAdapterError(f"init_adapter is a {init_adapter.spec.variant} adapter but variant is "
                                      f"{variant}: set variant to {init_adapter.spec.variant}.")
             encoder = ComfyImageEncoder(clip_vision)
-            check_adapter_fits(init_adapter, encoder.feature_width(variant), encoder.name, model, "init_adapter")
+            check_adapter_fits(init_adapter, encoder.feature_width(variant), GIVEN_ENCODER, model, "init_adapter")
         config = _config(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                          resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every,
                          gradient_checkpointing=bool(gradient_checkpointing), buckets=bool(buckets),

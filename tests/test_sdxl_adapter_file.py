@@ -297,7 +297,8 @@ def test_sdxl_adapter_for_an_sd15_model_is_refused_naming_both(variant, clip_dim
 def test_same_family_mismatches_keep_their_messages():
     spec = spec_for(SDXL, "base", 1024)
     spec.check_fits(1024, "clip", CROSS, SDXL.adapter_layers(), "the UNet")  # fits
-    with pytest.raises(IPAdapterError, match="image embedding is 1024-d, but bigG gives 1280-d features"):
+    with pytest.raises(IPAdapterError, match=r"trained with OpenCLIP ViT-H/14 image features \(1024-d image embedding\) but bigG gives "
+                                               r"OpenCLIP ViT-bigG/14 image features \(1280-d image embedding\)"):
         spec.check_fits(1280, "bigG", CROSS, SDXL.adapter_layers(), "the UNet")
     with pytest.raises(IPAdapterError, match=r"has 70 layers that do not fit the UNet \(44 cross-attention layers"):
         spec.check_fits(1024, "clip", CROSS, SDXL.adapter_layers()[:44], "the UNet")

@@ -483,7 +483,7 @@ def test_one_fit_check_one_sentence_for_fine_tuning_and_generation(tmp_path):
     from ipadapter_train.layout import adapter_layers
 
     layers = adapter_layers(micro_sd15().unet.config)
-    cases = {"image embedding is 1024-d, but clip gives 32-d features": IPAdapter.new("base", 1024, 768, layers),
+    cases = {"trained with OpenCLIP ViT-H/14 image features (1024-d image embedding) but clip gives 32-d image embedding": IPAdapter.new("base", 1024, 768, layers),
              "is for a 2048-d cross-attention model, but the UNet of": IPAdapter.new("base", 32, 2048, layers)}
     for needle, adapter in cases.items():
         with pytest.raises(IPAdapterError) as fine_tuning:
