@@ -16,10 +16,7 @@ from ..ipadapter_train.adapter_check import check_adapter_state
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.families import FAMILIES, ModelFamily, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer, adapter_layers
-
-# Where a user puts the image encoder an adapter needs, for the core's mismatch sentence ({file}: the encoder).
-ENCODER_FIX = "load {file} in Load CLIP Vision"
-GIVEN_ENCODER = "the CLIP vision model"
+from .queue_checks import ENCODER_FIX, GIVEN_ENCODER  # the same words when queued and when run
 
 
 def _per_res_block(value: Any, count: int, what: str) -> list[int]:

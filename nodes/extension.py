@@ -10,6 +10,7 @@ from .node_load_images import LoadTrainingImages
 from .node_save import SaveIPAdapter
 from .node_score import ScoreWithCLIP
 from .node_train import TrainIPAdapter
+from .queue_checks import register_gate
 from .runs import register_routes
 
 NODES: list[type[io.ComfyNode]] = [LoadTrainingImages, TrainIPAdapter, SaveIPAdapter, LoadIPAdapter,
@@ -22,4 +23,5 @@ class IPAdapterTrainExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         ensure_model_folders()
         register_routes()
+        register_gate()  # any refusal of these nodes refuses the whole prompt (queue_checks.py)
         return list(NODES)

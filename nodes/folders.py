@@ -12,6 +12,7 @@ from pathlib import Path
 
 import folder_paths
 
+from ..ipadapter_train.data import IMAGE_EXTENSIONS
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.safe_paths import is_absolute_anywhere, resolve_inside
 
@@ -31,6 +32,22 @@ MAX_NAME_BYTES = 240  # with ".safetensors" still under the 255 bytes ext4 and A
 # The server owner's opt-in for training images from any folder. An environment variable, not a UI
 # setting: settings are written by clients, and the clients are who the default protects against.
 ALLOW_ANY_FOLDER_ENV = "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER"
+# Sub-folders of input/ that ComfyUI and its frontend fill with their own uploads (Load 3D, the mask editor's
+# clipspace, pasted and webcam pictures, audio, backgrounds): not training sets, so never offered in the menu.
+COMFY_UPLOAD_FOLDERS = frozenset({"3d", "audio", "backgrounds", "clipspace", "pasted", "threed", "webcam"})
+# A client's folder path longer than this is refused before the file system sees it (no OS allows a
+# longer name per component, and no training folder needs a longer path).
+MAX_PATH_CHARS = 1024
+MAX_COMPONENT_BYTES = 255
+SHOWN_CHARS = 60  # how much of a client's text a message repeats
+
+
+def shown(text: str) -> str:
+    """A client's text quoted for a message, cut short when long (a 5,000-character path is not echoed)."""
+    text = str(text)
+    if len(text) <= SHOWN_CHARS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARS - 20]!r}... ({len(text)} characters)"
 
 
 def ensure_model_folders() -> None:
@@ -57,9 +74,9 @@ def adapter_path(name: str) -> Path:
     """The full path of an adapter listed by `adapter_files`."""
     ensure_model_folders()
     path = folder_paths.get_full_path(ADAPTERS, name)
-    if path is None:
-        raise IPAdapterError(f"No adapter named {name!r} in {', '.join(folder_paths.get_folder_paths(ADAPTERS))}; "
-                             "refresh the node list or save one with Save IP-Adapter first.")
+    if path is None:  # the server's own paths are not told to a client
+        raise IPAdapterError(f"No adapter named {shown(name)} in models/ipadapter: refresh the node list or save "
+                             "one with Save IP-Adapter first.")
     return Path(path)
 
 
@@ -84,15 +101,19 @@ def scorer_choices() -> list[str]:
 def scorer_path(name: str) -> Path:
     """The file or folder behind a `scorer_choices` entry; clip_scorers wins over models/clip."""
     ensure_model_folders()
+    missing = IPAdapterError(f"No CLIP model named {shown(name)} in models/clip_scorers or models/clip: put a full "
+                             "CLIP model (vision and text towers, e.g. openai/clip-vit-large-patch14) there.")
     relative = os.path.relpath(os.path.join(os.sep, name), os.sep)  # cannot climb out of the folder
     for root in folder_paths.get_folder_paths(SCORERS):
         candidate = Path(root) / relative
-        if (candidate.is_dir() and (candidate / "config.json").is_file()) or candidate.is_file():
-            return candidate
+        try:
+            if (candidate.is_dir() and (candidate / "config.json").is_file()) or candidate.is_file():
+                return candidate
+        except (OSError, ValueError):  # a name the OS refuses (too long, a NUL): no such model, no OS text
+            raise missing from None
     path = folder_paths.get_full_path(TEXT_ENCODERS, name)
     if path is None:
-        raise IPAdapterError(f"No CLIP model named {name!r} in models/clip_scorers or models/clip: put a full CLIP "
-                             "model (vision and text towers, e.g. openai/clip-vit-large-patch14) there.")
+        raise missing
     return Path(path)
 
 
@@ -165,25 +186,77 @@ def any_folder_allowed() -> bool:
     return os.environ.get(ALLOW_ANY_FOLDER_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def input_subfolders() -> list[str]:
-    """"" plus the visible sub-folders of ComfyUI's input folder that stay inside it, sorted.
+def holds_images(folder: str | os.PathLike) -> bool:
+    """True when `folder` has a visible file with an image extension (jpg, png, webp, bmp) or a data.json
+    (which lists the images), as Load Training Images reads them: not recursive. False when unreadable."""
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name.lower()
+                if not name.startswith(".") and (os.path.splitext(name)[1] in IMAGE_EXTENSIONS
+                                                 or name == "data.json"):
+                    return True
+    except (OSError, ValueError):
+        return False
+    return False
 
-    A symlinked folder that leads out of input/ is listed only when the owner opted in, since
-    reading it would be refused otherwise.
+
+def input_subfolders() -> list[str]:
+    """The sub-folders of ComfyUI's input folder that hold training images, sorted: what the folder menu offers.
+
+    A user picks a training set here, so only folders that `holds_images` are listed: not empty ones, not
+    hidden ones, not ComfyUI's own upload folders (`COMFY_UPLOAD_FOLDERS`: 3d, clipspace, pasted, ...), and
+    no empty entry. A symlinked folder that leads out of input/ is listed only when the owner opted in,
+    since reading it would be refused otherwise. Other folders (nested ones too) are still read through
+    the node's `path` input.
     """
     root = folder_paths.get_input_directory()
     names = []
     if os.path.isdir(root):
         for entry in os.scandir(root):
-            if entry.name.startswith(".") or not entry.is_dir():
+            if entry.name.startswith(".") or entry.name.lower() in COMFY_UPLOAD_FOLDERS or not entry.is_dir():
                 continue
             if not any_folder_allowed():
                 try:
                     resolve_inside(root, entry.name)
                 except IPAdapterError:
                     continue
-            names.append(entry.name)
-    return [""] + sorted(names)
+            if holds_images(entry.path):
+                names.append(entry.name)
+    return sorted(names)
+
+
+def _check_length(text: str) -> None:
+    """Refuse a client's folder path too long for any file system, before the OS sees it (its error would
+    carry the server's absolute path)."""
+    too_long = len(text) > MAX_PATH_CHARS
+    part = next((p for p in text.replace("\\", "/").split("/") if len(p.encode("utf-8")) > MAX_COMPONENT_BYTES), None)
+    if too_long or part is not None:
+        what = (f"{len(text)} characters long, more than the {MAX_PATH_CHARS} a folder path may have" if too_long
+                else f"a name of {len(part.encode('utf-8'))} bytes, more than the {MAX_COMPONENT_BYTES} a folder "
+                     "name may have")
+        raise IPAdapterError(f"The folder path {shown(text)} is {what}: give the path of a sub-folder of ComfyUI's "
+                             "input folder, such as cats/set1.")
+
+
+def folder_problem(chosen: Path, given: str) -> str | None:
+    """Why a folder the rules allow cannot be trained on (missing, not a folder, unreadable, no images), or None.
+
+    Says it in one sentence with the client's own words (`given`), never the server's path or OS text with it.
+    """
+    try:
+        if not chosen.is_dir():
+            return f"No folder {shown(given)} in ComfyUI's input folder: create it and put the images in it."
+        with os.scandir(chosen):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or "the server cannot open it"
+        return f"The folder {shown(given)} cannot be read ({reason}): pick another sub-folder of ComfyUI's input folder."
+    if not holds_images(chosen):
+        kinds = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+        return (f"The folder {shown(given)} holds no images ({kinds}, or a data.json that lists them): put the "
+                "training images in it, or pick another folder.")
+    return None
 
 
 def training_folder(folder: str, path: str) -> Path:
@@ -197,9 +270,10 @@ def training_folder(folder: str, path: str) -> Path:
     path = (path or "").strip()
     root = folder_paths.get_input_directory()
     opted_in = any_folder_allowed()
+    _check_length(path or (folder or ""))
     if path and is_absolute_anywhere(path):
         if not opted_in:
-            raise IPAdapterError(f"Absolute paths are off on this server, so {path!r} is not read: put the images in "
+            raise IPAdapterError(f"Absolute paths are off on this server, so {shown(path)} is not read: put the images in "
                                  f"a sub-folder of ComfyUI's input folder, or have the server's owner start ComfyUI "
                                  f"with {ALLOW_ANY_FOLDER_ENV}=1.")
         return Path(path).expanduser()
@@ -212,7 +286,7 @@ def training_folder(folder: str, path: str) -> Path:
         try:
             target = resolve_inside(root, chosen)
         except IPAdapterError:
-            raise IPAdapterError(f"{chosen!r} is not inside ComfyUI's input folder (through '..' or a link): pick a "
+            raise IPAdapterError(f"{shown(chosen)} is not inside ComfyUI's input folder (through '..' or a link): pick a "
                                  f"sub-folder of input/, or have the server's owner start ComfyUI with "
                                  f"{ALLOW_ANY_FOLDER_ENV}=1.") from None
     if target == Path(root).resolve():

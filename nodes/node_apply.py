@@ -10,6 +10,7 @@ from .attn_patch import apply_image_prompt
 from .comfy_backend import ComfyImageEncoder
 from .comfy_layers import GIVEN_ENCODER, check_adapter_fits
 from .io_types import CATEGORY, IPAdapterTrain
+from .queue_checks import queued_refusal
 
 
 class ApplyIPAdapter(io.ComfyNode):
@@ -48,6 +49,12 @@ class ApplyIPAdapter(io.ComfyNode):
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The patched MODEL clone.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, adapter=None) -> bool | str:
+        """When queued: refuse an adapter (from Load IP-Adapter) that does not fit the encoder of Load CLIP Vision,
+        as found in the whole graph by `queue_checks.gate` (a node sees only its own values)."""
+        return queued_refusal() or True
 
     @classmethod
     def execute(cls, model, adapter, clip_vision, image, weight, start_at, end_at,

@@ -10,7 +10,7 @@ from comfy_api.latest import io
 from ..ipadapter_train.common_size import to_common_size
 from ..ipadapter_train.data import load_image_folder
 from ..ipadapter_train.errors import IPAdapterError
-from .folders import ALLOW_ANY_FOLDER_ENV, input_subfolders, training_folder
+from .folders import ALLOW_ANY_FOLDER_ENV, folder_problem, input_subfolders, training_folder
 from .images import pils_to_tensor
 from .io_types import CATEGORY
 
@@ -40,7 +40,8 @@ class LoadTrainingImages(io.ComfyNode):
             description="Load a folder of training images under ComfyUI's input folder, with their captions.",
             inputs=[
                 io.Combo.Input("folder", options=input_subfolders(), default="",
-                               tooltip="A sub-folder of ComfyUI's input folder holding the training images."),
+                               tooltip="A sub-folder of ComfyUI's input folder holding the training images (only "
+                                       "folders with images are listed; press R after adding one)."),
                 io.String.Input("path", default="",
                                 tooltip="Instead of folder: a path inside ComfyUI's input folder, e.g. cats/set1. "
                                         f"Absolute paths only when the server was started with "
@@ -60,16 +61,15 @@ class LoadTrainingImages(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, folder, path) -> bool | str:
-        """Refuse, when the graph is queued, a folder outside input/ (or an absolute path without the opt-in)."""
+        """Refuse, when the graph is queued, a folder outside input/ (or an absolute path without the opt-in), an
+        over-long path, and a folder that is missing or holds no images: before any model of the graph loads."""
         if folder is None or path is None:  # fed by another node: known only when it runs
             return True
         try:
             chosen = training_folder(folder, path)
         except IPAdapterError as exc:
             return str(exc)
-        if not chosen.is_dir():
-            return f"No folder {(path or folder).strip()!r} in ComfyUI's input folder: create it and put the images in it."
-        return True
+        return folder_problem(chosen, (path or folder).strip()) or True
 
     @classmethod
     def fingerprint_inputs(cls, folder, path, prompt) -> str:
@@ -90,6 +90,9 @@ class LoadTrainingImages(io.ComfyNode):
     @classmethod
     def execute(cls, folder, path, prompt) -> io.NodeOutput:
         chosen = training_folder(folder, path)
+        problem = folder_problem(chosen, (path or folder).strip())
+        if problem:  # fed by another node, so not checked when queued
+            raise IPAdapterError(problem)
         samples, report = load_image_folder(chosen, prompt=prompt or None)
         sizes = [s.image.size for s in samples]
         pictures, changes = to_common_size([s.image for s in samples], [s.path.name for s in samples])

@@ -9,11 +9,12 @@ from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
 from .comfy_layers import GIVEN_ENCODER, check_adapter_fits
-from .folders import scorer_choices, scorer_path
+from .folders import scorer_choices, scorer_path, shown
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
 from .node_score import _load as load_scorer  # the Score node's cache: one CLIP model loaded for both nodes
 from . import runs
+from .queue_checks import queued_refusal
 from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES, check_preview_settings,
                        preview_every_setting, preview_grids, preview_source, report_text, samples_from_images,
                        train_in_graph, validation_settings)
@@ -152,17 +153,22 @@ class TrainIPAdapter(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, resolution) -> bool | str:
-        """Refuse a resolution the trainer cannot use when the graph is queued (0 means the model's default)."""
-        if resolution is None:  # fed by another node: checked when Train runs
-            return True
-        try:
-            _config(resolution=resolution).validate()
-        except IPAdapterError as exc:
-            return str(exc)
-        if resolution > 2048:
-            return f"Resolution {resolution} is above the node's limit of 2048."
-        return True
+    def validate_inputs(cls, resolution, scorer=None) -> bool | str:
+        """When the graph is queued, refuse a resolution the trainer cannot use (0 means the model's default), a
+        scorer that is not one of the menu's, and what `queue_checks.gate` found in the whole graph (an
+        init_adapter that does not fit the variant or the encoder of Load CLIP Vision)."""
+        if scorer is not None and scorer != NO_SCORER and scorer not in scorer_choices():
+            # ComfyUI 0.3.75 does not check a V3 menu's value, and the name becomes a path when previews run
+            return (f"No CLIP scorer named {shown(scorer)} in models/clip_scorers or models/clip: pick one of the "
+                    f"scorer menu's entries (press R to refresh it), or {NO_SCORER}.")
+        if resolution is not None:  # None: fed by another node, checked when Train runs
+            try:
+                _config(resolution=resolution).validate()
+            except IPAdapterError as exc:
+                return str(exc)
+            if resolution > 2048:
+                return f"Resolution {resolution} is above the node's limit of 2048."
+        return queued_refusal() or True
 
     @classmethod
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,

@@ -11,6 +11,7 @@ scorer is the Score node's cached CLIP model, so a run loads no second copy of a
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -39,6 +40,7 @@ from .runs import PreviewSchedule, RunReporter
 log = logging.getLogger(__name__)
 
 RUNS_FOLDER = "ipadapter_train"  # under ComfyUI's output directory
+MAX_NODE_CHARS = 40  # of a node id in a run folder's name
 # The Train node's validation setting -> TrainConfig fields. "full" is the core's default (8 images x 4
 # timesteps = 32 UNet calls); "quick" makes 8 calls, a rough figure for a fraction of the time.
 VALIDATION_MODES: dict[str, dict[str, Any]] = {
@@ -125,10 +127,14 @@ def make_run_dir(node_id: str) -> Path:
     """Create a fresh run folder `output/ipadapter_train/run-<date>-<time>-node<id>` and return it.
 
     The name holds only letters, digits and '-' (a subgraph node's id "12:5" becomes "12-5"), so it is a
-    valid folder name on Windows too; a second run in the same second gets a "-2" suffix.
+    valid folder name on Windows too; a second run in the same second gets a "-2" suffix. A node id is the
+    client's text: a long one (a 300-digit id) is cut to its start and a hash of the whole, so the name stays
+    far below the 255 bytes a file system allows.
     """
     stamp = time.strftime("%Y%m%d-%H%M%S")
     node = re.sub(r"[^A-Za-z0-9]+", "-", node_id).strip("-") or "x"
+    if len(node) > MAX_NODE_CHARS:
+        node = f"{node[:MAX_NODE_CHARS - 13]}-{hashlib.sha256(node_id.encode()).hexdigest()[:12]}"
     base = Path(folder_paths.get_output_directory()) / RUNS_FOLDER
     base.mkdir(parents=True, exist_ok=True)
     n = 1
