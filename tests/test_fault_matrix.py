@@ -45,8 +45,9 @@ def sd15_damaged(name: str) -> Maker:
     return make
 
 
-def micro_adapter(poison: float | None = None) -> Maker:
-    """A base adapter that fits the micro models (so only `poison`, put into one weight, can be wrong)."""
+def micro_adapter(poison: float | None = None, clip_dim: int = 32) -> Maker:
+    """A base adapter that fits the micro models (so only `poison`, put into one weight, can be wrong); with
+    `clip_dim` 1024 it reads an OpenCLIP ViT-H/14 embedding instead of the tiny CLIP's 32-d one."""
     def make(path: Path, models: dict) -> None:
         import json
 
@@ -56,7 +57,7 @@ def micro_adapter(poison: float | None = None) -> Maker:
 
         config = json.loads((models["sd"] / "unet" / "config.json").read_text())
         torch.manual_seed(3)
-        adapter = IPAdapter.new("base", 32, 768, adapter_layers(config))  # the tiny CLIP's 32-d embedding
+        adapter = IPAdapter.new("base", clip_dim, 768, adapter_layers(config))  # the tiny CLIP's: 32-d
         state = adapter.state_dict()
         if poison is not None:
             state["ip_adapter.3.to_v_ip.weight"][1, 1] = poison
@@ -67,6 +68,18 @@ def micro_adapter(poison: float | None = None) -> Maker:
 def copy_of(key: str) -> Maker:
     """A byte copy of one of the `models` fixture's files (e.g. the tiny CLIP vision file)."""
     return lambda path, models: path.write_bytes(Path(models[key]).read_bytes())
+
+
+def base_model_that_cannot_load() -> Maker:
+    """A copy of the micro SD1.5 folder whose UNet weights are garbage: its family is read from the configs, but
+    loading it fails, so a row refused for another reason proves the refusal came before the base model loaded."""
+    def make(path: Path, models: dict) -> None:
+        import shutil
+
+        shutil.copytree(models["sd"], path)
+        for weights in (path / "unet").glob("*.safetensors"):
+            weights.write_bytes(GARBAGE)
+    return make
 
 
 def raw_bytes(data: bytes) -> Maker:
@@ -148,13 +161,34 @@ CASES = [
          "which this run reads"),
     case("generate: garbage bytes", {"a.safetensors": raw_bytes(GARBAGE)}, GENERATE, 2,
          "is not a readable .safetensors file"),
+    # an adapter for another image encoder: both encoders named and the file that fits, before the base model loads
+    case("generate: adapter for another image encoder, before the base model loads",
+         {"a.safetensors": micro_adapter(clip_dim=1024), "sd": base_model_that_cannot_load()},
+         (*GENERATE, "--base-model", "{tmp}/sd"), 2,
+         "a.safetensors was trained with OpenCLIP ViT-H/14 image features (1024-d image embedding) but "
+         "clip.safetensors gives 32-d image embeddings: pass --image-encoder CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    case("train --init-adapter: adapter for another image encoder, before the base model loads",
+         {"a.safetensors": micro_adapter(clip_dim=1024), "sd": base_model_that_cannot_load()},
+         (*TRAIN_FROM, "--base-model", "{tmp}/sd"), 2,
+         "a.safetensors was trained with OpenCLIP ViT-H/14 image features (1024-d image embedding) but "
+         "clip.safetensors gives 32-d image embeddings: pass --image-encoder CLIP-ViT-H-14-laion2B-s32B-b79K"),
 ]
 
 
 # ---------------------------------------------------------------- the runner
 
+def _digest(path: Path) -> str:
+    """A file's sha256; for a folder (an input model folder), one over its files' names and bytes."""
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        digest.update(p.relative_to(path).as_posix().encode() + p.read_bytes())
+    return digest.hexdigest()
+
+
 def _files(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    return {p.name: _digest(p) for p in folder.iterdir()}
 
 
 @pytest.mark.parametrize("row", CASES, ids=[c.name for c in CASES])
