@@ -232,10 +232,10 @@ def _check_length(text: str) -> None:
     too_long = len(text) > MAX_PATH_CHARS
     part = next((p for p in text.replace("\\", "/").split("/") if len(p.encode("utf-8")) > MAX_COMPONENT_BYTES), None)
     if too_long or part is not None:
-        what = (f"{len(text)} characters long, more than the {MAX_PATH_CHARS} a folder path may have" if too_long
-                else f"a name of {len(part.encode('utf-8'))} bytes, more than the {MAX_COMPONENT_BYTES} a folder "
+        what = (f"is {len(text)} characters long, more than the {MAX_PATH_CHARS} a folder path may have" if too_long
+                else f"has a name of {len(part.encode('utf-8'))} bytes, more than the {MAX_COMPONENT_BYTES} a folder "
                      "name may have")
-        raise IPAdapterError(f"The folder path {shown(text)} is {what}: give the path of a sub-folder of ComfyUI's "
+        raise IPAdapterError(f"The folder path {shown(text)} {what}: give the path of a sub-folder of ComfyUI's "
                              "input folder, such as cats/set1.")
 
 
