@@ -263,6 +263,17 @@ def test_run_folders_live_in_the_output_directory_with_windows_safe_names(output
     assert not (Path(folder_paths.get_temp_directory()) / "ipadapter_train").exists()
 
 
+def test_a_300_digit_node_id_gives_a_short_run_folder(output_dir):
+    """A node id is the client's text: a 300-digit one must not make a folder name the OS refuses (whose error
+    carried the server's absolute path)."""
+    training = pack("nodes.training")
+    long_id, other = "9" * 300, "9" * 299 + "8"
+    folder, folder2 = training.make_run_dir(long_id), training.make_run_dir(other)
+    assert folder.is_dir() and len(folder.name) < 80 and folder.name.startswith("run-")
+    assert folder.name.split("-node")[1][:20] == "9" * 20
+    assert folder.name.split("-node")[1] != folder2.name.split("-node")[1]  # the hash tells the two apart
+
+
 def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph, dataset, server):
     steps = 8
     seen = []
