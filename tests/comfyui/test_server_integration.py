@@ -207,6 +207,7 @@ def test_bad_inputs_end_in_execution_error_and_the_server_keeps_serving(comfy, t
     wide = IPAdapter.new("base", 1024, 768, adapter_layers(tiny_unet_config()))  # a ViT-H adapter
     # a .bin file: its encoder is not read when queued (a pickle is loaded whole), so Apply refuses it when it runs
     save_adapter(wide.state_dict(), comfy.base / "models" / "ipadapter" / "vith_adapter.bin")
+    train_set(comfy)  # also puts the template's reference.jpg in input/
     prompt = workflow(comfy, "apply_ip_adapter", test_models, seed=3)
     set_inputs(prompt, "IPAdapterTrain_Load", adapter_name="vith_adapter.bin")
     entry = run(comfy, prompt)
