@@ -380,3 +380,31 @@ def wait_queue_empty(server, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while server.get("/queue")["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+def test_a_refused_save_name_stops_the_whole_run_and_the_error_dialog_says_why(server, page):
+    """Issue 17 item 1: with the Save name taken, Run used to outline Save in red and train anyway (the template's
+    "Training report" output is valid on its own). Now the whole prompt is refused and ComfyUI's error dialog
+    shows the sentence."""
+    from ipadapter_train.adapter import IPAdapter
+    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.layout import adapter_layers
+    from ipadapter_train.sd15 import tiny_unet_config
+
+    taken = server.base / "models" / "ipadapter" / "ipt_taken.safetensors"
+    taken.parent.mkdir(parents=True, exist_ok=True)
+    if not taken.exists():
+        save_adapter(IPAdapter.new("base", 768, 768, adapter_layers(tiny_unet_config())).state_dict(), taken)
+    load_in_editor(page, server, "train_ip_adapter")
+    set_widgets(page, training_widgets(1, "off", "ipt_taken", preview_every=-1))
+    runs = len(server.get("/ipadapter_train/runs")["runs"])
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as resp:
+        page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
+    assert resp.value.status == 400, resp.value.text()
+    sentence = "ipt_taken.safetensors already exists"
+    page.get_by_text(sentence, exact=False).first.wait_for(timeout=20_000)  # in the error dialog
+    page.screenshot(path=str(ARTIFACTS / "refused_save_dialog.png"))
+    time.sleep(2)  # had anything been queued, it would have started by now
+    queue = server.get("/queue")
+    assert not queue["queue_running"] and not queue["queue_pending"]
+    assert len(server.get("/ipadapter_train/runs")["runs"]) == runs  # Train never ran
