@@ -16,7 +16,7 @@ from ..ipadapter_train.adapter_check import check_adapter_state
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.families import FAMILIES, ModelFamily, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer, adapter_layers
-from .queue_checks import ENCODER_FIX, GIVEN_ENCODER  # the same words when queued and when run
+from .queue_checks import ENCODER_FIX  # the same words when queued and when run
 
 
 def _per_res_block(value: Any, count: int, what: str) -> list[int]:

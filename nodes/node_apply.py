@@ -8,9 +8,9 @@ from comfy_api.latest import io
 from ..ipadapter_train.errors import IPAdapterError
 from .attn_patch import apply_image_prompt
 from .comfy_backend import ComfyImageEncoder
-from .comfy_layers import GIVEN_ENCODER, check_adapter_fits
+from .comfy_layers import check_adapter_fits
 from .io_types import CATEGORY, IPAdapterTrain
-from .queue_checks import queued_refusal
+from .queue_checks import GIVEN_ENCODER, queued_refusal
 
 
 class ApplyIPAdapter(io.ComfyNode):

@@ -8,13 +8,13 @@ from ..ipadapter_train.config import PREVIEW_ROUNDS_AUTO, TrainConfig
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
-from .comfy_layers import GIVEN_ENCODER, check_adapter_fits
+from .comfy_layers import check_adapter_fits
 from .folders import scorer_choices, scorer_path, shown
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
 from .node_score import _load as load_scorer  # the Score node's cache: one CLIP model loaded for both nodes
 from . import runs
-from .queue_checks import queued_refusal
+from .queue_checks import GIVEN_ENCODER, queued_refusal
 from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES, check_preview_settings,
                        preview_every_setting, preview_grids, preview_source, report_text, samples_from_images,
                        train_in_graph, validation_settings)

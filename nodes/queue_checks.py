@@ -26,8 +26,8 @@ Alternatives weighed: raising from the handler does nothing (ComfyUI logs handle
 answering the request from the handler is impossible (it returns the JSON, not a response); a route that
 replaces POST /prompt would fork ComfyUI's queueing code; making Train's own validation look downstream is
 impossible (validation sees no prompt); an injected refusal node would show in the node menu. Narrowing
-the targets uses only what POST /prompt already honours, and API clients get the same 400 (the nodes'
-own validation still refuses for a client that posts without the handler, e.g. ComfyUI run elsewhere).
+the targets uses only what POST /prompt already honours; API clients get the same 400, and each node's own
+`validate_inputs` still refuses its own values whatever the handler does (e.g. a Save whose name is taken).
 """
 from __future__ import annotations
 

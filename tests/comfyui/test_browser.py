@@ -14,7 +14,9 @@ frontend served by a real ComfyUI server with this pack, on CPU with random-weig
   clears the chart when it starts encoding and shows its preview and validation phases;
 - the latest preview grid of that short run appears under the chart on the Train node (loaded through
   ComfyUI's /view), and again after a page reload (from GET /ipadapter_train/runs). Screenshots are saved
-  under tests/artifacts/browser/.
+  under tests/artifacts/browser/;
+- the training workflow with a taken Save name: Run is answered 400, ComfyUI's error dialog shows the sentence,
+  and nothing runs.
 
 Skipped only when /usr/bin/chromium is missing (`apt-get install -y chromium`). Needs `pip install
 playwright` (its Python package only: the Debian browser is used, `playwright install` is never run)
