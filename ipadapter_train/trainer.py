@@ -345,7 +345,8 @@ class TrainingRun:
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
                 if self.preview is not None:
                     self.preview.write_files()  # the page again, now with the final loss curve
-                    self.files["previews_page"] = self.paths.run_dir / "previews.html"
+                    if (self.paths.run_dir / "previews.html").is_file():  # not after a failed write (a warning)
+                        self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
 
