@@ -94,6 +94,7 @@ class TrainingRun:
         self.backend, self.encoder, self.init_adapter = backend, encoder, init_adapter
         self.config, self.samples, self.paths = plan.config.for_family(backend.family), plan.samples, plan.paths
         self.hooks = hooks or RunHooks()
+        self.trained_on = {"family": backend.family.name, **plan.trained_on}  # state.json's "trained_on"
         self.accelerator = accelerator or make_accelerator(self.config, backend.device, backend.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
@@ -250,7 +251,7 @@ class TrainingRun:
         processes wait."""
         if self.main and (self.config.checkpoint_every or force):
             info = {"config": self.config.to_dict(), "dataset": fingerprint(self.samples), "world_size": self.world,
-                    "losses": self.losses}
+                    "losses": self.losses, "trained_on": self.trained_on}
             if self.paths.out_path is not None:  # the file a resume of this run may replace (run_outputs.py)
                 info["adapter"] = str(self.paths.out_path.resolve())
             extra = {}
