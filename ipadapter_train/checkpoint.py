@@ -138,7 +138,7 @@ def _config_problem(config: Any) -> str | None:
     from .config import TrainConfig
 
     if not isinstance(config, dict):
-        return f"its config is {type(config).__name__}, not an object"
+        return f"its config is {_JSON_KINDS.get(type(config), type(config).__name__)}, not an object"
     defaults = TrainConfig().to_dict()
     for name, value in config.items():
         if name not in defaults:
@@ -168,6 +168,8 @@ def _config_problem(config: Any) -> str | None:
 
 
 _OPTIONAL_INTS = ("resolution", "max_steps", "preview_size")
+_JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
 
 
 def state_problem(info: Any) -> str | None:
@@ -176,7 +178,7 @@ def state_problem(info: Any) -> str | None:
     Checked when the checkpoint is opened, so a damaged or hand-edited file is one sentence before any work,
     never a traceback halfway through a resume."""
     if not isinstance(info, dict):
-        return f"state.json holds {type(info).__name__ if info is not None else 'null'}, not an object"
+        return f"state.json holds {_JSON_KINDS.get(type(info), type(info).__name__)}, not an object"
     for name, check, what in (("step", lambda v: _is_int(v) and v >= 0, "a step count"),
                               ("config", lambda v: True, ""),
                               ("param_groups", lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),

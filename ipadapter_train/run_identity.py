@@ -106,9 +106,9 @@ def image_hashes(samples: Sequence[Any]) -> list[dict[str, str]]:
     return out
 
 
-def _named(record: dict[str, Any]) -> str:
+def _details(record: dict[str, Any]) -> str:
     width = f", {record['width']}-d" if record.get("width") else ""
-    return f"{record.get('name')} ({record.get('size')} bytes{width})"
+    return f"{record.get('size')} bytes{width}"
 
 
 def check_trained_on(folder: Path, recorded: dict[str, Any] | None, inputs: dict[str, Any] | None,
@@ -125,16 +125,16 @@ def check_trained_on(folder: Path, recorded: dict[str, Any] | None, inputs: dict
                     "base model and image encoder it was trained with.", folder)
         return
     inputs = inputs or {}
-    fix = "resume with the ones it was trained with, or start a new run (without --resume)."
     family, was = inputs.get("family"), recorded.get("family")
     if family and was and family != was:
         from .families import FAMILIES
 
         def label(name: str) -> str:
             return FAMILIES[name].label if name in FAMILIES else name
+        then, now = recorded.get("base_model") or {}, inputs.get("base_model") or {}
         raise IPAdapterError(f"The checkpoint in {folder} was trained on an {label(was)} base model "
-                             f"({_named(recorded.get('base_model') or {})}) but --base-model is an {label(family)} "
-                             f"model: {fix}")
+                             f"({then.get('name')}), but --base-model {now.get('name')} is an {label(family)} model: "
+                             f"resume with {then.get('name')}, or start a new run without --resume.")
     for key, option, what in (("base_model", "--base-model", "base model"),
                               ("image_encoder", "--image-encoder", "image encoder")):
         now, then = inputs.get(key), recorded.get(key)
@@ -142,8 +142,9 @@ def check_trained_on(folder: Path, recorded: dict[str, Any] | None, inputs: dict
             continue
         widths = [(r.get("width"), r.get("embedding")) for r in (then, now)]
         if now.get("signature") != then.get("signature") or widths[0] != widths[1]:
-            raise IPAdapterError(f"The checkpoint in {folder} was trained with another {what} "
-                                 f"({_named(then)}) than {option} {_named(now)}: {fix}")
+            raise IPAdapterError(f"The checkpoint in {folder} was trained with another {what} ({then.get('name')}, "
+                                 f"{_details(then)}) than {option} {now.get('name')} ({_details(now)}): resume "
+                                 f"with {then.get('name')}, or start a new run without --resume.")
     was_images = recorded.get("images")
     if hashes is not None and isinstance(was_images, list):
         before = {i.get("name"): i.get("sha256") for i in was_images if isinstance(i, dict)}
@@ -154,4 +155,4 @@ def check_trained_on(folder: Path, recorded: dict[str, Any] | None, inputs: dict
             parts = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
                      for label, names in (("changed", changed), ("new", added), ("missing", gone)) if names]
             raise IPAdapterError(f"The checkpoint in {folder} was trained on other images ({'; '.join(parts)}): "
-                                 "resume with the images it was trained on, or start a new run (without --resume).")
+                                 "resume with the images it was trained on, or start a new run without --resume.")

@@ -224,16 +224,16 @@ CASES = [
     # issue 17, item 13: a resume with other models or images is refused before any model loads
     case("train --resume: another base model family", {**resumable(), "sdxl.safetensors": tiny_sdxl},
          train_with("--base-model", "{tmp}/sdxl.safetensors", "--resume", "{tmp}"), 2,
-         "was trained on an SD1.5 base model (sd15"),
+         "was trained on an SD1.5 base model (sd15), but --base-model sdxl.safetensors is an SDXL model"),
     case("train --resume: another image encoder", {**resumable(), "enc.safetensors": other_clip},
          train_with("--image-encoder", "{tmp}/enc.safetensors", "--resume", "{tmp}"), 2,
-         "was trained with another image encoder (clip.safetensors"),
+         "another image encoder (clip.safetensors, "),
     case("train --resume: another image set", {**resumable(), **samples_with_one_changed()},
          train_with("--images", "{tmp}", "--resume", "{tmp}"), 2, "was trained on other images (changed chelsea.jpg)"),
     # issue 17, item 14: a state.json of the wrong JSON type, and sizes beyond the bounds
     *[case(f"train --resume: state.json holds {label}", {"state.json": raw_bytes(data)},
            train_with("--resume", "{tmp}"), 2, f"is damaged ({why})") for label, data, why in (
-        ("a list", b"[1, 2, 3]", "state.json holds list, not an object"),
+        ("a list", b"[1, 2, 3]", "state.json holds a list, not an object"),
         ("an empty object", b"{}", "state.json has no step"),
         ("null", b"null", "state.json holds null, not an object"))],
     case("train --resume: state.json with a string resolution", {"state.json": state_json(resolution="512")},
