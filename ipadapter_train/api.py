@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -21,7 +22,7 @@ from .config import TrainConfig
 from .data import load_image_folder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
-from .precision import frozen_dtype, make_accelerator
+from .precision import frozen_dtype, launched_rank, make_accelerator
 from .random_init import is_random
 from .output_lock import output_lock
 from .run_identity import model_inputs
@@ -69,7 +70,10 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
                                      else images, Path(init_adapter) if init_adapter else None,
                                      previews.folder if previews else None],
                       overwrite, checkpoint, [last_path(out)] if config.keep == "best" else [])
-    with output_lock(out, "--out"), output_lock(run_dir, "the run folder"):  # one run per output at a time
+    with contextlib.ExitStack() as held:
+        if launched_rank() == 0:  # one run per output at a time; a run's other processes share their main's lock
+            held.enter_context(output_lock(out, "--out"))
+            held.enter_context(output_lock(run_dir, "the run folder"))
         remove_stale_outputs(out, run_dir, started)
         return _train_loaded(plan, base_model, image_encoder, init_adapter, samples, report, config, callbacks,
                              device, encode_progress, preview_progress)

@@ -7,7 +7,8 @@ The lock is the operating system's (`flock` on POSIX, `msvcrt.locking` on Window
 the output, `.NAME.lock`: the system drops it when the holding process dies, kill -9 included, so a crash never
 leaves a lock that blocks the next run. The file is removed on release, so a finished run leaves nothing; a
 process that took a lock on a file another one was removing looks again (the inode check below). Both modules
-are imported inside the functions, so the package imports on every platform.
+are imported inside the functions, so the package imports on every platform; where neither exists, the output is
+written unguarded, with a warning.
 """
 from __future__ import annotations
 
@@ -28,9 +29,23 @@ def lock_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.lock")
 
 
-def _try_lock(fd: int) -> bool:
+def _locker() -> str | None:
+    """Which OS lock this platform has: "flock" (POSIX), "msvcrt" (Windows), or None (neither importable)."""
+    try:
+        import fcntl  # noqa: F401
+        return "flock"
+    except ImportError:
+        pass
+    try:
+        import msvcrt  # noqa: F401
+        return "msvcrt"
+    except ImportError:
+        return None
+
+
+def _try_lock(fd: int, locker: str) -> bool:
     """Take the lock on the open file `fd` without waiting; False when another process holds it."""
-    if os.name == "nt":
+    if locker == "msvcrt":
         import msvcrt
 
         try:
@@ -59,12 +74,12 @@ def _same_file(fd: int, path: Path) -> bool:
     return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _acquire(path: Path) -> int | None:
+def _acquire(path: Path, locker: str) -> int | None:
     """The open, locked lock file of `path`, or None when another process holds it."""
     lock = lock_path(path)
     for _ in range(20):  # another holder may remove the file between our open and our lock: open it again
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        if not _try_lock(fd):
+        if not _try_lock(fd, locker):
             os.close(fd)
             return None
         if _same_file(fd, lock):
@@ -73,13 +88,13 @@ def _acquire(path: Path) -> int | None:
     raise IPAdapterError(f"Cannot take the lock {lock}: it keeps being replaced; try again.")
 
 
-def _release(fd: int, path: Path) -> None:
+def _release(fd: int, path: Path, locker: str) -> None:
     lock = lock_path(path)
-    if os.name != "nt":  # removed while still held, so no one takes a lock on a file that is going away
+    if locker == "flock":  # removed while still held, so no one takes a lock on a file that is going away
         with contextlib.suppress(OSError):
             os.unlink(lock)
     os.close(fd)  # closing drops the lock (on Windows too: the byte range lock goes with the handle)
-    if os.name == "nt":  # Windows cannot remove an open file: remove it once closed, unless another has it open
+    if locker == "msvcrt":  # Windows cannot remove an open file: remove it once closed, unless another has it open
         with contextlib.suppress(OSError):
             os.unlink(lock)
 
@@ -92,9 +107,15 @@ def output_lock(path: str | os.PathLike, what: str = "the output") -> Iterator[N
     `path` is created when missing (the run would create it anyway).
     """
     path = Path(path)
+    locker = _locker()
+    if locker is None:  # a platform with neither module: go on unguarded rather than refuse to train
+        log.warning("This platform has no file lock (neither fcntl nor msvcrt): %s is not guarded against a "
+                    "second run writing it at the same time.", path)
+        yield
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = _acquire(path)
+        fd = _acquire(path, locker)
     except OSError as err:
         raise IPAdapterError(f"Cannot lock {path} ({what}) against other runs: {err.strerror or err}; choose a "
                              "writable folder.") from err
@@ -104,4 +125,4 @@ def output_lock(path: str | os.PathLike, what: str = "the output") -> Iterator[N
     try:
         yield
     finally:
-        _release(fd, path)
+        _release(fd, path, locker)
