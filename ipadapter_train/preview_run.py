@@ -137,7 +137,8 @@ class PreviewRunner:
             write()
             return True
         except (OSError, IPAdapterError) as err:  # the atomic writers leave no partial file either way
-            cause = write_cause(err) if isinstance(err, OSError) else str(err).rstrip(".")
+            os_error = err if isinstance(err, OSError) else err.__cause__  # atomic_write wraps a PermissionError
+            cause = write_cause(os_error) if isinstance(os_error, OSError) else str(err).rstrip(".")
             log.warning("Could not write the preview file %s (%s): training goes on, and its checkpoints and "
                         "adapter are still written.", self.run_dir / name, cause)
             if name not in self.unwritten:
