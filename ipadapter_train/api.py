@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -21,8 +22,10 @@ from .config import TrainConfig
 from .data import load_image_folder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
-from .precision import frozen_dtype, make_accelerator
+from .precision import frozen_dtype, launched_rank, make_accelerator
 from .random_init import is_random
+from .output_lock import output_lock
+from .run_identity import model_inputs
 from .run_outputs import check_run_outputs, remove_stale_outputs
 from .previews import PreviewSource
 from .trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, last_path, train
@@ -60,11 +63,9 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     a run folder or a checkpoint the caller already opened (`checkpoint.open_checkpoint`). An existing `out`
     is replaced only with `overwrite` (the CLI's --overwrite; or when the resumed run wrote it), and no file
     the run reads is ever written over. With `config.preview_every`, the run previews (and with a scorer in
-    `previews`, scores) the adapter as it trains (previews.py).
+    `previews`, scores) the adapter as it trains (previews.py). A second run to the same `out` or run folder
+    is refused while the first holds them (`output_lock`).
     """
-    from .clip_vision import load_clip_vision
-    from .model_loading import load_model
-
     started = time.time()
     out = Path(out)
     if out.suffix not in (".safetensors", ".bin"):
@@ -72,16 +73,33 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     run_dir = Path(run_dir) if run_dir else default_run_dir(out)
     checkpoint = open_checkpoint(Path(resume) if isinstance(resume, str) else resume) if resume else None
     images = Path(images)
+    samples, report = load_image_folder(images, prompt=prompt)
+    log.info("%s", report.summary())
+    # What the run trains on, for its checkpoints; a resume of other settings, images or models is refused first.
+    # The models' identities come from their headers and a few sampled bytes, so nothing is loaded yet.
+    inputs = model_inputs(base_model, image_encoder)
+    plan = RunPlan.check(config, samples, RunPaths(run_dir, out, checkpoint), previews, inputs)
     check_run_outputs(out, run_dir, [Path(base_model), Path(image_encoder), images.parent if images.is_file()
                                      else images, Path(init_adapter) if init_adapter else None,
                                      previews.folder if previews else None],
                       overwrite, checkpoint, [last_path(out)] if config.keep == "best" else [])
-    remove_stale_outputs(out, run_dir, started)
-    samples, report = load_image_folder(images, prompt=prompt)
-    log.info("%s", report.summary())
-    plan = RunPlan.check(config, samples, RunPaths(run_dir, out, checkpoint), previews)
     if init_adapter:  # an adapter for another image encoder is refused from the headers, before the models load
         check_init_encoder(Path(init_adapter), Path(image_encoder))
+    with contextlib.ExitStack() as held:
+        if launched_rank() == 0:  # one run per output at a time; a run's other processes share their main's lock
+            held.enter_context(output_lock(out, "--out"))
+            held.enter_context(output_lock(run_dir, "the run folder"))
+        remove_stale_outputs(out, run_dir, started)
+        return _train_loaded(plan, base_model, image_encoder, init_adapter, samples, report, config, callbacks,
+                             device, encode_progress, preview_progress)
+
+
+def _train_loaded(plan: RunPlan, base_model, image_encoder, init_adapter, samples, report, config: TrainConfig,
+                  callbacks, device, encode_progress, preview_progress) -> TrainResult:
+    """`train_adapter` once its inputs are checked and its outputs locked: load the models and run."""
+    from .clip_vision import load_clip_vision
+    from .model_loading import load_model
+
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
     t0 = time.perf_counter()

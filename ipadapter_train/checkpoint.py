@@ -116,9 +116,91 @@ def open_checkpoint(path: Path | SavedCheckpoint) -> SavedCheckpoint:
         return path
     folder = find_checkpoint(path)
     try:
-        return SavedCheckpoint(folder, json.loads((folder / "state.json").read_text()))
+        info = json.loads((folder / "state.json").read_text())
     except (OSError, ValueError) as exc:
         raise _damaged(folder, exc) from exc
+    problem = state_problem(info)
+    if problem:
+        raise _damaged(folder, problem)
+    return SavedCheckpoint(folder, info)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _config_problem(config: Any) -> str | None:
+    """What is wrong with state.json's "config", by the types of `TrainConfig`'s defaults; None if nothing."""
+    from .config import TrainConfig
+
+    if not isinstance(config, dict):
+        return f"its config is {_JSON_KINDS.get(type(config), type(config).__name__)}, not an object"
+    defaults = TrainConfig().to_dict()
+    for name, value in config.items():
+        if name not in defaults:
+            return f"its config has an unknown setting {name!r}"
+        default = defaults[name]
+        if name in _OPTIONAL_INTS:
+            ok = value is None or _is_int(value)
+        elif name == "preview_every":
+            ok = value == "auto" or _is_int(value)
+        elif isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = _is_int(value)
+        elif isinstance(default, float):
+            ok = _is_number(value)
+        elif isinstance(default, list):
+            ok = isinstance(value, list) and all(_is_number(v) for v in value)
+        else:  # strings and the free-form `extra` dict
+            ok = isinstance(value, type(default))
+        if not ok:
+            return f"its config has {name} = {json.dumps(value)[:40]}"
+    try:
+        TrainConfig.from_dict(config).validate()
+    except (IPAdapterError, TypeError, ValueError) as exc:
+        return str(exc).rstrip(".")
+    return None
+
+
+_OPTIONAL_INTS = ("resolution", "max_steps", "preview_size")
+_JSON_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+
+
+def state_problem(info: Any) -> str | None:
+    """Why a state.json's content cannot be a checkpoint's (the wrong JSON types), or None if it can.
+
+    Checked when the checkpoint is opened, so a damaged or hand-edited file is one sentence before any work,
+    never a traceback halfway through a resume."""
+    if not isinstance(info, dict):
+        return f"state.json holds {_JSON_KINDS.get(type(info), type(info).__name__)}, not an object"
+    for name, check, what in (("step", lambda v: _is_int(v) and v >= 0, "a step count"),
+                              ("config", lambda v: True, ""),
+                              ("param_groups", lambda v: isinstance(v, list) and all(isinstance(g, dict) for g in v),
+                               "a list of objects")):
+        if name not in info:
+            return f"state.json has no {name}"
+        if not check(info[name]):
+            return f"state.json's {name} is not {what}"
+    problem = _config_problem(info["config"])
+    if problem:
+        return problem
+    for name, check, what in (("losses", lambda v: isinstance(v, list) and all(_is_number(x) for x in v),
+                               "a list of numbers"),
+                              ("dataset", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                               "a list of names"),
+                              ("extra_weights", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                               "a list of names"),
+                              ("previews", lambda v: v is None or isinstance(v, dict), "an object"),
+                              ("trained_on", lambda v: isinstance(v, dict), "an object")):
+        if name in info and not check(info[name]):
+            return f"state.json's {name} is not {what}"
+    return None
 
 
 def load_checkpoint(path: Path | SavedCheckpoint) -> TrainingState:

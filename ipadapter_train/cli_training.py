@@ -208,11 +208,11 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    "plus: 16 tokens from a Resampler over hidden states (default base)")
     g.add_argument("--epochs", type=int, help="passes over the images (default 10)")
     g.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
-    g.add_argument("--batch-size", type=int, help="images per step and process (default 1)")
+    g.add_argument("--batch-size", type=int, help="images per step and process, 1 to 64 (default 1)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
-    g.add_argument("--resolution", type=int, help="training size in pixels, multiple of 8 (default: the model family's, "
-                                                         "512 for SD1.5, 1024 for SDXL)")
+    g.add_argument("--resolution", type=int, help="training size in pixels, a multiple of 8 from 64 to 2048 "
+                   "(default: the model family's, 512 for SD1.5, 1024 for SDXL)")
     g.add_argument("--random-crop", action="store_true", default=None, help="random instead of centre crop")
     g.add_argument("--flip", action="store_true", default=None, help="random horizontal flips")
     g.add_argument("--buckets", action="store_true", default=None,

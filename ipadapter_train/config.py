@@ -9,6 +9,11 @@ from .errors import IPAdapterError
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 PREVIEW_ROUNDS_AUTO = 3  # preview_every "auto": a round after each third of the run (and so at the end)
+# The bounds of the settings whose size a run's memory grows with, inclusive: `TrainConfig.validate` enforces them
+# for every caller (CLI, API) and the Train node's widgets read their min/max from here. 2048 px is twice SDXL's
+# native size; 64 images a step is 8x the reference recipe's per-GPU batch. Larger values end in an out-of-memory
+# death minutes into a run, not in a better adapter.
+LIMITS: dict[str, tuple[int, int]] = {"resolution": (64, 2048), "batch_size": (1, 64), "preview_size": (64, 2048)}
 
 
 @dataclass
@@ -51,11 +56,16 @@ class TrainConfig:
         """Raise IPAdapterError on values that cannot train."""
         if self.variant not in ("base", "plus"):
             raise IPAdapterError(f"Unknown variant {self.variant!r}: use 'base' or 'plus'.")
-        if self.resolution is not None and (self.resolution < 64 or self.resolution % 8):
-            raise IPAdapterError(f"Resolution {self.resolution} is not usable: give a multiple of 8, at least 64.")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise IPAdapterError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        low, high = LIMITS["resolution"]
+        if self.resolution is not None and not (low <= self.resolution <= high and self.resolution % 8 == 0):
+            raise IPAdapterError(f"Resolution {self.resolution} is not usable: give a multiple of 8 from {low} to "
+                                 f"{high}.")
+        if self.epochs < 1:
+            raise IPAdapterError(f"epochs must be at least 1, got {self.epochs}.")
+        low, high = LIMITS["batch_size"]
+        if not low <= self.batch_size <= high:
+            raise IPAdapterError(f"The batch size {self.batch_size} is not usable: give {low} to {high} images per "
+                                 "step.")
         if self.max_steps is not None and self.max_steps < 1:
             raise IPAdapterError(f"max_steps must be at least 1, got {self.max_steps}.")
         if not self.learning_rate > 0:
@@ -73,8 +83,10 @@ class TrainConfig:
         every = self.preview_every
         if every != "auto" and (not isinstance(every, int) or isinstance(every, bool) or every < 0):
             raise IPAdapterError(f"preview_every must be 0 (off), a number of steps or 'auto', got {every!r}.")
-        if self.preview_size is not None and (self.preview_size < 64 or self.preview_size % 8):
-            raise IPAdapterError(f"Preview size {self.preview_size} is not usable: give a multiple of 8, at least 64.")
+        low, high = LIMITS["preview_size"]
+        if self.preview_size is not None and not (low <= self.preview_size <= high and self.preview_size % 8 == 0):
+            raise IPAdapterError(f"Preview size {self.preview_size} is not usable: give a multiple of 8 from {low} "
+                                 f"to {high}.")
         if self.preview_steps < 1:
             raise IPAdapterError(f"preview_steps must be at least 1, got {self.preview_steps}.")
         if not self.preview_weights or any(not 0 <= w <= 2 for w in self.preview_weights):

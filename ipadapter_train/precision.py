@@ -82,6 +82,19 @@ def launched_processes() -> int:
     return 1
 
 
+# ... and for this process's place among them (0 = the main process).
+RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def launched_rank() -> int:
+    """This process's rank in the launcher's group (0 when started as a plain process)."""
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def make_accelerator(config, device: torch.device | str | None = None, weights_dtype: torch.dtype | None = None):
     """What the trainer runs through: accelerate's `Accelerator` (joining the process group) under a launcher
     with several processes, else a `LocalAccelerator`, which leaves accelerate's process-wide state alone

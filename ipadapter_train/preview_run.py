@@ -3,6 +3,9 @@ keep the best step's weights.
 
 Files in the run folder: `previews/step_NNNN.png` (one grid per round), `scores.json` (with a scorer) and
 `previews.html` (previews over steps, their scores, the loss curve), each written atomically after every round.
+A preview file that cannot be written (a full disk, no permission) is a warning, never the end of the run: the
+previews are a view of training, and the steps, checkpoints and adapter matter more. A grid that was not written
+is left out of the page and the report; the scores and the best weights are kept in memory all the same.
 A checkpoint keeps the book of scores and the best weights (`checkpoint_state`), so a resumed run keeps its
 best-so-far.
 """
@@ -22,9 +25,11 @@ from .config import TrainConfig
 from .preview_grid import compose_grid
 from .preview_scores import PreviewScorer, ScoreBook
 from .previews import Previews
-from .run_page import write_page
+from .run_page import PAGE, write_page
 from .scoring import grade
+from .errors import IPAdapterError
 from .weights_io import atomic_write, atomic_write_text
+from .write_failures import write_cause
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class PreviewRunner:
         self.set_up_seconds = 0.0
         self.round_seconds: list[float] = []
         self.last_grid = None  # the newest grid image (the node shows it)
+        self.unwritten: list[str] = []  # preview files that could not be written (run-folder relative)
 
     def due(self, step: int, total: int) -> bool:
         """Whether a round follows step `step` (counted from 1): every `interval` steps, and at the end."""
@@ -102,9 +108,13 @@ class PreviewRunner:
         grid = compose_grid(title, [p.references[c.reference].image for c in p.cells],
                             [f"{p.references[c.reference].path.name}: {p.prompts[c.prompt] or '(image only)'}"
                              for c in p.cells], weights, [images[w] for w in weights])
-        atomic_write(self.run_dir / entry["grid"], lambda path: grid.save(path, format="PNG"))
+        written = self._write(entry["grid"], lambda: atomic_write(self.run_dir / entry["grid"],
+                                                                   lambda path: grid.save(path, format="PNG")))
         self.last_grid = grid
-        self.rounds = [r for r in self.rounds if r["step"] != step] + [{"step": step, "grid": entry["grid"]}]
+        if written:  # the page and the report list only grids that are on disk
+            self.rounds = [r for r in self.rounds if r["step"] != step] + [{"step": step, "grid": entry["grid"]}]
+        else:
+            entry["written"] = False
         self.write_files()
         self.round_seconds.append(time.perf_counter() - t0)
         self.seconds += self.round_seconds[-1]
@@ -116,9 +126,24 @@ class PreviewRunner:
         """scores.json (with a scorer) and previews.html, from what the rounds so far gave."""
         scores = self.book.to_dict() if self.book is not None else None
         if scores is not None:
-            atomic_write_text(self.run_dir / SCORES, json.dumps(scores, indent=1))
-        write_page(self.run_dir, sorted(self.rounds, key=lambda r: r["step"]),
-                   {**self.previews.describe(), "random_weights": self.random_weights}, scores)
+            self._write(SCORES, lambda: atomic_write_text(self.run_dir / SCORES, json.dumps(scores, indent=1)))
+        self._write(PAGE, lambda: write_page(self.run_dir, sorted(self.rounds, key=lambda r: r["step"]),
+                                             {**self.previews.describe(), "random_weights": self.random_weights},
+                                             scores))
+
+    def _write(self, name: str, write: Callable[[], Any]) -> bool:
+        """Run one preview file's atomic write; a failure is a warning (see the module docstring). True if written."""
+        try:
+            write()
+            return True
+        except (OSError, IPAdapterError) as err:  # the atomic writers leave no partial file either way
+            os_error = err if isinstance(err, OSError) else err.__cause__  # atomic_write wraps a PermissionError
+            cause = write_cause(os_error) if isinstance(os_error, OSError) else str(err).rstrip(".")
+            log.warning("Could not write the preview file %s (%s): training goes on, and its checkpoints and "
+                        "adapter are still written.", self.run_dir / name, cause)
+            if name not in self.unwritten:
+                self.unwritten.append(name)
+            return False
 
     def stop_reason(self) -> str | None:
         """Why the run stops early (`early_stop` rounds without a better score), or None to go on."""
@@ -137,6 +162,8 @@ class PreviewRunner:
                "set_up_seconds": self.set_up_seconds, "round_seconds": self.round_seconds,
                "grids": [r["grid"] for r in sorted(self.rounds, key=lambda r: r["step"])],
                "page": "previews.html", "random_weights": self.random_weights}
+        if self.unwritten:
+            out["unwritten"] = list(self.unwritten)
         if self.book is not None:
             best = self.book.best
             out.update(scores=SCORES, scorer=self.book.scorer, best_step=best["step"] if best else None,

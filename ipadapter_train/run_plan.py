@@ -13,6 +13,7 @@ from .data import Sample
 from .encoding import Progress
 from .errors import IPAdapterError
 from .previews import PreviewSource, Previews, plan_previews
+from .run_identity import check_trained_on, image_hashes
 
 StepCallback = Callable[[int, int, float], None]
 
@@ -58,8 +59,11 @@ def fingerprint(samples: Sequence[Sample]) -> list[str]:
     return [f"{s.path.name}|{s.caption}" for s in samples]
 
 
-def _check_resume(checkpoint: SavedCheckpoint, config: TrainConfig, samples: Sequence[Sample]) -> SavedCheckpoint:
-    """Refuse a checkpoint of other settings or other images, before any model work is spent on the run."""
+def _check_resume(checkpoint: SavedCheckpoint, config: TrainConfig, samples: Sequence[Sample],
+                  trained_on: dict[str, Any] | None = None) -> SavedCheckpoint:
+    """Refuse a checkpoint of other settings, other images or other models, before any model work is spent on
+    the run. `trained_on` is this run's record (`RunPlan.trained_on`): the models' identities, if known, and
+    the images' hashes."""
     resume, info = checkpoint.folder, checkpoint.info
     saved = TrainConfig.from_dict(info["config"]).to_dict()
     if config.resolution is None:  # no size given: the resumed run goes on at its own
@@ -71,6 +75,8 @@ def _check_resume(checkpoint: SavedCheckpoint, config: TrainConfig, samples: Seq
     if info.get("dataset") != fingerprint(samples):
         raise IPAdapterError(f"The checkpoint in {resume} was trained on other images or captions: resume with "
                              "the same folder, or start a new run.")
+    if trained_on is not None:
+        check_trained_on(resume, info.get("trained_on"), trained_on.get("inputs"), trained_on.get("images"))
     return checkpoint
 
 
@@ -83,15 +89,21 @@ class RunPlan:
     paths: RunPaths  # `resume`, if any, is the opened and accepted checkpoint
     previews: Previews | None = None  # None: previews are off
     scorer: Any = None  # a `scoring.Scorer` for the previews, or None
+    # What the run trains on, for its checkpoints' "trained_on": the models' family and identities
+    # (`run_identity.model_inputs`, when the run was given paths) and every given image's hash
+    trained_on: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def check(cls, config: TrainConfig, samples: Sequence[Sample], paths: RunPaths,
-              previews: PreviewSource | None = None) -> RunPlan:
-        """Validate the settings, hold preview images out, and refuse a resume of other settings or images
-        (reading its state.json once)."""
+              previews: PreviewSource | None = None, inputs: dict[str, Any] | None = None) -> RunPlan:
+        """Validate the settings, hold preview images out, and refuse a resume of other settings, images or
+        models (reading its state.json once). `inputs`: `run_identity.model_inputs` of the run's model files."""
         config.validate()
+        hashes = image_hashes(samples)  # all of them, the held-out preview images too
         samples, planned = plan_previews(samples, previews, config)
         if paths.resume is not None:
             paths = RunPaths(paths.run_dir, paths.out_path,
-                             _check_resume(open_checkpoint(paths.resume), config, samples))
-        return cls(config, samples, paths, planned, previews.scorer if previews and planned else None)
+                             _check_resume(open_checkpoint(paths.resume), config, samples,
+                                           {"inputs": inputs, "images": hashes}))
+        return cls(config, samples, paths, planned, previews.scorer if previews and planned else None,
+                   {**(inputs or {}), "images": hashes})

@@ -95,6 +95,7 @@ class TrainingRun:
         self.backend, self.encoder, self.init_adapter = backend, encoder, init_adapter
         self.config, self.samples, self.paths = plan.config.for_family(backend.family), plan.samples, plan.paths
         self.hooks = hooks or RunHooks()
+        self.trained_on = {"family": backend.family.name, **plan.trained_on}  # state.json's "trained_on"
         self.accelerator = accelerator or make_accelerator(self.config, backend.device, backend.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.main = self.accelerator.is_main_process
@@ -254,7 +255,7 @@ class TrainingRun:
         processes wait."""
         if self.main and (self.config.checkpoint_every or force):
             info = {"config": self.config.to_dict(), "dataset": fingerprint(self.samples), "world_size": self.world,
-                    "losses": self.losses}
+                    "losses": self.losses, "trained_on": self.trained_on}
             if self.paths.out_path is not None:  # the file a resume of this run may replace (run_outputs.py)
                 info["adapter"] = str(self.paths.out_path.resolve())
             extra = {}
@@ -349,7 +350,8 @@ class TrainingRun:
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
                 if self.preview is not None:
                     self.preview.write_files()  # the page again, now with the final loss curve
-                    self.files["previews_page"] = self.paths.run_dir / "previews.html"
+                    if (self.paths.run_dir / "previews.html").is_file():  # not after a failed write (a warning)
+                        self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
 

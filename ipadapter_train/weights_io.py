@@ -77,18 +77,27 @@ def replace_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
             time.sleep(0.05 * (attempt + 1))
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], private_folder: bool = False) -> Path:
     """Call `write(tmp)` on a temp file beside `path`, fsync it, then rename it over `path`.
 
-    A crash or an exception mid-write leaves an existing `path` untouched and no temp file behind.
-    An existing file keeps its permissions; a new one gets the mode the umask gives any new file.
+    An exception mid-write leaves an existing `path` untouched and no temp file behind; a crash leaves
+    at most the temp, named `.NAME.<12 hex>.tmp` after `path`, which the next run removes
+    (`write_failures.remove_stale_temporaries`). An existing file keeps its permissions; a new one gets
+    the mode the umask gives any new file. With `private_folder`, the temp file lies in a temp folder of
+    that name (`.NAME.<hex>.tmp/.NAME.<hex>.tmp`), for writers that make temporaries of their own beside
+    the file they are given.
     """
     path = Path(path)
     if path.is_dir():
         raise IPAdapterError(f"Cannot write {path}: it is a folder; give a file name instead.")
     tmp = temp_sibling(path)
+    holder = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if private_folder:
+            holder = tmp
+            os.mkdir(holder)
+            tmp = holder / holder.name
         # os.open applies the umask (mkstemp's fixed 0600 would not). The mode is read now because
         # some writers replace the file: safetensors creates a fresh 0600 one, which a ComfyUI run
         # as another user could not read.
@@ -97,7 +106,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             new_mode = os.fstat(fd).st_mode & 0o7777
         finally:
             os.close(fd)
-    except PermissionError as err:
+    except OSError as err:
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)
+        if not isinstance(err, PermissionError):
+            raise
         raise IPAdapterError(f"Cannot write {path}: no permission to create files in {path.parent}; "
                              "choose another folder.") from err
     try:
@@ -108,7 +121,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         replace_file(tmp, path)  # replaces an existing file on Windows too (os.rename would refuse)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        if holder is not None:
+            shutil.rmtree(holder, ignore_errors=True)
         raise
+    if holder is not None:
+        shutil.rmtree(holder, ignore_errors=True)
     _fsync_dir(path.parent)
     return path
 
@@ -131,7 +148,10 @@ def save_safetensors_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.
         raise IPAdapterError(f"{path} must end in .safetensors.")
     contiguous = {k: v.contiguous() for k, v in tensors.items()}
     meta = dict(metadata) if metadata else {"format": "pt"}
-    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta))
+    # safetensors (0.6 on) writes a hidden `.tmpXXXXXX` copy beside the file it is given and renames it; a
+    # kill mid-write left that copy (0600, the weights' size) where nothing could tell whose it was. In a
+    # private folder named after `path`, it goes where the next run's clean-up finds it.
+    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=meta), private_folder=True)
 
 
 def atomic_write_dir(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:

@@ -24,6 +24,10 @@ WRITE_ERRORS = {code: cause for code, cause in (
     (errno.EACCES, "no permission to write there"), (errno.EPERM, "no permission to write there"),
     (errno.EROFS, "the file system is read-only")) if code is not None}
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{12}\.tmp")
+# What safetensors itself named its temporary before `weights_io` gave it a private folder (tempfile's
+# `.tmp` + 6 characters): removed only when its header says this package wrote it, and long stale.
+_BARE_SAFETENSORS_TEMP = re.compile(r"\.tmp[A-Za-z0-9_]{6}")
+_BARE_GRACE_SECONDS = 60.0
 
 
 def write_error(path: str | os.PathLike, err: BaseException, existed: bool) -> IPAdapterError:
@@ -32,14 +36,19 @@ def write_error(path: str | os.PathLike, err: BaseException, existed: bool) -> I
     `err` is an OSError or safetensors' own error, which carries the OS error only in its text
     ("... (os error 28)"); `existed` says whether a previous file was there before the write.
     """
+    cause = write_cause(err)
+    kept = "the previous file there is intact" if existed else "no partial file was left there"
+    return IPAdapterError(f"Could not write {path} ({cause}): {kept}; free some space or choose a writable "
+                          "folder, then run again.")
+
+
+def write_cause(err: BaseException) -> str:
+    """A failed write's cause in words ("the disk is full"), from an OSError or the OS error in safetensors' text."""
     code = getattr(err, "errno", None)
     if code is None:
         found = re.search(r"os error (\d+)", str(err))
         code = int(found.group(1)) if found else None
-    cause = WRITE_ERRORS.get(code) or short_error(err)
-    kept = "the previous file there is intact" if existed else "no partial file was left there"
-    return IPAdapterError(f"Could not write {path} ({cause}): {kept}; free some space or choose a writable "
-                          "folder, then run again.")
+    return WRITE_ERRORS.get(code) or short_error(err)
 
 
 def check_writable_folder(folder: str | os.PathLike, what: str) -> None:
@@ -80,10 +89,12 @@ def remove_stale_temporaries(path: str | os.PathLike, older_than: float) -> list
         return removed
     for entry in entries:
         found = _TEMP_NAME.fullmatch(entry.name)
-        if not found or found.group("name") != path.name:
+        bare = (not found and path.suffix == ".safetensors" and _BARE_SAFETENSORS_TEMP.fullmatch(entry.name)
+                and _written_by_this_package(entry))
+        if not bare and (not found or found.group("name") != path.name):
             continue
         try:
-            if entry.lstat().st_mtime >= older_than:
+            if entry.lstat().st_mtime >= older_than - (_BARE_GRACE_SECONDS if bare else 0.0):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry)
@@ -95,3 +106,22 @@ def remove_stale_temporaries(path: str | os.PathLike, older_than: float) -> list
         log.info("Removed %s, left by an interrupted write of %s.", entry, path)
         removed.append(entry)
     return removed
+
+
+def _written_by_this_package(entry: Path) -> bool:
+    """Whether `entry` is a plain file whose safetensors header carries this package's metadata (an adapter
+    file's, `fileformat.file_metadata`): only the header is read."""
+    import json
+
+    try:
+        if not entry.is_file() or entry.is_symlink():
+            return False
+        with open(entry, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 2 <= size <= 1 << 20:
+                return False
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return False
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and "ipadapter_train.version" in meta

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
+import shutil
+import time
 from pathlib import Path
 
 from comfy_api.latest import io, ui
 
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.fileformat import save_adapter
-from ..ipadapter_train.weights_io import replace_file
+from ..ipadapter_train.output_lock import output_lock
+from ..ipadapter_train.weights_io import replace_file, temp_sibling
+from ..ipadapter_train.write_failures import remove_stale_temporaries
 from .folders import adapter_target
 from .io_types import CATEGORY, IPAdapterTrain
 
@@ -85,11 +88,16 @@ class SaveIPAdapter(io.ComfyNode):
     def execute(cls, adapter, name, overwrite) -> io.NodeOutput:
         target = _check_target(name, bool(overwrite))  # again: the file may have appeared since queueing
         target.parent.mkdir(parents=True, exist_ok=True)
-        staged = target.with_name(f".{target.stem}.{secrets.token_hex(6)}.staged.safetensors")
-        try:
-            save_adapter(adapter.state_dict(), staged, getattr(adapter, "metadata", None))
-            _publish(staged, target, bool(overwrite))
-        finally:
-            staged.unlink(missing_ok=True)
+        # the core's guard: a second server (or CLI run) writing this file now is refused, not raced
+        with output_lock(target, "the adapter"):
+            remove_stale_temporaries(target, time.time())  # what a save killed mid-write left (we hold the lock)
+            # staged in a temp folder named after the target, where the line above finds it after a kill
+            holder = temp_sibling(target)
+            holder.mkdir()
+            try:
+                staged = save_adapter(adapter.state_dict(), holder / target.name, getattr(adapter, "metadata", None))
+                _publish(staged, target, bool(overwrite))
+            finally:
+                shutil.rmtree(holder, ignore_errors=True)
         log.info("Saved IP-Adapter to %s", target)
         return io.NodeOutput(str(target), ui=ui.PreviewText(str(target)))

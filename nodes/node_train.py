@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
-from ..ipadapter_train.config import PREVIEW_ROUNDS_AUTO, TrainConfig
+from ..ipadapter_train.config import LIMITS, PREVIEW_ROUNDS_AUTO, TrainConfig
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
@@ -87,9 +87,9 @@ class TrainIPAdapter(io.ComfyNode):
                              tooltip="Optimizer steps to train."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-6, round=False,
                                tooltip="AdamW learning rate; the reference recipe uses 0.0001."),
-                io.Int.Input("batch_size", default=1, min=1, max=64,
+                io.Int.Input("batch_size", default=1, min=LIMITS["batch_size"][0], max=LIMITS["batch_size"][1],
                              tooltip="Images per step; each step draws them from the shuffled set."),
-                io.Int.Input("resolution", default=0, min=0, max=2048, step=8,
+                io.Int.Input("resolution", default=0, min=0, max=LIMITS["resolution"][1], step=8,
                              tooltip="Training resolution in pixels: 0 = the model's default (512 SD1.5, 1024 "
                                      "SDXL); else a multiple of 8, at least 64. Images are resized so their "
                                      "short side is this and centre-cropped (with buckets: about this many "
@@ -166,8 +166,6 @@ class TrainIPAdapter(io.ComfyNode):
                 _config(resolution=resolution).validate()
             except IPAdapterError as exc:
                 return str(exc)
-            if resolution > 2048:
-                return f"Resolution {resolution} is above the node's limit of 2048."
         return queued_refusal() or True
 
     @classmethod

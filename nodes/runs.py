@@ -327,11 +327,13 @@ class RunReporter:
                 item[key] = entry[key]
         if "score" in item and (self.random_scores or entry.get("random_weights")):
             item["random_weights"] = True
+        offered = entry.get("written", True)  # a grid that could not be written (a full disk) is not offered
         with _LOCK:
             run = RUNS.get((self.prompt_id, self.node_id))
-            if run is not None:
+            if run is not None and offered:
                 run["previews"] = [p for p in run["previews"] if p["step"] != step] + [item]
-        _send(PREVIEW_EVENT, {**self._ids(), **item})
+        if offered:
+            _send(PREVIEW_EVENT, {**self._ids(), **item})
         if step >= self.total:
             self._start_validation()
         else:

@@ -87,6 +87,79 @@ def raw_bytes(data: bytes) -> Maker:
     return lambda path, models: path.write_bytes(data)
 
 
+def _trained_checkpoint(models: dict) -> dict[str, bytes]:
+    """The checkpoint files (state.json, adapter, optimizer) of a 2-step TRAIN run on the micro models, made once."""
+    key = str(models["sd"])
+    if key not in _CHECKPOINTS:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "c.safetensors"
+            r = run_cli("train", "--images", str(SAMPLES), "--base-model", str(models["sd"]), "--image-encoder",
+                        str(models["clip"]), "--out", str(out), "--resolution", "64", "--precision", "no",
+                        "--no-validation", "--max-steps", "2", "--checkpoint-every", "1")
+            assert r.returncode == 0, r.stderr[-3000:]
+            folder = Path(scratch) / "c-run" / "checkpoint"
+            _CHECKPOINTS[key] = {p.name: p.read_bytes() for p in folder.iterdir()}
+    return _CHECKPOINTS[key]
+
+
+_CHECKPOINTS: dict[str, dict[str, bytes]] = {}
+
+
+def checkpoint_file(name: str) -> Maker:
+    """One file of `_trained_checkpoint`: with all three in a case's folder, `--resume {tmp}` resumes that run."""
+    return lambda path, models: path.write_bytes(_trained_checkpoint(models)[name])
+
+
+def resumable() -> dict[str, Maker]:
+    return {name: checkpoint_file(name) for name in ("state.json", "adapter.safetensors", "optimizer.safetensors")}
+
+
+def tiny_sdxl(path: Path, models: dict) -> None:
+    """A tiny random-weight SDXL single file (make-test-models --family sdxl)."""
+    from ipadapter_train.testmodels import make_test_models
+
+    scratch = path.parent / ".scratch"
+    made = make_test_models(scratch, size="tiny", family="sdxl")
+    Path(made["sdxl"]).replace(path)
+    import shutil
+
+    shutil.rmtree(scratch)
+
+
+def other_clip(path: Path, models: dict) -> None:
+    """A tiny CLIP vision file of the same shape as the fixture's, other weights."""
+    from ipadapter_train.clip_vision import build_clip_vision, save_clip_vision
+
+    save_clip_vision(build_clip_vision("tiny", seed=5), path)
+
+
+def sample_copy(name: str, instead: str | None = None) -> Maker:
+    """A copy of a sample file (or, named `name`, of the sample `instead`)."""
+    return lambda path, models: path.write_bytes((SAMPLES / (instead or name)).read_bytes())
+
+
+def samples_with_one_changed() -> dict[str, Maker]:
+    """The sample images and captions under their own names, chelsea.jpg holding coffee.jpg's picture."""
+    files = {p.name: sample_copy(p.name) for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".txt")}
+    files["chelsea.jpg"] = sample_copy("chelsea.jpg", "coffee.jpg")
+    return files
+
+
+def state_json(**changes) -> Maker:
+    """A hand-written state.json of the right shape, with `changes` (JSON values) put in its config."""
+    def make(path: Path, models: dict) -> None:
+        import json
+
+        from ipadapter_train.config import TrainConfig
+
+        info = {"step": 1, "config": {**TrainConfig().to_dict(), **changes}, "dataset": [], "losses": [0.1],
+                "param_groups": [], "extra_weights": []}
+        path.write_text(json.dumps(info))
+    return make
+
+
 # ---------------------------------------------------------------- the table
 
 @dataclass(frozen=True)
@@ -172,6 +245,27 @@ CASES = [
          (*TRAIN_FROM, "--base-model", "{tmp}/sd"), 2,
          "a.safetensors was trained with OpenCLIP ViT-H/14 image features (1024-d image embedding) but "
          "clip.safetensors gives 32-d image embeddings: pass --image-encoder CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    # issue 17, item 13: a resume with other models or images is refused before any model loads
+    case("train --resume: another base model family", {**resumable(), "sdxl.safetensors": tiny_sdxl},
+         train_with("--base-model", "{tmp}/sdxl.safetensors", "--resume", "{tmp}"), 2,
+         "was trained on an SD1.5 base model (sd15), but --base-model sdxl.safetensors is an SDXL model"),
+    case("train --resume: another image encoder", {**resumable(), "enc.safetensors": other_clip},
+         train_with("--image-encoder", "{tmp}/enc.safetensors", "--resume", "{tmp}"), 2,
+         "another image encoder (clip.safetensors, "),
+    case("train --resume: another image set", {**resumable(), **samples_with_one_changed()},
+         train_with("--images", "{tmp}", "--resume", "{tmp}"), 2, "was trained on other images (changed chelsea.jpg)"),
+    # issue 17, item 14: a state.json of the wrong JSON type, and sizes beyond the bounds
+    *[case(f"train --resume: state.json holds {label}", {"state.json": raw_bytes(data)},
+           train_with("--resume", "{tmp}"), 2, f"is damaged ({why})") for label, data, why in (
+        ("a list", b"[1, 2, 3]", "state.json holds a list, not an object"),
+        ("an empty object", b"{}", "state.json has no step"),
+        ("null", b"null", "state.json holds null, not an object"))],
+    case("train --resume: state.json with a string resolution", {"state.json": state_json(resolution="512")},
+         train_with("--resume", "{tmp}"), 2, 'is damaged (its config has resolution = "512")'),
+    case("train: --resolution 100000", {}, train_with("--resolution", "100000"), 2,
+         "Resolution 100000 is not usable: give a multiple of 8 from 64 to 2048."),
+    case("train: --batch-size 1000000", {}, train_with("--batch-size", "1000000"), 2,
+         "The batch size 1000000 is not usable: give 1 to 64 images per step."),
 ]
 
 

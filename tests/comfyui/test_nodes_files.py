@@ -103,6 +103,24 @@ def test_save_never_overwrites_unless_asked_then_replaces_atomically(folders):
     assert tree(folders / "ipadapter") == {"same.safetensors"}
 
 
+def test_save_is_refused_while_another_writer_holds_the_file_and_removes_what_a_killed_save_left(folders):
+    """The core's guard (issue 17, item 12): a second server or CLI run saving the same file is refused, not raced;
+    and a save killed mid-write (its temp folder and safetensors' own temporary inside it) is cleaned up."""
+    lock = pack("ipadapter_train.output_lock")
+    path = folders / "ipadapter" / "same.safetensors"
+    with lock.output_lock(path, "another run's adapter"):  # another open file: flock refuses it like a process
+        with pytest.raises(errors().IPAdapterError, match="Another run is writing .*same.safetensors"):
+            save(random_adapter("base", 768, layers()), "same", overwrite=True)
+    assert not path.exists()
+    killed = folders / "ipadapter" / ".same.safetensors.0123456789ab.tmp"
+    killed.mkdir()
+    (killed / ".tmpAb12Cd").write_bytes(b"half of the weights")
+    old = os.path.getmtime(killed) - 60
+    os.utime(killed, (old, old))
+    save(random_adapter("base", 768, layers()), "same")
+    assert tree(folders / "ipadapter") == {"same.safetensors"}
+
+
 @pytest.mark.parametrize("name", ["../../x", "../x", "a/b", "a\\b", "..", "", "   ", ".hidden", "con", "x?",
                                   "/abs/path", "name.", "x" * 200])
 def test_bad_names_are_refused_and_nothing_is_written(folders, name):
