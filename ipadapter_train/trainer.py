@@ -43,7 +43,7 @@ from .preview_run import BEST_FILE, PreviewRunner
 from .previews import PreviewSource
 from .run_plan import RunHooks, RunPaths, RunPlan, StepCallback, fingerprint  # noqa: F401 (StepCallback: re-exported)
 from .report import RunTimes, training_report, write_report
-from .validation import conditioning_gain
+from .validation import conditioning_gain, validation_calls
 from .write_failures import write_error
 
 log = logging.getLogger(__name__)
@@ -126,10 +126,14 @@ class TrainingRun:
         """Build the adapter, encode the images once, restore a resumed run's weights and optimizer."""
         config, backend = self.config, self.backend
         self.adapter = build_adapter(backend, self.encoder, config, self.init_adapter).to(backend.device)
+        if self.preview is not None:  # when the rounds come (every process: they all stop for a round)
+            self.preview.make_plan(backend, validation_calls(len(self.samples), config))
+            if self.main and self.hooks.on_preview_plan is not None:
+                self.hooks.on_preview_plan(self.preview.plan)
         t0 = time.perf_counter()
         self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
         self.times.encode = time.perf_counter() - t0
-        if self.preview is not None and self.main:  # its encoders and the model without the adapter, once
+        if self.preview is not None and self.main:  # the references and prompts, once
             try:
                 self.preview.set_up(backend, self.encoder, self.accelerator.autocast, self.hooks.preview_progress)
             except TrainingCancelled:
@@ -196,6 +200,10 @@ class TrainingRun:
                 self.done = step + 1
                 self.losses.append(loss)
                 self.times.steps.append(time.perf_counter() - tick)
+                if len(self.times.steps) == 1 and self.preview is not None and self.main:
+                    plan = self.preview.measured(self.times.steps[0])  # the ETA counts the rounds from now on
+                    if self.hooks.on_preview_plan is not None:
+                        self.hooks.on_preview_plan(plan)
                 if self._stop_requested(loss):
                     raise TrainingCancelled()
                 if self.preview is not None and self.preview.due(self.done, self.total):
@@ -373,7 +381,7 @@ def _reporting_write_errors(path: Path):
 
 _PATH_FIELDS = ("out_path", "resume")
 _HOOK_FIELDS = ("callbacks", "encode_progress", "validation_progress", "preview_progress", "on_preview",
-                "after_encode", "metadata", "report_extra")
+                "on_preview_plan", "after_encode", "metadata", "report_extra")
 
 
 def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,
