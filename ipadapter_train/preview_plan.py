@@ -92,6 +92,13 @@ class PreviewPlan:
         baseline = self.baseline_steps * self.step_seconds if rounds_run == 0 else 0.0
         return left * per_round + baseline
 
+    def round_estimate(self, first: bool) -> float | None:
+        """Estimated seconds of one round (the first also renders the weight-0 images); None before a step was
+        measured."""
+        if self.step_seconds is None:
+            return None
+        return (self.round_steps + (self.baseline_steps if first else 0.0)) * self.step_seconds
+
     def with_step_seconds(self, seconds: float) -> "PreviewPlan":
         """This plan with the measured time of a step."""
         return PreviewPlan(**{**self.__dict__, "step_seconds": float(seconds)})
@@ -141,7 +148,7 @@ def plan_preview_rounds(config: TrainConfig, total: int, cells: int, preview_sid
                            config.preview_steps, round_renders, baseline_renders, why, step_seconds)
 
     def share(rounds: int) -> str:
-        return f"{100 * cost(rounds) / (work + cost(rounds)):.0f}%"
+        return f"{100 * cost(rounds) / (work + cost(rounds)):.1f}%"
 
     if config.preview_every != "auto":
         every = int(config.preview_every)
@@ -153,7 +160,7 @@ def plan_preview_rounds(config: TrainConfig, total: int, cells: int, preview_sid
         actual = rounds_for(every, total)
         if cost(actual) <= PREVIEW_BUDGET * (work + cost(actual)):
             if actual >= min(PREVIEW_ROUNDS_AUTO, total):
-                why = f"auto: a round after each 1/{actual} of the run"
+                why = f"auto: {actual} round(s), a round every {every} step(s) and after the last"
             else:
                 why = (f"auto: {actual} round(s), not {min(PREVIEW_ROUNDS_AUTO, total)}: a round costs about "
                        f"{round_steps:.1f} training steps, and more would pass the {PREVIEW_BUDGET:.0%} budget")
