@@ -252,7 +252,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stop", type=int, metavar="K",
                    help="stop after K scored previews without a better score (needs --clip; default 0 = never)")
     g.add_argument("--preview-size", type=int, help="preview side in pixels (default: half the training size of the "
-                                                    "model family: 256 for SD1.5, 512 for SDXL; at most the training size)")
+                                                    "model family: 256 for SD1.5, 512 for SDXL; at most the "
+                                                    "training size)")
     g.add_argument("--preview-steps", type=int, help="sampling steps (DPM-Solver++) per preview image (default 5)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
 
