@@ -351,7 +351,7 @@ class TrainingRun:
         if self.main:
             with _reporting_write_errors(self.paths.run_dir / "report.json"):
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
-                if self.preview is not None:
+                if self.preview is not None and self.preview.interval:  # none when auto planned no round
                     self.preview.write_files()  # the page again, now with the final loss curve
                     self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,

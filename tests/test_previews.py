@@ -385,7 +385,7 @@ def test_a_short_cli_run_with_auto_previews_reports_the_schedule(models, tmp_pat
     schedule = report["previews"]["schedule"]
     assert schedule["auto"] and schedule["rounds"] == 0 and report["previews"]["grids"] == []
     assert "preview schedule: auto: no preview round" in r.stdout
-    assert not (tmp_path / "a-run" / "previews").exists()
+    assert not (tmp_path / "a-run" / "previews").exists() and not (tmp_path / "a-run" / "previews.html").exists()
     # 12 steps with small previews: the final round fits the budget, and the report says so
     out = tmp_path / "b.safetensors"
     r = run_cli(*train_args(models, out, "--max-steps", "12", "--preview-every", "auto", "--preview-steps", "2",
