@@ -24,7 +24,6 @@ import statistics
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
