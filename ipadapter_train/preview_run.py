@@ -97,6 +97,8 @@ class PreviewRunner:
             self.scorer = PreviewScorer(self._scorer, self.previews)
         self.set_up_seconds = time.perf_counter() - t0
         self.seconds += self.set_up_seconds
+        log.info("Previews set up in %.1f s (the references and prompts encoded once); the weight-0 images come with "
+                 "the first round, which the plan counts.", self.set_up_seconds)
 
     def restore(self, info: dict[str, Any] | None, best: dict[str, torch.Tensor] | None) -> None:
         """A resumed run's book and best weights, as its checkpoint kept them."""
