@@ -56,15 +56,16 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
                   resume: str | Path | SavedCheckpoint | None = None, prompt: str | None = None,
                   callbacks: Sequence[StepCallback] = (), device: str | None = None,
                   encode_progress=None, overwrite: bool = True, previews: PreviewSource | None = None,
-                  preview_progress=None) -> TrainResult:
+                  preview_progress=None, on_preview_plan=None, on_preview=None) -> TrainResult:
     """Load the models and images from paths, train, save the adapter and the report.
 
     The settings, a resume's checkpoint and the outputs are checked before the models load; `resume` may be
     a run folder or a checkpoint the caller already opened (`checkpoint.open_checkpoint`). An existing `out`
     is replaced only with `overwrite` (the CLI's --overwrite; or when the resumed run wrote it), and no file
     the run reads is ever written over. With `config.preview_every`, the run previews (and with a scorer in
-    `previews`, scores) the adapter as it trains (previews.py). A second run to the same `out` or run folder
-    is refused while the first holds them (`output_lock`).
+    `previews`, scores) the adapter as it trains (previews.py); `on_preview_plan` gets the rounds' schedule and
+    estimated cost (preview_plan.py), `on_preview` each finished round. A second run to the same `out` or run
+    folder is refused while the first holds them (`output_lock`).
     """
     started = time.time()
     out = Path(out)
@@ -123,7 +124,7 @@ def _train_loaded(plan: RunPlan, base_model, image_encoder, init_adapter, sample
             torch.cuda.empty_cache()
 
     hooks = RunHooks(callbacks=callbacks, encode_progress=encode_progress, after_encode=release_encoders,
-                     preview_progress=preview_progress,
+                     preview_progress=preview_progress, on_preview_plan=on_preview_plan, on_preview=on_preview,
                      metadata={"dataset_images": len(samples), "random_weights": random_weights},
                      report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()})
     return TrainingRun(backend, encoder, plan, hooks, Path(init_adapter) if init_adapter else None, accelerator).run()

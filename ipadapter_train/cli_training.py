@@ -10,8 +10,9 @@ from .cli_progress import progress_bar as _progress
 from .families import FAMILIES
 
 log = logging.getLogger("ipadapter_train")
-# The CLI previews by default (the API's TrainConfig does not): a round after each third of the run; what that costs
-# in a default SD1.5 run on a 2-core CPU is in BENCHMARKS.md ("Previews").
+# The CLI previews by default (the API's TrainConfig does not): up to a round after each third of the run, as many as
+# keep within 15% of the run (preview_plan.py); what that costs in a default SD1.5 run on a 2-core CPU is in
+# BENCHMARKS.md ("Previews").
 PREVIEW_DEFAULT = "auto"
 
 TRAIN_EXAMPLES = """examples:
@@ -57,6 +58,9 @@ def _preview_lines(r: dict) -> list[str]:
         return []
     lines = [f"previews: {len(previews['grids'])} grid(s) in {previews['seconds']:.1f} s, held out of training: "
              f"{', '.join(Path(h).name for h in previews['held_out']) or 'none'}"]
+    schedule = previews.get("schedule") or {}
+    if schedule.get("why"):
+        lines.append(f"preview schedule: {schedule['why']}")
     if previews.get("why"):
         lines.append(previews["why"])
     if r.get("kept"):
@@ -111,7 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
                                init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
                                callbacks=[update], device=args.device, overwrite=args.overwrite, previews=previews,
-                               preview_progress=getattr(update, "note", None))  # a bar may lack it
+                               preview_progress=getattr(update, "note", None),  # a bar may lack these
+                               on_preview_plan=getattr(update, "plan", None),
+                               on_preview=getattr(update, "round_done", None))
     _print_summary(result)
     if result.cancelled:
         log.warning("Stopped early; continue with --resume %s", run_dir)
@@ -229,8 +235,10 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
                    help="skip the conditioning-gain measurement after training")
     g = p.add_argument_group("previews while training (see README: a grid of generated images every N steps)")
     g.add_argument("--preview-every", type=_preview_every, metavar="N|auto",
-                   help="render the preview grid every N steps and at the end; 0 = off; auto = after each third "
-                        "of the run (default auto; its cost in a default run is in BENCHMARKS.md, Previews)")
+                   help="render the preview grid every N steps and at the end; 0 = off; auto = up to a round after "
+                        "each third of the run, as many as keep within about 15%% of the run, none in a run too short "
+                        "for one (default auto; the report and the summary say the schedule and why; the cost in a "
+                        "default run is in BENCHMARKS.md, Previews)")
     g.add_argument("--preview-images", metavar="FOLDER",
                    help="reference images for the previews (default: 1 or 2 training images are held out of "
                         "training when there are at least 5)")
@@ -244,7 +252,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--early-stop", type=int, metavar="K",
                    help="stop after K scored previews without a better score (needs --clip; default 0 = never)")
     g.add_argument("--preview-size", type=int, help="preview side in pixels (default: half the training size of the "
-                                                    "model family: 256 for SD1.5, 512 for SDXL)")
+                                                    "model family: 256 for SD1.5, 512 for SDXL; at most the "
+                                                    "training size)")
     g.add_argument("--preview-steps", type=int, help="sampling steps (DPM-Solver++) per preview image (default 5)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 or mps (default: the best available)")
 

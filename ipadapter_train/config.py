@@ -8,7 +8,9 @@ from typing import Any, Literal
 from .errors import IPAdapterError
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
-PREVIEW_ROUNDS_AUTO = 3  # preview_every "auto": a round after each third of the run (and so at the end)
+# preview_every "auto": at most a round after each third of the run (and so at the end), fewer where the rounds would
+# pass the previews' budget (preview_plan.py)
+PREVIEW_ROUNDS_AUTO = 3
 # The bounds of the settings whose size a run's memory grows with, inclusive: `TrainConfig.validate` enforces them
 # for every caller (CLI, API) and the Train node's widgets read their min/max from here. 2048 px is twice SDXL's
 # native size; 64 images a step is 8x the reference recipe's per-GPU batch. Larger values end in an out-of-memory
@@ -42,8 +44,9 @@ class TrainConfig:
     validation_timesteps: tuple[int, ...] = (200, 400, 600, 800)
     validation_max_images: int = 8
     # Previews while training (previews.py): a fixed grid of generated images every N steps and at the end.
-    preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = a round after each third of the run
-    preview_size: int | None = None  # pixels; None: half the family's resolution (256 SD1.5, 512 SDXL)
+    preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = up to a round after each third, within the budget
+    preview_size: int | None = None  # pixels; None: half the family's resolution (256 SD1.5, 512 SDXL), at most the
+    #                                  training resolution
     preview_steps: int = 5  # sampling steps (DPM-Solver++ 2M) per preview image: the 15% budget (BENCHMARKS.md)
     preview_guidance: float = 5.0  # classifier-free guidance over text and image (as at generation)
     preview_weights: tuple[float, ...] = (0.0, 0.5, 1.0)  # adapter weights of a grid's columns
@@ -105,12 +108,6 @@ class TrainConfig:
     def previews_on(self) -> bool:
         """Whether the run renders previews."""
         return self.preview_every != 0
-
-    def preview_interval(self, total_steps: int) -> int:
-        """Steps between preview rounds (0 = off); "auto" spreads `PREVIEW_ROUNDS_AUTO` rounds over the run."""
-        if self.preview_every == "auto":
-            return max(1, -(-total_steps // PREVIEW_ROUNDS_AUTO))
-        return int(self.preview_every)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able copy."""

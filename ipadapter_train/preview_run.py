@@ -8,6 +8,11 @@ previews are a view of training, and the steps, checkpoints and adapter matter m
 is left out of the page and the report; the scores and the best weights are kept in memory all the same.
 A checkpoint keeps the book of scores and the best weights (`checkpoint_state`), so a resumed run keeps its
 best-so-far.
+
+When rounds come is `preview_plan.py`'s rule ("auto" keeps them within the previews' budget), decided at set-up.
+Set-up encodes the references and prompts only; the weight-0 images (no adapter) are rendered in the first round,
+with the adapter detached for them, so a run whose plan has no round spends nothing on previews, and the first
+round's cost (its extra render included) is in the budget and the ETA from the first step on.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from .adapter import IPAdapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
 from .preview_grid import compose_grid
+from .preview_plan import PreviewPlan, plan_preview_rounds
 from .preview_scores import PreviewScorer, ScoreBook
 from .previews import Previews
 from .run_page import PAGE, write_page
@@ -45,8 +51,8 @@ class PreviewRunner:
 
     def __init__(self, previews: Previews, scorer: Any, config: TrainConfig, run_dir: Path, total: int,
                  random_weights: bool = False) -> None:
-        self.previews, self.config, self.run_dir = previews, config, Path(run_dir)
-        self.interval = config.preview_interval(total)
+        self.previews, self.config, self.run_dir, self.total = previews, config, Path(run_dir), total
+        self.plan: PreviewPlan | None = None  # made at set-up (`make_plan`), with seconds after the first step
         self.random_weights = random_weights or bool(scorer is not None and scorer.random_weights)
         self._scorer = scorer
         self.scorer: PreviewScorer | None = None
@@ -55,24 +61,50 @@ class PreviewRunner:
         self.rounds: list[dict[str, Any]] = []  # {"step", "grid"}, in the order rendered
         self.seconds = 0.0  # all preview work: set-up (encoding, the weight-0 images) and every round
         self.set_up_seconds = 0.0
-        self.round_seconds: list[float] = []
+        self.round_seconds: list[float] = []  # the first round's includes the weight-0 images
+        self.baseline_seconds = 0.0
         self.last_grid = None  # the newest grid image (the node shows it)
         self.unwritten: list[str] = []  # preview files that could not be written (run-folder relative)
 
+    @property
+    def interval(self) -> int:
+        """Steps between rounds (0: no round), as planned."""
+        return self.plan.every if self.plan is not None else 0
+
     def due(self, step: int, total: int) -> bool:
-        """Whether a round follows step `step` (counted from 1): every `interval` steps, and at the end."""
-        return step == total or step % self.interval == 0
+        """Whether a round follows step `step` (counted from 1), as planned."""
+        return self.plan is not None and self.plan.due(step, total)
+
+    def make_plan(self, backend: DiffusionBackend, validation_calls: int = 0) -> PreviewPlan:
+        """Decide the rounds (`preview_plan.plan_preview_rounds`) and log the schedule."""
+        self.previews.side = self.previews.size(backend)  # what the report names, with or without rounds
+        self.plan = plan_preview_rounds(self.config, self.total, len(self.previews.cells), self.previews.side,
+                                        validation_calls)
+        (log.info if self.plan.rounds else log.warning)("Previews: %s", self.plan.why)
+        return self.plan
+
+    def measured(self, step_seconds: float) -> PreviewPlan | None:
+        """The plan with the measured time of a step (for the ETA and the report)."""
+        if self.plan is not None:
+            self.plan = self.plan.with_step_seconds(step_seconds)
+        return self.plan
 
     def set_up(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder,
                autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> None:
-        """Encode the references and prompts and render the weight-0 images (before the adapter is attached)."""
+        """Encode the references and prompts once (nothing when the plan has no round); the weight-0 images are
+        rendered in the first round."""
+        if self.plan is None:
+            self.make_plan(backend)
+        if not self.plan.rounds:
+            return
         t0 = time.perf_counter()
         self.previews.encode(backend, encoder)
         if self._scorer is not None:
             self.scorer = PreviewScorer(self._scorer, self.previews)
-        self.previews.render_baseline(backend, autocast, progress)
         self.set_up_seconds = time.perf_counter() - t0
         self.seconds += self.set_up_seconds
+        log.info("Previews set up in %.1f s (the references and prompts encoded once); the weight-0 images come with "
+                 "the first round, which the plan counts.", self.set_up_seconds)
 
     def restore(self, info: dict[str, Any] | None, best: dict[str, torch.Tensor] | None) -> None:
         """A resumed run's book and best weights, as its checkpoint kept them."""
@@ -90,6 +122,14 @@ class PreviewRunner:
             autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> dict[str, Any]:
         """Render (and score) the round after step `step`, write its files; return {"step", "grid", "score"?}."""
         t0 = time.perf_counter()
+        if 0 in self.config.preview_weights and self.previews.baseline is None:
+            # the no-adapter images, once: with the adapter detached they are the plain model's exactly
+            backend.detach()
+            try:
+                self.previews.render_baseline(backend, autocast, progress)
+            finally:
+                backend.attach(adapter)
+            self.baseline_seconds = time.perf_counter() - t0
         images = self.previews.render(backend, adapter, autocast, progress)
         entry: dict[str, Any] = {"step": step, "grid": f"{PREVIEWS_DIR}/step_{step:04d}.png",
                                  "random_weights": self.random_weights}
@@ -159,7 +199,9 @@ class PreviewRunner:
     def report(self) -> dict[str, Any]:
         """What report.json says of the previews."""
         out = {**self.previews.describe(), "every": self.interval, "seconds": self.seconds,
+               "schedule": self.plan.to_dict() if self.plan is not None else None,
                "set_up_seconds": self.set_up_seconds, "round_seconds": self.round_seconds,
+               "baseline_seconds": self.baseline_seconds,
                "grids": [r["grid"] for r in sorted(self.rounds, key=lambda r: r["step"])],
                "page": "previews.html", "random_weights": self.random_weights}
         if self.unwritten:

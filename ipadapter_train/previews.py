@@ -4,8 +4,8 @@ A preview grid shows each reference image with each prompt at the preview weight
 1.0), on fixed seeds: every cell keeps its noise for the whole run, so two grids differ only by training.
 Everything a round needs from the encoders (the references' CLIP features, the prompts' text) is encoded
 once at set-up, like the training set, so a round costs only UNet calls and the VAE decoder. The weight-0
-images do not depend on the adapter: they are rendered once, before the adapter is attached, and are the
-no-adapter images exactly.
+images do not depend on the adapter: they are rendered once, in the first round with the adapter detached
+(preview_run.py), and are the no-adapter images exactly.
 """
 from __future__ import annotations
 
@@ -123,7 +123,8 @@ class Previews:
         return [to_pil(p) for p in pixels]
 
     def render_baseline(self, backend: DiffusionBackend, autocast=None, progress: Progress | None = None) -> None:
-        """The weight-0 images (no adapter): once, with the adapter not attached to the model."""
+        """The weight-0 images (no adapter): once, with the adapter not attached to the model (the first round
+        detaches it for them)."""
         if 0 in self.config.preview_weights and self.baseline is None:
             self.baseline = self._render(backend, None, 0.0, autocast, progress)
 
@@ -131,8 +132,8 @@ class Previews:
                progress: Progress | None = None) -> dict[float, list[Image.Image]]:
         """Every preview weight's images, per cell: {weight: [image of cell 0, ...]} (the adapter attached)."""
         if 0 in self.config.preview_weights and self.baseline is None:
-            raise IPAdapterError("The weight-0 previews are rendered before the adapter is attached "
-                                 "(render_baseline); this is a bug in the caller.")
+            raise IPAdapterError("The weight-0 previews are rendered with the adapter detached (render_baseline) "
+                                 "before the other weights; this is a bug in the caller.")
         out: dict[float, list[Image.Image]] = {}
         for weight in self.config.preview_weights:
             out[weight] = self.baseline if weight == 0 else self._render(backend, adapter, weight, autocast,

@@ -50,6 +50,8 @@ class RunHooks:
     preview_progress: Progress | None = None  # (done, total) sampling steps of a preview round; TrainingCancelled
     #                                           stops the run at once
     on_preview: PreviewHook | None = None  # after every preview round, on the main process
+    on_preview_plan: Callable[[Any], None] | None = None  # the `preview_plan.PreviewPlan`, at set-up and again
+    #                                                       with the measured step time after the first step
     after_encode: Callable[[], None] | None = None  # e.g. free the VAE and encoders: the steps need only the UNet
     metadata: dict[str, Any] = field(default_factory=dict)  # added to the adapter file's metadata
     report_extra: dict[str, Any] = field(default_factory=dict)  # added to report.json (load time, data set, ...)

@@ -44,7 +44,7 @@ from .preview_run import BEST_FILE, PreviewRunner
 from .previews import PreviewSource
 from .run_plan import RunHooks, RunPaths, RunPlan, StepCallback, fingerprint  # noqa: F401 (StepCallback: re-exported)
 from .report import RunTimes, training_report, write_report
-from .validation import conditioning_gain
+from .validation import conditioning_gain, validation_calls
 from .write_failures import write_error
 
 log = logging.getLogger(__name__)
@@ -131,10 +131,14 @@ class TrainingRun:
         # Recorded in the file, so a later mismatch names this encoder (read now: the encoder is released
         # after encoding).
         self.encoder_metadata = encoder_metadata(self.encoder.feature_width("base"), self.encoder.feature_width("plus"))
+        if self.preview is not None:  # when the rounds come (every process: they all stop for a round)
+            self.preview.make_plan(backend, validation_calls(len(self.samples), config))
+            if self.main and self.hooks.on_preview_plan is not None:
+                self.hooks.on_preview_plan(self.preview.plan)
         t0 = time.perf_counter()
         self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
         self.times.encode = time.perf_counter() - t0
-        if self.preview is not None and self.main:  # its encoders and the model without the adapter, once
+        if self.preview is not None and self.main:  # the references and prompts, once
             try:
                 self.preview.set_up(backend, self.encoder, self.accelerator.autocast, self.hooks.preview_progress)
             except TrainingCancelled:
@@ -201,6 +205,10 @@ class TrainingRun:
                 self.done = step + 1
                 self.losses.append(loss)
                 self.times.steps.append(time.perf_counter() - tick)
+                if len(self.times.steps) == 1 and self.preview is not None and self.main:
+                    plan = self.preview.measured(self.times.steps[0])  # the ETA counts the rounds from now on
+                    if self.hooks.on_preview_plan is not None:
+                        self.hooks.on_preview_plan(plan)
                 if self._stop_requested(loss):
                     raise TrainingCancelled()
                 if self.preview is not None and self.preview.due(self.done, self.total):
@@ -348,7 +356,7 @@ class TrainingRun:
         if self.main:
             with _reporting_write_errors(self.paths.run_dir / "report.json"):
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
-                if self.preview is not None:
+                if self.preview is not None and self.preview.interval:  # none when auto planned no round
                     self.preview.write_files()  # the page again, now with the final loss curve
                     if (self.paths.run_dir / "previews.html").is_file():  # not after a failed write (a warning)
                         self.files["previews_page"] = self.paths.run_dir / "previews.html"
@@ -379,7 +387,7 @@ def _reporting_write_errors(path: Path):
 
 _PATH_FIELDS = ("out_path", "resume")
 _HOOK_FIELDS = ("callbacks", "encode_progress", "validation_progress", "preview_progress", "on_preview",
-                "after_encode", "metadata", "report_extra")
+                "on_preview_plan", "after_encode", "metadata", "report_extra")
 
 
 def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,

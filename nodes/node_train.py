@@ -5,6 +5,7 @@ from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..ipadapter_train.config import LIMITS, PREVIEW_ROUNDS_AUTO, TrainConfig
+from ..ipadapter_train.preview_plan import PREVIEW_BUDGET
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
@@ -55,9 +56,9 @@ class TrainIPAdapter(io.ComfyNode):
     (Save, Apply) still runs with it. A cancel while the images are still being encoded ends the prompt as
     interrupted: nothing is trained.
 
-    Previews (on by default: `PREVIEW_ROUNDS_AUTO` rounds spread over the run) render a fixed grid with the adapter as it
-    is, on the graph's own MODEL, CLIP and VAE; the node shows the latest grid under its loss chart and returns
-    all of them as its `previews` output.
+    Previews (on by default: up to `PREVIEW_ROUNDS_AUTO` rounds spread over the run, as many as the core's budget
+    allows, `preview_plan.py`) render a fixed grid with the adapter as it is, on the graph's own MODEL, CLIP and VAE;
+    the node shows the latest grid under its loss chart and returns all of them as its `previews` output.
     """
 
     @classmethod
@@ -119,8 +120,10 @@ class TrainIPAdapter(io.ComfyNode):
                 io.Int.Input("preview_every", default=PREVIEWS_AUTO, min=PREVIEWS_OFF, max=100000, optional=True,
                              tooltip="Preview grids while training (each reference x each prompt at adapter "
                                      f"weights 0, 0.5 and 1, fixed seeds, {PREVIEW_STEPS} sampling steps at half the "
-                                     f"training size): 0 = auto (a round after each 1/{PREVIEW_ROUNDS_AUTO} of the run), "
-                                     "N = every N steps and at the "
+                                     "model's default size, at most the training size): 0 = auto (up to a round after "
+                                     f"each 1/{PREVIEW_ROUNDS_AUTO} of the run, as many as keep within "
+                                     f"{PREVIEW_BUDGET:.0%} of the run, none in a run too short for one; the report "
+                                     "says which and why), N = every N steps and at the "
                                      f"end, -1 = off. Cost: {PREVIEW_COST}."),
                 io.Image.Input("preview_images", optional=True,
                                tooltip="Reference images for the previews. Unconnected: with 5 or more training "

@@ -2,8 +2,9 @@
 `GET /ipadapter_train/runs` route.
 
 A run goes through phases: "encoding" (the images through the VAE and CLIP vision), "training" (the
-optimizer steps), "previewing" (a preview round: the no-adapter images once before the first step, then a
-grid after every `preview_every` steps and at the end), "validating" (the conditioning gain, when the node's
+optimizer steps), "previewing" (a preview round, when the core's plan (`preview_plan.py`) has one after the
+step: "auto" keeps the rounds within the previews' budget; the first round also renders the no-adapter
+images), "validating" (the conditioning gain, when the node's
 validation setting is on) and "done". ComfyUI's progress bar counts the units of the current phase (images,
 steps, a round's sampling steps, validation calls); the events name the phase, so the chart on the node can
 say what the bar counts. After every round a preview event names the grid's file, which the page loads
@@ -23,13 +24,13 @@ import statistics
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import comfy.model_management
 import comfy.utils
 
 from ..ipadapter_train.errors import TrainingCancelled
+from ..ipadapter_train.preview_plan import VALIDATION_CALL_STEPS_AT_BATCH_1, PreviewPlan
 
 try:  # absent when the nodes are imported without a server (tests, scripts)
     from server import PromptServer
@@ -45,12 +46,8 @@ PREVIEW_EVENT = "ipadapter_train.preview"
 ROUTE = "/ipadapter_train/runs"
 ETA_WINDOW = 20
 KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded after their run ended
-# A validation call is one forward pass over 2 samples (own and shuffled features) without a backward
-# pass; a training step is a forward and a backward pass over batch_size samples, and the backward pass
-# costs about one forward here (the frozen weights need no gradients of their own). So a call costs
-# about a step at batch 1 and a step / batch_size above. Only the ETA before validation starts uses
-# this estimate; once it runs, the ETA comes from the measured calls.
-VALIDATION_CALL_STEPS_AT_BATCH_1 = 1.0
+# VALIDATION_CALL_STEPS_AT_BATCH_1 (the core's, preview_plan.py): only the ETA before validation starts uses this
+# estimate; once it runs, the ETA comes from the measured calls.
 
 _LOCK = threading.Lock()
 RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run, in start order
@@ -99,26 +96,6 @@ def _interrupted() -> bool:
     return False
 
 
-@dataclass(frozen=True)
-class PreviewSchedule:
-    """When a run's preview rounds come and how many sampling steps each one takes (for the bar and the ETA)."""
-
-    every: int  # a round after every `every` steps, and one after the last step
-    sampling_steps: int  # DDIM steps of one render (one preview weight for every cell)
-    round_renders: int  # renders in a round: one per preview weight other than 0
-    baseline_renders: int  # renders before the first step: 1 when weight 0 (no adapter) is previewed, else 0
-
-    def due(self, step: int, total: int) -> bool:
-        """Whether a round follows step `step` (counted from 1), as the core decides it."""
-        return step == total or step % self.every == 0
-
-    def rounds_between(self, after: int, total: int) -> int:
-        """Rounds that follow the steps after `after`, up to and including `total`."""
-        if after >= total:
-            return 0
-        return total // self.every - after // self.every + (1 if total % self.every else 0)
-
-
 def _forget_old_runs() -> None:
     """Keep every unfinished run and the last KEEP_FINISHED finished ones (called with _LOCK held)."""
     finished = [key for key, run in RUNS.items() if run["done"]]
@@ -139,15 +116,15 @@ class RunReporter:
     core's `TrainingCancelled`): the run ends at once with the adapter of the steps done.
 
     The ETA covers the rest of the node's work: the remaining steps, the preview rounds still to come and the
-    validation after them. It is None until a step has been measured on its own: the first step also pays
-    the set-up after encoding and one-off warm-up costs, so the first figure comes after the second step. A
-    round's time is measured (from the end of its step to its grid); until one was, it is estimated from the
-    sampling steps of the no-adapter images.
+    validation after them, from the first step on. The schedule and the rounds' estimated cost are the core's
+    (`preview_plan.PreviewPlan`, given through `preview_plan` before training and again with the first step's
+    measured time); the reporter copies no rule of its own. Later steps are timed here (between callbacks); a
+    round's time is measured (from the end of its step to its grid) and replaces the core's estimate from then on.
     """
 
     def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
                  batch_size: int = 1, workflow_id: str | None = None, client_id: str | None = None,
-                 previews: PreviewSchedule | None = None, subfolder: str = "", random_scores: bool = False) -> None:
+                 previews: PreviewPlan | None = None, subfolder: str = "", random_scores: bool = False) -> None:
         self.node_id, self.prompt_id, self.workflow_id, self.client_id = node_id, prompt_id, workflow_id, client_id
         self.total, self.images, self.validation_calls = total, images, validation_calls
         self.batch_size = max(1, batch_size)
@@ -163,6 +140,7 @@ class RunReporter:
         self._last_call: float | None = None
         self._round: dict[str, Any] | None = None  # the preview round in progress: step, done, total, start, last
         self._last_round_step = -1  # the step of the last finished round
+        self._rounds_run = 0  # finished rounds (the first one also renders the no-adapter images)
         self.started = time.time()  # orders the runs of one node for the pages (newest is shown)
         self._bar = comfy.utils.ProgressBar(images)
         with _LOCK:
@@ -204,33 +182,34 @@ class RunReporter:
         if _interrupted():
             self.cancel_requested = True
 
+    def preview_plan(self, plan: PreviewPlan) -> None:
+        """The core's preview schedule and its estimated cost (the trainer's `on_preview_plan` hook)."""
+        self.previews = plan
+
     def _step_seconds(self) -> float | None:
-        return statistics.median(self._step_times) if self._step_times else None
+        """A step's time: measured here between steps, else the core's measure of the first step."""
+        if self._step_times:
+            return statistics.median(self._step_times)
+        return self.previews.step_seconds if self.previews is not None else None
 
-    def _round_estimate(self) -> float:
-        """Seconds a preview round takes: measured, else from the sampling steps measured so far (0 if none)."""
-        if self._round_times:
-            return statistics.median(self._round_times)
-        if self._sample_times and self.previews is not None:
-            p = self.previews
-            return statistics.median(self._sample_times) * p.round_renders * p.sampling_steps
-        return 0.0
+    def _round_seconds(self) -> float | None:
+        """A round's time once one was measured here (None: the core's estimate stands)."""
+        return statistics.median(self._round_times) if self._round_times else None
 
-    def _rounds_left(self, done: int) -> int:
-        """Preview rounds still to come after step `done`, the one due at `done` included if it has not run."""
+    def _previews_left(self, done: int) -> float:
+        """Seconds of the rounds still to come after step `done`, the one due at `done` included if it has not run."""
         p = self.previews
-        if p is None or not p.round_renders:
-            return 0
-        pending = 1 if done >= 1 and p.due(done, self.total) and self._last_round_step != done else 0
-        return pending + p.rounds_between(done, self.total)
+        if p is None:
+            return 0.0
+        pending = done >= 1 and p.due(done, self.total) and self._last_round_step != done
+        return p.seconds_left(done, self.total, self._rounds_run, pending, self._round_seconds()) or 0.0
 
     def _eta(self, done: int) -> float | None:
         """The rest of the node's work after step `done` (its round not yet run): None before a step was measured."""
         seconds = self._step_seconds()
         if seconds is None:
             return None
-        return (seconds * (self.total - done) + self._rounds_left(done) * self._round_estimate()
-                + self._validation_estimate())
+        return seconds * (self.total - done) + self._previews_left(done) + self._validation_estimate()
 
     def _validation_estimate(self) -> float:
         """Seconds the validation after training should take, from the measured step time."""
@@ -255,7 +234,6 @@ class RunReporter:
     def step(self, step: int, total: int, loss: float) -> None:
         """After every optimizer step: record, tell the pages, update the bar, honour a cancel."""
         now = time.perf_counter()
-        self._round = None  # the no-adapter images (rendered before the first step) are done
         if self._last_step is not None:
             self._step_times.append(now - self._last_step)
         self._last_step = now
@@ -271,8 +249,8 @@ class RunReporter:
         self._update_bar(step, total)
         if self.cancel_requested:
             raise TrainingCancelled()
-        if step >= total and self.previews is None:  # with previews, validation starts after the last round
-            self._start_validation()
+        if step >= total and not (self.previews is not None and self.previews.due(step, total)):
+            self._start_validation()  # with a round after the last step, validation starts after it
 
     def _start_validation(self) -> None:
         if self.validation_calls:
@@ -282,29 +260,37 @@ class RunReporter:
             self._update_bar(0, self.validation_calls)
 
     def preview_progress(self, done: int, total: int) -> None:
-        """After every sampling step of a preview render: the bar counts the round's sampling steps (all its
-        renders); the ETA adds the rest of the round; a cancel stops the round at once."""
+        """After every sampling step of a preview round: the bar counts the round's sampling steps (all its
+        renders, the first round's no-adapter images included); the ETA adds the rest of the round; a cancel stops
+        the round at once."""
         now = time.perf_counter()
         p = self.previews
         if self._round is None:
-            baseline = self._last_step is None  # before the first step: the no-adapter images
-            renders = (p.baseline_renders if baseline else p.round_renders) if p is not None else 1
+            renders = p.renders(first=self._rounds_run == 0) if p is not None else 1
             steps = p.sampling_steps if p is not None else total
-            # a round starts when its step ends; the no-adapter images, at their first sampling step
-            start = now if baseline else self._last_step
+            start = self._last_step if self._last_step is not None else now  # a round starts when its step ends
             self._round = {"step": self.steps_done, "done": 0, "total": max(1, renders) * steps, "start": start,
-                           "last": start, "baseline": baseline}
+                           "last": start}
         r = self._round
-        if now > r["last"] and (r["done"] or not r["baseline"]):
+        if now > r["last"] and r["done"]:
             self._sample_times.append(now - r["last"])
         r["last"] = now
         r["done"] = min(r["done"] + 1, r["total"])
-        per_step = statistics.median(self._sample_times) if self._sample_times else None
         eta = None
-        rest = self._eta(self.steps_done) if not r["baseline"] else None
-        if rest is not None and per_step is not None:
-            # the rest of this round, then everything after it (this round is no longer "to come")
-            eta = (r["total"] - r["done"]) * per_step + max(0.0, rest - self._round_estimate())
+        seconds = self._step_seconds()
+        if seconds is not None:
+            # the rest of this round (from its own sampling steps once measured), then everything after it
+            first = self._rounds_run == 0
+            if self._sample_times:
+                rest_of_round = (r["total"] - r["done"]) * statistics.median(self._sample_times)
+            else:
+                whole = (self._round_seconds() if not first else None) or (
+                    p.round_estimate(first) if p is not None else None) or 0.0
+                rest_of_round = whole * (r["total"] - r["done"]) / r["total"]
+            later = 0.0
+            if p is not None:
+                later = p.seconds_left(r["step"], self.total, self._rounds_run + 1, False, self._round_seconds()) or 0.0
+            eta = rest_of_round + later + seconds * (self.total - r["step"]) + self._validation_estimate()
         self._phase("previewing", r["done"], r["total"], eta, step=r["step"])
         self._update_bar(r["done"], r["total"])
         if self.cancel_requested:
@@ -313,9 +299,10 @@ class RunReporter:
     def preview_done(self, entry: dict[str, Any], grid: Any = None) -> None:
         """After every preview round: record its grid for the runs route and tell the pages where it is."""
         now = time.perf_counter()
-        if self._round is not None and not self._round["baseline"]:
+        if self._round is not None and self._rounds_run > 0:  # the first round also made the no-adapter images
             self._round_times.append(now - self._round["start"])
         self._round = None
+        self._rounds_run += 1
         step = int(entry["step"])
         self._last_round_step = step
         self._last_step = now  # the next step's time does not include the round

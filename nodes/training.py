@@ -30,12 +30,13 @@ from ..ipadapter_train.batches import total_steps
 from ..ipadapter_train.config import TrainConfig
 from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.preview_plan import PREVIEW_BUDGET
 from ..ipadapter_train.previews import PreviewSource, plan_previews
 from ..ipadapter_train.trainer import TrainResult, train
 from ..ipadapter_train.validation import validation_calls
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
-from .runs import PreviewSchedule, RunReporter
+from .runs import RunReporter
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,9 @@ VALIDATION_MODES: dict[str, dict[str, Any]] = {
     "full": {"validation": True},
 }
 NO_SCORER = "none"  # the scorer combo's first entry: previews are not scored
-PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1  # the node's preview_every: 0 = auto (config.PREVIEW_ROUNDS_AUTO rounds), -1 = off
+# the node's preview_every: 0 = auto (up to config.PREVIEW_ROUNDS_AUTO rounds, within the budget of preview_plan.py),
+# -1 = off
+PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1
 
 
 def split_captions(captions: str, count: int) -> list[str]:
@@ -169,14 +172,9 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     steps = total_steps(config, [s.image.size for s in trained], 1)
     run_dir = make_run_dir(node_id)
     out = run_dir / "adapter.safetensors"
-    schedule = None
-    if planned is not None:
-        renders = [w for w in config.preview_weights if w != 0]
-        schedule = PreviewSchedule(config.preview_interval(steps), config.preview_steps, len(renders),
-                                   1 if len(renders) < len(config.preview_weights) else 0)
     subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
     reporter = RunReporter(node_id, prompt_id, steps, len(trained), validation_calls(len(trained), config),
-                           config.batch_size, workflow_id, client_id, schedule, subfolder,
+                           config.batch_size, workflow_id, client_id, None, subfolder,
                            bool(getattr(previews and previews.scorer, "random_weights", False)))
     cancelled, failed = False, True
     try:
@@ -185,6 +183,7 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
                            callbacks=[reporter.step], encode_progress=reporter.encoding,
                            validation_progress=reporter.validating, previews=previews,
                            preview_progress=reporter.preview_progress, on_preview=reporter.preview_done,
+                           on_preview_plan=reporter.preview_plan,  # the core's schedule: the node copies no rule
                            metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack"})
         cancelled, failed = result.cancelled, False
     except comfy.model_management.InterruptProcessingException:
@@ -217,6 +216,9 @@ def preview_grids(result: TrainResult) -> torch.Tensor:
         with Image.open(result.run_dir / grid) as image:
             pictures.append(image.convert("RGB"))
     if not pictures:
+        if not (previews.get("schedule") or {}).get("rounds", 1):
+            return pils_to_tensor([notice_image(f"auto planned no preview round: over the {PREVIEW_BUDGET:.0%} "
+                                                "budget (see the report).", width=448)])
         return pils_to_tensor([notice_image(f"No preview round ran: the run stopped after {result.steps_done} "
                                             "step(s).")])
     width, height = max(p.width for p in pictures), max(p.height for p in pictures)
@@ -244,6 +246,9 @@ def preview_lines(rep: dict[str, Any]) -> list[str]:
         return ["Previews off."]
     grids = previews.get("grids") or []
     lines = [f"Previews: {len(grids)} grid(s) in previews/ (previews.html shows them over the steps)."]
+    schedule = previews.get("schedule") or {}
+    if schedule.get("why"):
+        lines.append(f"Preview schedule: {schedule['why']}")
     if previews.get("held_out"):
         lines.append(f"Held out of training for the previews: {', '.join(previews['held_out'])}.")
     elif previews.get("references"):

@@ -273,7 +273,7 @@ def test_a_cancel_during_a_preview_round_stops_at_once_and_keeps_the_adapter(tmp
 
     def cancel_in_the_second_round(done, total):
         calls.append((done, total))
-        if len(calls) > total:  # the weight-0 images (set-up) made `total` calls; the first call of step 2's round
+        if len(calls) > total:  # the weight-0 images (first in step 2's round) made `total` calls; the next one
             raise TrainingCancelled()
 
     result = train_in_memory(samples, micro_sd15(), micro_clip(), cfg(max_steps=6), tmp_path / "run",
@@ -282,3 +282,117 @@ def test_a_cancel_during_a_preview_round_stops_at_once_and_keeps_the_adapter(tmp
     assert len(calls) == cfg().preview_steps + 1  # not one sampling step more
     assert not (tmp_path / "run" / "previews" / "step_0002.png").exists()
     assert load_file(tmp_path / "a.safetensors") and (tmp_path / "run" / "checkpoint" / "state.json").is_file()
+
+
+# ------------------------------------------------------------------ the schedule of "auto" (issue 17, item 3)
+
+def plan_for(total, side, preview_side, validation_calls=0, every="auto", **kw):
+    from ipadapter_train.preview_plan import plan_preview_rounds
+
+    config = TrainConfig(resolution=side, preview_every=every, **kw)
+    return plan_preview_rounds(config, total, 1, preview_side, validation_calls)
+
+
+def test_auto_keeps_a_short_slow_run_within_the_budget_and_a_long_run_at_thirds():
+    from ipadapter_train.preview_plan import PREVIEW_BUDGET
+
+    # the issue's run: 12 steps at 128 px, previews as large as the training images: one round costs more than
+    # the budget of the whole run, so auto plans none and says why (the step time is only the unit)
+    short = plan_for(12, 128, 128, validation_calls=8).with_step_seconds(21.0)
+    assert short.rounds == 0 and short.every == 0 and not short.due(12, 12)
+    assert "no preview round" in short.why and "15%" in short.why and "--preview-every" in short.why
+    assert short.seconds_left(1, 12, 0) == 0.0
+    # a longer run at that size affords fewer rounds than three, and stays within the budget
+    medium = plan_for(150, 128, 128, validation_calls=8)
+    assert 1 <= medium.rounds < 3 and medium.share <= PREVIEW_BUDGET and "not 3" in medium.why
+    assert medium.due(150, 150) and medium.rounds == 2
+    # the kit's default job (40 steps at 512 px, previews at 256, 16 validation calls) and a long run: thirds
+    kit = plan_for(40, 512, 256, validation_calls=16)
+    assert (kit.rounds, kit.every) == (3, 14) and kit.share <= PREVIEW_BUDGET
+    assert [s for s in range(1, 41) if kit.due(s, 40)] == [14, 28, 40]
+    long = plan_for(300, 512, 256)
+    assert (long.rounds, long.every) == (3, 100)
+    # a number of steps is kept as given, with its share reported
+    given = plan_for(12, 128, 128, every=4)
+    assert (given.rounds, given.every, given.auto) == (3, 4, False) and given.share > PREVIEW_BUDGET
+    assert "every 4 steps as set" in given.why
+
+
+def test_the_planned_rounds_cost_follows_the_sizes_and_the_first_round_makes_the_weight_0_images():
+    plan = plan_for(40, 512, 256, validation_calls=16).with_step_seconds(2.0)
+    # a call over 1 cell at 256 px is a quarter of a step at 512 px; 5 sampling steps and half a call's decode
+    assert plan.round_steps == pytest.approx(2 * 0.25 * 5.5) and plan.baseline_steps == pytest.approx(0.25 * 5.5)
+    assert plan.renders(first=True) == 3 and plan.renders(first=False) == 2
+    # before any round: three rounds and the weight-0 images; after the first, two rounds, or measured ones
+    assert plan.seconds_left(1, 40, 0) == pytest.approx(2.0 * (3 * 2.75 + 1.375))
+    assert plan.seconds_left(14, 40, 1) == pytest.approx(2.0 * 2 * 2.75)
+    assert plan.seconds_left(14, 40, 1, round_seconds=10.0) == pytest.approx(20.0)
+    assert plan.seconds_left(14, 40, 0, round_pending=True) == pytest.approx(2.0 * (3 * 2.75 + 1.375))
+
+
+def test_preview_size_follows_a_128_px_training_size(samples):
+    backend = DiffusersBackend(micro_sd15())
+    config = cfg(resolution=128).for_family(backend.family)
+    _, previews = plan_previews(samples, PreviewSource(references(samples), ["a cat"]), config)
+    assert backend.family.default_resolution // 2 > 128  # the family's default preview size would be larger
+    assert previews.size(backend) == 128 and previews.size(backend) % 8 == 0  # whole latents
+
+
+def test_the_eta_counts_the_planned_rounds_from_the_first_step():
+    from ipadapter_train.cli_progress import RunEta
+
+    now = [0.0]
+    eta = RunEta(clock=lambda: now[0])
+    # the trainer's plan, with its first step measured
+    plan = plan_for(40, 512, 256, validation_calls=16).with_step_seconds(2.0)
+    eta.set_plan(plan)
+    now[0] = 2.0
+    eta.step(1)
+    # one step measured: 39 steps and the three rounds with the weight-0 images, before any round ran
+    assert eta.seconds(1, 40) == pytest.approx(39 * 2.0 + 2.0 * (3 * 2.75 + 1.375))
+    for step in range(2, 15):
+        now[0] += 2.0
+        eta.step(step)
+    assert eta.seconds(14, 40) == pytest.approx(26 * 2.0 + 2.0 * (3 * 2.75 + 1.375))  # step 14's round is due
+    now[0] += 8.0
+    eta.round_done(14)
+    assert eta.seconds(14, 40) == pytest.approx(26 * 2.0 + 2.0 * 2 * 2.75)
+    now[0] += 2.0
+    eta.step(15)  # the round is not counted in the step's time
+    assert eta.seconds(15, 40) == pytest.approx(25 * 2.0 + 2.0 * 2 * 2.75)
+
+
+def test_the_trainer_gives_its_plan_before_training_and_with_the_first_step_time(tmp_path, samples):
+    plans, seen = [], []
+
+    def on_step(step, total, loss):
+        seen.append((step, plans[-1].step_seconds))
+
+    result = train_in_memory(samples, micro_sd15(), micro_clip(), cfg(max_steps=2, preview_every="auto"),
+                             tmp_path / "run", None, on_preview_plan=plans.append, callbacks=[on_step])
+    assert len(plans) == 2 and plans[0].step_seconds is None and plans[1].step_seconds > 0
+    assert seen[0][1] is not None  # the first step's callback already has the measured step time
+    schedule = result.report["previews"]["schedule"]
+    assert schedule["rounds"] == plans[1].rounds and schedule["why"] == plans[1].why
+
+
+def test_a_short_cli_run_with_auto_previews_reports_the_schedule(models, tmp_path):
+    # 2 steps with previews as large as the training images: auto renders no round, and says why
+    out = tmp_path / "a.safetensors"
+    r = run_cli(*train_args(models, out, "--max-steps", "2", "--preview-every", "auto", "--preview-steps", "2"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "a-run" / "report.json").read_text())
+    schedule = report["previews"]["schedule"]
+    assert schedule["auto"] and schedule["rounds"] == 0 and report["previews"]["grids"] == []
+    assert "preview schedule: auto: no preview round" in r.stdout
+    assert not (tmp_path / "a-run" / "previews").exists() and not (tmp_path / "a-run" / "previews.html").exists()
+    # 12 steps with small previews: the final round fits the budget, and the report says so
+    out = tmp_path / "b.safetensors"
+    r = run_cli(*train_args(models, out, "--max-steps", "12", "--preview-every", "auto", "--preview-steps", "2",
+                            "--resolution", "128", "--preview-size", "64"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "b-run" / "report.json").read_text())
+    schedule = report["previews"]["schedule"]
+    assert (schedule["rounds"], schedule["every"]) == (1, 12) and schedule["share"] <= schedule["budget"]
+    assert report["previews"]["grids"] == ["previews/step_0012.png"] and report["previews"]["size"] == 64
+    assert "preview schedule: auto: 1 round(s), not 3" in r.stdout

@@ -28,7 +28,8 @@ export function phaseText(run) {
     if (run.phase === "validating") return `validating ${count} (conditioning gain)`;
     if (run.phase === "previewing") {
         const step = run.previewStep ?? run.step;
-        return `previewing ${count} (${step ? `after step ${step}` : "no-adapter images"})`;
+        // every round follows a step (the first one also makes the no-adapter images)
+        return `previewing ${count}${step ? ` (after step ${step})` : ""}`;
     }
     return "";
 }
@@ -41,7 +42,8 @@ export function statusText(run) {
     const state = runState(run);
     if (state === "stopped") return `${steps}${loss}, stopped${run.stopped ? ` (${run.stopped})` : ""}`;
     if (state === "cancelled" || state === "done") return `${steps}${loss}, ${state}`;
-    // No ETA until the node has measured a step on its own (it sends null until then).
+    // The node sends null until a step was measured: with previews on, from the first step (the core's measure),
+    // with the planned preview rounds counted in; with previews off, from the second.
     const eta = run.eta == null ? "ETA after the first steps" : `ETA ${formatDuration(run.eta)}`;
     if (run.phase === "encoding") return `${phaseText(run)}…`;
     if (run.phase === "previewing" && !run.step) return `${phaseText(run)}…`;

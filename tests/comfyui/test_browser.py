@@ -336,9 +336,9 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     page.screenshot(path=str(ARTIFACTS / "loss_chart_cancelled.png"))
     wait_queue_empty(server)
 
-    # a short run with previews (auto: after each of its 2 steps) and validation: the chart is cleared when it
-    # starts encoding and names each phase
-    set_widgets(page, training_widgets(2, "full", "browser_test_validated"))
+    # a short run with previews (after each of its 2 steps: auto would plan none, over the budget) and validation:
+    # the chart is cleared when it starts encoding and names each phase
+    set_widgets(page, training_widgets(2, "full", "browser_test_validated", preview_every=1))
     page.evaluate(RECORD_CHART)
     second = queue_with_run_button(page)
     end = wait_chart(page, lambda s: s["promptId"] == second and s["state"] in ("done", "stopped"), 300,

@@ -6,7 +6,8 @@
   (under ComfyUI's output directory, for `/view`), and the runs route lists them;
 - the progress bar and the phase events count a round's sampling steps ("previewing"), the ETA includes the
   rounds still to come, and a cancel during a round stops it at the next sampling step;
-- with 5 images one is held out: it never reaches training (the encoded set) and the report names it;
+- with 5 images one is held out: it never reaches training (the encoded set) and the report names it; auto in
+  a short run plans no round (over the budget) and the summary says why;
 - a CLIP scorer scores every round, keep_best returns and saves the best-scored step's adapter, the figures
   of a random-weight scorer say so; keep_best without a scorer or with previews off is refused before any work.
 """
@@ -112,23 +113,23 @@ def test_previews_output_events_bar_and_runs_route(graph, server, bar, output_di
     listed = next(r for r in runs.snapshot()["runs"] if (r["prompt_id"], r["node"]) == ("p-prev", "21"))
     assert listed["previews"] == [{k: d[k] for k in ("step", "filename", "subfolder", "type")} for d in sent]
 
-    # phases: the no-adapter images once (1 render), then a round (weights 0.5 and 1: 2 renders) after steps 2
-    # and 4, each counted in sampling steps on ComfyUI's bar
+    # phases: nothing before the first step (the no-adapter images are made in the first round); a round after
+    # step 2 (weights 0, 0.5 and 1: 3 renders, the first time) and after step 4 (0.5 and 1: 2 renders), each
+    # counted in sampling steps on ComfyUI's bar
     timeline = [(d["phase"], d.get("step"), d["done"], d["total"])
                 for kind, d in events(server, "ipadapter_train.phase") if d["phase"] != "encoding"]
-    round_ = 2 * PREVIEW_STEPS
+    first, round_ = 3 * PREVIEW_STEPS, 2 * PREVIEW_STEPS
     assert timeline == ([("training", None, 0, 4)]
-                        + [("previewing", 0, i, PREVIEW_STEPS) for i in range(1, PREVIEW_STEPS + 1)]
-                        + [("previewing", 2, i, round_) for i in range(1, round_ + 1)] + [("training", None, 2, 4)]
+                        + [("previewing", 2, i, first) for i in range(1, first + 1)] + [("training", None, 2, 4)]
                         + [("previewing", 4, i, round_) for i in range(1, round_ + 1)])
-    assert [(v, t) for v, t in bar if t == round_] == [(i, round_) for i in range(1, round_ + 1)] * 2
-    # the ETA (its arithmetic: test_the_eta_counts_the_rounds_still_to_come): none before a step was measured on
-    # its own, then a figure through the rounds, and nothing left at the last sampling step of the last round
+    assert [(v, t) for v, t in bar if t in (first, round_)] == (
+        [(i, first) for i in range(1, first + 1)] + [(i, round_) for i in range(1, round_ + 1)])
+    # the ETA (its arithmetic: test_the_eta_counts_the_rounds_still_to_come): a figure from the first step on,
+    # the planned rounds included, through the rounds, and nothing left at the last sampling step of the last round
     phases = [d for kind, d in events(server, "ipadapter_train.phase")]
     progress = [d for kind, d in events(server, "ipadapter_train.progress")]
-    assert progress[0]["eta_seconds"] is None and all(d["eta_seconds"] > 0 for d in progress[1:3])
+    assert all(d["eta_seconds"] > 0 for d in progress[:3])
     previewing = [d for d in phases if d["phase"] == "previewing"]
-    assert all(d["eta_seconds"] is None for d in previewing if d["step"] == 0)
     assert all(d["eta_seconds"] is not None for d in previewing if d["step"] == 2)
     assert previewing[-1]["eta_seconds"] == pytest.approx(0.0, abs=1e-9)
     assert [d["eta_seconds"] > 0 for d in phases if d["phase"] == "training" and d["done"] == 2] == [True]
@@ -136,12 +137,18 @@ def test_previews_output_events_bar_and_runs_route(graph, server, bar, output_di
 
 
 def test_the_eta_counts_the_rounds_still_to_come():
-    runs = pack("nodes.runs")
-    schedule = runs.PreviewSchedule(every=5, sampling_steps=8, round_renders=2, baseline_renders=1)
-    assert [schedule.rounds_between(done, 12) for done in (0, 4, 5, 9, 10, 11, 12)] == [3, 3, 2, 2, 1, 1, 0]
-    assert schedule.rounds_between(0, 10) == 2 and schedule.due(12, 12) and not schedule.due(11, 12)
-    reporter = runs.RunReporter("1", "p-eta", total=12, images=1, previews=schedule)
+    runs, plans = pack("nodes.runs"), pack("ipadapter_train.preview_plan")
+    config = pack("ipadapter_train.config").TrainConfig(resolution=64, preview_every=5, preview_steps=8)
+    plan = plans.plan_preview_rounds(config, 12, 1, 64)  # the core's plan: the node copies no schedule
+    assert [plan.rounds_between(done, 12) for done in (0, 4, 5, 9, 10, 11, 12)] == [3, 3, 2, 2, 1, 1, 0]
+    assert plan.rounds_between(0, 10) == 2 and plan.due(12, 12) and not plan.due(11, 12)
+    render = 8 + plans.DECODE_CALLS  # a render at the training size, 1 cell: 8 calls and the decode, in steps
+    # from the first step on, before any round: the core's measured first step and its estimates
+    reporter = runs.RunReporter("1", "p-eta", total=12, images=1)
+    reporter.preview_plan(plan.with_step_seconds(1.0))
+    assert reporter._eta(1) == pytest.approx(11 * 1.0 + 3 * 2 * render + render)  # the first round's weight 0
     reporter._step_times.extend([1.0, 1.0])
+    reporter._rounds_run = 1
     reporter._round_times.append(10.0)
     # after step 4: 8 steps and the rounds after 5, 10 and 12
     assert reporter._eta(4) == pytest.approx(8 * 1.0 + 3 * 10.0)
@@ -149,15 +156,10 @@ def test_the_eta_counts_the_rounds_still_to_come():
     assert reporter._eta(5) == pytest.approx(7 * 1.0 + 3 * 10.0)
     reporter._last_round_step = 5
     assert reporter._eta(5) == pytest.approx(7 * 1.0 + 2 * 10.0)
-    # before a round was measured, a round is estimated from the measured sampling steps
-    fresh = runs.RunReporter("1", "p-eta2", total=12, images=1, previews=schedule)
-    fresh._step_times.append(1.0)
-    fresh._sample_times.extend([0.5, 0.5])
-    assert fresh._eta(10) == pytest.approx(2 * 1.0 + 2 * (0.5 * 2 * 8))
 
 
 def test_cancel_during_a_preview_round_stops_it_at_the_next_sampling_step(graph, server):
-    round_ = 2 * PREVIEW_STEPS
+    round_ = 3 * PREVIEW_STEPS  # the first round: the no-adapter images and weights 0.5 and 1
     seen = []
 
     def hook(value, total, preview, prompt_id=None, node_id=None):
@@ -203,7 +205,11 @@ def test_a_held_out_image_never_reaches_training_and_the_report_names_it(graph, 
     assert rep["previews"]["references"] == held
     assert f"Held out of training for the previews: {held[0]}." in report.split("\n\n")[0]
     assert rep["previews"]["prompts"] == [captions.split("\n")[names.index(held[0])].strip()]  # its own caption
-    assert previews.shape[0] == len(rep["previews"]["grids"]) == 2  # auto over 2 steps: after steps 1 and 2
+    # auto in a 2-step run with previews as large as its images: no round fits the budget, and the node says why
+    schedule = rep["previews"]["schedule"]
+    assert schedule["auto"] and schedule["rounds"] == 0 and rep["previews"]["grids"] == []
+    assert f"Preview schedule: {schedule['why']}" in report.split("\n\n")[0] and "15%" in schedule["why"]
+    assert previews.shape[0] == 1  # one small picture that says so
 
 
 def test_preview_images_replace_the_held_out_ones(graph, monkeypatch):

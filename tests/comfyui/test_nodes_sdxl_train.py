@@ -68,7 +68,8 @@ def train(graph, dataset, **widgets):
 def test_train_node_trains_an_sdxl_adapter_in_its_bucket_that_apply_and_ksampler_use(graph, wide_images):
     import nodes as comfy_nodes  # ComfyUI's nodes.py
 
-    adapter, plot, report, previews = train(graph, wide_images)  # previews at the node's default: auto
+    # a round after each step (auto would plan none in a 2-step run with previews as large as its images)
+    adapter, plot, report, previews = train(graph, wide_images, preview_every=1)
     layers = pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
     assert adapter.spec.family.name == "sdxl" and adapter.spec.cross_dim == 2048
     assert [n for n, _ in adapter.spec.layers] == [layer.index for layer in layers]
@@ -80,7 +81,7 @@ def test_train_node_trains_an_sdxl_adapter_in_its_bucket_that_apply_and_ksampler
     assert rep["conditioning_gain"]["gain"] is not None  # validation ran with the pooled text and time_ids
     assert plot.shape[0] == 1
     # previews on the SDXL graph's own models (pooled text and time_ids at the preview size, its VAE decodes):
-    # auto = a round after each third of the run, so after both steps of 2; 3 images: none held out
+    # after both steps; 3 images: none held out
     assert rep["previews"]["grids"] == ["previews/step_0001.png", "previews/step_0002.png"]
     assert rep["previews"]["held_out"] == [] and rep["previews"]["size"] == 128
     assert previews.shape[0] == 2 and previews.shape[-1] == 3
