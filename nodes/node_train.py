@@ -12,6 +12,7 @@ from .comfy_layers import check_adapter_fits
 from .folders import scorer_choices, scorer_path
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
+from .model_origin import stand_in_models
 from .node_score import _load as load_scorer  # the Score node's cache: one CLIP model loaded for both nodes
 from . import runs
 from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES, check_preview_settings,
@@ -148,7 +149,7 @@ class TrainIPAdapter(io.ComfyNode):
                                 tooltip="Every preview grid of the run, oldest first (the node shows the latest "
                                         "live); with previews off, one small picture that says so."),
             ],
-            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo, io.Hidden.prompt],
         )
 
     @classmethod
@@ -163,6 +164,14 @@ class TrainIPAdapter(io.ComfyNode):
         if resolution > 2048:
             return f"Resolution {resolution} is above the node's limit of 2048."
         return True
+
+    @classmethod
+    def fingerprint_inputs(cls, **_inputs) -> int:
+        """How many runs of this node were cancelled or failed: ComfyUI keys its output cache on this, so
+        after a cancel the next Run with the same settings trains afresh instead of reusing the partial
+        adapter (see runs.note_stopped_run). ComfyUI calls this with the node's id as the executing context."""
+        context = get_executing_context()
+        return runs.stopped_runs(str(context.node_id)) if context is not None else 0
 
     @classmethod
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
@@ -190,8 +199,10 @@ class TrainIPAdapter(io.ComfyNode):
             source = preview_source(preview_images, preview_prompts,
                                     load_scorer(scorer_path(scorer)) if scorer != NO_SCORER else None)
         node_id, prompt_id = _ids(cls.hidden)
+        stand_ins = stand_in_models(getattr(cls.hidden, "prompt", None), node_id)
         adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
-                                         init_adapter, _workflow_id(cls.hidden), _client_id(), source)
+                                         init_adapter, _workflow_id(cls.hidden), _client_id(), source,
+                                         random_weights=bool(stand_ins))
         plot = pils_to_tensor([plot_losses(result.losses)])
         return io.NodeOutput(adapter, plot, report_text(result), preview_grids(result))
 

@@ -30,7 +30,8 @@ from ..ipadapter_train.config import TrainConfig
 from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.previews import PreviewSource, plan_previews
-from ..ipadapter_train.trainer import TrainResult, train
+from ..ipadapter_train.report import RANDOM_MODELS_NOTE
+from ..ipadapter_train.trainer import TrainResult, cancelled_note, train
 from ..ipadapter_train.validation import validation_calls
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
@@ -144,8 +145,12 @@ def make_run_dir(node_id: str) -> Path:
 def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: list[Sample], config: TrainConfig,
                    node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None,
                    workflow_id: str | None = None, client_id: str | None = None,
-                   previews: PreviewSource | None = None) -> tuple[IPAdapter, TrainResult]:
+                   previews: PreviewSource | None = None,
+                   random_weights: bool = False) -> tuple[IPAdapter, TrainResult]:
     """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result.
+
+    `random_weights`: the models are stand-ins (random-weight files, see model_origin.py); the adapter's
+    metadata, report.json, the summary, the previews and their scores say so, as a CLI run on them does.
 
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
     queued it) go into the run's events, so only that page draws the run, on that workflow's Train node.
@@ -171,21 +176,23 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
     reporter = RunReporter(node_id, prompt_id, steps, len(trained), validation_calls(len(trained), config),
                            config.batch_size, workflow_id, client_id, schedule, subfolder,
-                           bool(getattr(previews and previews.scorer, "random_weights", False)))
-    cancelled, failed = False, True
+                           random_weights or bool(getattr(previews and previews.scorer, "random_weights", False)))
+    cancelled, failed, result = False, True, None
     try:
         with torch.inference_mode(False):
             result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
                            callbacks=[reporter.step], encode_progress=reporter.encoding,
                            validation_progress=reporter.validating, previews=previews,
                            preview_progress=reporter.preview_progress, on_preview=reporter.preview_done,
-                           metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack"})
+                           metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack",
+                                     "random_weights": bool(random_weights)})
         cancelled, failed = result.cancelled, False
     except comfy.model_management.InterruptProcessingException:
         cancelled, failed = True, False  # cancelled before the first step: the prompt stops, nothing was trained
         raise
     finally:
-        reporter.finish(cancelled, failed)
+        note = result.report.get("cancelled_note") if result is not None and cancelled else None
+        reporter.finish(cancelled, failed, note)
         _remove_if_empty(run_dir)
     adapter = result.adapter.eval().requires_grad_(False)
     adapter.metadata = result.metadata
@@ -256,7 +263,12 @@ def preview_lines(rep: dict[str, Any]) -> list[str]:
 def report_text(result: TrainResult) -> str:
     """A short summary for the canvas, then the full report.json."""
     rep = result.report
-    lines = [f"{'Cancelled' if result.cancelled else 'Trained'}: {result.steps_done} of {result.total_steps} steps."]
+    if result.cancelled:  # the core's words, as in the adapter's metadata and report.json
+        lines = [f"Partial adapter: {cancelled_note(result.steps_done, result.total_steps)}."]
+    else:
+        lines = [f"Trained: {result.steps_done} of {result.total_steps} steps."]
+    if rep.get("random_weights"):
+        lines.insert(0, RANDOM_MODELS_NOTE)
     if result.losses:
         tail = result.losses[-min(10, len(result.losses)):]
         lines.append(f"Loss: first {result.losses[0]:.4f}, mean of the last {len(tail)} {sum(tail) / len(tail):.4f}.")

@@ -107,6 +107,7 @@ function onDone(event) {
     run.done = true;
     run.cancelled = !!d.cancelled;
     run.failed = !!d.failed;
+    if (d.note) run.note = String(d.note);
     if (run.failed) run.stopped = "error";
     run.eta = null;
     redraw();
@@ -158,6 +159,7 @@ function mergeServerRuns(serverRuns) {
             run.phase = "done";
             run.eta = null;
             if (r.cancelled) run.cancelled = true;
+            if (r.note) run.note = String(r.note);
             if (r.failed) {
                 run.failed = true;
                 run.stopped = "error";

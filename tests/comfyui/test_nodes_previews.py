@@ -172,7 +172,7 @@ def test_cancel_during_a_preview_round_stops_it_at_the_next_sampling_step(graph,
         adapter, _, report, previews = train(graph, photos(3), steps=6, node="22", preview_every=2)
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
-    assert report.startswith("Cancelled: 2 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "2"
+    assert report.startswith("Partial adapter: cancelled after 2 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "2"
     assert not comfy.model_management.processing_interrupted()
     assert seen[-1] == (3, round_)  # no sampling step after the cancel, no step 3, no validation
     phases = [(d["phase"], d["done"]) for e, d, _ in server.sent if e == "ipadapter_train.phase"]

@@ -346,7 +346,7 @@ def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset
         adapter, _, report, _ = train(graph, dataset, steps=6, node="10")
     finally:
         runs.RunReporter.step = original
-    assert report.startswith("Cancelled: 1 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "1"
+    assert report.startswith("Partial adapter: cancelled after 1 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "1"
 
 
 def test_fine_tuning_an_init_adapter(trained, graph, dataset):
