@@ -137,6 +137,11 @@ class TrainIPAdapter(io.ComfyNode):
                                  tooltip="Return (and save in the run folder) the adapter of the best-scored preview "
                                          "round instead of the last step's (kept beside it as "
                                          "adapter-last.safetensors). Needs a scorer and previews on."),
+                # last, so graphs saved before it existed keep their links
+                io.String.Input("image_names", force_input=True, optional=True,
+                                tooltip="The images' file names, one per line (Load Training Images' names): the "
+                                        "previews and the report name held-out images by them. Unconnected: "
+                                        "image_0000.png, image_0001.png, ..."),
             ],
             outputs=[
                 IPAdapterTrain.Output(display_name="adapter",
@@ -177,11 +182,11 @@ class TrainIPAdapter(io.ComfyNode):
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
                 resolution, seed, checkpoint_every, validation="quick", gradient_checkpointing=False,
                 buckets=False, init_adapter=None, preview_every=PREVIEWS_AUTO, preview_images=None,
-                preview_prompts="", scorer=NO_SCORER, keep_best=False) -> io.NodeOutput:
+                preview_prompts="", scorer=NO_SCORER, keep_best=False, image_names=None) -> io.NodeOutput:
         preview_every = PREVIEWS_AUTO if preview_every is None else int(preview_every)
         scorer = scorer or NO_SCORER
         check_preview_settings(preview_every, scorer, bool(keep_best))
-        samples = samples_from_images(images, captions)
+        samples = samples_from_images(images, captions, image_names)
         if init_adapter is not None:
             if init_adapter.spec.variant != variant:
                 raise IPAdapterError(f"init_adapter is a {init_adapter.spec.variant} adapter but variant is "

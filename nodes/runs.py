@@ -10,11 +10,10 @@ say what the bar counts. After every round a preview event names the grid's file
 through ComfyUI's `/view`, and the run's record keeps the list, so a reloaded page shows the latest grid.
 
 Events (see CONTRACT.md) go to every connected page, not only the one that queued the prompt, so a
-page reloaded mid-run (which gets a new client id) keeps receiving them; the route lets it redraw the
-chart first. Runs are keyed by (prompt id, node id) and carry the id of the workflow and the client id
-of the page that queued them, so a page draws a run only on the workflow it came from, and only in
-the browser tab that queued it (two workflows often share node ids; the same workflow may be open in
-several tabs).
+page reloaded mid-run keeps receiving them, and the same workflow opened in a second tab or browser shows
+the run as well; the route lets a page opened or reloaded mid-run draw the chart first. Runs are keyed by
+(prompt id, node id) and carry the id of the workflow (and, for the record, the client id of the page that
+queued them), so a page draws a run only on the workflow it came from: two workflows often share node ids.
 """
 from __future__ import annotations
 

@@ -65,14 +65,31 @@ def split_captions(captions: str, count: int) -> list[str]:
     return lines
 
 
-def samples_from_images(images: torch.Tensor, captions: str) -> list[Sample]:
-    """IMAGE [N,H,W,C] + captions -> the core's samples (named image_0000.png ... for the run's records)."""
+def image_names(names: str | None, count: int) -> list[str]:
+    """The images' names for the run's records: Load Training Images' `names` (one per line), else (nothing
+    connected, or a list that does not fit: a log line says why) image_0000.png, image_0001.png, ..."""
+    fallback = [f"image_{i:04d}.png" for i in range(count)]
+    if not names:
+        return fallback
+    lines = [line.strip() for line in names.replace("\r\n", "\n").split("\n")]
+    while len(lines) > count and not lines[-1]:
+        lines.pop()
+    if len(lines) != count or not all(lines) or len(set(lines)) != count:
+        log.warning("image_names has %d line(s) (or blank or repeated ones) for %d images: the images are named "
+                    "image_0000.png ... in the run's records instead.", len(lines), count)
+        return fallback
+    return lines
+
+
+def samples_from_images(images: torch.Tensor, captions: str, names: str | None = None) -> list[Sample]:
+    """IMAGE [N,H,W,C] + captions (+ the images' file names, one per line) -> the core's samples, named by
+    `image_names` in the run's records (held-out previews, report)."""
     if images is None or images.ndim != 4 or images.shape[0] == 0:
         raise IPAdapterError("No training images: connect Load Training Images (or any IMAGE batch) to images.")
     pictures = tensor_to_pils(images)
     texts = split_captions(captions, len(pictures))
-    return [Sample(path=Path(f"image_{i:04d}.png"), image=p, caption=c)
-            for i, (p, c) in enumerate(zip(pictures, texts))]
+    return [Sample(path=Path(n), image=p, caption=c)
+            for n, p, c in zip(image_names(names, len(pictures)), pictures, texts)]
 
 
 def validation_settings(mode: str) -> dict[str, Any]:
