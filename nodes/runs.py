@@ -55,7 +55,7 @@ _LOCK = threading.Lock()
 RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run, in start order
 
 
-# Train node id -> runs of it that ended cancelled (or failed) after training had started. The node's
+# Train node id -> runs of it that ended cancelled or failed (at any phase). The node's
 # `fingerprint_inputs` returns this count, so ComfyUI's output cache (keyed on it) never hands a cancelled run's
 # partial adapter to the next Run of the same settings: that Run trains afresh. Only the cancelled prompt itself
 # passes its partial adapter on (to Save, Apply), and it says "cancelled after N of M steps" there.

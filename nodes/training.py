@@ -170,7 +170,7 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     metadata, report.json, the summary, the previews and their scores say so, as a CLI run on them does.
 
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
-    queued it) go into the run's events, so only that page draws the run, on that workflow's Train node.
+    queued it) go into the run's events: every page with that workflow open draws the run on its Train node.
     """
     with torch.inference_mode(False):  # the back end's schedule and state must be ordinary tensors
         backend = ComfyBackend(model, clip, vae)
