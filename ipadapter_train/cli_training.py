@@ -71,9 +71,12 @@ def _preview_lines(r: dict) -> list[str]:
 
 
 def _print_summary(result) -> None:
+    from .report import RANDOM_MODELS_NOTE
+
     r = result.report
     gain = r.get("conditioning_gain") or {}
-    lines = [f"steps: {result.steps_done}/{result.total_steps}" + (" (cancelled)" if result.cancelled else ""),
+    lines = [f"steps: {result.steps_done}/{result.total_steps}"
+             + (f" ({r.get('cancelled_note')}: a partial adapter)" if result.cancelled else ""),
              f"loss: first {result.losses[0]:.4f}, last {result.losses[-1]:.4f}" if result.losses else "loss: none",
              f"seconds per step: {r['seconds_per_step']:.3f}" if r.get("seconds_per_step") else "",
              f"conditioning gain (shuffled - own loss): {gain['gain']:+.5f}" if gain.get("gain") is not None else "",
@@ -82,7 +85,7 @@ def _print_summary(result) -> None:
              f"previews page: {result.files['previews_page']}" if result.files.get("previews_page") else "",
              f"adapter: {result.files.get('adapter')}"]
     if r.get("random_weights"):
-        lines.insert(0, "NOTE: random-weight models; these figures show the pipeline runs, not adapter quality.")
+        lines.insert(0, RANDOM_MODELS_NOTE)
     print("\n".join(line for line in lines if line))
 
 
@@ -120,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                on_preview=getattr(update, "round_done", None))
     _print_summary(result)
     if result.cancelled:
-        log.warning("Stopped early; continue with --resume %s", run_dir)
+        log.warning("Training %s; continue with --resume %s", result.report.get("cancelled_note"), run_dir)
         return 130
     return 0
 

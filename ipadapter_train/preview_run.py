@@ -162,13 +162,15 @@ class PreviewRunner:
                  f", score {entry['score']:.1f}%" if "score" in entry else "")
         return entry
 
-    def write_files(self) -> None:
-        """scores.json (with a scorer) and previews.html, from what the rounds so far gave."""
+    def write_files(self, cancelled: str | None = None) -> None:
+        """scores.json (with a scorer) and previews.html, from what the rounds so far gave; `cancelled`: the
+        run's "cancelled after N of M steps", which the page shows at its top."""
         scores = self.book.to_dict() if self.book is not None else None
         if scores is not None:
             self._write(SCORES, lambda: atomic_write_text(self.run_dir / SCORES, json.dumps(scores, indent=1)))
         self._write(PAGE, lambda: write_page(self.run_dir, sorted(self.rounds, key=lambda r: r["step"]),
-                                             {**self.previews.describe(), "random_weights": self.random_weights},
+                                             {**self.previews.describe(), "random_weights": self.random_weights,
+                                              "cancelled": cancelled},
                                              scores))
 
     def _write(self, name: str, write: Callable[[], Any]) -> bool:

@@ -17,6 +17,10 @@ from .memory import peak_rss_bytes
 from .weights_io import atomic_write
 
 
+# The first line of every summary of a run on stand-in (random-weight) models, CLI and node alike.
+RANDOM_MODELS_NOTE = "NOTE: random-weight models; these figures show the pipeline runs, not adapter quality."
+
+
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """Peak memory of this process: CUDA max allocated on a GPU, and the process's peak RSS in bytes."""
     out: dict[str, Any] = {}

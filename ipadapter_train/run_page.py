@@ -44,6 +44,8 @@ def render_page(steps: Sequence[dict[str, Any]], info: dict[str, Any], scores: d
     if info.get("random_weights"):
         parts.append("<p class='note'><b>Random-weight models: the images and any scores show that the pipeline "
                      "runs, not what a trained adapter does.</b></p>")
+    if info.get("cancelled"):
+        parts.append(f"<p class='note'><b>Partial adapter: {html.escape(str(info['cancelled']))}.</b></p>")
     held = info.get("held_out") or []
     refs = ", ".join(Path(r).name for r in info.get("references", []))
     parts.append(f"<p>References: {html.escape(refs)}" + (" (held out of training)" if held else

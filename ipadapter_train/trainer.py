@@ -287,7 +287,9 @@ class TrainingRun:
         self.metadata = {**self.hooks.metadata, "steps": self.done, "training_config": config.to_dict(),
                          "base_model": backend.name, "image_encoder": self.encoder.name, **self.encoder_metadata}
         if self.cancelled:
+            # a partial adapter says so in words wherever it goes (Save, Load, inspect), not only as a number
             self.metadata["cancelled_at_step"] = self.done
+            self.metadata["cancelled"] = cancelled_note(self.done, self.total)
         if self.stopped_early:
             self.metadata["stopped_early"] = self.stopped_early
         if self.main and self.paths.out_path is not None:
@@ -341,7 +343,9 @@ class TrainingRun:
         out_path = self.paths.out_path
         run = {"random_weights": bool(self.hooks.metadata.get("random_weights", False)),
                "config": self.config.to_dict(), "steps": self.done, "total_steps": self.total,
-               "cancelled": self.cancelled, "losses": self.losses, "precision": self.accelerator.mixed_precision,
+               "cancelled": self.cancelled,
+               "cancelled_note": cancelled_note(self.done, self.total) if self.cancelled else None,
+               "losses": self.losses, "precision": self.accelerator.mixed_precision,
                "frozen_dtype": str(self.backend.dtype).replace("torch.", ""), "world_size": self.world,
                "buckets": bucket_counts(self.buckets) if self.buckets is not None else None,
                "conditioning_gain": self.gain, "base_model": self.backend.name, "image_encoder": self.encoder.name,
@@ -357,11 +361,16 @@ class TrainingRun:
             with _reporting_write_errors(self.paths.run_dir / "report.json"):
                 self.files.update(write_report(self.paths.run_dir, report, self.losses))
                 if self.preview is not None and self.preview.interval:  # none when auto planned no round
-                    self.preview.write_files()  # the page again, now with the final loss curve
+                    self.preview.write_files(run["cancelled_note"])  # again, with the final loss curve
                     if (self.paths.run_dir / "previews.html").is_file():  # not after a failed write (a warning)
                         self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
+
+
+def cancelled_note(done: int, total: int) -> str:
+    """The words every record of a cancelled run uses (adapter metadata, report, summaries, the node)."""
+    return f"cancelled after {done} of {total} steps"
 
 
 def last_path(out: Path) -> Path:

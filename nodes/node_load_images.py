@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 from comfy_api.latest import io
 
@@ -26,6 +27,19 @@ def size_report(sizes_before: list[tuple[int, int]], size_after: tuple[int, int]
               f"{len(changes)} of {len(sizes_before)} changed:")]
     lines.extend(f"  - {line}" for line in changes)
     return "\n".join(lines)
+
+
+def sample_names(samples: list, folder: Path) -> list[str]:
+    """Each image's name for the run's records: its path inside the folder (data.json may name sub-folders),
+    with '/' on every system; the bare file name when it lies elsewhere."""
+    base = folder.resolve()
+    names = []
+    for s in samples:
+        try:
+            names.append(Path(s.path).resolve().relative_to(base).as_posix())
+        except ValueError:
+            names.append(Path(s.path).name)
+    return names
 
 
 class LoadTrainingImages(io.ComfyNode):
@@ -56,6 +70,10 @@ class LoadTrainingImages(io.ComfyNode):
                                         "the smallest short side and centre-cropped to one size (see report)."),
                 io.String.Output(display_name="captions", tooltip="One caption per line, in image order."),
                 io.String.Output(display_name="report", tooltip="Counts, sizes, changed and skipped files and why."),
+                # last, so graphs saved before it existed keep their links (they are by output index)
+                io.String.Output(display_name="names",
+                                 tooltip="The images' file names, one per line in image order: connect to Train "
+                                         "IP-Adapter's image_names so its previews and report name your files."),
             ],
         )
 
@@ -98,4 +116,4 @@ class LoadTrainingImages(io.ComfyNode):
         pictures, changes = to_common_size([s.image for s in samples], [s.path.name for s in samples])
         captions = "\n".join(" ".join(s.caption.split()) for s in samples)  # one line per image
         text = f"{report.summary()}\n{size_report(sizes, pictures[0].size, changes)}"
-        return io.NodeOutput(pils_to_tensor(pictures), captions, text)
+        return io.NodeOutput(pils_to_tensor(pictures), captions, text, "\n".join(sample_names(samples, chosen)))

@@ -99,5 +99,9 @@ class SaveIPAdapter(io.ComfyNode):
                 _publish(staged, target, bool(overwrite))
             finally:
                 shutil.rmtree(holder, ignore_errors=True)
+        cancelled = (getattr(adapter, "metadata", None) or {}).get("cancelled")
+        if cancelled:  # only the cancelled prompt itself gets here with a partial adapter (see runs.py)
+            log.warning("Saved a partial IP-Adapter (%s) to %s", cancelled, target)
+            return io.NodeOutput(str(target), ui=ui.PreviewText(f"{target}\nPartial adapter: {cancelled}."))
         log.info("Saved IP-Adapter to %s", target)
         return io.NodeOutput(str(target), ui=ui.PreviewText(str(target)))

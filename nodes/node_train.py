@@ -13,6 +13,7 @@ from .comfy_layers import check_adapter_fits
 from .folders import scorer_choices, scorer_path, shown
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
+from .model_origin import stand_in_models
 from .node_score import _load as load_scorer  # the Score node's cache: one CLIP model loaded for both nodes
 from . import runs
 from .queue_checks import GIVEN_ENCODER, queued_refusal
@@ -140,6 +141,11 @@ class TrainIPAdapter(io.ComfyNode):
                                  tooltip="Return (and save in the run folder) the adapter of the best-scored preview "
                                          "round instead of the last step's (kept beside it as "
                                          "adapter-last.safetensors). Needs a scorer and previews on."),
+                # last, so graphs saved before it existed keep their links
+                io.String.Input("image_names", force_input=True, optional=True,
+                                tooltip="The images' file names, one per line (Load Training Images' names): the "
+                                        "previews and the report name held-out images by them. Unconnected: "
+                                        "image_0000.png, image_0001.png, ..."),
             ],
             outputs=[
                 IPAdapterTrain.Output(display_name="adapter",
@@ -152,7 +158,7 @@ class TrainIPAdapter(io.ComfyNode):
                                 tooltip="Every preview grid of the run, oldest first (the node shows the latest "
                                         "live); with previews off, one small picture that says so."),
             ],
-            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.unique_id, io.Hidden.extra_pnginfo, io.Hidden.prompt],
         )
 
     @classmethod
@@ -172,14 +178,22 @@ class TrainIPAdapter(io.ComfyNode):
         return queued_refusal() or True
 
     @classmethod
+    def fingerprint_inputs(cls, **_inputs) -> int:
+        """How many runs of this node were cancelled or failed: ComfyUI keys its output cache on this, so
+        after a cancel the next Run with the same settings trains afresh instead of reusing the partial
+        adapter (see runs.note_stopped_run). ComfyUI calls this with the node's id as the executing context."""
+        context = get_executing_context()
+        return runs.stopped_runs(str(context.node_id)) if context is not None else 0
+
+    @classmethod
     def execute(cls, model, clip, vae, clip_vision, images, captions, variant, steps, learning_rate, batch_size,
                 resolution, seed, checkpoint_every, validation="quick", gradient_checkpointing=False,
                 buckets=False, init_adapter=None, preview_every=PREVIEWS_AUTO, preview_images=None,
-                preview_prompts="", scorer=NO_SCORER, keep_best=False) -> io.NodeOutput:
+                preview_prompts="", scorer=NO_SCORER, keep_best=False, image_names=None) -> io.NodeOutput:
         preview_every = PREVIEWS_AUTO if preview_every is None else int(preview_every)
         scorer = scorer or NO_SCORER
         check_preview_settings(preview_every, scorer, bool(keep_best))
-        samples = samples_from_images(images, captions)
+        samples = samples_from_images(images, captions, image_names)
         if init_adapter is not None:
             if init_adapter.spec.variant != variant:
                 raise IPAdapterError(f"init_adapter is a {init_adapter.spec.variant} adapter but variant is "
@@ -197,8 +211,10 @@ class TrainIPAdapter(io.ComfyNode):
             source = preview_source(preview_images, preview_prompts,
                                     load_scorer(scorer_path(scorer)) if scorer != NO_SCORER else None)
         node_id, prompt_id = _ids(cls.hidden)
+        stand_ins = stand_in_models(getattr(cls.hidden, "prompt", None), node_id)
         adapter, result = train_in_graph(model, clip, vae, clip_vision, samples, config, node_id, prompt_id,
-                                         init_adapter, _workflow_id(cls.hidden), _client_id(), source)
+                                         init_adapter, _workflow_id(cls.hidden), _client_id(), source,
+                                         random_weights=bool(stand_ins))
         plot = pils_to_tensor([plot_losses(result.losses)])
         return io.NodeOutput(adapter, plot, report_text(result), preview_grids(result))
 

@@ -11,11 +11,10 @@ say what the bar counts. After every round a preview event names the grid's file
 through ComfyUI's `/view`, and the run's record keeps the list, so a reloaded page shows the latest grid.
 
 Events (see CONTRACT.md) go to every connected page, not only the one that queued the prompt, so a
-page reloaded mid-run (which gets a new client id) keeps receiving them; the route lets it redraw the
-chart first. Runs are keyed by (prompt id, node id) and carry the id of the workflow and the client id
-of the page that queued them, so a page draws a run only on the workflow it came from, and only in
-the browser tab that queued it (two workflows often share node ids; the same workflow may be open in
-several tabs).
+page reloaded mid-run keeps receiving them, and the same workflow opened in a second tab or browser shows
+the run as well; the route lets a page opened or reloaded mid-run draw the chart first. Runs are keyed by
+(prompt id, node id) and carry the id of the workflow (and, for the record, the client id of the page that
+queued them), so a page draws a run only on the workflow it came from: two workflows often share node ids.
 """
 from __future__ import annotations
 
@@ -51,6 +50,25 @@ KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded af
 
 _LOCK = threading.Lock()
 RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run, in start order
+
+
+# Train node id -> runs of it that ended cancelled or failed (at any phase). The node's
+# `fingerprint_inputs` returns this count, so ComfyUI's output cache (keyed on it) never hands a cancelled run's
+# partial adapter to the next Run of the same settings: that Run trains afresh. Only the cancelled prompt itself
+# passes its partial adapter on (to Save, Apply), and it says "cancelled after N of M steps" there.
+_STOPPED_RUNS: dict[str, int] = {}
+
+
+def note_stopped_run(node_id: str) -> None:
+    """Count a run of node `node_id` that was cancelled or failed: its result must not be reused."""
+    with _LOCK:
+        _STOPPED_RUNS[node_id] = _STOPPED_RUNS.get(node_id, 0) + 1
+
+
+def stopped_runs(node_id: str) -> int:
+    """How many runs of node `node_id` this server process saw cancelled or failed (see `note_stopped_run`)."""
+    with _LOCK:
+        return _STOPPED_RUNS.get(node_id, 0)
 
 
 def snapshot() -> dict[str, Any]:
@@ -151,7 +169,7 @@ class RunReporter:
                 "phase": "encoding", "phase_done": 0, "phase_total": images,
                 "step": 0, "total": total, "losses": [], "eta_seconds": None,
                 "validation_calls": validation_calls, "previews": [], "done": False, "cancelled": False,
-                "failed": False}
+                "failed": False, "note": None}
             _forget_old_runs()
         self._phase("encoding", 0, images)
         self._update_bar(0, images)
@@ -342,13 +360,16 @@ class RunReporter:
         if self.cancel_requested:
             raise TrainingCancelled()  # the trainer keeps the adapter; the report has no conditioning gain
 
-    def finish(self, cancelled: bool, failed: bool = False) -> None:
-        """Mark the run done (also after an error) and send the done event."""
+    def finish(self, cancelled: bool, failed: bool = False, note: str | None = None) -> None:
+        """Mark the run done (also after an error) and send the done event; `note` is the core's "cancelled
+        after N of M steps" of a cancelled run, which the node's status line shows."""
+        if cancelled or failed:
+            note_stopped_run(self.node_id)
         with _LOCK:
             run = RUNS.get((self.prompt_id, self.node_id))
             if run is not None:
-                run.update(phase="done", done=True, cancelled=cancelled, failed=failed,
+                run.update(phase="done", done=True, cancelled=cancelled, failed=failed, note=note,
                            eta_seconds=None if cancelled or failed else 0.0)
             _forget_old_runs()
         _send(DONE_EVENT, {**self._ids(), "steps": self.steps_done, "total": self.total, "cancelled": cancelled,
-                           "failed": failed})
+                           "failed": failed, "note": note})

@@ -32,7 +32,8 @@ from ..ipadapter_train.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.preview_plan import PREVIEW_BUDGET
 from ..ipadapter_train.previews import PreviewSource, plan_previews
-from ..ipadapter_train.trainer import TrainResult, train
+from ..ipadapter_train.report import RANDOM_MODELS_NOTE
+from ..ipadapter_train.trainer import TrainResult, cancelled_note, train
 from ..ipadapter_train.validation import validation_calls
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
@@ -69,14 +70,31 @@ def split_captions(captions: str, count: int) -> list[str]:
     return lines
 
 
-def samples_from_images(images: torch.Tensor, captions: str) -> list[Sample]:
-    """IMAGE [N,H,W,C] + captions -> the core's samples (named image_0000.png ... for the run's records)."""
+def image_names(names: str | None, count: int) -> list[str]:
+    """The images' names for the run's records: Load Training Images' `names` (one per line), else (nothing
+    connected, or a list that does not fit: a log line says why) image_0000.png, image_0001.png, ..."""
+    fallback = [f"image_{i:04d}.png" for i in range(count)]
+    if not names:
+        return fallback
+    lines = [line.strip() for line in names.replace("\r\n", "\n").split("\n")]
+    while len(lines) > count and not lines[-1]:
+        lines.pop()
+    if len(lines) != count or not all(lines) or len(set(lines)) != count:
+        log.warning("image_names has %d line(s) (or blank or repeated ones) for %d images: the images are named "
+                    "image_0000.png ... in the run's records instead.", len(lines), count)
+        return fallback
+    return lines
+
+
+def samples_from_images(images: torch.Tensor, captions: str, names: str | None = None) -> list[Sample]:
+    """IMAGE [N,H,W,C] + captions (+ the images' file names, one per line) -> the core's samples, named by
+    `image_names` in the run's records (held-out previews, report)."""
     if images is None or images.ndim != 4 or images.shape[0] == 0:
         raise IPAdapterError("No training images: connect Load Training Images (or any IMAGE batch) to images.")
     pictures = tensor_to_pils(images)
     texts = split_captions(captions, len(pictures))
-    return [Sample(path=Path(f"image_{i:04d}.png"), image=p, caption=c)
-            for i, (p, c) in enumerate(zip(pictures, texts))]
+    return [Sample(path=Path(n), image=p, caption=c)
+            for n, p, c in zip(image_names(names, len(pictures)), pictures, texts)]
 
 
 def validation_settings(mode: str) -> dict[str, Any]:
@@ -153,11 +171,15 @@ def make_run_dir(node_id: str) -> Path:
 def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: list[Sample], config: TrainConfig,
                    node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None,
                    workflow_id: str | None = None, client_id: str | None = None,
-                   previews: PreviewSource | None = None) -> tuple[IPAdapter, TrainResult]:
+                   previews: PreviewSource | None = None,
+                   random_weights: bool = False) -> tuple[IPAdapter, TrainResult]:
     """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result.
 
+    `random_weights`: the models are stand-ins (random-weight files, see model_origin.py); the adapter's
+    metadata, report.json, the summary, the previews and their scores say so, as a CLI run on them does.
+
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
-    queued it) go into the run's events, so only that page draws the run, on that workflow's Train node.
+    queued it) go into the run's events: every page with that workflow open draws the run on its Train node.
     """
     with torch.inference_mode(False):  # the back end's schedule and state must be ordinary tensors
         backend = ComfyBackend(model, clip, vae)
@@ -175,8 +197,8 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
     reporter = RunReporter(node_id, prompt_id, steps, len(trained), validation_calls(len(trained), config),
                            config.batch_size, workflow_id, client_id, None, subfolder,
-                           bool(getattr(previews and previews.scorer, "random_weights", False)))
-    cancelled, failed = False, True
+                           random_weights or bool(getattr(previews and previews.scorer, "random_weights", False)))
+    cancelled, failed, result = False, True, None
     try:
         with torch.inference_mode(False):
             result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
@@ -184,13 +206,15 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
                            validation_progress=reporter.validating, previews=previews,
                            preview_progress=reporter.preview_progress, on_preview=reporter.preview_done,
                            on_preview_plan=reporter.preview_plan,  # the core's schedule: the node copies no rule
-                           metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack"})
+                           metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack",
+                                     "random_weights": bool(random_weights)})
         cancelled, failed = result.cancelled, False
     except comfy.model_management.InterruptProcessingException:
         cancelled, failed = True, False  # cancelled before the first step: the prompt stops, nothing was trained
         raise
     finally:
-        reporter.finish(cancelled, failed)
+        note = result.report.get("cancelled_note") if result is not None and cancelled else None
+        reporter.finish(cancelled, failed, note)
         _remove_if_empty(run_dir)
     adapter = result.adapter.eval().requires_grad_(False)
     adapter.metadata = result.metadata
@@ -267,7 +291,12 @@ def preview_lines(rep: dict[str, Any]) -> list[str]:
 def report_text(result: TrainResult) -> str:
     """A short summary for the canvas, then the full report.json."""
     rep = result.report
-    lines = [f"{'Cancelled' if result.cancelled else 'Trained'}: {result.steps_done} of {result.total_steps} steps."]
+    if result.cancelled:  # the core's words, as in the adapter's metadata and report.json
+        lines = [f"Partial adapter: {cancelled_note(result.steps_done, result.total_steps)}."]
+    else:
+        lines = [f"Trained: {result.steps_done} of {result.total_steps} steps."]
+    if rep.get("random_weights"):
+        lines.insert(0, RANDOM_MODELS_NOTE)
     if result.losses:
         tail = result.losses[-min(10, len(result.losses)):]
         lines.append(f"Loss: first {result.losses[0]:.4f}, mean of the last {len(tail)} {sum(tail) / len(tail):.4f}.")

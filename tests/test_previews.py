@@ -21,7 +21,7 @@ from ipadapter_train.data import Sample, load_image_folder
 from ipadapter_train.diffusers_backend import DiffusersBackend
 from ipadapter_train.errors import IPAdapterError, TrainingCancelled
 from ipadapter_train.generate import make_pipeline, make_scheduler
-from ipadapter_train.preview_grid import LINE, MIN_CELL
+from ipadapter_train.preview_grid import MIN_CELL, line_height
 from ipadapter_train.preview_run import PreviewRunner
 from ipadapter_train.preview_scores import ScoreBook
 from ipadapter_train.previews import PreviewSource, plan_previews
@@ -90,7 +90,8 @@ def test_a_grid_is_deterministic_and_weight_0_and_1_are_the_diffusers_pipelines_
 def grid_cell(path, row: int, column: int) -> np.ndarray:
     """One picture of a saved grid (cells are MIN_CELL wide for 64 px previews)."""
     grid = pixels(Image.open(path))
-    top = 2 * LINE + row * (MIN_CELL + LINE) + LINE
+    line = line_height(grid.shape[1])
+    top = 2 * line + row * (MIN_CELL + line) + line
     return grid[top:top + MIN_CELL, column * MIN_CELL:(column + 1) * MIN_CELL]
 
 
@@ -396,3 +397,13 @@ def test_a_short_cli_run_with_auto_previews_reports_the_schedule(models, tmp_pat
     assert (schedule["rounds"], schedule["every"]) == (1, 12) and schedule["share"] <= schedule["budget"]
     assert report["previews"]["grids"] == ["previews/step_0012.png"] and report["previews"]["size"] == 64
     assert "preview schedule: auto: 1 round(s), not 3" in r.stdout
+@pytest.mark.parametrize("size", [64, 512])  # SD1.5 previews at 64 px (128 px cells), SDXL's at 512 (256 px cells)
+def test_grid_labels_are_readable_where_the_train_node_shows_the_grid(size):
+    """The node shows the grid about SHOWN_WIDTH (340) px wide: the title's letters are at least 9 px high there
+    (Pillow's fixed font gave 6.6 px at 64 px previews and 3.3 px at 512 px)."""
+    from ipadapter_train.preview_grid import SHOWN_WIDTH, compose_grid, line_height
+
+    image = Image.new("RGB", (size, size), (0, 0, 255))
+    grid = compose_grid("Step 12 preview", [image], ["chelsea.jpg: a photo"], [0, 0.5, 1], [[image]] * 3)
+    ink = np.where((np.asarray(grid.convert("L"))[:line_height(grid.width)] < 128).any(axis=1))[0]
+    assert (ink.max() - ink.min() + 1) * SHOWN_WIDTH / grid.width >= 9

@@ -113,15 +113,24 @@ def test_cancel_keeps_a_loadable_adapter(tmp_path, samples):
     assert json.loads((tmp_path / "a-run" / "checkpoint" / "state.json").read_text())["step"] == 1
 
 
-def test_ctrl_c_is_a_cancel(tmp_path, samples):
+def test_ctrl_c_is_a_cancel(tmp_path, samples, capsys):
+    """Ctrl-C keeps the partial adapter, and its metadata, report.json and the CLI's summary say "cancelled after
+    N of M steps" in the words the ComfyUI node uses."""
+    from ipadapter_train.cli_training import _print_summary
+
     def interrupt(step, total, loss):
         if step == 2:
             raise KeyboardInterrupt
 
     result = run(tmp_path, samples, cfg(checkpoint_every=0), callbacks=[interrupt])
     assert result.cancelled and result.steps_done == 2 and len(result.losses) == 2
-    assert load_adapter(tmp_path / "a.safetensors")[1]["cancelled_at_step"] == "2"
-    assert json.loads((tmp_path / "a-run" / "report.json").read_text())["cancelled"] is True
+    note = f"cancelled after 2 of {result.total_steps} steps"
+    meta = load_adapter(tmp_path / "a.safetensors")[1]
+    assert meta["cancelled_at_step"] == "2" and meta["cancelled"] == note
+    report = json.loads((tmp_path / "a-run" / "report.json").read_text())
+    assert report["cancelled"] is True and report["cancelled_note"] == note
+    _print_summary(result)
+    assert f"({note}: a partial adapter)" in capsys.readouterr().out
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):

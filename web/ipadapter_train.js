@@ -4,12 +4,11 @@
 // after every step and `ipadapter_train.done` at the end (PromptServer.send_sync to every page; see
 // nodes/CONTRACT.md). This module listens once, in setup(), keeps one record per run (prompt id + node
 // id), and draws the raw loss, a moving average, the phase and "step X/Y, ETA" in a chart widget on the
-// node. A run is drawn only where it was queued: every event carries the id of the editor workflow and
-// the client id of the page it came from, so a freshly opened template (or another workflow) whose Train
-// node has the same node id, or another browser tab, stays blank; ComfyUI keeps a tab's client id across
-// reloads, so a reloaded page finds its runs again. A page reloaded mid-run asks
-// `GET /ipadapter_train/runs` (through api.fetchApi, so no host is hard-coded) for what it missed, on
-// setup and again on every websocket reconnect.
+// node. A run is drawn on the workflow it was queued from: every event carries the id of the editor
+// workflow, so another workflow whose Train node has the same node id stays blank, while the same workflow
+// open in another tab or browser shows the run too (the events go to every page). A page opened or
+// reloaded mid-run asks `GET /ipadapter_train/runs` (through api.fetchApi, so no host is hard-coded) for
+// what it missed, on setup and again on every websocket reconnect.
 // Under the chart, the run's latest preview grid (`ipadapter_train.preview` after every preview round, and the
 // runs route's `previews` list after a reload), loaded through ComfyUI's /view; same runs, same filters.
 // The chart and the grid are extras: the node also returns the loss curve and the grids as IMAGEs and a text
@@ -107,6 +106,7 @@ function onDone(event) {
     run.done = true;
     run.cancelled = !!d.cancelled;
     run.failed = !!d.failed;
+    if (d.note) run.note = String(d.note);
     if (run.failed) run.stopped = "error";
     run.eta = null;
     redraw();
@@ -158,6 +158,7 @@ function mergeServerRuns(serverRuns) {
             run.phase = "done";
             run.eta = null;
             if (r.cancelled) run.cancelled = true;
+            if (r.note) run.note = String(r.note);
             if (r.failed) {
                 run.failed = true;
                 run.stopped = "error";
@@ -206,21 +207,16 @@ function findNode(executionId) {
     return node;
 }
 
-/** This tab's client id: the socket's, or before it connects the one the tab kept from its last visit. */
-function clientId() {
-    return api.clientId ?? api.initialClientId ?? sessionStorage.getItem("clientId");
-}
-
-/** The run a Train node shows: the latest one this tab queued from the open workflow whose node id
- * resolves to this very node. Runs of other workflows (which often use the same node ids) and of other
- * tabs are never drawn. */
+/** The run a Train node shows: the latest one queued from the open workflow whose node id resolves to
+ * this very node, from this tab or any other tab or browser that has the same workflow open (a user who
+ * opens the workflow elsewhere expects to see its run). Runs of other workflows (which often use the same
+ * node ids) are never drawn. */
 function runOf(node) {
     const workflowId = rootGraph()?.id;
-    const client = clientId();
-    if (!workflowId || !client) return undefined;
+    if (!workflowId) return undefined;
     let best;
     for (const run of runs.values()) {
-        if (run.workflowId !== String(workflowId) || run.clientId !== String(client)) continue;
+        if (run.workflowId !== String(workflowId)) continue;
         if (findNode(run.node) !== node) continue;
         if (!best || run.started > best.started || (run.started === best.started && !run.done)) best = run;
     }

@@ -41,7 +41,9 @@ export function statusText(run) {
     const steps = `step ${run.step}/${run.total || "?"}`;
     const state = runState(run);
     if (state === "stopped") return `${steps}${loss}, stopped${run.stopped ? ` (${run.stopped})` : ""}`;
-    if (state === "cancelled" || state === "done") return `${steps}${loss}, ${state}`;
+    // a cancelled run's adapter is partial: the node's own words, as in the adapter's metadata and report.json
+    if (state === "cancelled") return `${run.note || `cancelled after ${run.step} of ${run.total || "?"} steps`}${loss}`;
+    if (state === "done") return `${steps}${loss}, ${state}`;
     // The node sends null until a step was measured: with previews on, from the first step (the core's measure),
     // with the planned preview rounds counted in; with previews off, from the second.
     const eta = run.eta == null ? "ETA after the first steps" : `ETA ${formatDuration(run.eta)}`;

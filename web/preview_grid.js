@@ -84,6 +84,12 @@ export function makePreviewView(url) {
     img.addEventListener("error", () => {
         root.dataset.loaded = "error";
     });
+    // the grid's labels are sized to be read at the node's width; a click shows it at full size
+    img.title = "Click to open the full-size grid";
+    img.style.cursor = "zoom-in";
+    img.addEventListener("click", () => {
+        if (img.src) window.open(img.src, "_blank", "noopener");
+    });
 
     return {
         root,

@@ -73,7 +73,7 @@ def need(*items: str, saved: str | None = None) -> str:
 # Output order of the pack's nodes (nodes/CONTRACT.md). A V3 output's slot name is its display_name, or
 # its type when it has none, so links to these nodes fall back to the index.
 CONTRACT_OUTPUTS = {
-    "IPAdapterTrain_LoadTrainingImages": ["images", "captions", "report"],
+    "IPAdapterTrain_LoadTrainingImages": ["images", "captions", "report", "names"],
     "IPAdapterTrain_Train": ["adapter", "loss_plot", "report", "previews"],
     "IPAdapterTrain_Save": ["path"],
     "IPAdapterTrain_Load": ["adapter"],
@@ -149,6 +149,7 @@ def specs() -> dict[str, dict]:
                    ("ckpt", "VAE", "train", "vae"), ("clipv", "CLIP_VISION", "train", "clip_vision"),
                    ("images", "images", "train", "images"), ("images", "captions", "train", "captions"),
                    ("train", "adapter", "save", "adapter"), ("save", "path", "saved", "source"),
+                   ("images", "names", "train", "image_names"),  # the previews and the report name the files
                    ("train", "report", "report", "source")]
 
     gen_nodes, gen_links = generation(1, 2, 3, "load")
@@ -164,7 +165,7 @@ def specs() -> dict[str, dict]:
                  checkpoint(), clip_vision(), training_images(), train(col=1),
                  N("save", "IPAdapterTrain_Save", 1, {"name": tta_name, "overwrite": False}), saved_to(1)]
     tta_nodes += tta_gen + [N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/trained"}, width=320, height=360)]
-    tta_links = train_links[:8] + tta_gen_links + [("decode", "IMAGE", "out", "images")]
+    tta_links = train_links[:9] + tta_gen_links + [("decode", "IMAGE", "out", "images")]
 
     score_gen, score_gen_links = generation(1, 2, 2, "load")
     score_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE, NEED_SCORER)),
@@ -187,7 +188,7 @@ def specs() -> dict[str, dict]:
                   train(col=1, resolution=0, buckets=True),
                   N("save", "IPAdapterTrain_Save", 1, {"name": sdxl_name, "overwrite": False}), saved_to(1)]
     sdxl_nodes += sdxl_gen + [N("out", "PreviewImage", 4, width=320, height=360)]
-    sdxl_links = train_links[:8] + sdxl_gen_links + [("decode", "IMAGE", "out", "images")]
+    sdxl_links = train_links[:9] + sdxl_gen_links + [("decode", "IMAGE", "out", "images")]
     return {
         "train_ip_adapter": {"nodes": train_nodes, "links": train_links, "outputs": CONTRACT_OUTPUTS},
         "apply_ip_adapter": {"nodes": apply_nodes, "links": apply_links, "outputs": CONTRACT_OUTPUTS},

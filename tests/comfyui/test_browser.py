@@ -8,7 +8,7 @@ frontend served by a real ComfyUI server with this pack, on CPU with random-weig
   `app.graphToPrompt()`;
 - the training workflow, queued with the Run button, shows its phases on the Train node's chart (encoding
   images, then "step X/Y, ETA" with no ETA before a step was measured); another workflow whose Train node
-  has the same node id, and another browser tab with the same workflow, show nothing of that run; the
+  has the same node id shows nothing of that run, another browser tab with the same workflow shows it; the
   page is reloaded mid-run and the chart comes back with the steps it missed (from
   GET /ipadapter_train/runs) and keeps following; Cancel (POST /interrupt) ends it; a short run then
   clears the chart when it starts encoding and shows its preview and validation phases;
@@ -291,13 +291,15 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         focus_train_node(page)
         page.screenshot(path=str(ARTIFACTS / "loss_chart_other_workflow.png"))
 
-        # another tab with the same workflow shows nothing of it either: it did not queue the run
-        other = page.context.browser.new_page()  # its own session storage, as a new tab has
+        # the same workflow opened in another tab (or browser) shows the run too, and follows it
+        other = page.context.browser.new_page()  # its own session storage and client id, as a new tab has
         try:
             bs.open_comfy(other, server)
             load_in_editor(other, server, "train_ip_adapter")
-            other.wait_for_timeout(1000)
-            assert_blank(chart_state(other), "another tab")
+            seen = wait_chart(other, lambda s: s["promptId"] == prompt_id and s["state"] == "running"
+                              and int(s["points"]) >= int(live["step"]), 60, "show the run in another tab")
+            assert seen["nodeId"] == train_id
+            wait_chart(other, lambda s: int(s["step"]) > int(seen["step"]), 120, "follow the run in another tab")
             assert not listed()["done"]
         finally:
             other.close()

@@ -174,7 +174,7 @@ def test_cancel_during_a_preview_round_stops_it_at_the_next_sampling_step(graph,
         adapter, _, report, previews = train(graph, photos(3), steps=6, node="22", preview_every=2)
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
-    assert report.startswith("Cancelled: 2 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "2"
+    assert report.startswith("Partial adapter: cancelled after 2 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "2"
     assert not comfy.model_management.processing_interrupted()
     assert seen[-1] == (3, round_)  # no sampling step after the cancel, no step 3, no validation
     phases = [(d["phase"], d["done"]) for e, d, _ in server.sent if e == "ipadapter_train.phase"]
@@ -210,6 +210,37 @@ def test_a_held_out_image_never_reaches_training_and_the_report_names_it(graph, 
     assert schedule["auto"] and schedule["rounds"] == 0 and rep["previews"]["grids"] == []
     assert f"Preview schedule: {schedule['why']}" in report.split("\n\n")[0] and "15%" in schedule["why"]
     assert previews.shape[0] == 1  # one small picture that says so
+
+
+def test_held_out_previews_are_named_by_the_users_files(graph, monkeypatch, tmp_path):
+    """Load Training Images' names output (its last) carries the file names to Train's image_names (its last
+    input): the held-out image is named as the user's file (e.g. chelsea.jpg), not image_0001.png."""
+    import shutil
+
+    folder = tmp_path / "input" / "set"
+    folder.mkdir(parents=True)
+    for f in SAMPLES.iterdir():
+        if f.suffix in (".jpg", ".txt"):
+            shutil.copy(f, folder / f.name)
+    monkeypatch.setattr(folder_paths, "input_directory", str(tmp_path / "input"))
+    images, captions, _, names = pack("nodes.node_load_images").LoadTrainingImages.execute(
+        folder="set", path="", prompt="").args
+    files = sorted(f.name for f in folder.glob("*.jpg"))
+    assert names.split("\n") == files
+    _, _, report, _ = train(graph, (images, captions), steps=1, node="25", validation="off", preview_every=1,
+                            image_names=names)
+    rep = json.loads(report.split("\n\n", 1)[1])["previews"]
+    assert len(rep["held_out"]) == 1 and rep["held_out"][0] in files and rep["references"] == rep["held_out"]
+    assert f"Held out of training for the previews: {rep['held_out'][0]}." in report.split("\n\n")[0]
+
+
+def test_image_names_that_do_not_fit_the_images_fall_back_to_numbered_names():
+    """A names list of another length (another node's text) is not used: image_0000.png ... as before."""
+    training = pack("nodes.training")
+    assert training.image_names("a.jpg\nb.jpg\n", 2) == ["a.jpg", "b.jpg"]
+    assert training.image_names("a.jpg\nb.jpg", 3) == ["image_0000.png", "image_0001.png", "image_0002.png"]
+    assert training.image_names("a.jpg\na.jpg", 2) == ["image_0000.png", "image_0001.png"]
+    assert training.image_names(None, 1) == ["image_0000.png"]
 
 
 def test_preview_images_replace_the_held_out_ones(graph, monkeypatch):

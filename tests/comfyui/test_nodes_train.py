@@ -272,6 +272,41 @@ def test_a_300_digit_node_id_gives_a_short_run_folder(output_dir):
     assert folder.is_dir() and len(folder.name) < 80 and folder.name.startswith("run-")
     assert folder.name.split("-node")[1][:20] == "9" * 20
     assert folder.name.split("-node")[1] != folder2.name.split("-node")[1]  # the hash tells the two apart
+def test_stand_in_models_are_found_through_the_loaders_upstream(tmp_path, monkeypatch):
+    """The Train node learns that its models are random-weight stand-ins from the files the loaders upstream of
+    model/clip/vae/clip_vision read (through LoRA loaders too); unmarked files, other inputs' sources and names
+    outside the model folders do not count."""
+    from safetensors.torch import save_file
+
+    origin, random_init = pack("nodes.model_origin"), pack("ipadapter_train.random_init")
+    table = dict(folder_paths.folder_names_and_paths)
+    monkeypatch.setattr(folder_paths, "folder_names_and_paths", table)
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    for folder in ("checkpoints", "clip_vision", "loras"):
+        (tmp_path / folder).mkdir()
+        table[folder] = ([str(tmp_path / folder)], {".safetensors"})
+    weights = {"w": torch.zeros(1)}
+    save_file(weights, str(tmp_path / "checkpoints" / "stand_in.safetensors"), random_init.random_metadata(True))
+    save_file(weights, str(tmp_path / "checkpoints" / "real.safetensors"), {"format": "pt"})
+    save_file(weights, str(tmp_path / "clip_vision" / "vision.safetensors"), random_init.random_metadata(True))
+    save_file(weights, str(tmp_path / "loras" / "style.safetensors"), {"format": "pt"})
+
+    def prompt(ckpt, vision="vision.safetensors"):
+        return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+                "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                                                             "lora_name": "style.safetensors"}},
+                "3": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": vision}},
+                "9": {"class_type": "LoadImage", "inputs": {"image": "stand_in.safetensors"}},
+                "7": {"class_type": "IPAdapterTrain_Train",
+                      "inputs": {"model": ["2", 0], "clip": ["2", 1], "vae": ["1", 2], "clip_vision": ["3", 0],
+                                 "images": ["9", 0], "steps": 3}}}
+
+    assert sorted(origin.stand_in_models(prompt("stand_in.safetensors"), "7")) == ["stand_in.safetensors",
+                                                                                    "vision.safetensors"]
+    assert origin.stand_in_models(prompt("real.safetensors"), "7") == ["vision.safetensors"]
+    unmarked = prompt("real.safetensors", vision="missing.safetensors")
+    assert origin.stand_in_models(unmarked, "7") == []  # images' source (node 9) is not a model input
+    assert origin.stand_in_models(None, "7") == [] and origin.stand_in_models(unmarked, "") == []
 
 
 def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph, dataset, server):
@@ -357,7 +392,7 @@ def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset
         adapter, _, report, _ = train(graph, dataset, steps=6, node="10")
     finally:
         runs.RunReporter.step = original
-    assert report.startswith("Cancelled: 1 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "1"
+    assert report.startswith("Partial adapter: cancelled after 1 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "1"
 
 
 def test_fine_tuning_an_init_adapter(trained, graph, dataset):

@@ -196,6 +196,76 @@ def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, te
     assert comfy.get("/system_stats")  # still serving
 
 
+def wait_until_trained(server: ComfyServer, prompt_id: str, node: str, step: int = 1, timeout: float = 300) -> dict:
+    """This prompt's run of `node` once it has done `step` steps, or its history entry if the prompt ended first
+    (a cached Train never runs)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = listed_run(server, prompt_id, node)
+        if state and state["step"] >= step:
+            return state
+        history = server.get(f"/history/{prompt_id}").get(prompt_id)
+        if history and history.get("status", {}).get("completed") is not None:
+            return {"ended": history}
+        time.sleep(0.2)
+    pytest.fail(f"training never reached step {step}")
+
+
+def newest_run_folder(server: ComfyServer, node: str) -> Path:
+    """The newest run folder of Train node `node` under output/ipadapter_train."""
+    return max((server.base / "output" / "ipadapter_train").glob(f"run-*-node{node}*"), key=lambda p: p.stat().st_mtime)
+
+
+def test_a_cancelled_run_is_not_reused_and_its_partial_adapter_says_so(comfy, test_models):
+    """Cancel, then Run again with the same settings and a new save name: Train trains afresh (it is not in
+    execution_cached, and the runs route lists a run of the new prompt), and everything made from the first
+    run's partial adapter says "cancelled after N of M steps"."""
+    from ipadapter_train.fileformat import load_adapter
+
+    prompt = workflow(comfy, "train_ip_adapter", test_models)
+    set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy))
+    set_inputs(prompt, "IPAdapterTrain_Train", steps=5000, resolution=64, seed=11, validation="off", preview_every=-1)
+    set_inputs(prompt, "IPAdapterTrain_Save", name="cancelled_first")
+    (train_id,) = find_nodes(prompt, "IPAdapterTrain_Train")
+    (save_id,) = find_nodes(prompt, "IPAdapterTrain_Save")
+    first = comfy.queue(prompt)
+    assert "ended" not in wait_until_trained(comfy, first, train_id)
+    comfy.interrupt()
+    entry = comfy.wait(first, 120)
+    state = listed_run(comfy, first, train_id)
+    assert state["cancelled"] and 1 <= state["step"] < 5000
+    note = f"cancelled after {state['step']} of 5000 steps"
+    assert state["note"] == note  # what the node's status line shows
+    _, meta = load_adapter(comfy.base / "models" / "ipadapter" / "cancelled_first.safetensors")
+    assert meta["cancelled"] == note
+    report = json.loads((newest_run_folder(comfy, train_id) / "report.json").read_text())
+    assert report["cancelled"] is True and report["cancelled_note"] == note
+    assert f"Partial adapter: {note}." in entry["outputs"][save_id]["text"][0]  # Save's own output
+    assert f"Saved a partial IP-Adapter ({note})" in comfy.log()  # and its log line
+
+    set_inputs(prompt, "IPAdapterTrain_Save", name="cancelled_second")
+    second = comfy.queue(prompt)
+    state = wait_until_trained(comfy, second, train_id)
+    if "ended" not in state:
+        comfy.interrupt()  # only while it trains: a stray interrupt would stop the next test's prompt
+    entry = comfy.wait(second, 120)
+    cached = [n for m in status_messages(entry, "execution_cached") for n in m.get("nodes", [])]
+    assert train_id not in cached, f"Train's cancelled result was reused: execution_cached lists {cached}"
+    assert listed_run(comfy, second, train_id) is not None  # Train ran again, from step 1
+
+
+def test_a_run_on_random_weight_files_says_so_in_its_report(comfy, test_models):
+    """make-test-models files carry the random-weight mark: a ComfyUI run on them is labelled as the CLI's is."""
+    from ipadapter_train.fileformat import load_adapter
+
+    entry, _ = train_then_apply(comfy, test_models)
+    reports = sorted((comfy.base / "output" / "ipadapter_train").glob("run-*/report.json"))
+    assert reports
+    for path in reports:  # every run of this server trained on make-test-models files
+        assert json.loads(path.read_text())["random_weights"] is True, path
+    assert load_adapter(comfy.base / "models" / "ipadapter" / "in_graph.safetensors")[1]["random_weights"] == "true"
+
+
 def test_bad_inputs_end_in_execution_error_and_the_server_keeps_serving(comfy, test_models):
     from ipadapter_train.adapter import IPAdapter
     from ipadapter_train.fileformat import save_adapter

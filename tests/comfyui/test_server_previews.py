@@ -119,5 +119,13 @@ def test_a_train_run_with_previews_sends_preview_events_and_returns_every_grid(c
     # one photo was held out of training for the previews, and the report says which
     (report_id,) = [k for k, n in prompt.items() if n["inputs"].get("source") == [train_id, 2]]  # Training report
     report = entry["outputs"][report_id]["text"][0]
-    assert "Held out of training for the previews: image_" in report.split("\n\n")[0]
-    assert json.loads(report.split("\n\n", 1)[1])["previews"]["held_out"][0].startswith("image_")
+    photos = sorted(f.name for f in (comfy.base / "input" / "train_set").glob("*.jpg"))
+    rep = json.loads(report.split("\n\n", 1)[1])
+    # named as the user's file (the template links Load Training Images' names to Train), not image_0001.png
+    assert rep["previews"]["held_out"][0] in photos
+    assert f"Held out of training for the previews: {rep['previews']['held_out'][0]}." in report.split("\n\n")[0]
+    # make-test-models files: the report, its summary and the previews say these are random-weight figures
+    assert report.startswith("NOTE: random-weight models")
+    assert rep["random_weights"] is True and rep["previews"]["random_weights"] is True
+    page = (comfy.base / "output" / sent[0]["subfolder"]).parent / "previews.html"
+    assert "Random-weight models" in page.read_text()
