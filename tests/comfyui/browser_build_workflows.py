@@ -24,7 +24,7 @@ import browser_thumbnails  # noqa: E402
 from browser_workflow_api import SHIPPED  # noqa: E402
 
 WORKFLOWS_DIR = bs.ROOT / "workflows"
-CKPT = "v1-5-pruned-emaonly.safetensors"
+CKPT = "v1-5-pruned-emaonly-fp16.safetensors"  # the file of ComfyUI's own default workflow and SD1.5 templates
 CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
 POSITIVE = "a photo of a cat sitting in a sunlit garden, best quality"
 NEGATIVE = "blurry, low quality, watermark, text"
@@ -32,38 +32,72 @@ CLIP_VISION_BIGG = "CLIP-ViT-bigG-14-laion2B-39B-b160k.safetensors"
 SCORER = "clip-vit-large-patch14.safetensors"
 CKPT_SDXL = "sd_xl_base_1.0.safetensors"
 
+# The public files' download links, declared the way ComfyUI's frontend (1.32.9) reads them: a loader node's
+# properties.models, [{name, url, directory}], for the file its widget selects. When a template opens, the frontend
+# lists those missing from their models folder in its "Missing Models" dialog, with a Download button (only links
+# under https://huggingface.co/ or https://civitai.com/ to .safetensors/.sft files). A browser saves the download
+# under the link's own name: the CLIP vision and scorer files must then be renamed (the Notes say so). The
+# adapters this pack trains have no link, so they are not declared. These are the links ComfyUI's own templates
+# use for the checkpoints, the IP-Adapter authors' image encoder and OpenAI's CLIP ViT-L/14.
+HF = "https://huggingface.co"
+DOWNLOADS = {
+    CKPT: ("checkpoints", f"{HF}/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/{CKPT}"),
+    CKPT_SDXL: ("checkpoints", f"{HF}/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/{CKPT_SDXL}"),
+    CLIP_VISION: ("clip_vision", f"{HF}/h94/IP-Adapter/resolve/main/models/image_encoder/model.safetensors"),
+    SCORER: ("clip_scorers", f"{HF}/openai/clip-vit-large-patch14/resolve/main/model.safetensors"),
+}
+
+
+def declared(file_name: str) -> list[dict]:
+    """A loader's properties.models entry for a public file (the frontend's missing-models convention)."""
+    directory, url = DOWNLOADS[file_name]
+    return [{"name": file_name, "url": url, "directory": directory}]
+
+
 # What each template needs, on a Note in the graph (the public file names; README "In ComfyUI" lists the same).
-NEED_FIRST = "Before you press Run: the model names in this template are examples; pick the files you have in each loader."
+CPU_TEMPLATE = SHIPPED["train_ip_adapter_cpu"]
+NEED_FIRST = ("Before you press Run: pick your files in each loader. When this template opens, ComfyUI lists the "
+              "public model files below that are not in your models folders (Missing Models), with download links.")
+NEED_ON_CPU = (f"On a CPU? Open the template \"{CPU_TEMPLATE}\" instead: it is set to finish in minutes on 2 cores.")
 NEED_CHECKPOINT = (f"Checkpoint (Load Checkpoint): a Stable Diffusion 1.5 single file in models/checkpoints, "
-                   f"e.g. {CKPT}.")
+                   f"e.g. {CKPT} (the one ComfyUI's own default workflow uses).")
 NEED_CLIP_VISION = (f"CLIP vision (Load CLIP Vision), in models/clip_vision: the encoder the adapter is trained with. "
                     f"The public ip-adapter_sd15 and ip-adapter-plus_sd15 use {CLIP_VISION} (OpenCLIP ViT-H/14): "
-                    f"use it to train or fine-tune for them. {CLIP_VISION_BIGG} goes with the *_vit-G adapters "
-                    f"(ip-adapter_sd15_vit-G).")
+                    f"use it to train or fine-tune for them; its link downloads model.safetensors, rename it "
+                    f"{CLIP_VISION}. {CLIP_VISION_BIGG} goes with the *_vit-G adapters (ip-adapter_sd15_vit-G).")
 NEED_CHECKPOINT_SDXL = (f"Checkpoint (Load Checkpoint): an SDXL single file in models/checkpoints, e.g. {CKPT_SDXL} "
                         "(its two text encoders and its VAE are inside).")
 NEED_CLIP_VISION_SDXL = (f"CLIP vision (Load CLIP Vision), in models/clip_vision: the encoder the adapter is trained with. "
                          f"The public ip-adapter_sdxl_vit-h and ip-adapter-plus_sdxl_vit-h use {CLIP_VISION} "
-                         f"(OpenCLIP ViT-H/14): use it to train or fine-tune for them. {CLIP_VISION_BIGG} goes with "
-                         f"ip-adapter_sdxl.")
+                         f"(OpenCLIP ViT-H/14): use it to train or fine-tune for them; its link downloads "
+                         f"model.safetensors, rename it {CLIP_VISION}. {CLIP_VISION_BIGG} goes with ip-adapter_sdxl.")
 NEED_IMAGES = ("Training images: put 5 or more jpg/png/webp/bmp files in a folder under ComfyUI's input folder, "
                "input/<folder>, each with a same-named .txt caption (or type one prompt on the node), then pick "
                "<folder> in Load Training Images (press R to refresh the list). Any size: Train IP-Adapter's "
                "resolution sets the training size.")
 NEED_IMAGES_SDXL = (NEED_IMAGES + " Here resolution 0 trains at SDXL's 1024 px and buckets keeps wide and tall "
                     "pictures whole; if the GPU runs out of memory, turn on gradient_checkpointing.")
-NEED_ADAPTER = ("Adapter (Load IP-Adapter), in models/ipadapter: my_adapter.safetensors from the training template, "
-                "or the public ip-adapter_sd15.safetensors / ip-adapter-plus_sd15.safetensors (with the ViT-H "
-                "CLIP vision file above).")
+NEED_ADAPTER = ("Adapter (Load IP-Adapter), in models/ipadapter: my_adapter.safetensors from the training template "
+                "(your own file: it has no download link, so Missing Models does not list it), or the public "
+                "ip-adapter_sd15.safetensors / ip-adapter-plus_sd15.safetensors (with the ViT-H CLIP vision file above).")
 NEED_REFERENCE = "Reference image: upload a picture in the \"Reference image\" node (Load Image)."
 NEED_SCORER = (f"Scorer (Score with CLIP): a full CLIP model (vision and text towers) in models/clip_scorers: "
                f"openai/clip-vit-large-patch14 as a transformers folder (config.json and model.safetensors in "
                f"models/clip_scorers/clip-vit-large-patch14/) or its model.safetensors alone, renamed {SCORER}.")
+# The CPU quick run: every widget set for minutes on 2 CPU cores (README "In ComfyUI" gives the estimate).
+CPU_TRAIN = {"steps": 20, "resolution": 256, "validation": "quick", "preview_every": -1}
+CPU_LATENT, CPU_SAMPLER_STEPS = 256, 12
+NEED_CPU_SETTINGS = (f"Set for a first run on a CPU: {CPU_TRAIN['steps']} steps at {CPU_TRAIN['resolution']} px, "
+                     "previews off (preview_every -1; 0 turns them on), quick validation, then one "
+                     f"{CPU_LATENT} px image in {CPU_SAMPLER_STEPS} sampling steps with the new adapter, your first "
+                     "training image as the reference. About 2-5 minutes on 2 CPU cores with full-size SD1.5 "
+                     "(estimated from BENCHMARKS.md). For a real adapter, raise steps and resolution or use "
+                     f"\"{SHIPPED['train_ip_adapter']}\" on a GPU.")
 
 
-def need(*items: str, saved: str | None = None) -> str:
-    """A Note's text: the opening line, numbered needs, and where the result goes."""
-    lines = [NEED_FIRST, ""] + [f"{i}. {item}" for i, item in enumerate(items, 1)]
+def need(*items: str, saved: str | None = None, first: str | None = NEED_ON_CPU) -> str:
+    """A Note's text: the opening lines, numbered needs, and where the result goes."""
+    lines = [NEED_FIRST] + ([first] if first else []) + [""] + [f"{i}. {item}" for i, item in enumerate(items, 1)]
     if saved:
         lines += ["", (f"The adapter is saved as models/ipadapter/{saved}.safetensors (change name on Save IP-Adapter; "
                        "an existing name is refused when you press Run unless overwrite is on). \"Saved to\" shows the path.")]
@@ -82,17 +116,17 @@ CONTRACT_OUTPUTS = {
 }
 
 
-def N(key, type_, col, widgets=None, title=None, width=None, height=None):  # noqa: N802 - a table row
+def N(key, type_, col, widgets=None, title=None, width=None, height=None, models=None):  # noqa: N802 - a table row
     return {"key": key, "type": type_, "col": col, "widgets": widgets or {}, "title": title, "width": width,
-            "height": height}
+            "height": height, "models": models}
 
 
-def checkpoint(col=0):
-    return N("ckpt", "CheckpointLoaderSimple", col, {"ckpt_name": CKPT})
+def checkpoint(col=0, name=CKPT):
+    return N("ckpt", "CheckpointLoaderSimple", col, {"ckpt_name": name}, models=declared(name))
 
 
 def clip_vision(col=0):
-    return N("clipv", "CLIPVisionLoader", col, {"clip_name": CLIP_VISION})
+    return N("clipv", "CLIPVisionLoader", col, {"clip_name": CLIP_VISION}, models=declared(CLIP_VISION))
 
 
 def training_images(col=0):
@@ -115,15 +149,17 @@ def train(col=1, **widgets):
               "seed": 42, "control_after_generate": "fixed", "checkpoint_every": 0, **widgets}, width=360)
 
 
-def generation(col_apply, col_sampler, col_out, model_from, ref_title="Reference image", size=512):
+def generation(col_apply, col_sampler, col_out, model_from, ref_title="Reference image", size=512, steps=30,
+               ref=None):
+    """Apply -> KSampler -> VAEDecode with prompts and a latent; the reference is a Load Image unless `ref` is given."""
     nodes = [
-        N("ref", "LoadImage", 0, {"image": "example.png"}, title=ref_title),
+        ref or N("ref", "LoadImage", 0, {"image": "example.png"}, title=ref_title),
         N("apply", "IPAdapterTrain_Apply", col_apply, {"weight": 1.0, "start_at": 0.0, "end_at": 1.0}),
         N("pos", "CLIPTextEncode", col_apply, {"text": POSITIVE}, title="Positive prompt", width=340),
         N("neg", "CLIPTextEncode", col_apply, {"text": NEGATIVE}, title="Negative prompt", width=340),
         N("latent", "EmptyLatentImage", col_apply, {"width": size, "height": size, "batch_size": 1}),
         N("sampler", "KSampler", col_sampler,
-          {"seed": 42, "control_after_generate": "fixed", "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m",
+          {"seed": 42, "control_after_generate": "fixed", "steps": steps, "cfg": 7.5, "sampler_name": "dpmpp_2m",
            "scheduler": "karras", "denoise": 1.0}),
         N("decode", "VAEDecode", col_out, width=200),
     ]
@@ -153,7 +189,7 @@ def specs() -> dict[str, dict]:
                    ("train", "report", "report", "source")]
 
     gen_nodes, gen_links = generation(1, 2, 3, "load")
-    apply_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE)),
+    apply_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE, first=None)),
                    checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
                                                   {"adapter_name": "my_adapter.safetensors"})]
     apply_nodes += gen_nodes + [N("out", "SaveImage", 3, {"filename_prefix": "ipadapter_train/apply"}, width=320, height=360)]
@@ -168,11 +204,12 @@ def specs() -> dict[str, dict]:
     tta_links = train_links[:9] + tta_gen_links + [("decode", "IMAGE", "out", "images")]
 
     score_gen, score_gen_links = generation(1, 2, 2, "load")
-    score_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE, NEED_SCORER)),
+    score_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_ADAPTER, NEED_REFERENCE, NEED_SCORER, first=None)),
                    checkpoint(), clip_vision(), N("load", "IPAdapterTrain_Load", 0,
                                                   {"adapter_name": "my_adapter.safetensors"})]
     score_nodes += score_gen + [
-        N("score", "IPAdapterTrain_Score", 3, {"scorer": SCORER, "prompt": POSITIVE}, width=340),
+        N("score", "IPAdapterTrain_Score", 3, {"scorer": SCORER, "prompt": POSITIVE}, width=340,
+          models=declared(SCORER)),
         N("out", "SaveImage", 3, {"filename_prefix": "ipadapter_train/scored"}, width=320, height=360),
         N("scores", "PreviewAny", 4, title="Scores", width=360),
         N("table", "PreviewImage", 4, title="Score table", width=360, height=200),
@@ -183,14 +220,26 @@ def specs() -> dict[str, dict]:
     # SDXL: train at the model's own size (resolution 0 = 1024 px) with buckets, then sample at 1024 px
     sdxl_gen, sdxl_gen_links = generation(2, 3, 4, "train", size=1024)
     sdxl_name = "my_sdxl_adapter"  # apart from the SD1.5 templates' names: an SDXL adapter is another file
-    sdxl_nodes = [note(need(NEED_CHECKPOINT_SDXL, NEED_CLIP_VISION_SDXL, NEED_IMAGES_SDXL, NEED_REFERENCE, saved=sdxl_name)),
-                  N("ckpt", "CheckpointLoaderSimple", 0, {"ckpt_name": CKPT_SDXL}), clip_vision(), training_images(),
+    sdxl_nodes = [note(need(NEED_CHECKPOINT_SDXL, NEED_CLIP_VISION_SDXL, NEED_IMAGES_SDXL, NEED_REFERENCE, saved=sdxl_name,
+                            first=NEED_ON_CPU.replace(" instead", " (SD1.5) instead"))),
+                  checkpoint(name=CKPT_SDXL), clip_vision(), training_images(),
                   train(col=1, resolution=0, buckets=True),
                   N("save", "IPAdapterTrain_Save", 1, {"name": sdxl_name, "overwrite": False}), saved_to(1)]
     sdxl_nodes += sdxl_gen + [N("out", "PreviewImage", 4, width=320, height=360)]
     sdxl_links = train_links[:9] + sdxl_gen_links + [("decode", "IMAGE", "out", "images")]
+    # The CPU quick run: train and use at small sizes, the reference taken from the training images (no upload)
+    cpu_ref = N("ref", "ImageFromBatch", 1, {"batch_index": 0, "length": 1}, title="Reference: first training image")
+    cpu_gen, cpu_gen_links = generation(2, 3, 4, "train", size=CPU_LATENT, steps=CPU_SAMPLER_STEPS, ref=cpu_ref)
+    cpu_name = "my_cpu_first_adapter"
+    cpu_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_IMAGES, saved=cpu_name, first=NEED_CPU_SETTINGS)),
+                 checkpoint(), clip_vision(), training_images(), train(col=1, **CPU_TRAIN),
+                 N("save", "IPAdapterTrain_Save", 1, {"name": cpu_name, "overwrite": False}), saved_to(1)]
+    cpu_nodes += cpu_gen + [N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/cpu_first_run"},
+                              width=320, height=360)]
+    cpu_links = train_links[:9] + [("images", "images", "ref", "image")] + cpu_gen_links + [("decode", "IMAGE", "out", "images")]
     return {
         "train_ip_adapter": {"nodes": train_nodes, "links": train_links, "outputs": CONTRACT_OUTPUTS},
+        "train_ip_adapter_cpu": {"nodes": cpu_nodes, "links": cpu_links, "outputs": CONTRACT_OUTPUTS},
         "apply_ip_adapter": {"nodes": apply_nodes, "links": apply_links, "outputs": CONTRACT_OUTPUTS},
         "train_then_apply": {"nodes": tta_nodes, "links": tta_links, "outputs": CONTRACT_OUTPUTS},
         "score": {"nodes": score_nodes, "links": score_links, "outputs": CONTRACT_OUTPUTS},
@@ -214,6 +263,7 @@ async (spec) => {
       if (!w) throw new Error(n.type + ' has no widget ' + name);
       w.value = value;
     }
+    if (n.models) node.properties.models = n.models;  // the frontend's missing-models convention
     made[n.key] = node;
   }
   for (const [a, out, b, inp] of spec.links) {

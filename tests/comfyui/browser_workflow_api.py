@@ -27,17 +27,20 @@ MODE_MUTED, MODE_BYPASS = 2, 4
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
-# Short ids used in code and tests -> the shipped files' names. ComfyUI's frontend (1.32, with ComfyUI 0.3.75)
-# lists a custom node's templates from GET /workflow_templates, which gives file names only, and shows each
-# by its file name: the card title is the name (one line, about 33 characters show), its description the name
-# with "-" and "_" as spaces. So the file name is the one description a user reads: it says what the workflow does.
+# Short ids used in code and tests -> the shipped files' names. ComfyUI's frontend (1.32.9, with ComfyUI 0.3.75)
+# lists a custom node's templates from GET /workflow_templates, which gives file names only, and builds each card
+# from the name alone: its title is the name (one line, about 33 characters show) and its description the same
+# name with "-" and "_" as spaces, so a card always shows its name twice and the name is the one thing a user
+# reads: it says what the workflow does. The number gives the order: the cards come in the server's directory
+# order (the default sort, "Newest", finds no dates) or by name ("Alphabetical", and Windows lists directories
+# by name), so training comes first, then the CPU quick run, then using and scoring an adapter.
 SHIPPED = {
-    "train_ip_adapter": "Train an IP-Adapter on your images",
-    "apply_ip_adapter": "Generate with your IP-Adapter",
-    "train_then_apply": "Train and use an IP-Adapter",
-    "score": "Score generated images with CLIP",
-    # the issue's train_ip_adapter_sdxl; "Train an SDXL IP-Adapter on your images" would not fit the card's title
-    "train_ip_adapter_sdxl": "Train and use an SDXL IP-Adapter",
+    "train_ip_adapter": "1. Train an IP-Adapter",
+    "train_ip_adapter_cpu": "2. Train on a CPU, quick first run",
+    "train_then_apply": "3. Train and use an IP-Adapter",
+    "apply_ip_adapter": "4. Generate with your IP-Adapter",
+    "score": "5. Score images with CLIP",
+    "train_ip_adapter_sdxl": "6. Train and use an SDXL adapter",
 }
 
 

@@ -47,7 +47,8 @@ SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
 TRAIN_FOLDER = "ipadapter_train_samples"
 CHART = ".ipadapter-train-chart"
 PREVIEW = ".ipadapter-train-preview"
-SHIPPED = ["train_ip_adapter", "apply_ip_adapter", "train_then_apply", "score", "train_ip_adapter_sdxl"]
+SHIPPED = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "apply_ip_adapter", "score",
+           "train_ip_adapter_sdxl"]
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +89,17 @@ def page(server):
         assert not ours, "\n".join(ours)
 
 
-def load_in_editor(page, server, name: str) -> dict:
-    """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it."""
-    wf = page.evaluate("""async ([pack, file]) => {
+def load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
+    """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it; the
+    frontend's Missing Models dialog (the test server lacks the public files) only when asked for."""
+    wf = page.evaluate("""async ([pack, file, dialog]) => {
         const res = await window.comfyAPI.api.api.fetchApi(`/workflow_templates/${pack}/${encodeURIComponent(file)}.json`);
         if (!res.ok) throw new Error(`template ${file}: HTTP ${res.status}`);
         const wf = await res.json();
-        await window.comfyAPI.app.app.loadGraphData(wf, true, true, file, {openSource: "template"});
+        await window.comfyAPI.app.app.loadGraphData(wf, true, true, file,
+                                                    {openSource: "template", showMissingModelsDialog: dialog});
         return wf;
-    }""", [bs.PACK_DIR_NAME, SHIPPED_FILES[name]])
+    }""", [bs.PACK_DIR_NAME, SHIPPED_FILES[name], missing_models_dialog])
     page.wait_for_function("(n) => window.comfyAPI.app.app.graph._nodes.length === n", arg=len(wf["nodes"]))
     return wf
 
@@ -203,6 +206,56 @@ def test_shipped_workflows_load_and_convert_like_the_editor(server, page):
         # the chart and preview widgets are not inputs: they must not reach the prompt
         for node in editor.values():
             assert "loss_chart" not in node["inputs"] and "preview_grid" not in node["inputs"]
+
+
+# The public files each template's loaders select (what the test server lacks), as the frontend's Missing Models
+# dialog labels them: "<models folder> / <file>". The user's own adapter (my_adapter) has no link: never listed.
+SD15_FILES = ["checkpoints / v1-5-pruned-emaonly-fp16.safetensors",
+              "clip_vision / CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"]
+MISSING = {"train_ip_adapter": SD15_FILES, "train_ip_adapter_cpu": SD15_FILES, "train_then_apply": SD15_FILES,
+           "apply_ip_adapter": SD15_FILES, "score": SD15_FILES + ["clip_scorers / clip-vit-large-patch14.safetensors"],
+           "train_ip_adapter_sdxl": ["checkpoints / sd_xl_base_1.0.safetensors", SD15_FILES[1]]}
+
+
+def missing_models_dialog(page) -> list[str]:
+    """The entries of the frontend's Missing Models dialog once it shows, then closes it."""
+    page.wait_for_selector(".comfy-missing-models", timeout=30_000)
+    page.wait_for_timeout(300)
+    entries = page.evaluate("""() => [...document.querySelectorAll('.comfy-missing-models li')]
+                                      .map((li) => li.innerText.trim())""")
+    page.keyboard.press("Escape")
+    page.wait_for_selector(".comfy-missing-models", state="detached", timeout=10_000)
+    return entries
+
+
+def test_opening_a_template_lists_its_missing_model_files_with_download_links(server, page):
+    # first as a user does it: Templates, the pack's category, the first card (training comes first by name)
+    page.evaluate("() => window.comfyAPI.app.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+    page.get_by_text(bs.PACK_DIR_NAME, exact=True).first.click()
+    card = page.locator(f'[data-testid="template-workflow-{SHIPPED_FILES["train_ip_adapter"]}"]')
+    card.wait_for(timeout=30_000)
+    titles = "() => [...document.querySelectorAll('[data-testid^=\"template-workflow-\"] h3')].map((h) => h.textContent.trim())"
+    # the default sort ("Newest") finds no dates on a custom node's templates and keeps the server's directory
+    # order, which no name decides on most file systems; sorted by name, the numbers put training first
+    assert sorted(page.evaluate(titles)) == sorted(SHIPPED_FILES.values())
+    page.locator('[role="combobox"]', has_text="Newest").last.click()
+    page.get_by_role("option", name="A → Z").click()  # the "alphabetical" sort
+    page.wait_for_timeout(500)
+    assert page.evaluate(titles) == [SHIPPED_FILES[key] for key in SHIPPED], page.evaluate(titles)
+    page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
+    card.click()
+    page.wait_for_selector(".comfy-missing-models", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "missing_models.png"))
+    entries = missing_models_dialog(page)
+    assert [e.splitlines()[0] for e in entries] == MISSING["train_ip_adapter"], entries
+    # the download links pass the frontend's rules (hosts, suffixes, a models folder it knows)
+    assert not [e for e in entries if "not allowed" in e or "Only allowed" in e or "Invalid directory" in e], entries
+    # then every template, the way load_in_editor opens them
+    for name in SHIPPED:
+        load_in_editor(page, server, name, missing_models_dialog=True)
+        entries = missing_models_dialog(page)
+        assert [e.splitlines()[0] for e in entries] == MISSING[name], (name, entries)
+        assert not any("my_adapter" in e for e in entries), (name, entries)
 
 
 # Every change of the chart's state, recorded in the page (a phase can pass between two polls).

@@ -1,5 +1,5 @@
-"""SDXL in a real ComfyUI server, through its HTTP API: the shipped SDXL workflow ("Train and use an SDXL
-IP-Adapter") runs as a user would run it, only smaller: Load Checkpoint (SDXL) -> Load Training Images -> Train
+"""SDXL in a real ComfyUI server, through its HTTP API: the shipped SDXL workflow ("6. Train and use an SDXL
+adapter") runs as a user would run it, only smaller: Load Checkpoint (SDXL) -> Load Training Images -> Train
 IP-Adapter (2 steps at 128 px, buckets on, validation off) -> Save -> Apply -> KSampler (1 step, 64 px) -> Preview.
 The file it saved is an SDXL adapter (70 layers) that Load IP-Adapter reads back and Apply uses with the same
 effect, and an SD1.5 adapter on the SDXL MODEL is refused in one sentence.
