@@ -166,7 +166,7 @@ def safe_adapter_name(name: str) -> str:
         text = text[: -len(".safetensors")].rstrip()
     problem = _name_problem(text)
     if problem:
-        raise IPAdapterError(f"Cannot save an adapter as {name!r}: {problem}. Give a plain name such as "
+        raise IPAdapterError(f"Cannot save an adapter as {shown(name)}: {problem}. Give a plain name such as "
                              "'my_adapter'; it is saved in models/ipadapter.")
     return text
 
@@ -177,7 +177,7 @@ def adapter_target(name: str) -> Path:
     folder = Path(folder_paths.get_folder_paths(ADAPTERS)[0])
     target = folder / f"{safe_adapter_name(name)}.safetensors"
     if os.path.commonpath([os.path.abspath(target), os.path.abspath(folder)]) != os.path.abspath(folder):
-        raise IPAdapterError(f"Cannot save {name!r}: the file would leave {folder}.")
+        raise IPAdapterError(f"Cannot save {shown(name)}: the file would leave {folder}.")
     return target
 
 

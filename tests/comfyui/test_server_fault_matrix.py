@@ -54,6 +54,8 @@ CASES = [
          "is 5000 characters long, more than the 1024 a folder path may have", private=True),
     Case("loader: a 300-byte folder name", "load", {"folder": "", "path": "in/" + "b" * 300},
          "a name of 300 bytes, more than the 255 a folder name may have", private=True),
+    Case("save: a 5,000-character name", "save", {"name": "n" * 5000, "overwrite": True},
+         "(5000 characters): it is longer than 120 characters", private=True),
 ]
 
 
