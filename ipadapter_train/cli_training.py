@@ -197,7 +197,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_make_test_models(args: argparse.Namespace) -> int:
     from .testmodels import make_test_models
 
-    paths = make_test_models(Path(args.dir), size=args.size, vision=args.vision, seed=args.seed, family=args.family)
+    paths = make_test_models(Path(args.dir), size=args.size, vision=args.vision, seed=args.seed, family=args.family,
+                             scorer=args.scorer)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -298,7 +299,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", help="output .safetensors")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("make-test-models", help="write random-weight SD1.5 or SDXL and CLIP vision files",
+    p = sub.add_parser("make-test-models", help="write random-weight SD1.5 or SDXL, CLIP vision and full CLIP "
+                       "scorer files",
                        epilog="examples:\n  ipadapter-train make-test-models test_models/\n"
                               "  ipadapter-train make-test-models bench_models/ --size full\n"
                               "  ipadapter-train make-test-models sdxl_models/ --family sdxl --size tiny",
@@ -311,5 +313,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(SD1.5: 860M UNet; SDXL: 2.6B UNet, a 7 GB file)")
     p.add_argument("--vision", choices=["tiny", "vit-l", "vit-h", "vit-bigg"],
                    help="CLIP vision shape (default: vit-l for sd15, vit-h for sdxl)")
+    p.add_argument("--scorer", choices=["tiny", "vit-l", "none"],
+                   help="full CLIP scorer (both towers) for `score`, --clip and the Score node, written as "
+                        "clip-scorer-<preset>.safetensors (default: tiny for --size tiny, vit-l for --size full)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_test_models)
