@@ -132,7 +132,8 @@ def _pil_format(suffix: str) -> str:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-model", required=True,
-                   help="SD1.5 or SDXL checkpoint: a single file (.safetensors/.ckpt) or a diffusers folder; the family is read from the weights")
+                   help="SD1.5 or SDXL checkpoint: a single file (.safetensors/.ckpt) or a diffusers folder; "
+                        "the family is read from the weights")
     p.add_argument("--image-encoder", required=True, help="the CLIP vision model the adapter was trained with")
     p.add_argument("--adapter", required=True, help="adapter .safetensors (or .bin)")
 

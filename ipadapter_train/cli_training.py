@@ -262,7 +262,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        formatter_class=raw)
     p.add_argument("--images", required=True, help="folder of images (.txt captions or data.json)")
     p.add_argument("--base-model", required=True,
-                   help="SD1.5 or SDXL checkpoint: a single file (.safetensors/.ckpt) or a diffusers folder; the family is read from the weights")
+                   help="SD1.5 or SDXL checkpoint: a single file (.safetensors/.ckpt) or a diffusers folder; "
+                        "the family is read from the weights")
     p.add_argument("--image-encoder", required=True, help="CLIP vision .safetensors file or transformers folder")
     p.add_argument("--out", required=True, help="adapter file to write (.safetensors); an existing file is "
                    "refused unless --overwrite, and never one the run reads")
