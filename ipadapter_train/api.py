@@ -22,7 +22,7 @@ from .config import TrainConfig
 from .data import load_image_folder
 from .diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
-from .precision import frozen_dtype, launched_rank, make_accelerator
+from .precision import cpu_has_bf16, frozen_dtype, launched_rank, make_accelerator, weights_memory_note
 from .random_init import is_random
 from .output_lock import output_lock
 from .run_identity import model_inputs
@@ -107,6 +107,11 @@ def _train_loaded(plan: RunPlan, base_model, image_encoder, init_adapter, sample
     sd = load_model(Path(base_model), dtype=dtype, device="cpu")
     clip = load_clip_vision(Path(image_encoder), dtype=dtype, device="cpu")
     load_seconds = time.perf_counter() - t0
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_bf16():
+        # the slow-but-small choice precision.py allows: say what it saves on this model
+        frozen = {id(p): p.numel() for m in (*sd.frozen_parts(), clip)
+                  for p in m.parameters()}
+        log.info("The frozen models hold %s.", weights_memory_note(sum(frozen.values())))
     random_weights = sd.random_weights or is_random(clip)
     backend = DiffusersBackend(sd, accelerator.device, dtype)
     encoder = CLIPFeatureEncoder(clip, accelerator.device, dtype, name=Path(image_encoder).name)

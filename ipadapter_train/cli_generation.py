@@ -135,7 +135,9 @@ def _pil_format(suffix: str) -> str:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-model", required=True, help="SD1.5 single file or diffusers folder")
+    p.add_argument("--base-model", required=True,
+                   help="SD1.5 or SDXL checkpoint: a single file (.safetensors/.ckpt) or a diffusers folder; "
+                        "the family is read from the weights")
     p.add_argument("--image-encoder", required=True, help="the CLIP vision model the adapter was trained with")
     p.add_argument("--adapter", required=True, help="adapter .safetensors (or .bin)")
 
@@ -149,7 +151,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="image height (default: the model's)")
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "euler", "euler_a", "dpm++", "pndm"])
     p.add_argument("--precision", default="auto", choices=["auto", "no", "fp16", "bf16"],
-                   help="weights precision; auto = fp16/bf16 on CUDA, fp32 elsewhere")
+                   help="weights precision; auto = fp16/bf16 on CUDA, fp32 elsewhere; bf16 halves the weights' memory "
+                        "(slower on a CPU without native bf16)")
     p.add_argument("--device", help="cpu, cuda or mps (default: the best available)")
 
 

@@ -51,9 +51,24 @@ def resolve_precision(requested: str, device: torch.device, weights_dtype: torch
     if requested == "fp16" and kind == "cpu":
         raise IPAdapterError("fp16 training needs a GPU: on the CPU use --precision bf16 or --precision no.")
     if requested == "bf16" and kind == "cpu" and not cpu_has_bf16():
-        raise IPAdapterError("This CPU has no native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 would be "
-                             "slower than fp32: use --precision no.")
+        # Allowed, because it halves the frozen models' memory: full-size SDXL in fp32 does not fit a 24 GB
+        # machine (BENCHMARKS.md, SDXL), in bf16 it does. `auto` still picks fp32 on such a CPU.
+        log.warning("This CPU has no native bf16 arithmetic (AVX512-BF16 or AMX): bf16 runs slower than fp32 here, "
+                    "but holds the frozen models in half the memory (%s).", MEMORY_NOTE)
     return requested
+
+
+# What the frozen weights take, from the models' parameter counts (UNet + VAE + text encoders; image encoder
+# ViT-H 0.63 G): 2 bytes a parameter in bf16, 4 in fp32. A training step needs more (BENCHMARKS.md: peak RSS of
+# full-size SD1.5 4.7 GB in bf16, 8.2 GB in fp32; SDXL in bf16 13.4-16.2 GiB).
+MEMORY_NOTE = ("weights alone: SD1.5 (1.07 G parameters) about 2.1 GB in bf16, 4.3 GB in fp32; SDXL (3.47 G) "
+               "about 6.9 GB in bf16, 13.9 GB in fp32")
+
+
+def weights_memory_note(parameters: int) -> str:
+    """What `parameters` frozen weights take in each precision, as one phrase for a log line."""
+    return (f"{parameters / 1e9:.2f} G parameters: about {parameters * 2 / 1e9:.1f} GB in bf16, "
+            f"{parameters * 4 / 1e9:.1f} GB in fp32")
 
 
 def frozen_dtype(precision: str) -> torch.dtype:

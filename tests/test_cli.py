@@ -124,3 +124,29 @@ def test_make_test_models_then_train_from_the_single_file_labels_random_weights(
     assert inspect_adapter(out)["metadata"]["random_weights"] == "true"
     assert "random-weight" in r.stdout
     assert inspect_adapter(out)["layer_indices"] == list(range(1, 32, 2))  # the narrow SD1.5 keeps all 16 layers
+
+
+def test_bf16_is_accepted_on_a_cpu_without_native_bf16_with_a_note_on_speed_and_memory(models, tmp_path, monkeypatch):
+    """Full-size SDXL in fp32 does not fit 24 GB, so bf16 must be allowed on any CPU; `auto` still picks fp32 there.
+    The CPU feature cannot be changed here: the detector's two reads are what is mocked."""
+    from ipadapter_train.precision import resolve_precision
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == "no"
+    out = tmp_path / "a.safetensors"
+    r = run_cli(*train_args(models, out, "--max-steps", "1", "--precision", "bf16"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no native bf16 arithmetic" in r.stderr and "bf16 runs slower than fp32 here" in r.stderr, r.stderr
+    assert "half the memory" in r.stderr and "SDXL (3.47 G) about 6.9 GB in bf16, 13.9 GB in fp32" in r.stderr
+    # and the figure for the model at hand, from its parameter count
+    assert "The frozen models hold" in r.stderr and "GB in bf16" in r.stderr, r.stderr
+    assert json.loads((tmp_path / "a-run" / "report.json").read_text())["precision"] == "bf16"
+
+
+def test_base_model_help_names_both_families():
+    for command in ("train", "generate"):
+        r = run_cli(command, "--help")
+        assert r.returncode == 0
+        text = " ".join(r.stdout.split())  # argparse wraps the help text
+        assert "SD1.5 or SDXL checkpoint: a single file (.safetensors/.ckpt) or a diffusers folder" in text, command

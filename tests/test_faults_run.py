@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli, train_args
+from conftest import ROOT, cli, run_cli, train_args
 
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -556,3 +556,72 @@ def test_a_bare_safetensors_temporary_written_by_this_package_is_removed_by_the_
     r = run_cli(*train_args(models, tmp_path / "a.safetensors", "--max-steps", "1"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert not ours.exists() and theirs.exists()
+# ---------------------------------------------------------------- the same seed across processes (issue 17, item 11)
+
+# What each process runs on: this CPU as it is, and with oneDNN and ATen kept to AVX2 (no AVX512, no native bf16
+# kernels), the way a CPU without native bf16 runs them. Both variables are read when torch loads, so only a fresh
+# process can test them.
+WITHOUT_NATIVE_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
+def fp32_checkpoint(out: Path) -> dict[str, torch.Tensor]:
+    """The run's last checkpoint, adapter and AdamW moments, in fp32: finer than the fp16 adapter file."""
+    folder = out.with_name(out.stem + "-run") / "checkpoint"
+    return {**tensors(folder / "adapter.safetensors"), **tensors(folder / "optimizer.safetensors")}
+
+
+def assert_same_training(a: Path, b: Path) -> None:
+    assert_bit_equal(a, b)
+    first, second = fp32_checkpoint(a), fp32_checkpoint(b)
+    assert first.keys() == second.keys()
+    differ = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not differ, f"{len(differ)} of {len(first)} fp32 checkpoint tensors differ, e.g. {differ[0]}"
+
+
+@pytest.mark.parametrize("precision,env", [("no", {}), ("no", WITHOUT_NATIVE_BF16), ("bf16", {}),
+                                           ("bf16", WITHOUT_NATIVE_BF16)],
+                         ids=["fp32", "fp32-avx2", "bf16", "bf16-avx2"])
+def test_two_processes_with_the_same_command_give_bit_equal_adapters(models, tmp_path, monkeypatch, precision, env):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)  # cli() passes this process's environment on
+    outs = [tmp_path / "one" / "a.safetensors", tmp_path / "two" / "a.safetensors"]
+    for out in outs:
+        # 3 steps, a checkpoint after each: the last one holds the fp32 adapter and moments of step 3
+        r = cli(*train_args(models, out, "--max-steps", "3", "--seed", "7", "--checkpoint-every", "1",
+                            "--precision", precision))
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_training(*outs)
+
+
+def test_a_process_killed_after_a_checkpoint_and_resumed_in_another_equals_an_uninterrupted_process(models, tmp_path):
+    """Every run in its own process: the uninterrupted one, the killed one (proc.kill(): SIGKILL on POSIX,
+    TerminateProcess on Windows) and the resume."""
+    steps = "24"
+    plain = tmp_path / "plain" / "a.safetensors"
+    r = cli(*train_args(models, plain, "--max-steps", steps, "--seed", "7", "--checkpoint-every", "2"))
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    out = tmp_path / "killed" / "a.safetensors"
+    args = train_args(models, out, "--max-steps", steps, "--seed", "7", "--checkpoint-every", "2")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+    state = out.with_name("a-run") / "checkpoint" / "state.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ipadapter_train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state.exists(), f"no checkpoint appeared; exit {proc.poll()}"
+        proc.kill()
+        assert proc.wait(60) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 2 <= killed_at < int(steps) and not out.exists()
+
+    r = cli(*args, "--resume", str(out.with_name("a-run")))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out.with_name("a-run") / "report.json").read_text())["steps"] == int(steps)
+    assert_same_training(plain, out)

@@ -254,3 +254,23 @@ def test_a_report_is_json_ready(scorer, photos):
     assert isinstance(report, ScoreReport)
     back = json.loads(json.dumps(report.to_dict()))
     assert math.isclose(back["percent"], report.percent) and back["grade"] == report.grade
+
+
+def test_make_test_models_writes_a_random_weight_scorer_that_score_reads_and_labels(tmp_path):
+    """`make-test-models DIR` then `score --clip DIR/clip-scorer-tiny.safetensors`: no download needed, and the
+    figures say they are random-weight figures. One .safetensors file is the layout `score`, `--clip` and the
+    Score node (models/clip_scorers) all read."""
+    import json
+
+    from conftest import run_cli
+
+    folder = tmp_path / "m"
+    r = run_cli("make-test-models", str(folder), "--vision", "tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    scorer = Path(json.loads(r.stdout)["clip_scorer"])
+    assert scorer == folder / "clip-scorer-tiny.safetensors" and scorer.is_file()
+    ref = str(SAMPLES / "chelsea.jpg")
+    r = run_cli("score", "--images", ref, "--reference", ref, "--prompt", "a cat", "--clip", str(scorer))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "these are random-weight figures" in r.stdout + r.stderr, r.stdout
+    assert "CLIP-I" in r.stdout and "grade" in r.stdout.lower(), r.stdout

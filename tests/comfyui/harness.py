@@ -223,7 +223,8 @@ def sdxl_model_files() -> dict[str, Path]:
     out = Path(tempfile.mkdtemp(prefix="ipadapter-train-comfy-sdxl-"))
     atexit.register(shutil.rmtree, out, True)
     r = subprocess.run([sys.executable, "-m", "ipadapter_train", "make-test-models", str(out), "--family", "sdxl",
-                        "--size", "full", "--vision", "vit-l"], capture_output=True, text=True, cwd=ROOT,
+                        "--size", "full", "--vision", "vit-l", "--scorer", "none"], capture_output=True, text=True,
+                       cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     return {k: Path(v) for k, v in json.loads(r.stdout).items()}
