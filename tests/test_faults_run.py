@@ -329,18 +329,19 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(models, tmp_pa
 
 def _fail_preview_texts(monkeypatch) -> None:
     """scores.json and previews.html meet a full disk (ENOSPC after half a file); every other write goes through."""
+    import ipadapter_train.trainer  # noqa: F401 (imported now: a module imported while patched would keep the patch)
     import ipadapter_train.weights_io as weights_io
 
     real = weights_io.atomic_write
 
-    def atomic_write(path, write, private_folder=False):
+    def atomic_write(path, write, *more, **options):
         if Path(path).name not in ("scores.json", "previews.html"):
-            return real(path, write, private_folder)
+            return real(path, write, *more, **options)
 
         def half_then_full(tmp):
             tmp.write_bytes(b"half a page")
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, half_then_full, private_folder)
+        return real(path, half_then_full, *more, **options)
 
     monkeypatch.setattr(weights_io, "atomic_write", atomic_write)
 
