@@ -92,11 +92,11 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
             held.enter_context(output_lock(run_dir, "the run folder"))
         remove_stale_outputs(out, run_dir, started)
         return _train_loaded(plan, base_model, image_encoder, init_adapter, samples, report, config, callbacks,
-                             device, encode_progress, preview_progress)
+                             device, encode_progress, preview_progress, on_preview_plan, on_preview)
 
 
 def _train_loaded(plan: RunPlan, base_model, image_encoder, init_adapter, samples, report, config: TrainConfig,
-                  callbacks, device, encode_progress, preview_progress) -> TrainResult:
+                  callbacks, device, encode_progress, preview_progress, on_preview_plan, on_preview) -> TrainResult:
     """`train_adapter` once its inputs are checked and its outputs locked: load the models and run."""
     from .clip_vision import load_clip_vision
     from .model_loading import load_model
