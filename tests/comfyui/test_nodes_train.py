@@ -326,7 +326,7 @@ def test_cancel_returns_the_partial_adapter_and_never_raises_the_interrupt(graph
         adapter, plot, report, _ = train(graph, dataset, steps=steps, node="9")
     finally:
         comfy.utils.set_progress_bar_global_hook(old)
-    assert report.startswith(f"Cancelled: 2 of {steps} steps.")
+    assert report.startswith(f"Partial adapter: cancelled after 2 of {steps} steps.")
     assert adapter.metadata["cancelled_at_step"] == "2" and adapter.metadata["steps"] == "2"
     assert not comfy.model_management.processing_interrupted()  # nothing left to cancel the next prompt
     assert [d for e, d, _ in server.sent if e == "ipadapter_train.done"][-1]["cancelled"] is True
