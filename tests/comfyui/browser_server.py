@@ -30,9 +30,12 @@ def comfy_server(base: Path, models: dict[str, list[Path]], pack: Path = ROOT):
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-# Settings a first visit would otherwise answer in dialogs (new-user template browser, release notes).
+# Settings a first visit would otherwise answer in dialogs (new-user template browser, release notes, and the
+# Missing Models dialog the templates raise on a server without the public files: the test that checks that
+# dialog turns it back on in its page).
 QUIET_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Release.Version": "99.0.0",
-                  "Comfy.Release.Status": "skipped", "Comfy.Release.Timestamp": 4102444800000}
+                  "Comfy.Release.Status": "skipped", "Comfy.Release.Timestamp": 4102444800000,
+                  "Comfy.Workflow.ShowMissingModelsWarning": False}
 
 
 @contextlib.contextmanager

@@ -229,6 +229,15 @@ def missing_models_dialog(page) -> list[str]:
 
 
 def test_opening_a_template_lists_its_missing_model_files_with_download_links(server, page):
+    setting = "Comfy.Workflow.ShowMissingModelsWarning"  # on by default; the other browser tests turn it off
+    page.evaluate("(id) => window.comfyAPI.app.app.extensionManager.setting.set(id, true)", setting)
+    try:
+        check_missing_models_dialog(server, page)
+    finally:
+        page.evaluate("(id) => window.comfyAPI.app.app.extensionManager.setting.set(id, false)", setting)
+
+
+def check_missing_models_dialog(server, page) -> None:
     # first as a user does it: Templates, the pack's category, the first card (training comes first by name)
     page.evaluate("() => window.comfyAPI.app.app.extensionManager.command.execute('Comfy.BrowseTemplates')")
     page.get_by_text(bs.PACK_DIR_NAME, exact=True).first.click()
