@@ -199,8 +199,9 @@ def test_loras_patched_into_model_stay_applied_in_training(graph, inputs):
     assert not torch.equal(kv[1][0], weight.float())  # to_k_ip would start from the LoRA-patched to_k
 
 
-@pytest.mark.parametrize("variant,width,needs", [("base", 1024, "image embedding is 1024-d"),
-                                                 ("plus", 1280, "hidden states are 1280-d")])
+@pytest.mark.parametrize("variant,width,needs", [
+    ("base", 1024, r"trained with OpenCLIP ViT-H/14 image features \(1024-d image embedding\)"),
+    ("plus", 1280, r"trained with OpenCLIP ViT-H/14 image features \(1280-d hidden states\)")])
 def test_an_adapter_for_another_encoder_is_refused_before_sampling(graph, layers, inputs, variant, width, needs):
     errors = pack("ipadapter_train.errors")
     adapter = random_adapter(variant, width, layers)

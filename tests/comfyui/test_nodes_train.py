@@ -195,14 +195,15 @@ def test_phases_progress_events_runs_state_and_the_run_folder(trained):
     assert validating[0]["eta_seconds"] > 0 and validating[-1]["eta_seconds"] == 0.0
     assert [d for kind, d in sent if kind == "done"] == [{"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a",
                                                           "client_id": "page-1", "started": started, "steps": STEPS,
-                                                          "total": STEPS, "cancelled": False, "failed": False}]
+                                                          "total": STEPS, "cancelled": False, "failed": False,
+                                                          "note": None}]
 
     run = next(r for r in trained.runs if (r["prompt_id"], r["node"]) == ("prompt-a", "42"))
     assert run == {"node": "42", "prompt_id": "prompt-a", "workflow_id": "wf-a", "client_id": "page-1",
                    "started": started, "phase": "done",
                    "phase_done": calls, "phase_total": calls, "step": STEPS, "total": STEPS,
                    "losses": [p["loss"] for p in progress], "eta_seconds": 0.0, "validation_calls": calls,
-                   "previews": [], "done": True, "cancelled": False, "failed": False}
+                   "previews": [], "done": True, "cancelled": False, "failed": False, "note": None}
 
     # the run folder is kept under ComfyUI's output directory, and the report says where
     folders = list((output_dir / "ipadapter_train").iterdir())
@@ -404,7 +405,8 @@ def test_fine_tuning_an_init_adapter(trained, graph, dataset):
 
 
 @pytest.mark.parametrize("variant,width,message", [("plus", 1024, "set variant to plus"),
-                                                   ("base", 1024, "image embedding is 1024-d")])
+                                                   ("base", 1024, r"init_adapter was trained with OpenCLIP ViT-H/14 "
+                                                                   r"image features \(1024-d image embedding\)")])
 def test_a_mismatched_init_adapter_is_refused_before_training(graph, dataset, output_dir, variant, width, message):
     errors = pack("ipadapter_train.errors")
     layers = pack("nodes.comfy_layers").comfy_adapter_layers(graph["model"])
