@@ -90,8 +90,9 @@ CPU_LATENT, CPU_SAMPLER_STEPS = 256, 12
 NEED_CPU_SETTINGS = (f"Set for a first run on a CPU: {CPU_TRAIN['steps']} steps at {CPU_TRAIN['resolution']} px, "
                      "previews off (preview_every -1; 0 turns them on), quick validation, then one "
                      f"{CPU_LATENT} px image in {CPU_SAMPLER_STEPS} sampling steps with the new adapter, your first "
-                     "training image as the reference. About 2-5 minutes on 2 CPU cores with full-size SD1.5 "
-                     "(estimated from BENCHMARKS.md). For a real adapter, raise steps and resolution or use "
+                     "training image as the reference. About 3 minutes on 2 CPU cores with full-size SD1.5 "
+                     "(163 s measured, BENCHMARKS.md \"CPU template\"). For a real adapter, raise steps and "
+                     "resolution or use "
                      f"\"{SHIPPED['train_ip_adapter']}\" on a GPU.")
 
 
