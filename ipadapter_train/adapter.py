@@ -53,13 +53,6 @@ class AdapterSpec:
         """The model family the adapter's shapes belong to (`families.family_of_adapter`), or None."""
         return family_of_adapter(self)
 
-    @property
-    def encoder_requirement(self) -> str:
-        """Say in words which encoder output this adapter reads, for error messages."""
-        if self.variant == "base":
-            return f"a CLIP vision encoder whose image embedding is {self.clip_dim}-d"
-        return f"a CLIP vision encoder whose hidden states are {self.clip_dim}-d"
-
     def check_fits(self, feature_width: int, encoder_name: str, cross_dim: int, layers: Sequence[AdapterLayer],
                    model_name: str, source: str = "The adapter", model_family: ModelFamily | None = None,
                    metadata: Mapping[str, str] | None = None, fix: str = "use {file} as the image encoder") -> None:
