@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 
+from .adapter import IPAdapter
+from .adapter_spec import AdapterSpec, family_phrase
 from .errors import IPAdapterError
-from .families import FAMILIES, family_of_width
 from .resampler import HEAD_DIM
-
-if TYPE_CHECKING:
-    from .adapter import AdapterSpec
 
 # Far above any UNet's cross-attention count (SD1.5 numbers up to 31, SDXL up to 139): a larger index is
 # damage, refused before a list of that many layers is made.
@@ -37,10 +35,8 @@ def _fmt(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def expected_shapes(spec: "AdapterSpec") -> dict[str, tuple[int, ...]]:
+def expected_shapes(spec: AdapterSpec) -> dict[str, tuple[int, ...]]:
     """Every key of an adapter of `spec` with its shape (from the module itself, built without memory)."""
-    from .adapter import IPAdapter
-
     with torch.device("meta"):
         module = IPAdapter(spec)
     return {key: tuple(value.shape) for key, value in module.state_dict().items()}
@@ -48,8 +44,6 @@ def expected_shapes(spec: "AdapterSpec") -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def _image_proj_keys(variant: str) -> tuple[str, ...]:
-    from .adapter import AdapterSpec
-
     return tuple(k for k in expected_shapes(AdapterSpec(variant, 8, 8, 1, ())) if k.startswith("image_proj."))
 
 
@@ -85,28 +79,6 @@ def _layer_indices(sd: Mapping[str, torch.Tensor], source: str) -> list[int]:
     return list(range(1, top + 2 if top % 2 else top + 1, 2))
 
 
-def article(word: str) -> str:
-    """'a' or 'an' before a label or number read aloud ('an SDXL', 'an SD1.5', 'an 8-layer', 'a 16-layer')."""
-    digits = word[:len(word) - len(word.lstrip("0123456789"))]
-    if digits:  # eight..., eleven, eighteen (and their thousands): the sounds that start with a vowel
-        return "an" if digits[0] == "8" or (len(digits) % 3 == 2 and digits[:2] in ("11", "18")) else "a"
-    return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"
-
-
-def family_phrase(variant: str, n_layers: int, cross_dim: int | None) -> str:
-    """The adapter in words, its model family named where the shapes tell it: 'an SDXL plus adapter'.
-
-    A family's own layer count (and width, when known) names the family alone; a family's width with
-    another count gives 'a 44-layer SDXL base adapter'; no family: 'a 4-layer base adapter'.
-    """
-    for family in FAMILIES.values():
-        if n_layers == family.adapter_layer_count and cross_dim in (None, family.cross_dim):
-            return f"{article(family.label)} {family.label} {variant} adapter"
-    family = family_of_width(cross_dim, n_layers) if cross_dim is not None else None
-    count = f"{n_layers}-layer"
-    return f"{article(count)} {count} {family.label + ' ' if family else ''}{variant} adapter"
-
-
 def _check_keys(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int], source: str) -> None:
     proj_keys = _image_proj_keys(variant)
     layer_keys = [f"ip_adapter.{n}.{p}.weight" for n in layers for p in ("to_k_ip", "to_v_ip")]
@@ -134,10 +106,8 @@ def _dims(sd: Mapping[str, torch.Tensor], key: str, ndim: int, source: str, vari
     return tuple(int(d) for d in t.shape)
 
 
-def _spec(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int], source: str) -> "AdapterSpec":
+def _spec(sd: Mapping[str, torch.Tensor], variant: str, layers: list[int], source: str) -> AdapterSpec:
     """The spec the file's anchor tensors describe (image_proj's sizes, each layer's to_k_ip width)."""
-    from .adapter import AdapterSpec
-
     # The token width is what most layers read: one damaged tensor (a norm, a to_k_ip) is then named as
     # the odd one out instead of making every other tensor look wrong.
     reads = Counter(_dims(sd, f"ip_adapter.{n}.{p}.weight", 2, source, variant)[1]
@@ -200,14 +170,14 @@ def _resampler_width(sd: Mapping[str, torch.Tensor], source: str) -> int:
     return width
 
 
-def describe(spec: "AdapterSpec") -> str:
+def describe(spec: AdapterSpec) -> str:
     """`spec` in words for messages: variant, tokens, widths and layers."""
     family = family_phrase(spec.variant, len(spec.layers), spec.cross_dim)
     return (f"{family} ({spec.tokens} tokens of {spec.cross_dim}-d, {spec.clip_dim}-d image features, "
             f"{len(spec.layers)} layers)")
 
 
-def _check_shapes(sd: Mapping[str, torch.Tensor], spec: "AdapterSpec", source: str, whose: str = "") -> None:
+def _check_shapes(sd: Mapping[str, torch.Tensor], spec: AdapterSpec, source: str, whose: str = "") -> None:
     for key, shape in expected_shapes(spec).items():
         if tuple(sd[key].shape) != shape:
             raise IPAdapterError(f"{source} is damaged: {key} is {_shape(sd[key])} but {whose or describe(spec)} "
@@ -226,7 +196,7 @@ def _check_values(sd: Mapping[str, torch.Tensor], source: str) -> None:
                              f"generate black or noise images; use another file or an earlier checkpoint.")
 
 
-def _check_metadata(sd: Mapping[str, torch.Tensor], spec: "AdapterSpec", metadata: Mapping[str, str],
+def _check_metadata(sd: Mapping[str, torch.Tensor], spec: AdapterSpec, metadata: Mapping[str, str],
                     source: str) -> None:
     """The sizes this package's metadata records (written from the tensors) must still match them."""
     from dataclasses import replace
@@ -258,7 +228,7 @@ def _check_metadata(sd: Mapping[str, torch.Tensor], spec: "AdapterSpec", metadat
 
 
 def check_adapter_state(sd: Mapping[str, torch.Tensor], source: str = "The adapter",
-                        metadata: Mapping[str, str] | None = None, values: bool = True) -> "AdapterSpec":
+                        metadata: Mapping[str, str] | None = None, values: bool = True) -> AdapterSpec:
     """Return the AdapterSpec of a flat official-layout state dict, or raise IPAdapterError saying what is wrong.
 
     Checks every key and shape against what the variant needs, the layer table's numbering (1, 3, 5, ...),

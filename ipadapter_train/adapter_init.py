@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .adapter import AdapterSpec, IPAdapter
+from .adapter import IPAdapter
 from .adapter_check import check_adapter_state
 from .backend import DiffusionBackend, ImageFeatureEncoder
 from .config import TrainConfig
@@ -21,7 +21,7 @@ def load_adapter_module(path: Path) -> IPAdapter:
     """An `IPAdapter` module (fp32) with the weights of an adapter file, its shape read from the file and
     the file's metadata as `.metadata`."""
     state, metadata = load_adapter(Path(path))
-    adapter = IPAdapter(AdapterSpec.from_state_dict(state, str(path)))
+    adapter = IPAdapter(check_adapter_state(state, str(path), values=False))
     adapter.load_state_dict({k: v.float() for k, v in state.items()})
     adapter.metadata = dict(metadata)
     return adapter

@@ -20,14 +20,7 @@ import torch
 from .buckets import Bucket, image_buckets
 from .config import TrainConfig
 from .encoding import EncodedDataset
-
-
-def seed_of(*parts: int) -> int:
-    """Mix integers into one 63-bit seed (stable across runs and machines)."""
-    h = 1469598103934665603
-    for p in parts:
-        h = ((h ^ (p & 0xFFFFFFFFFFFF)) * 1099511628211) % (1 << 63)
-    return h
+from .seeds import seed_of
 
 
 def steps_per_epoch(config: TrainConfig, n: int, world: int = 1, buckets: Sequence[Bucket] | None = None) -> int:

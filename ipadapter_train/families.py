@@ -8,7 +8,7 @@ The loop, the file format, the nodes and generation read the entry; none of them
 family's name. A third family (SD2.x, say) is a new entry here, a loader and tests.
 
     family = family_of_unet_config(unet.config)      # from a model
-    family = family_of_adapter(spec)                  # from an adapter file's shapes
+    family = family_of_width(spec.cross_dim, len(spec.layers))  # from an adapter file's shapes
     FAMILIES["sdxl"].adapter_layers()                 # the 70-entry key table
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 from .errors import IPAdapterError
 
 if TYPE_CHECKING:
-    from .adapter import AdapterSpec
     from .layout import AdapterLayer
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -167,17 +166,4 @@ def family_of_width(cross_dim: int | None, layer_count: int | None = None) -> Mo
     if len(by_width) == 1:
         return by_width[0]
     by_layers = [f for f in by_width if f.adapter_layer_count == layer_count]
-    return by_layers[0] if by_layers else None
-
-
-def family_of_adapter(spec: "AdapterSpec") -> ModelFamily | None:
-    """The family an adapter was made for, read from its shapes (context width, then layer count), or None.
-
-    The context width is what IPAdapter_plus reads (2048 = SDXL); a file with a known width but another
-    layer count (an SSD-1B adapter, say) still belongs to that family's conditioning.
-    """
-    by_width = [f for f in FAMILIES.values() if f.cross_dim == spec.cross_dim]
-    if len(by_width) == 1:
-        return by_width[0]
-    by_layers = [f for f in by_width if f.adapter_layer_count == len(spec.layers)]
     return by_layers[0] if by_layers else None

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from . import __version__
-from .adapter import AdapterSpec
+from .adapter_spec import AdapterSpec
 from .adapter_check import check_adapter_state, describe
 from .errors import IPAdapterError
 from .image_encoders import ENCODER_KEY, adapter_encoder
@@ -92,7 +92,7 @@ def save_adapter(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
                              "pass only the adapter's own state_dict().")
     if any(not isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise IPAdapterError("The state dict to save holds non-tensor values: pass the adapter's state_dict().")
-    spec = AdapterSpec.from_state_dict(state_dict, source="The adapter to save")
+    spec = check_adapter_state(state_dict, source="The adapter to save", values=False)
 
     def prepared(t: torch.Tensor) -> torch.Tensor:
         # copy=True: safetensors refuses tensors that share storage (tied or sliced views).
@@ -148,7 +148,7 @@ def inspect_adapter(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = existing_file(path)
     state, metadata = load_adapter(path)
-    spec = AdapterSpec.from_state_dict(state, source=str(path))
+    spec = check_adapter_state(state, source=str(path), values=False)
     dtypes = Counter(str(t.dtype).replace("torch.", "") for t in state.values())
     dtype = next(iter(dtypes)) if len(dtypes) == 1 else "mixed (" + ", ".join(sorted(dtypes)) + ")"
     encoder = adapter_encoder(spec.variant, spec.clip_dim, metadata)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from .adapter import IPAdapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
-from .batches import seed_of
+from .seeds import seed_of
 from .config import TrainConfig
 from .data import Sample
 from .errors import IPAdapterError

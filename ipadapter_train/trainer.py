@@ -30,7 +30,7 @@ from torch import nn
 from .adapter import IPAdapter
 from .adapter_init import build_adapter
 from .backend import DiffusionBackend, ImageFeatureEncoder
-from .batches import batch_indices, make_batch, seed_of, total_steps
+from .batches import batch_indices, make_batch, total_steps
 from .buckets import bucket_counts, image_buckets
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -44,6 +44,7 @@ from .preview_run import BEST_FILE, PreviewRunner
 from .previews import PreviewSource
 from .run_plan import RunHooks, RunPaths, RunPlan, StepCallback, fingerprint  # noqa: F401 (StepCallback: re-exported)
 from .report import RunTimes, training_report, write_report
+from .seeds import seed_of
 from .validation import conditioning_gain, validation_calls
 from .write_failures import write_error
 

@@ -270,9 +270,9 @@ def sdxl_adapter(layers, variant: str = "base") -> IPAdapter:
 
 
 def load_adapter_spec(path: Path):
-    from ipadapter_train.adapter import AdapterSpec
+    from ipadapter_train.adapter_check import check_adapter_state
 
-    return AdapterSpec.from_state_dict(load_adapter(path)[0])
+    return check_adapter_state(load_adapter(path)[0], values=False)
 
 
 @pytest.mark.parametrize("form,container", [

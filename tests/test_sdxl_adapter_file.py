@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import run_cli
-from ipadapter_train.adapter import AdapterSpec, IPAdapter
+from ipadapter_train.adapter import IPAdapter
+from ipadapter_train.adapter_spec import AdapterSpec
 from ipadapter_train.adapter_check import check_adapter_state, describe, expected_shapes
 from ipadapter_train.adapter_init import load_adapter_module
 from ipadapter_train.errors import IPAdapterError
