@@ -23,11 +23,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ipadapter_train.adapter import IPAdapter
-from ipadapter_train.clip_vision import encode_images
-from ipadapter_train.data import Sample
-from ipadapter_train.image_ops import center_crop, resize_short_side, to_tensor
-from ipadapter_train.diffusers_backend import DiffusersBackend
+from ipadapter_train.adapter.module import IPAdapter
+from ipadapter_train.models.clip_vision import encode_images
+from ipadapter_train.storage.data import Sample
+from ipadapter_train.storage.image_ops import center_crop, resize_short_side, to_tensor
+from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 from ipadapter_train.layout import adapter_layers
 
 MIXED = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -20,7 +20,7 @@ Levers (each is "bf16", our CPU training set-up, plus one change, unless said ot
                   in fp32 and are cast; every UNet op is bf16 by its inputs)
   channels_last   bf16 + the UNet and its input in channels_last memory format
   fused_adamw     bf16 + AdamW(fused=True) instead of the default foreach AdamW
-  malloc          bf16 + glibc malloc told to keep freed activation memory (ipadapter_train.allocator,
+  malloc          bf16 + glibc malloc told to keep freed activation memory (ipadapter_train.training.allocator,
                   what the CLI does when it trains on the CPU)
   compile         bf16 + torch.compile(unet) (inductor, default mode)
   grad_ckpt       bf16 + gradient checkpointing (a memory lever: it re-runs the forward)
@@ -51,15 +51,15 @@ def run_lever(lever: str, args: argparse.Namespace) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.diffusers_backend import DiffusersBackend
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
     from ipadapter_train.layout import adapter_layers
-    from ipadapter_train.report import peak_memory
-    from ipadapter_train.sd15 import load_sd15
+    from ipadapter_train.training.report import peak_memory
+    from ipadapter_train.models.sd15 import load_sd15
 
     device = args.device
     if lever == "malloc":
-        from ipadapter_train.allocator import keep_freed_memory
+        from ipadapter_train.training.allocator import keep_freed_memory
 
         keep_freed_memory()
     bf16 = lever != "fp32"

@@ -37,7 +37,7 @@ from record import append_history, append_row, machine, peak_cell, secs  # noqa:
 
 def run(models: dict, out: Path, args: argparse.Namespace, *extra: str) -> dict:
     """One `ipadapter-train train` command; its report.json plus the command's own wall time."""
-    from ipadapter_train.demo import samples_dir
+    from ipadapter_train.cli.demo import samples_dir
 
     cmd = [sys.executable, "-m", "ipadapter_train", "train", "--images", str(samples_dir()), "--base-model",
            str(models["model"]), "--image-encoder", str(models["clip_vision"]), "--out", str(out), "--overwrite",
@@ -68,7 +68,7 @@ def main() -> None:
     p.add_argument("--preview-steps", type=int, help="sampling steps of a preview (default: the CLI's)")
     p.add_argument("--tmp", default=str(ROOT / "bench" / ".tmp"))
     args = p.parse_args()
-    from ipadapter_train.testmodels import DEFAULT_VISION
+    from ipadapter_train.models.testmodels import DEFAULT_VISION
 
     args.vision = args.vision or DEFAULT_VISION[args.family]
     tmp = Path(args.tmp)

@@ -13,7 +13,7 @@ One step is one UNet forward with classifier-free guidance: a batch of 2 latents
 text. It is timed WITHOUT an adapter and WITH one applied at weight 1, on two paths:
 
 - diffusers: the UNet with its own attention processors against the same UNet after
-  `DiffusersBackend.attach` with [uncond; cond] image tokens set, as `generate.py` samples;
+  `DiffusersBackend.attach` with [uncond; cond] image tokens set, as `scoring/generate.py` samples;
 - ComfyUI: `apply_model` of the plain MODEL against the MODEL returned by the pack's
   `nodes.attn_patch.apply_image_prompt`, with cond_or_uncond = [1, 0] (skipped, with the reason logged,
   when `.comfyui/ComfyUI` is not installed).
@@ -109,9 +109,9 @@ def diffusers_path(args: argparse.Namespace, checkpoint: Path) -> dict:
     """Time the diffusers UNet with its own processors against the same UNet with the adapter attached."""
     import torch
 
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.diffusers_backend import DiffusersBackend
-    from ipadapter_train.sd15 import load_sd15
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
+    from ipadapter_train.models.sd15 import load_sd15
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ MODELS = ROOT / "bench" / ".models"
 
 def ensure_models(size: str, vision: str, family: str = "sd15") -> dict[str, Path]:
     """Write the random-weight models once (bench/.models, git-ignored); later runs reuse them."""
-    from ipadapter_train.testmodels import make_test_models
+    from ipadapter_train.models.testmodels import make_test_models
 
     ckpt, clip = MODELS / f"{family}-{size}.safetensors", MODELS / f"clip-vision-{vision}.safetensors"
     if not (ckpt.is_file() and clip.is_file()):
@@ -50,7 +50,7 @@ def baseline_precision(args: argparse.Namespace) -> str:
         return "no"
     if args.device.startswith("cuda"):
         return "bf16"
-    from ipadapter_train.precision import cpu_has_bf16
+    from ipadapter_train.training.precision import cpu_has_bf16
 
     return "bf16" if cpu_has_bf16() else "no"
 
@@ -59,11 +59,11 @@ def worker(args: argparse.Namespace) -> dict:
     """One side of the comparison, in this process."""
     import torch
 
-    from ipadapter_train.clip_vision import load_clip_vision
-    from ipadapter_train.data import load_image_folder
-    from ipadapter_train.report import peak_memory
-    from ipadapter_train.demo import samples_dir
-    from ipadapter_train.model_loading import load_model
+    from ipadapter_train.models.clip_vision import load_clip_vision
+    from ipadapter_train.storage.data import load_image_folder
+    from ipadapter_train.training.report import peak_memory
+    from ipadapter_train.cli.demo import samples_dir
+    from ipadapter_train.models.loading import load_model
 
     models = ensure_models(args.size, args.vision, args.family)
     samples, _ = load_image_folder(samples_dir())
@@ -89,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict:
                 "seconds_per_step": sec, "images_per_second": args.batch_size / sec, "parts_median_seconds": parts,
                 "peak_memory": peak_memory(torch.device(args.device)),
                 "precision": precision + (" (UNet weights too)" if args.baseline_low_precision_unet else "")}
-    from ipadapter_train.allocator import keep_freed_memory
+    from ipadapter_train.training.allocator import keep_freed_memory
     from ipadapter_train.api import train_adapter
     from ipadapter_train.config import TrainConfig
 
@@ -135,7 +135,7 @@ def kit_job(args: argparse.Namespace) -> dict:
     512 px, checkpoints every 5 steps, validation), timed from the command's start to the saved adapter
     file (its modification time), and to the command's end."""
     models = ensure_models(args.size, args.vision, args.family)
-    from ipadapter_train.demo import samples_dir
+    from ipadapter_train.cli.demo import samples_dir
 
     out = Path(args.tmp) / "kit_job.safetensors"
     out.unlink(missing_ok=True)
@@ -215,7 +215,7 @@ def main() -> None:
     p.add_argument("--tmp", default=str(ROOT / "bench" / ".tmp"))
     args = p.parse_args()
     from ipadapter_train.families import get_family
-    from ipadapter_train.testmodels import DEFAULT_VISION
+    from ipadapter_train.models.testmodels import DEFAULT_VISION
 
     args.vision = args.vision or DEFAULT_VISION[args.family]
     args.resolution = args.resolution or get_family(args.family).default_resolution

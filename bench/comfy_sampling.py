@@ -59,7 +59,7 @@ def patched(model, clip_dim: int, seed: int = 0):
     attn_patch, comfy_layers = pack("nodes.attn_patch"), pack("nodes.comfy_layers")
     layers = comfy_layers.comfy_adapter_layers(model)
     torch.manual_seed(seed)
-    adapter = pack("ipadapter_train.adapter").IPAdapter.new("base", clip_dim, comfy_layers.context_width(model),
+    adapter = pack("ipadapter_train.adapter.module").IPAdapter.new("base", clip_dim, comfy_layers.context_width(model),
                                                             layers)
     adapter.eval().requires_grad_(False)
     with torch.no_grad():  # Apply projects once, in fp32 on the CPU, outside sampling

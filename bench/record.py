@@ -77,7 +77,7 @@ def machine(device: str) -> str:
     depend on it), cores, torch, threads, and the GPU when one is used."""
     import torch
 
-    from ipadapter_train.precision import cpu_has_bf16
+    from ipadapter_train.training.precision import cpu_has_bf16
 
     bf16 = "no native bf16"
     if cpu_has_bf16():  # AMX tiles run bf16 several times faster than AVX512-BF16 alone: say which one it has

@@ -1,6 +1,6 @@
 """`python -m ipadapter_train ...` runs the CLI."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

@@ -16,19 +16,19 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import SavedCheckpoint, open_checkpoint
-from .clip_features import CLIPFeatureEncoder
+from .training.checkpoint import SavedCheckpoint, open_checkpoint
+from .models.clip_features import CLIPFeatureEncoder
 from .config import TrainConfig
-from .data import load_image_folder
-from .diffusers_backend import DiffusersBackend
+from .storage.data import load_image_folder
+from .diffusion.diffusers_backend import DiffusersBackend
 from .errors import IPAdapterError
-from .precision import cpu_has_bf16, frozen_dtype, launched_rank, make_accelerator, weights_memory_note
-from .random_init import is_random
-from .output_lock import output_lock
-from .run_identity import model_inputs
-from .run_outputs import check_run_outputs, remove_stale_outputs
-from .previews import PreviewSource
-from .trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, last_path, train
+from .training.precision import cpu_has_bf16, frozen_dtype, launched_rank, make_accelerator, weights_memory_note
+from .models.random_init import is_random
+from .storage.output_lock import output_lock
+from .training.identity import model_inputs
+from .training.outputs import check_run_outputs, remove_stale_outputs
+from .previews.sources import PreviewSource
+from .training.trainer import RunHooks, RunPaths, RunPlan, StepCallback, TrainingRun, TrainResult, last_path, train
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ def default_run_dir(out: Path) -> Path:
 def check_init_encoder(init_adapter: Path, image_encoder: Path) -> None:
     """Refuse an adapter to fine-tune that reads another image encoder's features than `image_encoder` gives,
     from the files' headers (the adapter file is small), naming both encoders."""
-    from .fileformat import load_adapter
-    from .image_encoders import ENCODER_FIX, adapter_reads, check_encoder, encoder_widths_of_file
+    from .adapter.fileformat import load_adapter
+    from .models.image_encoders import ENCODER_FIX, adapter_reads, check_encoder, encoder_widths_of_file
 
     state, metadata = load_adapter(init_adapter)
     reads = adapter_reads(state)
@@ -60,11 +60,11 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     """Load the models and images from paths, train, save the adapter and the report.
 
     The settings, a resume's checkpoint and the outputs are checked before the models load; `resume` may be
-    a run folder or a checkpoint the caller already opened (`checkpoint.open_checkpoint`). An existing `out`
+    a run folder or a checkpoint the caller already opened (`training.checkpoint.open_checkpoint`). An existing `out`
     is replaced only with `overwrite` (the CLI's --overwrite; or when the resumed run wrote it), and no file
     the run reads is ever written over. With `config.preview_every`, the run previews (and with a scorer in
-    `previews`, scores) the adapter as it trains (previews.py); `on_preview_plan` gets the rounds' schedule and
-    estimated cost (preview_plan.py), `on_preview` each finished round. A second run to the same `out` or run
+    `previews`, scores) the adapter as it trains (previews/sources.py); `on_preview_plan` gets the rounds' schedule and
+    estimated cost (previews/rounds.py), `on_preview` each finished round. A second run to the same `out` or run
     folder is refused while the first holds them (`output_lock`).
     """
     started = time.time()
@@ -98,8 +98,8 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
 def _train_loaded(plan: RunPlan, base_model, image_encoder, init_adapter, samples, report, config: TrainConfig,
                   callbacks, device, encode_progress, preview_progress, on_preview_plan, on_preview) -> TrainResult:
     """`train_adapter` once its inputs are checked and its outputs locked: load the models and run."""
-    from .clip_vision import load_clip_vision
-    from .model_loading import load_model
+    from .models.clip_vision import load_clip_vision
+    from .models.loading import load_model
 
     accelerator = make_accelerator(config, device)
     dtype = frozen_dtype(accelerator.mixed_precision)
@@ -108,7 +108,7 @@ def _train_loaded(plan: RunPlan, base_model, image_encoder, init_adapter, sample
     clip = load_clip_vision(Path(image_encoder), dtype=dtype, device="cpu")
     load_seconds = time.perf_counter() - t0
     if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16" and not cpu_has_bf16():
-        # the slow-but-small choice precision.py allows: say what it saves on this model
+        # the slow-but-small choice training/precision.py allows: say what it saves on this model
         frozen = {id(p): p.numel() for m in (*sd.frozen_parts(), clip)
                   for p in m.parameters()}
         log.info("The frozen models hold %s.", weights_memory_note(sum(frozen.values())))

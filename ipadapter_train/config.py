@@ -9,7 +9,7 @@ from .errors import IPAdapterError
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 # preview_every "auto": at most a round after each third of the run (and so at the end), fewer where the rounds would
-# pass the previews' budget (preview_plan.py)
+# pass the previews' budget (previews/rounds.py)
 PREVIEW_ROUNDS_AUTO = 3
 # The bounds of the settings whose size a run's memory grows with, inclusive: `TrainConfig.validate` enforces them
 # for every caller (CLI, API) and the Train node's widgets read their min/max from here. 2048 px is twice SDXL's
@@ -31,7 +31,7 @@ class TrainConfig:
     resolution: int | None = None  # None: the model family's default (512 for SD1.5, 1024 for SDXL)
     random_crop: bool = False  # centre crop otherwise
     flip: bool = False  # random horizontal flip
-    buckets: bool = False  # aspect-ratio buckets (buckets.py): each image trains at its own shape, not a square
+    buckets: bool = False  # aspect-ratio buckets (training/buckets.py): each image trains at its own shape, not a square
     seed: int = 42
     checkpoint_every: int = 5  # steps; 0 turns resumable checkpoints off
     # The recipe's condition dropout, which classifier-free guidance needs at inference.
@@ -43,7 +43,7 @@ class TrainConfig:
     validation: bool = True  # conditioning gain after training
     validation_timesteps: tuple[int, ...] = (200, 400, 600, 800)
     validation_max_images: int = 8
-    # Previews while training (previews.py): a fixed grid of generated images every N steps and at the end.
+    # Previews while training (previews/sources.py): a fixed grid of generated images every N steps and at the end.
     preview_every: int | Literal["auto"] = 0  # 0 = off; "auto" = up to a round after each third, within the budget
     preview_size: int | None = None  # pixels; None: half the family's resolution (256 SD1.5, 512 SDXL), at most the
     #                                  training resolution

@@ -5,7 +5,7 @@ as `patch(q, k, v, extra_options)` with q, k, v already projected by the layer's
 applies the layer's to_out to what it returns. Each patch here returns
 
     text attention (or whatever patch was at that key before: several Apply nodes chain)
-    + weight * attn(q, to_k_ip(tokens), to_v_ip(tokens))      (ipadapter_train.ip_attention)
+    + weight * attn(q, to_k_ip(tokens), to_v_ip(tokens))      (ipadapter_train.adapter.ip_attention)
 
 `ImagePromptPatch` is what Apply installs: fixed reference tokens for the cond rows of the batch, the
 negative (or dropped) image's tokens for the uncond rows, active between two sigmas. Its keys and values
@@ -21,8 +21,8 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..ipadapter_train.adapter import IPLayer
-from ..ipadapter_train.ip_attention import IPState, attend, decoupled_term, image_kv
+from ..ipadapter_train.adapter.module import IPLayer
+from ..ipadapter_train.adapter.ip_attention import IPState, attend, decoupled_term, image_kv
 
 ATTN2 = "attn2"
 COND, UNCOND = 0, 1  # the values ComfyUI puts in extra_options["cond_or_uncond"]

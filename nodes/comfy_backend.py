@@ -1,7 +1,7 @@
 """The training loop's two seams over what a ComfyUI graph already loaded.
 
 `ComfyBackend` is a `DiffusionBackend` over MODEL (a ModelPatcher), CLIP and VAE; `ComfyImageEncoder`
-is an `ImageFeatureEncoder` over CLIP_VISION. With them `ipadapter_train.trainer.train` runs unchanged
+is an `ImageFeatureEncoder` over CLIP_VISION. With them `ipadapter_train.training.trainer.train` runs unchanged
 on the graph's own model: no second copy of the checkpoint, LoRAs already patched into MODEL stay
 applied (the model is loaded through `load_models_gpu`, which applies them), and the adapter enters
 through attn2 replace patches passed in `transformer_options`, so the ModelPatcher itself is never
@@ -24,8 +24,8 @@ import comfy.model_management
 import comfy.model_sampling
 from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 
-from ..ipadapter_train.adapter import IPAdapter
-from ..ipadapter_train.ip_attention import IPState
+from ..ipadapter_train.adapter.module import IPAdapter
+from ..ipadapter_train.adapter.ip_attention import IPState
 from ..ipadapter_train.errors import IPAdapterError, TrainingCancelled
 from ..ipadapter_train.families import FAMILIES, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..ipadapter_train.adapter_check import check_adapter_state
+from ..ipadapter_train.adapter.check import check_adapter_state
 from ..ipadapter_train.errors import IPAdapterError
 from ..ipadapter_train.families import FAMILIES, ModelFamily, family_of_comfy_unet
 from ..ipadapter_train.layout import AdapterLayer, adapter_layers

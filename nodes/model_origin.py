@@ -1,6 +1,6 @@
 """Whether the Train node's models are stand-ins: random-weight files from `make-test-models`.
 
-The core marks the files it writes with random weights (`random_init.RANDOM_MARK` in the safetensors header) and
+The core marks the files it writes with random weights (`models.random_init.RANDOM_MARK` in the safetensors header) and
 labels every report made from them. In ComfyUI the Train node gets MODEL, CLIP, VAE and CLIP_VISION objects, and
 ComfyUI keeps neither the file's path nor its header metadata on them (`comfy.sd.load_checkpoint_guess_config`
 and `comfy.clip_vision.load` read the metadata only to detect the model and drop it). So the mark is found the
@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import folder_paths
 
-from ..ipadapter_train.random_init import RANDOM_MARK
+from ..ipadapter_train.models.random_init import RANDOM_MARK
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..ipadapter_train.common_size import to_common_size
-from ..ipadapter_train.data import load_image_folder
+from ..ipadapter_train.storage.common_size import to_common_size
+from ..ipadapter_train.storage.data import load_image_folder
 from ..ipadapter_train.errors import IPAdapterError
 from .folders import ALLOW_ANY_FOLDER_ENV, folder_problem, input_subfolders, training_folder
 from .images import pils_to_tensor

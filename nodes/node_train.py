@@ -5,9 +5,9 @@ from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
 from ..ipadapter_train.config import LIMITS, PREVIEW_ROUNDS_AUTO, TrainConfig
-from ..ipadapter_train.preview_plan import PREVIEW_BUDGET
+from ..ipadapter_train.previews.rounds import PREVIEW_BUDGET
 from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.report import plot_losses
+from ..ipadapter_train.training.report import plot_losses
 from .comfy_backend import ComfyImageEncoder
 from .comfy_layers import check_adapter_fits
 from .folders import scorer_choices, scorer_path, shown
@@ -58,7 +58,7 @@ class TrainIPAdapter(io.ComfyNode):
     interrupted: nothing is trained.
 
     Previews (on by default: up to `PREVIEW_ROUNDS_AUTO` rounds spread over the run, as many as the core's budget
-    allows, `preview_plan.py`) render a fixed grid with the adapter as it is, on the graph's own MODEL, CLIP and VAE;
+    allows, `previews/rounds.py`) render a fixed grid with the adapter as it is, on the graph's own MODEL, CLIP and VAE;
     the node shows the latest grid under its loss chart and returns all of them as its `previews` output.
     """
 

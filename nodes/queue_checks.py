@@ -40,8 +40,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..ipadapter_train.image_encoders import adapter_reads, encoder_widths_of_shapes, mismatch_sentence
-from ..ipadapter_train.weights_io import WeightFile
+from ..ipadapter_train.models.image_encoders import adapter_reads, encoder_widths_of_shapes, mismatch_sentence
+from ..ipadapter_train.storage.weights_io import WeightFile
 
 log = logging.getLogger(__name__)
 

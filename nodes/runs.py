@@ -2,7 +2,7 @@
 `GET /ipadapter_train/runs` route.
 
 A run goes through phases: "encoding" (the images through the VAE and CLIP vision), "training" (the
-optimizer steps), "previewing" (a preview round, when the core's plan (`preview_plan.py`) has one after the
+optimizer steps), "previewing" (a preview round, when the core's plan (`previews/rounds.py`) has one after the
 step: "auto" keeps the rounds within the previews' budget; the first round also renders the no-adapter
 images), "validating" (the conditioning gain, when the node's
 validation setting is on) and "done". ComfyUI's progress bar counts the units of the current phase (images,
@@ -29,7 +29,7 @@ import comfy.model_management
 import comfy.utils
 
 from ..ipadapter_train.errors import TrainingCancelled
-from ..ipadapter_train.preview_plan import VALIDATION_CALL_STEPS_AT_BATCH_1, PreviewPlan
+from ..ipadapter_train.previews.rounds import VALIDATION_CALL_STEPS_AT_BATCH_1, PreviewPlan
 
 try:  # absent when the nodes are imported without a server (tests, scripts)
     from server import PromptServer
@@ -45,7 +45,7 @@ PREVIEW_EVENT = "ipadapter_train.preview"
 ROUTE = "/ipadapter_train/runs"
 ETA_WINDOW = 20
 KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded after their run ended
-# VALIDATION_CALL_STEPS_AT_BATCH_1 (the core's, preview_plan.py): only the ETA before validation starts uses this
+# VALIDATION_CALL_STEPS_AT_BATCH_1 (the core's, previews/rounds.py): only the ETA before validation starts uses this
 # estimate; once it runs, the ETA comes from the measured calls.
 
 _LOCK = threading.Lock()
@@ -135,7 +135,7 @@ class RunReporter:
 
     The ETA covers the rest of the node's work: the remaining steps, the preview rounds still to come and the
     validation after them, from the first step on. The schedule and the rounds' estimated cost are the core's
-    (`preview_plan.PreviewPlan`, given through `preview_plan` before training and again with the first step's
+    (`previews.rounds.PreviewPlan`, given through `preview_plan` before training and again with the first step's
     measured time); the reporter copies no rule of its own. Later steps are timed here (between callbacks); a
     round's time is measured (from the end of its step to its grid) and replaces the core's estimate from then on.
     """

@@ -1,12 +1,12 @@
 """What the Train node does, apart from its schema: turn graph inputs into the core's samples and
-config, run `ipadapter_train.trainer.train` on the ComfyUI back end, and shape the outputs.
+config, run `ipadapter_train.training.trainer.train` on the ComfyUI back end, and shape the outputs.
 
 On cancel the trainer stops at the next step (or the next sampling step of a preview round) and this returns
 the adapter trained so far (the run's report says `cancelled`). Each run keeps its files (adapter, report.json,
 loss.png, checkpoints, previews/, scores.json, previews.html) in `output/ipadapter_train/<run>`: ComfyUI's output
 directory survives a restart, its temp directory does not.
 
-Previews (the core's `previews.py`) render on the graph's own MODEL, CLIP and VAE through `ComfyBackend`; the
+Previews (the core's `previews/sources.py`) render on the graph's own MODEL, CLIP and VAE through `ComfyBackend`; the
 scorer is the Score node's cached CLIP model, so a run loads no second copy of anything.
 """
 from __future__ import annotations
@@ -25,16 +25,16 @@ from PIL import Image, ImageDraw
 import comfy.model_management
 import folder_paths
 
-from ..ipadapter_train.adapter import IPAdapter
-from ..ipadapter_train.batches import total_steps
+from ..ipadapter_train.adapter.module import IPAdapter
+from ..ipadapter_train.training.batches import total_steps
 from ..ipadapter_train.config import TrainConfig
-from ..ipadapter_train.data import Sample
+from ..ipadapter_train.storage.data import Sample
 from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.preview_plan import PREVIEW_BUDGET
-from ..ipadapter_train.previews import PreviewSource, plan_previews
-from ..ipadapter_train.report import RANDOM_MODELS_NOTE
-from ..ipadapter_train.trainer import TrainResult, cancelled_note, train
-from ..ipadapter_train.validation import validation_calls
+from ..ipadapter_train.previews.rounds import PREVIEW_BUDGET
+from ..ipadapter_train.previews.sources import PreviewSource, plan_previews
+from ..ipadapter_train.training.report import RANDOM_MODELS_NOTE
+from ..ipadapter_train.training.trainer import TrainResult, cancelled_note, train
+from ..ipadapter_train.training.validation import validation_calls
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
 from .runs import RunReporter
@@ -51,7 +51,7 @@ VALIDATION_MODES: dict[str, dict[str, Any]] = {
     "full": {"validation": True},
 }
 NO_SCORER = "none"  # the scorer combo's first entry: previews are not scored
-# the node's preview_every: 0 = auto (up to config.PREVIEW_ROUNDS_AUTO rounds, within the budget of preview_plan.py),
+# the node's preview_every: 0 = auto (up to config.PREVIEW_ROUNDS_AUTO rounds, within the budget of previews/rounds.py),
 # -1 = off
 PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1
 

@@ -39,7 +39,7 @@ def micro_sd15(seed: int = 0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ipadapter_train.sd15 import SD15, load_tokenizer, shipped_config_dir
+    from ipadapter_train.models.sd15 import SD15, load_tokenizer, shipped_config_dir
     import json
 
     torch.manual_seed(seed)
@@ -73,9 +73,9 @@ def _micro_sdxl(seed: int):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from ipadapter_train.diffusion_model import DiffusionModel
+    from ipadapter_train.models.diffusion_model import DiffusionModel
     from ipadapter_train.families import SDXL
-    from ipadapter_train.sd15 import load_tokenizer
+    from ipadapter_train.models.sd15 import load_tokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -101,14 +101,14 @@ def _micro_sdxl(seed: int):
 
 def micro_clip(seed: int = 0):
     """The `tiny` CLIP vision preset: 64 wide, 2 layers, 32-d embedding."""
-    from ipadapter_train.clip_vision import build_clip_vision
+    from ipadapter_train.models.clip_vision import build_clip_vision
 
     return build_clip_vision("tiny", seed=seed)
 
 
 @pytest.fixture
 def samples():
-    from ipadapter_train.data import load_image_folder
+    from ipadapter_train.storage.data import load_image_folder
 
     return load_image_folder(SAMPLES)[0]
 
@@ -134,14 +134,14 @@ def cli(*args: str, timeout: int = 600, module: tuple[str, ...] = ("-m", "ipadap
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """`ipadapter_train.cli.main(args)` in this process: its exit status, stdout and stderr (its log lines).
+    """`ipadapter_train.cli.main.main(args)` in this process: its exit status, stdout and stderr (its log lines).
 
     argparse's exits (--help, usage errors) become the return code. The logging set-up `main` makes
     (basicConfig on the root logger, library levels) is undone afterwards, so pytest's log capture and
     the next test see the logging they had. The CLI's glibc allocator tweak is skipped: it is meant for
     a one-shot process and would stay for the rest of the test session."""
-    from ipadapter_train import allocator
-    from ipadapter_train.cli import main
+    from ipadapter_train.training import allocator
+    from ipadapter_train.cli.main import main
 
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
@@ -174,8 +174,8 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """A micro SD1.5 in diffusers folder layout and a tiny CLIP vision file, random weights."""
     from diffusers import PNDMScheduler
 
-    from ipadapter_train.clip_vision import save_clip_vision
-    from ipadapter_train.sd15 import shipped_config_dir
+    from ipadapter_train.models.clip_vision import save_clip_vision
+    from ipadapter_train.models.sd15 import shipped_config_dir
 
     root = tmp_path_factory.mktemp("models")
     sd = micro_sd15()

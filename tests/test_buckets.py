@@ -15,20 +15,20 @@ from PIL import Image
 
 from conftest import micro_clip, micro_sd15
 from ipadapter_train.api import train_in_memory
-from ipadapter_train.batches import batch_indices, epoch_batches, make_batch, steps_per_epoch, total_steps
-from ipadapter_train.buckets import bucket_counts, bucket_table, image_buckets, nearest_bucket
-from ipadapter_train.cli import build_parser
-from ipadapter_train.cli_training import _config_from_args
+from ipadapter_train.training.batches import batch_indices, epoch_batches, make_batch, steps_per_epoch, total_steps
+from ipadapter_train.training.buckets import bucket_counts, bucket_table, image_buckets, nearest_bucket
+from ipadapter_train.cli.main import build_parser
+from ipadapter_train.cli.training import _config_from_args
 from ipadapter_train.config import TrainConfig
-from ipadapter_train.data import Sample
-from ipadapter_train.encoding import encode_dataset, prepare_view
+from ipadapter_train.storage.data import Sample
+from ipadapter_train.training.encoding import encode_dataset, prepare_view
 from ipadapter_train.errors import TrainingCancelled
 
 
 @pytest.fixture(scope="module")
 def encoders():
-    from ipadapter_train.clip_features import CLIPFeatureEncoder
-    from ipadapter_train.diffusers_backend import DiffusersBackend
+    from ipadapter_train.models.clip_features import CLIPFeatureEncoder
+    from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 
     return DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
 

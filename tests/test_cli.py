@@ -1,6 +1,6 @@
 """The `ipadapter-train` command end to end on real files written to disk.
 
-The commands run in-process (`run_cli`: `cli.main` with its output captured); a subprocess (`cli`)
+The commands run in-process (`run_cli`: `cli.main.main` with its output captured); a subprocess (`cli`)
 only where the process is what is tested: the real entry point's exit status and accelerate's launcher."""
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def test_bad_inputs_get_one_clear_sentence(models, tmp_path):
 
 
 def test_init_adapter_for_another_encoder_is_refused_before_training(models, tmp_path):
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.adapter.fileformat import save_adapter
     from ipadapter_train.layout import adapter_layers
 
     sd = micro_sd15()
@@ -89,7 +89,7 @@ def test_fine_tune_from_init_adapter(models, trained_adapter_file, tmp_path):
     second = tmp_path / "second.safetensors"
     r = run_cli(*train_args(models, second, "--max-steps", "2", "--init-adapter", str(first)))
     assert r.returncode == 0, r.stderr
-    from ipadapter_train.fileformat import load_adapter
+    from ipadapter_train.adapter.fileformat import load_adapter
 
     a, b = load_adapter(first)[0], load_adapter(second)[0]
     assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
@@ -110,9 +110,9 @@ def test_demo_runs_on_random_weights_and_says_so(tmp_path):
 
 
 def test_make_test_models_then_train_from_the_single_file_labels_random_weights(tmp_path):
-    from ipadapter_train.clip_vision import load_clip_vision
-    from ipadapter_train.fileformat import inspect_adapter
-    from ipadapter_train.testmodels import make_test_models
+    from ipadapter_train.models.clip_vision import load_clip_vision
+    from ipadapter_train.adapter.fileformat import inspect_adapter
+    from ipadapter_train.models.testmodels import make_test_models
 
     paths = make_test_models(tmp_path / "m", size="tiny", vision="tiny")
     assert load_clip_vision(paths["clip_vision"]).config.ipadapter_train_random_weights is True
@@ -129,7 +129,7 @@ def test_make_test_models_then_train_from_the_single_file_labels_random_weights(
 def test_bf16_is_accepted_on_a_cpu_without_native_bf16_with_a_note_on_speed_and_memory(models, tmp_path, monkeypatch):
     """Full-size SDXL in fp32 does not fit 24 GB, so bf16 must be allowed on any CPU; `auto` still picks fp32 there.
     The CPU feature cannot be changed here: the detector's two reads are what is mocked."""
-    from ipadapter_train.precision import resolve_precision
+    from ipadapter_train.training.precision import resolve_precision
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

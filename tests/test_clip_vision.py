@@ -8,10 +8,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ipadapter_train.clip_vision import (build_clip_vision, encode_images, image_processor, infer_clip_vision_config,
+from ipadapter_train.models.clip_vision import (build_clip_vision, encode_images, image_processor, infer_clip_vision_config,
                                          load_clip_vision, preset_config, save_clip_vision, zero_image_features)
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.weights_io import WeightFile
+from ipadapter_train.storage.weights_io import WeightFile
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "ipadapter_train", "assets", "samples")
 

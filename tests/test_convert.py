@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ipadapter_train.adapter import IPAdapter
-from ipadapter_train.convert import convert_checkpoint, default_unet_config, read_reference_state
+from ipadapter_train.adapter.module import IPAdapter
+from ipadapter_train.adapter.convert import convert_checkpoint, default_unet_config, read_reference_state
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.fileformat import load_adapter
+from ipadapter_train.adapter.fileformat import load_adapter
 from ipadapter_train.layout import adapter_layers
 
 TINY_CONFIG = {"block_out_channels": [32, 64], "layers_per_block": 1,
@@ -270,7 +270,7 @@ def sdxl_adapter(layers, variant: str = "base") -> IPAdapter:
 
 
 def load_adapter_spec(path: Path):
-    from ipadapter_train.adapter_check import check_adapter_state
+    from ipadapter_train.adapter.check import check_adapter_state
 
     return check_adapter_state(load_adapter(path)[0], values=False)
 
@@ -306,7 +306,7 @@ def test_sdxl_tencent_bin_and_plus(tmp_path, sdxl_layers):
 @pytest.mark.parametrize("with_list,with_unet", [(False, True), (True, False)])
 def test_sdxl_family_from_the_2048_wide_weights(sdxl_layers, with_list, with_unet):
     """Public-size weights (meta tensors, no memory): the 2048-d input width alone names SDXL."""
-    from ipadapter_train.convert import checkpoint_family, reference_to_official
+    from ipadapter_train.adapter.convert import checkpoint_family, reference_to_official
     from ipadapter_train.families import SD15, SDXL
 
     state = {"image_proj_model.proj.weight": torch.empty(8192, 1024, device="meta"),

@@ -1,4 +1,4 @@
-"""Tests for ipadapter_train.data: real image files written with Pillow into tmp_path."""
+"""Tests for ipadapter_train.storage.data: real image files written with Pillow into tmp_path."""
 from __future__ import annotations
 
 import json
@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from ipadapter_train.data import (
+from ipadapter_train.storage.data import (
     IMAGE_EXTENSIONS,
     DatasetReport,
     Sample,
     load_image,
     load_image_folder,
 )
-from ipadapter_train.image_ops import center_crop, hflip, limit_aspect, resize_short_side, to_tensor
+from ipadapter_train.storage.image_ops import center_crop, hflip, limit_aspect, resize_short_side, to_tensor
 from ipadapter_train.errors import IPAdapterError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"

@@ -10,10 +10,10 @@ from PIL import Image
 
 from conftest import SAMPLES, micro_clip, micro_sd15, run_cli
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.eval_report import write_eval_files
-from ipadapter_train.evaluate import evaluate, load_cases
-from ipadapter_train.generate import GenerationSettings, Generator
-from ipadapter_train.scoring import Scorer
+from ipadapter_train.scoring.report import write_eval_files
+from ipadapter_train.scoring.evaluate import evaluate, load_cases
+from ipadapter_train.scoring.generate import GenerationSettings, Generator
+from ipadapter_train.scoring.scorer import Scorer
 from test_generate import adapter_file, load
 
 
@@ -24,7 +24,7 @@ def cases_file(tmp_path: Path, entries) -> Path:
 
 
 def test_evaluate_writes_a_report_whose_html_references_existing_files(tmp_path):
-    from ipadapter_train.clip_model import build_clip
+    from ipadapter_train.models.clip_model import build_clip
 
     cases = load_cases(cases_file(tmp_path, [
         {"reference": str(SAMPLES / "chelsea.jpg"), "prompt": "a cat in a palace"},
@@ -66,7 +66,7 @@ def test_cases_file_errors(tmp_path):
 
 
 def test_score_and_evaluate_commands(models, trained_adapter_file, tmp_path):
-    from ipadapter_train.clip_model import build_clip, save_clip
+    from ipadapter_train.models.clip_model import build_clip, save_clip
 
     clip = tmp_path / "clip-full.safetensors"
     save_clip(build_clip("tiny"), clip)

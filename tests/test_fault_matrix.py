@@ -25,7 +25,7 @@ Maker = Callable[[Path, dict], None]  # writes one input file at the path, given
 # ---------------------------------------------------------------- input makers
 
 def _sd15_layers():
-    from ipadapter_train.convert import default_unet_config
+    from ipadapter_train.adapter.convert import default_unet_config
     from ipadapter_train.layout import adapter_layers
 
     return adapter_layers(default_unet_config())
@@ -51,8 +51,8 @@ def micro_adapter(poison: float | None = None, clip_dim: int = 32) -> Maker:
     def make(path: Path, models: dict) -> None:
         import json
 
-        from ipadapter_train.adapter import IPAdapter
-        from ipadapter_train.fileformat import save_adapter
+        from ipadapter_train.adapter.module import IPAdapter
+        from ipadapter_train.adapter.fileformat import save_adapter
         from ipadapter_train.layout import adapter_layers
 
         config = json.loads((models["sd"] / "unet" / "config.json").read_text())
@@ -118,7 +118,7 @@ def resumable() -> dict[str, Maker]:
 
 def tiny_sdxl(path: Path, models: dict) -> None:
     """A tiny random-weight SDXL single file (make-test-models --family sdxl)."""
-    from ipadapter_train.testmodels import make_test_models
+    from ipadapter_train.models.testmodels import make_test_models
 
     scratch = path.parent / ".scratch"
     made = make_test_models(scratch, size="tiny", family="sdxl")
@@ -130,7 +130,7 @@ def tiny_sdxl(path: Path, models: dict) -> None:
 
 def other_clip(path: Path, models: dict) -> None:
     """A tiny CLIP vision file of the same shape as the fixture's, other weights."""
-    from ipadapter_train.clip_vision import build_clip_vision, save_clip_vision
+    from ipadapter_train.models.clip_vision import build_clip_vision, save_clip_vision
 
     save_clip_vision(build_clip_vision("tiny", seed=5), path)
 

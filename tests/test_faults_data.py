@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, SAMPLES, micro_clip, micro_sd15, run_cli, train_args
-from ipadapter_train.data import load_image_folder
+from ipadapter_train.storage.data import load_image_folder
 from ipadapter_train.errors import IPAdapterError
 
 OUT_OF_FOLDER = "leads out of the data set's folder"
@@ -177,16 +177,16 @@ def test_train_accepts_images_as_a_data_json(models, listed_samples, tmp_path):
 
 def _encoders():
     """The micro models' VAE/text back end and CLIP image encoder."""
-    from ipadapter_train.clip_features import CLIPFeatureEncoder
-    from ipadapter_train.diffusers_backend import DiffusersBackend
+    from ipadapter_train.models.clip_features import CLIPFeatureEncoder
+    from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 
     return DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
 
 
 def _encode(images, resolution=64, flip=False, encoders=None):
     from ipadapter_train.config import TrainConfig
-    from ipadapter_train.data import Sample
-    from ipadapter_train.encoding import encode_dataset
+    from ipadapter_train.storage.data import Sample
+    from ipadapter_train.training.encoding import encode_dataset
 
     samples = [Sample(path=Path(f"{i}.png"), image=im, caption="x") for i, im in enumerate(images)]
     config = TrainConfig(resolution=resolution, mixed_precision="no", flip=flip)

@@ -61,7 +61,7 @@ def test_ctrl_c_with_checkpoints_off_prints_a_resume_command_that_works(models, 
 
     import contextlib
 
-    from ipadapter_train import cli_training
+    from ipadapter_train.cli.main import training as cli_training
 
     @contextlib.contextmanager
     def ctrl_c_at_step_2(label):
@@ -90,8 +90,8 @@ def test_ctrl_c_with_checkpoints_off_prints_a_resume_command_that_works(models, 
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Loading a model fails the test: a refusal must come before any model work."""
-    import ipadapter_train.clip_vision as clip_vision
-    import ipadapter_train.model_loading as model_loading
+    import ipadapter_train.models.clip_vision as clip_vision
+    import ipadapter_train.models.loading as model_loading
 
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the outputs were checked")
@@ -221,7 +221,7 @@ def test_a_full_disk_during_the_save_is_one_sentence_and_the_previous_file_is_in
                                                                                        failure):
     from safetensors import SafetensorError
 
-    import ipadapter_train.weights_io as weights_io
+    import ipadapter_train.storage.weights_io as weights_io
 
     out = tmp_path / "a.safetensors"
     out.write_bytes(b"the previous adapter")
@@ -295,8 +295,8 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_run(models, tmp_pa
 
 def _fail_preview_texts(monkeypatch) -> None:
     """scores.json and previews.html meet a full disk (ENOSPC after half a file); every other write goes through."""
-    import ipadapter_train.trainer  # noqa: F401 (imported now: a module imported while patched would keep the patch)
-    import ipadapter_train.weights_io as weights_io
+    import ipadapter_train.training.trainer  # noqa: F401 (imported now: a module imported while patched would keep the patch)
+    import ipadapter_train.storage.weights_io as weights_io
 
     real = weights_io.atomic_write
 
@@ -315,7 +315,7 @@ def _fail_preview_texts(monkeypatch) -> None:
 @pytest.mark.parametrize("keep", ["last", "best"])
 def test_preview_files_that_cannot_be_written_are_warnings_and_the_run_keeps_its_checkpoints_and_adapter(
         models, tmp_path, monkeypatch, keep):
-    from ipadapter_train.clip_model import build_clip, save_clip
+    from ipadapter_train.models.clip_model import build_clip, save_clip
 
     out = tmp_path / "a.safetensors"
     run = tmp_path / "a-run"
@@ -360,8 +360,8 @@ def test_a_checkpoint_whose_best_weights_cannot_be_written_stops_in_one_sentence
     """The decision for best.safetensors: it is part of the checkpoint folder, which is swapped in whole, so it
     fails as a checkpoint does (one sentence, exit 2) and the previous checkpoint, with its own best weights,
     stays for --resume. (This pins behaviour the code already had.)"""
-    from ipadapter_train.clip_model import build_clip, save_clip
-    import ipadapter_train.weights_io as weights_io
+    from ipadapter_train.models.clip_model import build_clip, save_clip
+    import ipadapter_train.storage.weights_io as weights_io
 
     save_clip(build_clip("tiny", seed=1), tmp_path / "clip.safetensors")
     real_save = weights_io.save_file
@@ -391,8 +391,8 @@ def test_a_checkpoint_whose_best_weights_cannot_be_written_stops_in_one_sentence
 _HELD_RUN = """
 import sys, time
 from pathlib import Path
-from ipadapter_train import trainer
-from ipadapter_train.cli import main
+from ipadapter_train.training import trainer
+from ipadapter_train.cli.main import main
 
 go, args = Path(sys.argv[1]), sys.argv[2:]
 finish = trainer.TrainingRun.finish
@@ -478,7 +478,7 @@ def test_a_kill_9_during_a_save_leaves_only_a_temporary_named_after_the_target_a
     folder = tmp_path / "out"
     folder.mkdir()
     target = folder / "a.safetensors"
-    save = ("import sys, time, torch; from ipadapter_train.weights_io import save_safetensors_atomic\n"
+    save = ("import sys, time, torch; from ipadapter_train.storage.weights_io import save_safetensors_atomic\n"
             "save_safetensors_atomic({'w': torch.ones(48_000_000)}, sys.argv[1]); time.sleep(60)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for attempt in range(5):  # the kill must land while safetensors writes its own temporary

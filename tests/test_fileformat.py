@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ipadapter_train import weights_io
-from ipadapter_train.adapter import IPAdapter
-from ipadapter_train.convert import default_unet_config
+from ipadapter_train.storage import weights_io
+from ipadapter_train.adapter.module import IPAdapter
+from ipadapter_train.adapter.convert import default_unet_config
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.fileformat import inspect_adapter, load_adapter, save_adapter
+from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter, save_adapter
 from ipadapter_train.layout import adapter_layers
-from ipadapter_train.weights_io import atomic_write_bytes, atomic_write_text, safe_torch_load
+from ipadapter_train.storage.weights_io import atomic_write_bytes, atomic_write_text, safe_torch_load
 
 ASSETS = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "sd15"
 

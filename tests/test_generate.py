@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from conftest import micro_clip, micro_sd15, micro_sdxl
-from ipadapter_train.adapter import IPAdapter
+from ipadapter_train.adapter.module import IPAdapter
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.adapter_init import load_adapter_module
-from ipadapter_train.fileformat import save_adapter
-from ipadapter_train.generate import GenerationSettings, Generator
+from ipadapter_train.training.adapter_init import load_adapter_module
+from ipadapter_train.adapter.fileformat import save_adapter
+from ipadapter_train.scoring.generate import GenerationSettings, Generator
 from ipadapter_train.layout import adapter_layers
 
 SETTINGS = dict(prompt="a cat", steps=4, width=64, height=64, seed=7, guidance=7.5)
@@ -62,7 +62,7 @@ def test_scale_zero_equals_the_plain_pipeline(tmp_path, samples):
 def test_matches_diffusers_own_ip_adapter_path(tmp_path, samples, variant):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from ipadapter_train.clip_vision import image_processor
+    from ipadapter_train.models.clip_vision import image_processor
 
     # Both sides get the same CLIP preprocessing (transformers picks a torchvision or a Pillow resize
     # depending on what is installed); the comparison is about the adapter path, not the resize.
@@ -86,8 +86,8 @@ def test_matches_diffusers_own_ip_adapter_path(tmp_path, samples, variant):
 def test_sdxl_generation_matches_diffusers_own_sdxl_ip_adapter_path(tmp_path, samples):
     """The SDXL pipeline (two text encoders, pooled embedding, size conditioning) with our patched layers gives
     what StableDiffusionXLPipeline.load_ip_adapter gives with the same file, seed and reference."""
-    from ipadapter_train.clip_vision import image_processor
-    from ipadapter_train.generate import make_pipeline
+    from ipadapter_train.models.clip_vision import image_processor
+    from ipadapter_train.scoring.generate import make_pipeline
 
     path = adapter_file(tmp_path, "base", micro=micro_sdxl)
     ref = samples[2].image

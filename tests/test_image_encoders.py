@@ -8,7 +8,7 @@ import pytest
 
 from conftest import run_cli, train_args
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.image_encoders import (ENCODER_KEY, adapter_encoder, check_encoder, encoder_metadata,
+from ipadapter_train.models.image_encoders import (ENCODER_KEY, adapter_encoder, check_encoder, encoder_metadata,
                                             encoder_widths_of_file, mismatch_sentence)
 
 
@@ -45,7 +45,7 @@ def test_a_trained_adapter_records_its_encoder_and_inspect_shows_it(models, tmp_
     out = tmp_path / "a.safetensors"
     r = run_cli(*train_args(models, out, "--max-steps", "1"))
     assert r.returncode == 0, r.stderr
-    from ipadapter_train.fileformat import inspect_adapter
+    from ipadapter_train.adapter.fileformat import inspect_adapter
 
     info = inspect_adapter(out)
     assert info["metadata"]["image_embedding_dim"] == "32" and info["metadata"]["image_hidden_dim"] == "64"
@@ -56,9 +56,9 @@ def test_a_trained_adapter_records_its_encoder_and_inspect_shows_it(models, tmp_
 
 
 def test_inspect_names_the_encoder_of_a_public_file_from_its_width(tmp_path):
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.convert import default_unet_config
-    from ipadapter_train.fileformat import inspect_adapter, save_adapter
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.adapter.convert import default_unet_config
+    from ipadapter_train.adapter.fileformat import inspect_adapter, save_adapter
     from ipadapter_train.layout import adapter_layers
 
     path = tmp_path / "public.safetensors"

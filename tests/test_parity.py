@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import micro_sd15, micro_sdxl
-from ipadapter_train.adapter import IPAdapter
-from ipadapter_train.diffusers_backend import DiffusersBackend
-from ipadapter_train.fileformat import load_adapter, save_adapter
+from ipadapter_train.adapter.module import IPAdapter
+from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
+from ipadapter_train.adapter.fileformat import load_adapter, save_adapter
 from ipadapter_train.layout import adapter_layers
 
 
@@ -27,7 +27,7 @@ MICRO = {"sd15": micro_sd15, "sdxl": micro_sdxl}
 @pytest.mark.parametrize("variant,clip_shape", [("base", (2, 24)), ("plus", (2, 5, 40))])
 def test_diffusers_load_ip_adapter_matches_core(tmp_path, family, variant, clip_shape):
     """The family's own diffusers pipeline (StableDiffusionPipeline / StableDiffusionXLPipeline) loads the file."""
-    from ipadapter_train.generate import make_pipeline
+    from ipadapter_train.scoring.generate import make_pipeline
 
     reference = MICRO[family]()
     cross = reference.family.cross_dim

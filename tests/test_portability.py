@@ -17,9 +17,12 @@ import pytest
 import torch
 
 from conftest import ROOT, train_args
-from ipadapter_train import allocator, memory, precision, weights_io
+from ipadapter_train.training import allocator
+from ipadapter_train.training import memory
+from ipadapter_train.training import precision
+from ipadapter_train.storage import weights_io
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.report import peak_memory
+from ipadapter_train.training.report import peak_memory
 
 TESTS = Path(__file__).resolve().parent
 WINDOWS_FORBIDDEN = set('<>:"|?*')
@@ -38,7 +41,7 @@ names = [m.name for m in pkgutil.walk_packages(ipadapter_train.__path__, "ipadap
          if not m.name.endswith("__main__")]  # __main__ runs the CLI when imported
 for name in names:
     importlib.import_module(name)
-from ipadapter_train.cli import main
+from ipadapter_train.cli.main import main
 print("RESULT " + json.dumps({"rc": main(json.loads(sys.argv[1])), "modules": names}))
 """
 
@@ -52,8 +55,8 @@ def test_core_imports_and_trains_without_posix_modules(models, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert result["rc"] == 0, r.stderr[-3000:]
-    assert {"ipadapter_train.report", "ipadapter_train.trainer", "ipadapter_train.allocator",
-            "ipadapter_train.memory"} <= set(result["modules"])
+    assert {"ipadapter_train.training.report", "ipadapter_train.training.trainer", "ipadapter_train.training.allocator",
+            "ipadapter_train.training.memory"} <= set(result["modules"])
     report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))
     assert report["steps"] == 2 and out.is_file()
     peak = report["peak_memory"]["peak_rss_bytes"]

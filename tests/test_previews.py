@@ -12,21 +12,21 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from conftest import SAMPLES, micro_clip, micro_sd15, micro_sdxl, run_cli, train_args
-from ipadapter_train.adapter_init import build_adapter
+from ipadapter_train.training.adapter_init import build_adapter
 from ipadapter_train.api import train_in_memory
-from ipadapter_train.clip_features import CLIPFeatureEncoder
-from ipadapter_train.clip_model import build_clip, save_clip
+from ipadapter_train.models.clip_features import CLIPFeatureEncoder
+from ipadapter_train.models.clip_model import build_clip, save_clip
 from ipadapter_train.config import TrainConfig
-from ipadapter_train.data import Sample, load_image_folder
-from ipadapter_train.diffusers_backend import DiffusersBackend
+from ipadapter_train.storage.data import Sample, load_image_folder
+from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 from ipadapter_train.errors import IPAdapterError, TrainingCancelled
-from ipadapter_train.generate import make_pipeline, make_scheduler
-from ipadapter_train.preview_grid import MIN_CELL, line_height
-from ipadapter_train.preview_run import PreviewRunner
-from ipadapter_train.preview_scores import ScoreBook
-from ipadapter_train.previews import PreviewSource, plan_previews
-from ipadapter_train.scoring import Scorer
-from ipadapter_train.trainer import RunPaths, RunPlan, TrainingRun
+from ipadapter_train.scoring.generate import make_pipeline, make_scheduler
+from ipadapter_train.previews.grid import MIN_CELL, line_height
+from ipadapter_train.previews.runner import PreviewRunner
+from ipadapter_train.previews.scores import ScoreBook
+from ipadapter_train.previews.sources import PreviewSource, plan_previews
+from ipadapter_train.scoring.scorer import Scorer
+from ipadapter_train.training.trainer import RunPaths, RunPlan, TrainingRun
 
 
 def cfg(**kw) -> TrainConfig:
@@ -262,7 +262,7 @@ def test_bad_preview_settings_are_one_sentence(tmp_path, samples):
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n  \n")
     with pytest.raises(IPAdapterError, match="no prompt"):
-        from ipadapter_train.cli_training import _preview_source
+        from ipadapter_train.cli.training import _preview_source
         import argparse
 
         _preview_source(argparse.Namespace(preview_images=None, preview_prompts=str(empty), clip=None))
@@ -288,14 +288,14 @@ def test_a_cancel_during_a_preview_round_stops_at_once_and_keeps_the_adapter(tmp
 # ------------------------------------------------------------------ the schedule of "auto" (issue 17, item 3)
 
 def plan_for(total, side, preview_side, validation_calls=0, every="auto", **kw):
-    from ipadapter_train.preview_plan import plan_preview_rounds
+    from ipadapter_train.previews.rounds import plan_preview_rounds
 
     config = TrainConfig(resolution=side, preview_every=every, **kw)
     return plan_preview_rounds(config, total, 1, preview_side, validation_calls)
 
 
 def test_auto_keeps_a_short_slow_run_within_the_budget_and_a_long_run_at_thirds():
-    from ipadapter_train.preview_plan import PREVIEW_BUDGET
+    from ipadapter_train.previews.rounds import PREVIEW_BUDGET
 
     # the issue's run: 12 steps at 128 px, previews as large as the training images: one round costs more than
     # the budget of the whole run, so auto plans none and says why (the step time is only the unit)
@@ -340,7 +340,7 @@ def test_preview_size_follows_a_128_px_training_size(samples):
 
 
 def test_the_eta_counts_the_planned_rounds_from_the_first_step():
-    from ipadapter_train.cli_progress import RunEta
+    from ipadapter_train.cli.progress import RunEta
 
     now = [0.0]
     eta = RunEta(clock=lambda: now[0])
@@ -401,7 +401,7 @@ def test_a_short_cli_run_with_auto_previews_reports_the_schedule(models, tmp_pat
 def test_grid_labels_are_readable_where_the_train_node_shows_the_grid(size):
     """The node shows the grid about SHOWN_WIDTH (340) px wide: the title's letters are at least 9 px high there
     (Pillow's fixed font gave 6.6 px at 64 px previews and 3.3 px at 512 px)."""
-    from ipadapter_train.preview_grid import SHOWN_WIDTH, compose_grid, line_height
+    from ipadapter_train.previews.grid import SHOWN_WIDTH, compose_grid, line_height
 
     image = Image.new("RGB", (size, size), (0, 0, 255))
     grid = compose_grid("Step 12 preview", [image], ["chelsea.jpg: a photo"], [0, 0.5, 1], [[image]] * 3)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from ipadapter_train.common_size import common_size, to_common_size
+from ipadapter_train.storage.common_size import common_size, to_common_size
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.safe_paths import is_absolute_anywhere, resolve_inside
+from ipadapter_train.storage.safe_paths import is_absolute_anywhere, resolve_inside
 
 
 def test_resolve_inside_keeps_names_inside_the_root(tmp_path):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ipadapter_train.clip_model import build_clip, infer_clip_config, load_clip, preset_config, save_clip
-from ipadapter_train.clip_vision import build_clip_vision, load_clip_vision, save_clip_vision
+from ipadapter_train.models.clip_model import build_clip, infer_clip_config, load_clip, preset_config, save_clip
+from ipadapter_train.models.clip_vision import build_clip_vision, load_clip_vision, save_clip_vision
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.random_init import empty_model
-from ipadapter_train.scoring import Scorer, ScoreReport, format_report, grade, vision_fingerprint
+from ipadapter_train.models.random_init import empty_model
+from ipadapter_train.scoring.scorer import Scorer, ScoreReport, format_report, grade, vision_fingerprint
 
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"
 BOS, EOS = 49406, 49407

@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ipadapter_train import ldm_layout as L
+from ipadapter_train.models.ldm import layout as L
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.layout import adapter_layers
-from ipadapter_train.sd15 import (SD15, build_sd15, load_sd15, load_tokenizer, save_single_file, shipped_config_dir,
+from ipadapter_train.models.sd15 import (SD15, build_sd15, load_sd15, load_tokenizer, save_single_file, shipped_config_dir,
                                   tiny_unet_config)
-from ipadapter_train.testmodels import make_test_models
-from ipadapter_train.weights_io import WeightFile
+from ipadapter_train.models.testmodels import make_test_models
+from ipadapter_train.storage.weights_io import WeightFile
 
 P = L.UNET_PREFIX
 
@@ -54,7 +54,7 @@ class _Records(logging.Handler):
 def tiny_files(tmp_path_factory):
     """The tiny test models, written once per module through the public entry point."""
     handler = _Records()
-    logger = logging.getLogger("ipadapter_train.testmodels")
+    logger = logging.getLogger("ipadapter_train.models.testmodels")
     logger.addHandler(handler)
     try:
         files = make_test_models(tmp_path_factory.mktemp("models"), size="tiny", vision="tiny", seed=0)
@@ -378,12 +378,12 @@ def test_checkpoints_as_users_have_them_load(micro_file, tmp_path, caplog, varia
         torch.save({"state_dict": changed, "global_step": 470000}, path)
     else:
         save_file(changed, path)
-    with caplog.at_level(logging.INFO, logger="ipadapter_train.single_file"):
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.models.single_file"):
         back = load_sd15(path)
     for a, b in ((micro.unet, back.unet), (micro.vae, back.vae), (micro.text_encoder, back.text_encoder)):
         _states_equal(a, b, cast=torch.float16)  # fp16 in the file, fp32 in memory
         assert all(p.dtype == torch.float32 for p in b.parameters())
-    lines = [r for r in caplog.records if r.name == "ipadapter_train.single_file" and "ignored" in r.getMessage()]
+    lines = [r for r in caplog.records if r.name == "ipadapter_train.models.single_file" and "ignored" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO, [r.getMessage() for r in caplog.records]
     message = lines[0].getMessage()
     assert path.name in message and all(w in message for w in words), message
@@ -394,7 +394,7 @@ def test_unknown_extra_weight_is_ignored_with_a_warning(micro_file, tmp_path, ca
     micro, tensors = micro_file
     path = tmp_path / "extra.safetensors"
     save_file(dict(tensors, **{P + "input_blocks.1.1.extra_norm.weight": torch.zeros(32)}), path)
-    with caplog.at_level(logging.INFO, logger="ipadapter_train.single_file"):
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.models.single_file"):
         back = load_sd15(path)
     _states_equal(micro.unet, back.unet, cast=torch.float16)
     lines = [r for r in caplog.records if "ignored" in r.getMessage()]
@@ -405,7 +405,7 @@ def test_unknown_extra_weight_is_ignored_with_a_warning(micro_file, tmp_path, ca
 def test_plain_checkpoint_logs_nothing_ignored(micro_file, tmp_path, caplog):
     path = tmp_path / "plain.safetensors"
     save_file(micro_file[1], path)
-    with caplog.at_level(logging.INFO, logger="ipadapter_train.single_file"):
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.models.single_file"):
         load_sd15(path)
     assert not [r for r in caplog.records if "ignored" in r.getMessage()]
 

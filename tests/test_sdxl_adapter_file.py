@@ -16,15 +16,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import run_cli
-from ipadapter_train.adapter import IPAdapter
-from ipadapter_train.adapter_spec import AdapterSpec
-from ipadapter_train.adapter_check import check_adapter_state, describe, expected_shapes
-from ipadapter_train.adapter_init import load_adapter_module
+from ipadapter_train.adapter.module import IPAdapter
+from ipadapter_train.adapter.spec import AdapterSpec
+from ipadapter_train.adapter.check import check_adapter_state, describe, expected_shapes
+from ipadapter_train.training.adapter_init import load_adapter_module
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.families import SD15, SDXL
-from ipadapter_train.fileformat import inspect_adapter, load_adapter, save_adapter
+from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter, save_adapter
 from ipadapter_train.layout import AdapterLayer
-from ipadapter_train.resampler import Resampler
+from ipadapter_train.adapter.resampler import Resampler
 
 # The facts: the cross-attention layers in diffusers' attn_processors order (mid block last), per block:
 # (block, layers, width). File indices are the odd numbers 1 ... 139 in this order.

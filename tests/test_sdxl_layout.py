@@ -15,13 +15,13 @@ import pytest
 from ipadapter_train import families
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.layout import adapter_layers
-from ipadapter_train.ldm_text import read_text_config
-from ipadapter_train.ldm_unet import UNET_PREFIX as P
-from ipadapter_train.ldm_unet import family_of_checkpoint, read_unet_config
-from ipadapter_train.ldm_vae import infer_vae_config
-from ipadapter_train.model_parts import family_tokenizers
-from ipadapter_train.random_models import build_empty
-from ipadapter_train.single_file import ldm_shapes
+from ipadapter_train.models.ldm.text import read_text_config
+from ipadapter_train.models.ldm.unet import UNET_PREFIX as P
+from ipadapter_train.models.ldm.unet import family_of_checkpoint, read_unet_config
+from ipadapter_train.models.ldm.vae import infer_vae_config
+from ipadapter_train.models.parts import family_tokenizers
+from ipadapter_train.models.random_models import build_empty
+from ipadapter_train.models.single_file import ldm_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SDXL = families.SDXL
@@ -136,8 +136,8 @@ sys.path.insert(0, sys.argv[1])
 from comfy_import import import_comfy
 import_comfy(cpu=True)
 import comfy.model_detection, comfy.sdxl_clip
-from ipadapter_train.random_models import build_empty
-from ipadapter_train.single_file import ldm_shapes
+from ipadapter_train.models.random_models import build_empty
+from ipadapter_train.models.single_file import ldm_shapes
 prompts = json.loads(sys.argv[2])
 tok = comfy.sdxl_clip.SDXLTokenizer()
 tokens = [{k: [[t for t, _ in batch] for batch in v] for k, v in tok.tokenize_with_weights(p).items()} for p in prompts]

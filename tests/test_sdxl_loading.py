@@ -13,17 +13,17 @@ import torch
 from safetensors.torch import save_file
 
 from ipadapter_train import families
-from ipadapter_train.clip_vision import PRESETS, infer_clip_vision_config, preset_config
+from ipadapter_train.models.clip_vision import PRESETS, infer_clip_vision_config, preset_config
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.layout import adapter_layers
-from ipadapter_train.model_loading import load_model, peek_family
-from ipadapter_train.diffusion_model import DiffusionModel
-from ipadapter_train.model_parts import empty_parts, tokenizer_subfolder
-from ipadapter_train.random_init import fill_random_
-from ipadapter_train.random_models import build_empty, build_model, model_configs
-from ipadapter_train.sd15 import load_sd15
-from ipadapter_train.single_file import save_single_file
-from ipadapter_train.weights_io import WeightFile
+from ipadapter_train.models.loading import load_model, peek_family
+from ipadapter_train.models.diffusion_model import DiffusionModel
+from ipadapter_train.models.parts import empty_parts, tokenizer_subfolder
+from ipadapter_train.models.random_init import fill_random_
+from ipadapter_train.models.random_models import build_empty, build_model, model_configs
+from ipadapter_train.models.sd15 import load_sd15
+from ipadapter_train.models.single_file import save_single_file
+from ipadapter_train.storage.weights_io import WeightFile
 
 SDXL = families.SDXL
 G = "conditioner.embedders.1.model."  # OpenCLIP bigG
@@ -211,7 +211,7 @@ def test_extra_entries_and_ckpt_load(tensors, built, tmp_path, caplog, suffix):
         torch.save({"state_dict": changed, "global_step": 1}, path)
     else:
         save_file(changed, path)
-    with caplog.at_level(logging.INFO, logger="ipadapter_train.single_file"):
+    with caplog.at_level(logging.INFO, logger="ipadapter_train.models.single_file"):
         back = load_model(path)
     for a, b in zip(_parts(built), _parts(back)):
         _states_equal(a, b, cast=torch.float16)
@@ -285,7 +285,7 @@ def test_peek_family_bad_input(tmp_path):
 # ------------------------------------------------------------------ test models and presets
 
 def test_make_test_models_sdxl(tmp_path, monkeypatch):
-    from ipadapter_train import testmodels
+    from ipadapter_train.models import testmodels
 
     asked = []
     build = testmodels.build_clip_vision
@@ -298,7 +298,7 @@ def test_make_test_models_sdxl(tmp_path, monkeypatch):
 
 
 def test_cli_make_test_models_offers_families():
-    from ipadapter_train.cli import build_parser
+    from ipadapter_train.cli.main import build_parser
 
     args = build_parser().parse_args(["make-test-models", "out", "--family", "sdxl", "--vision", "vit-bigg"])
     assert (args.family, args.size, args.vision) == ("sdxl", "tiny", "vit-bigg")

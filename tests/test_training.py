@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from conftest import SAMPLES, micro_clip, micro_sd15, run_cli, train_args
 from ipadapter_train.api import train_in_memory
-from ipadapter_train.clip_features import CLIPFeatureEncoder
+from ipadapter_train.models.clip_features import CLIPFeatureEncoder
 from ipadapter_train.config import TrainConfig
-from ipadapter_train.diffusers_backend import DiffusersBackend
+from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 from ipadapter_train.errors import IPAdapterError, TrainingCancelled, TrainingDiverged
-from ipadapter_train.fileformat import inspect_adapter, load_adapter
-from ipadapter_train.precision import cpu_has_bf16
+from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter
+from ipadapter_train.training.precision import cpu_has_bf16
 
 
 def cfg(**kw) -> TrainConfig:
@@ -36,7 +36,7 @@ def fixed_batch_loss(adapter, samples) -> float:
     sd = micro_sd15()
     backend = DiffusersBackend(sd)
     enc = CLIPFeatureEncoder(micro_clip())
-    from ipadapter_train.encoding import encode_dataset
+    from ipadapter_train.training.encoding import encode_dataset
 
     data = encode_dataset(samples, backend, enc, cfg())
     gen = torch.Generator().manual_seed(0)
@@ -54,7 +54,7 @@ def fixed_batch_loss(adapter, samples) -> float:
 
 def test_loss_goes_down_on_the_sample_images(tmp_path, samples):
     config = cfg(max_steps=60, learning_rate=2e-3, checkpoint_every=0)
-    from ipadapter_train.adapter_init import build_adapter
+    from ipadapter_train.training.adapter_init import build_adapter
 
     initial = build_adapter(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip()), config)
     result = run(tmp_path, samples, config)
@@ -116,7 +116,7 @@ def test_cancel_keeps_a_loadable_adapter(tmp_path, samples):
 def test_ctrl_c_is_a_cancel(tmp_path, samples, capsys):
     """Ctrl-C keeps the partial adapter, and its metadata, report.json and the CLI's summary say "cancelled after
     N of M steps" in the words the ComfyUI node uses."""
-    from ipadapter_train.cli_training import _print_summary
+    from ipadapter_train.cli.training import _print_summary
 
     def interrupt(step, total, loss):
         if step == 2:
@@ -185,7 +185,8 @@ def test_resume_with_other_settings_is_refused(tmp_path, samples, monkeypatch):
 
 
 def test_from_files_a_resume_of_other_images_is_refused_before_the_models_load(tmp_path, samples, models, monkeypatch):
-    from ipadapter_train import api, model_loading
+    from ipadapter_train import api
+    from ipadapter_train.models import loading as model_loading
 
     run(tmp_path, samples, cfg(max_steps=2))
 
@@ -265,7 +266,7 @@ def test_gradient_checkpointing_gives_the_same_weights(tmp_path, samples):
 
 
 def test_precision_choices_are_checked():
-    from ipadapter_train.precision import inference_dtype, resolve_precision
+    from ipadapter_train.training.precision import inference_dtype, resolve_precision
 
     # auto on the CPU: bf16 where the CPU has native bf16 arithmetic, fp32 where it would be slower
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if cpu_has_bf16() else "no")
@@ -284,7 +285,9 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
     import weakref
 
     from conftest import SAMPLES
-    from ipadapter_train import api, clip_vision, model_loading
+    from ipadapter_train import api
+    from ipadapter_train.models import clip_vision
+    from ipadapter_train.models import loading as model_loading
 
     loaded = {}
     load_sd, load_clip = model_loading.load_model, clip_vision.load_clip_vision
@@ -319,7 +322,8 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
 def test_bf16_holds_the_frozen_unet_in_bf16_and_trains_fp32_adapter_weights(tmp_path, models, monkeypatch):
     """The bf16 lever: no fp32 copy of the frozen UNet, fp32 master weights for what trains."""
     from conftest import SAMPLES
-    from ipadapter_train import api, model_loading
+    from ipadapter_train import api
+    from ipadapter_train.models import loading as model_loading
 
     loaded = {}
     load_sd = model_loading.load_model
@@ -370,7 +374,7 @@ def test_backward_stops_at_the_first_adapter_layer(tmp_path, samples):
 
 
 def test_the_same_seed_gives_the_same_adapter_whatever_the_process_drew_before():
-    from ipadapter_train.adapter_init import build_adapter
+    from ipadapter_train.training.adapter_init import build_adapter
 
     backend, encoder = DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
     torch.manual_seed(1)
@@ -406,7 +410,7 @@ def test_one_process_trains_exactly_what_accelerate_trains(tmp_path, samples, pr
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from ipadapter_train.trainer import RunPaths, train
+    from ipadapter_train.training.trainer import RunPaths, train
 
     config = cfg(max_steps=3, mixed_precision=precision, flip=True, validation=True, validation_timesteps=(500,))
     ours = run(tmp_path, samples, config, name="ours")
@@ -426,7 +430,7 @@ def test_one_process_trains_exactly_what_accelerate_trains(tmp_path, samples, pr
 
 def test_fp16_scales_the_loss_and_skips_a_step_whose_gradients_overflow():
     """fp16 (GPUs only in training) goes through a GradScaler as with accelerate; checked here on the CPU."""
-    from ipadapter_train.local_accelerator import LocalAccelerator
+    from ipadapter_train.training.local_accelerator import LocalAccelerator
 
     accelerator = LocalAccelerator("fp16", "cpu")
     model, reference = torch.nn.Linear(4, 1), torch.nn.Linear(4, 1)
@@ -454,7 +458,7 @@ def test_fp16_scales_the_loss_and_skips_a_step_whose_gradients_overflow():
 
 
 def test_the_hooks_follow_every_phase_and_a_validation_cancel_keeps_the_adapter(tmp_path, samples):
-    from ipadapter_train.trainer import RunHooks, RunPaths, train
+    from ipadapter_train.training.trainer import RunHooks, RunPaths, train
 
     seen = {"encode": [], "steps": [], "after_encode": 0, "validation": []}
 
@@ -486,9 +490,9 @@ def test_the_hooks_follow_every_phase_and_a_validation_cancel_keeps_the_adapter(
 
 def test_one_fit_check_one_sentence_for_fine_tuning_and_generation(tmp_path):
     """--init-adapter and generate refuse an adapter for another encoder or model family with the same sentence."""
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.adapter_init import build_adapter
-    from ipadapter_train.generate import Generator
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.training.adapter_init import build_adapter
+    from ipadapter_train.scoring.generate import Generator
     from ipadapter_train.layout import adapter_layers
 
     layers = adapter_layers(micro_sd15().unet.config)

@@ -7,13 +7,13 @@ import torch
 from PIL import Image
 
 from conftest import micro_clip, micro_sd15, micro_sdxl
-from ipadapter_train.adapter import IPAdapter
+from ipadapter_train.adapter.module import IPAdapter
 from ipadapter_train.api import train_in_memory
 from ipadapter_train.config import TrainConfig
-from ipadapter_train.data import Sample
-from ipadapter_train.diffusers_backend import DiffusersBackend
+from ipadapter_train.storage.data import Sample
+from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 from ipadapter_train.errors import IPAdapterError
-from ipadapter_train.fileformat import inspect_adapter
+from ipadapter_train.adapter.fileformat import inspect_adapter
 from ipadapter_train.layout import adapter_layers
 
 CONFIG = dict(resolution=64, mixed_precision="no", validation=False, checkpoint_every=0)
@@ -66,8 +66,8 @@ def test_sdxl_adapter_trains_and_records_its_family(tmp_path, samples, variant):
 
 def test_resolution_defaults_to_the_family(tmp_path, samples):
     # only the set-up runs: the default must be SDXL's 1024 before any image is encoded
-    from ipadapter_train.trainer import RunPaths, RunPlan, TrainingRun
-    from ipadapter_train.clip_features import CLIPFeatureEncoder
+    from ipadapter_train.training.trainer import RunPaths, RunPlan, TrainingRun
+    from ipadapter_train.models.clip_features import CLIPFeatureEncoder
 
     backend = DiffusersBackend(micro_sdxl())
     plan = RunPlan.check(TrainConfig(max_steps=1), samples[:1], RunPaths(tmp_path))
@@ -78,9 +78,9 @@ def test_resolution_defaults_to_the_family(tmp_path, samples):
 
 
 def test_a_wide_image_trains_in_its_bucket_with_its_size_recorded(tmp_path):
-    from ipadapter_train.batches import make_batch
-    from ipadapter_train.encoding import encode_dataset
-    from ipadapter_train.clip_features import CLIPFeatureEncoder
+    from ipadapter_train.training.batches import make_batch
+    from ipadapter_train.training.encoding import encode_dataset
+    from ipadapter_train.models.clip_features import CLIPFeatureEncoder
 
     wide = Image.new("RGB", (256, 128), (200, 40, 40))
     square = Image.new("RGB", (100, 100), (40, 200, 40))

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import micro_clip, micro_sd15
-from ipadapter_train.adapter_init import build_adapter
-from ipadapter_train.clip_features import CLIPFeatureEncoder
+from ipadapter_train.training.adapter_init import build_adapter
+from ipadapter_train.models.clip_features import CLIPFeatureEncoder
 from ipadapter_train.config import TrainConfig
-from ipadapter_train.diffusers_backend import DiffusersBackend
-from ipadapter_train.encoding import encode_dataset
-from ipadapter_train.validation import conditioning_gain
+from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
+from ipadapter_train.training.encoding import encode_dataset
+from ipadapter_train.training.validation import conditioning_gain
 
 CONFIG = TrainConfig(resolution=64, mixed_precision="no", validation=True, validation_timesteps=(300, 700), seed=3)
 
@@ -22,7 +22,7 @@ CONFIG = TrainConfig(resolution=64, mixed_precision="no", validation=True, valid
 @pytest.fixture(scope="module")
 def setup():
     """The micro models with an attached adapter whose image tokens depend strongly on the features."""
-    from ipadapter_train.data import load_image_folder
+    from ipadapter_train.storage.data import load_image_folder
 
     from conftest import SAMPLES
 

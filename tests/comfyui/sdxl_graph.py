@@ -71,11 +71,11 @@ def diffusers_sdxl(seed: int = 0):
     from comfy_import import pack
 
     families = pack("ipadapter_train.families")
-    sd15 = pack("ipadapter_train.sd15")
+    sd15 = pack("ipadapter_train.models.sd15")
     unet, clip_l, clip_g = (copy.deepcopy(m) for m in _diffusers_parts(seed))
     tok_g = sd15.load_tokenizer()
     tok_g.pad_token = "!"  # bigG pads with "!" (id 0), as ComfyUI's SDXL tokenizer does
-    model = pack("ipadapter_train.diffusion_model").DiffusionModel(
+    model = pack("ipadapter_train.models.diffusion_model").DiffusionModel(
         families.SDXL, unet, None, [clip_l, clip_g], [sd15.load_tokenizer(), tok_g],
         families.SDXL.config("scheduler/scheduler_config.json"), "tiny SDXL (random weights)", random_weights=True)
     return model

@@ -453,10 +453,10 @@ def test_a_refused_save_name_stops_the_whole_run_and_the_error_dialog_says_why(s
     """Issue 17 item 1: with the Save name taken, Run used to outline Save in red and train anyway (the template's
     "Training report" output is valid on its own). Now the whole prompt is refused and ComfyUI's error dialog
     shows the sentence."""
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.adapter.fileformat import save_adapter
     from ipadapter_train.layout import adapter_layers
-    from ipadapter_train.sd15 import tiny_unet_config
+    from ipadapter_train.models.sd15 import tiny_unet_config
 
     taken = server.base / "models" / "ipadapter" / "ipt_taken.safetensors"
     taken.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 
 def layers():
     layout = pack("ipadapter_train.layout")
-    return layout.adapter_layers(pack("ipadapter_train.sd15").tiny_unet_config())
+    return layout.adapter_layers(pack("ipadapter_train.models.sd15").tiny_unet_config())
 
 
 def errors():
@@ -77,7 +77,7 @@ def test_folders_are_added_only_when_missing(monkeypatch):
 # ---------------------------------------------------------------- save
 
 def test_save_writes_models_ipadapter_name_with_the_core_metadata(folders):
-    fileformat = pack("ipadapter_train.fileformat")
+    fileformat = pack("ipadapter_train.adapter.fileformat")
     adapter = random_adapter("base", 768, layers())
     out = save(adapter, "my_adapter")
     path = folders / "ipadapter" / "my_adapter.safetensors"
@@ -106,7 +106,7 @@ def test_save_never_overwrites_unless_asked_then_replaces_atomically(folders):
 def test_save_is_refused_while_another_writer_holds_the_file_and_removes_what_a_killed_save_left(folders):
     """The core's guard (issue 17, item 12): a second server or CLI run saving the same file is refused, not raced;
     and a save killed mid-write (its temp folder and safetensors' own temporary inside it) is cleaned up."""
-    lock = pack("ipadapter_train.output_lock")
+    lock = pack("ipadapter_train.storage.output_lock")
     path = folders / "ipadapter" / "same.safetensors"
     with lock.output_lock(path, "another run's adapter"):  # another open file: flock refuses it like a process
         with pytest.raises(errors().IPAdapterError, match="Another run is writing .*same.safetensors"):
@@ -186,7 +186,7 @@ def test_names_keep_dots_and_spaces_inside_the_folder(folders):
 # ---------------------------------------------------------------- load
 
 def test_load_lists_adapter_files_and_reads_this_packs_and_the_public_layouts(folders):
-    fileformat = pack("ipadapter_train.fileformat")
+    fileformat = pack("ipadapter_train.adapter.fileformat")
     base = random_adapter("base", 1024, layers(), seed=3)  # the public ip-adapter_sd15 reads ViT-H embeddings
     plus = random_adapter("plus", 1280, layers(), seed=4)
     ours = random_adapter("base", 768, layers(), seed=5)
@@ -212,8 +212,8 @@ def test_load_lists_adapter_files_and_reads_this_packs_and_the_public_layouts(fo
 
 def test_load_refuses_a_file_that_is_not_an_adapter_and_reloads_a_changed_file(folders):
     folder = folders / "ipadapter"
-    pack("ipadapter_train.clip_vision").save_clip_vision(
-        pack("ipadapter_train.clip_vision").build_clip_vision("tiny"), folder / "encoder.safetensors")
+    pack("ipadapter_train.models.clip_vision").save_clip_vision(
+        pack("ipadapter_train.models.clip_vision").build_clip_vision("tiny"), folder / "encoder.safetensors")
     with pytest.raises(errors().IPAdapterError, match="not an IP-Adapter.*CLIP vision"):
         load("encoder.safetensors")
     node = pack("nodes.node_load").LoadIPAdapter
@@ -386,7 +386,7 @@ def test_load_training_images_errors(folders, no_opt_in, folder, at_run, at_queu
 # ---------------------------------------------------------------- score
 
 def test_score_with_a_full_clip_from_models_clip_scorers(folders):
-    clip_model = pack("ipadapter_train.clip_model")
+    clip_model = pack("ipadapter_train.models.clip_model")
     clip_model.save_clip(clip_model.build_clip("tiny"), folders / "clip_scorers" / "tiny-clip.safetensors")
     (folders / "clip_scorers" / "clip-folder").mkdir()
     (folders / "clip_scorers" / "clip-folder" / "config.json").write_text("{}")

@@ -31,7 +31,7 @@ def layers(graph):
 
 @pytest.fixture(scope="module")
 def diffusers_backend():
-    return pack("ipadapter_train.diffusers_backend").DiffusersBackend(diffusers_sd15())
+    return pack("ipadapter_train.diffusion.diffusers_backend").DiffusersBackend(diffusers_sd15())
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_apply_leaves_the_input_model_untouched_and_patches_all_16_layers_with_t
 
 
 def test_chained_apply_nodes_add_up(graph, layers, inputs):
-    attention = pack("ipadapter_train.ip_attention")
+    attention = pack("ipadapter_train.adapter.ip_attention")
     patch_mod = pack("nodes.attn_patch")
     a, b = random_adapter("base", 768, layers, seed=1), random_adapter("plus", 1024, layers, seed=2)
     image = inputs["image"]

@@ -40,7 +40,7 @@ def graph():
 
 def photos(count: int) -> tuple[torch.Tensor, str]:
     """The first `count` sample photos at 64 px as an IMAGE batch, and their captions."""
-    data, image_ops = pack("ipadapter_train.data"), pack("ipadapter_train.image_ops")
+    data, image_ops = pack("ipadapter_train.storage.data"), pack("ipadapter_train.storage.image_ops")
     samples, _ = data.load_image_folder(SAMPLES)
     assert len(samples) >= count
     pictures = [image_ops.center_crop(image_ops.resize_short_side(s.image, 64), 64) for s in samples[:count]]
@@ -60,7 +60,7 @@ def bar():
 
 def test_decode_latents_decodes_as_the_diffusers_backend_and_round_trips_as_it_does(graph):
     ours_backend = pack("nodes.comfy_backend")
-    theirs = pack("ipadapter_train.diffusers_backend").DiffusersBackend(diffusers_sd15())
+    theirs = pack("ipadapter_train.diffusion.diffusers_backend").DiffusersBackend(diffusers_sd15())
     with torch.inference_mode(False):
         ours = ours_backend.ComfyBackend(graph["model"], graph["clip"], graph["vae"])
         pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -137,7 +137,7 @@ def test_previews_output_events_bar_and_runs_route(graph, server, bar, output_di
 
 
 def test_the_eta_counts_the_rounds_still_to_come():
-    runs, plans = pack("nodes.runs"), pack("ipadapter_train.preview_plan")
+    runs, plans = pack("nodes.runs"), pack("ipadapter_train.previews.rounds")
     config = pack("ipadapter_train.config").TrainConfig(resolution=64, preview_every=5, preview_steps=8)
     plan = plans.plan_preview_rounds(config, 12, 1, 64)  # the core's plan: the node copies no schedule
     assert [plan.rounds_between(done, 12) for done in (0, 4, 5, 9, 10, 11, 12)] == [3, 3, 2, 2, 1, 1, 0]
@@ -185,7 +185,7 @@ def test_cancel_during_a_preview_round_stops_it_at_the_next_sampling_step(graph,
 
 
 def test_a_held_out_image_never_reaches_training_and_the_report_names_it(graph, monkeypatch):
-    trainer = pack("ipadapter_train.trainer")
+    trainer = pack("ipadapter_train.training.trainer")
     encoded = []
     original = trainer.encode_dataset
 
@@ -244,7 +244,7 @@ def test_image_names_that_do_not_fit_the_images_fall_back_to_numbered_names():
 
 
 def test_preview_images_replace_the_held_out_ones(graph, monkeypatch):
-    trainer = pack("ipadapter_train.trainer")
+    trainer = pack("ipadapter_train.training.trainer")
     encoded = []
     original = trainer.encode_dataset
     monkeypatch.setattr(trainer, "encode_dataset",
@@ -266,13 +266,13 @@ def scorers(tmp_path, monkeypatch):
     folder = tmp_path / "clip_scorers"
     folder.mkdir()
     table["clip_scorers"] = ([str(folder)], {".safetensors"})
-    clip_model = pack("ipadapter_train.clip_model")
+    clip_model = pack("ipadapter_train.models.clip_model")
     clip_model.save_clip(clip_model.build_clip("tiny"), folder / "tiny-clip.safetensors")
     return folder
 
 
 def test_scored_previews_keep_the_best_step_with_the_score_nodes_cached_scorer(graph, server, scorers, monkeypatch):
-    scoring, node_score = pack("ipadapter_train.scoring"), pack("nodes.node_score")
+    scoring, node_score = pack("ipadapter_train.scoring.scorer"), pack("nodes.node_score")
     loads = []
     original = scoring.Scorer.load.__func__
     monkeypatch.setattr(scoring.Scorer, "load", classmethod(lambda cls, path, *a, **k: loads.append(path) or
@@ -290,7 +290,7 @@ def test_scored_previews_keep_the_best_step_with_the_score_nodes_cached_scorer(g
     best = max(scores["rounds"], key=lambda r: r["score"])["step"]
     assert rep["previews"]["best_step"] == best == rep["kept"]["step"] and scores["best_step"] == best
     # the node returns, and the run folder keeps, the best step's adapter; the last one beside it
-    files = pack("ipadapter_train.fileformat")
+    files = pack("ipadapter_train.adapter.fileformat")
     saved, meta = files.load_adapter(run_dir / "adapter.safetensors")
     assert meta["steps"] == str(best) == adapter.metadata["steps"] and meta["kept"] == "best"
     for key, value in adapter.state_dict().items():  # the file holds the weights at its own precision

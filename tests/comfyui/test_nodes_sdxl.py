@@ -36,7 +36,7 @@ def layers(graph):
 
 @pytest.fixture(scope="module")
 def diffusers_backend():
-    return pack("ipadapter_train.diffusers_backend").DiffusersBackend(diffusers_sdxl())
+    return pack("ipadapter_train.diffusion.diffusers_backend").DiffusersBackend(diffusers_sdxl())
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ def graph():
 @pytest.fixture(scope="module")
 def wide_images():
     """3 sample photos at 128x64 (2:1) as an IMAGE batch, and their captions."""
-    data, image_ops = pack("ipadapter_train.data"), pack("ipadapter_train.image_ops")
+    data, image_ops = pack("ipadapter_train.storage.data"), pack("ipadapter_train.storage.image_ops")
     samples, _ = data.load_image_folder(SAMPLES)
     pictures = []
     for sample in samples[:3]:

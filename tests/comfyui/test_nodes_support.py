@@ -48,7 +48,7 @@ def comfy_models() -> dict:
 @functools.lru_cache(maxsize=None)
 def diffusers_sd15():
     """The same single file loaded by the core into diffusers modules (fp32)."""
-    return pack("ipadapter_train.sd15").load_sd15(model_files()["sd15"])
+    return pack("ipadapter_train.models.sd15").load_sd15(model_files()["sd15"])
 
 
 def random_adapter(variant: str, clip_dim: int, layers, seed: int = 1, cross_dim: int = 768,
@@ -57,7 +57,7 @@ def random_adapter(variant: str, clip_dim: int, layers, seed: int = 1, cross_dim
     otherwise (2048 for SDXL; a small `resampler_dim` keeps a plus adapter's Resampler tiny)."""
     import torch
 
-    core = pack("ipadapter_train.adapter")
+    core = pack("ipadapter_train.adapter.module")
     torch.manual_seed(seed)
     adapter = core.IPAdapter.new(variant, clip_dim, cross_dim, layers, resampler_dim=resampler_dim)
     with torch.no_grad():

@@ -50,7 +50,7 @@ def graph():
 @pytest.fixture(scope="module")
 def dataset():
     """3 sample photos at 64 px as an IMAGE batch and their captions (3 keep encoding and validation short)."""
-    data, image_ops = pack("ipadapter_train.data"), pack("ipadapter_train.image_ops")
+    data, image_ops = pack("ipadapter_train.storage.data"), pack("ipadapter_train.storage.image_ops")
     samples, _ = data.load_image_folder(SAMPLES)
     pictures = [image_ops.center_crop(image_ops.resize_short_side(s.image, 64), 64) for s in samples[:3]]
     return pack("nodes.images").pils_to_tensor(pictures), "\n".join(s.caption for s in samples[:3])
@@ -279,7 +279,7 @@ def test_stand_in_models_are_found_through_the_loaders_upstream(tmp_path, monkey
     outside the model folders do not count."""
     from safetensors.torch import save_file
 
-    origin, random_init = pack("nodes.model_origin"), pack("ipadapter_train.random_init")
+    origin, random_init = pack("nodes.model_origin"), pack("ipadapter_train.models.random_init")
     table = dict(folder_paths.folder_names_and_paths)
     monkeypatch.setattr(folder_paths, "folder_names_and_paths", table)
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})

@@ -56,5 +56,5 @@ def test_pack_imports_in_comfyui_without_posix_modules():
                                                 "IPAdapterTrain_Save", "IPAdapterTrain_Load",
                                                 "IPAdapterTrain_Apply", "IPAdapterTrain_Score"])
     assert all(result["schemas"].values())  # every node has inputs
-    assert {"nodes.node_train", "nodes.training", "ipadapter_train.report", "ipadapter_train.memory"} \
+    assert {"nodes.node_train", "nodes.training", "ipadapter_train.training.report", "ipadapter_train.training.memory"} \
         <= set(result["modules"])

@@ -62,10 +62,10 @@ CASES = [
 @pytest.fixture(scope="module")
 def world(comfy):
     """A folder inside input/, one beside it with a link to it from input/, and an adapter to feed Save."""
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.adapter.fileformat import save_adapter
     from ipadapter_train.layout import adapter_layers
-    from ipadapter_train.sd15 import tiny_unet_config
+    from ipadapter_train.models.sd15 import tiny_unet_config
 
     inside = comfy.base / "input" / "ipt_fm_inside"
     outside = comfy.base / "ipt_fm_outside"

@@ -142,10 +142,10 @@ def test_an_uploaded_data_json_cannot_make_the_server_read_a_file_outside_the_fo
 
 
 def test_save_refuses_a_taken_name_when_queued_and_shows_the_path_it_wrote(comfy):
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.adapter.fileformat import save_adapter
     from ipadapter_train.layout import adapter_layers
-    from ipadapter_train.sd15 import tiny_unet_config
+    from ipadapter_train.models.sd15 import tiny_unet_config
 
     folder = comfy.base / "models" / "ipadapter"
     folder.mkdir(parents=True, exist_ok=True)

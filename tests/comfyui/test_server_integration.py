@@ -168,7 +168,7 @@ def test_the_cpu_quick_run_template_runs_as_shipped(comfy, test_models):
 
 def test_saved_adapter_loads_and_applies(comfy, test_models):
     """The file Save wrote, read back by Load, changes the image the same way."""
-    from ipadapter_train.fileformat import inspect_adapter
+    from ipadapter_train.adapter.fileformat import inspect_adapter
 
     train_then_apply(comfy, test_models)
     path = comfy.base / "models" / "ipadapter" / "in_graph.safetensors"
@@ -191,7 +191,7 @@ def listed_run(server: ComfyServer, prompt_id: str, node: str) -> dict | None:
 
 
 def test_interrupt_during_training_leaves_a_partial_adapter_that_loads(comfy, test_models):
-    from ipadapter_train.fileformat import load_adapter
+    from ipadapter_train.adapter.fileformat import load_adapter
 
     prompt = workflow(comfy, "train_ip_adapter", test_models)
     set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy))
@@ -244,7 +244,7 @@ def test_a_cancelled_run_is_not_reused_and_its_partial_adapter_says_so(comfy, te
     """Cancel, then Run again with the same settings and a new save name: Train trains afresh (it is not in
     execution_cached, and the runs route lists a run of the new prompt), and everything made from the first
     run's partial adapter says "cancelled after N of M steps"."""
-    from ipadapter_train.fileformat import load_adapter
+    from ipadapter_train.adapter.fileformat import load_adapter
 
     prompt = workflow(comfy, "train_ip_adapter", test_models)
     set_inputs(prompt, "IPAdapterTrain_LoadTrainingImages", folder=train_set(comfy))
@@ -280,7 +280,7 @@ def test_a_cancelled_run_is_not_reused_and_its_partial_adapter_says_so(comfy, te
 
 def test_a_run_on_random_weight_files_says_so_in_its_report(comfy, test_models):
     """make-test-models files carry the random-weight mark: a ComfyUI run on them is labelled as the CLI's is."""
-    from ipadapter_train.fileformat import load_adapter
+    from ipadapter_train.adapter.fileformat import load_adapter
 
     entry, _ = train_then_apply(comfy, test_models)
     reports = sorted((comfy.base / "output" / "ipadapter_train").glob("run-*/report.json"))
@@ -291,10 +291,10 @@ def test_a_run_on_random_weight_files_says_so_in_its_report(comfy, test_models):
 
 
 def test_bad_inputs_end_in_execution_error_and_the_server_keeps_serving(comfy, test_models):
-    from ipadapter_train.adapter import IPAdapter
-    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.adapter.module import IPAdapter
+    from ipadapter_train.adapter.fileformat import save_adapter
     from ipadapter_train.layout import adapter_layers
-    from ipadapter_train.sd15 import tiny_unet_config
+    from ipadapter_train.models.sd15 import tiny_unet_config
 
     # (an empty training folder, a bad Save name and a .safetensors adapter for another image encoder never get
     # this far: they are refused when queued, test_server_fault_matrix.py)

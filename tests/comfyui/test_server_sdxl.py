@@ -99,7 +99,7 @@ def shipped(sdxl_comfy) -> dict:
 
 
 def test_the_shipped_sdxl_workflow_trains_saves_and_applies(sdxl_comfy, shipped):
-    from ipadapter_train.fileformat import inspect_adapter
+    from ipadapter_train.adapter.fileformat import inspect_adapter
 
     server, entry, ids = sdxl_comfy, shipped["entry"], shipped["ids"]
     path = server.base / "models" / "ipadapter" / f"{SAVED}.safetensors"
@@ -144,9 +144,9 @@ def test_the_saved_sdxl_adapter_loads_and_applies_like_the_trained_one(sdxl_comf
 
 
 def test_an_sd15_adapter_on_the_sdxl_model_is_refused_in_one_sentence(sdxl_comfy, shipped):
-    from ipadapter_train.adapter import IPAdapter
+    from ipadapter_train.adapter.module import IPAdapter
     from ipadapter_train.families import FAMILIES
-    from ipadapter_train.fileformat import save_adapter
+    from ipadapter_train.adapter.fileformat import save_adapter
 
     server, ids = sdxl_comfy, shipped["ids"]
     sd15 = IPAdapter.new("base", 768, 768, FAMILIES["sd15"].adapter_layers())  # reads the server's ViT-L too
