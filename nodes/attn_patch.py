@@ -21,8 +21,7 @@ import torch
 
 import comfy.ldm.modules.attention as comfy_attention
 
-from ..ipadapter_train.adapter.module import IPLayer
-from ..ipadapter_train.adapter.ip_attention import IPState, attend, decoupled_term, image_kv
+from ..ipadapter_train.api import IPLayer, IPState, attend, decoupled_term, image_kv
 
 ATTN2 = "attn2"
 COND, UNCOND = 0, 1  # the values ComfyUI puts in extra_options["cond_or_uncond"]

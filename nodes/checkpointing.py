@@ -21,7 +21,7 @@ from torch import nn
 
 import comfy.model_management
 
-from ..ipadapter_train.errors import TrainingCancelled
+from ..ipadapter_train.api import TrainingCancelled
 
 log = logging.getLogger(__name__)
 

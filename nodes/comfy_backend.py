@@ -24,11 +24,8 @@ import comfy.model_management
 import comfy.model_sampling
 from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
 
-from ..ipadapter_train.adapter.module import IPAdapter
-from ..ipadapter_train.adapter.ip_attention import IPState
-from ..ipadapter_train.errors import IPAdapterError, TrainingCancelled
-from ..ipadapter_train.families import FAMILIES, family_of_comfy_unet
-from ..ipadapter_train.layout import AdapterLayer
+from ..ipadapter_train.api import (FAMILIES, AdapterLayer, IPAdapter, IPAdapterError, IPState, TrainingCancelled,
+                                   family_of_comfy_unet)
 from . import checkpointing
 from .attn_patch import ATTN2, TrainingPatch, existing_patch
 from .comfy_layers import attn2_module, comfy_adapter_layers, context_width

@@ -12,10 +12,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from ..ipadapter_train.adapter.check import check_adapter_state
-from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.families import FAMILIES, ModelFamily, family_of_comfy_unet
-from ..ipadapter_train.layout import AdapterLayer, adapter_layers
+from ..ipadapter_train.api import (FAMILIES, AdapterLayer, IPAdapterError, ModelFamily, adapter_layers,
+                                   check_adapter_state, family_of_comfy_unet)
 from .queue_checks import ENCODER_FIX  # the same words when queued and when run
 
 

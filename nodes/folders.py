@@ -12,9 +12,7 @@ from pathlib import Path
 
 import folder_paths
 
-from ..ipadapter_train.storage.data import IMAGE_EXTENSIONS
-from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.storage.safe_paths import is_absolute_anywhere, resolve_inside
+from ..ipadapter_train.api import IMAGE_EXTENSIONS, IPAdapterError, is_absolute_anywhere, resolve_inside
 
 ADAPTERS = "ipadapter"
 SCORERS = "clip_scorers"

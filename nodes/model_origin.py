@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import folder_paths
 
-from ..ipadapter_train.models.random_init import RANDOM_MARK
+from ..ipadapter_train.api import RANDOM_MARK
 
 log = logging.getLogger(__name__)
 

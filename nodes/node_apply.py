@@ -5,7 +5,7 @@ import torch
 
 from comfy_api.latest import io
 
-from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.api import IPAdapterError
 from .attn_patch import apply_image_prompt
 from .comfy_backend import ComfyImageEncoder
 from .comfy_layers import check_adapter_fits

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 
 from .folders import adapter_files, adapter_path
 from .io_types import CATEGORY, IPAdapterTrain
-from ..ipadapter_train.training.adapter_init import load_adapter_module
+from ..ipadapter_train.api import load_adapter_module
 
 
 class LoadIPAdapter(io.ComfyNode):

@@ -8,9 +8,7 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..ipadapter_train.storage.common_size import to_common_size
-from ..ipadapter_train.storage.data import load_image_folder
-from ..ipadapter_train.errors import IPAdapterError
+from ..ipadapter_train.api import IPAdapterError, load_image_folder, to_common_size
 from .folders import ALLOW_ANY_FOLDER_ENV, folder_problem, input_subfolders, training_folder
 from .images import pils_to_tensor
 from .io_types import CATEGORY

@@ -9,11 +9,8 @@ from pathlib import Path
 
 from comfy_api.latest import io, ui
 
-from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.adapter.fileformat import save_adapter
-from ..ipadapter_train.storage.output_lock import output_lock
-from ..ipadapter_train.storage.weights_io import replace_file, temp_sibling
-from ..ipadapter_train.storage.write_failures import remove_stale_temporaries
+from ..ipadapter_train.api import (IPAdapterError, output_lock, remove_stale_temporaries, replace_file, save_adapter,
+                                   temp_sibling)
 from .folders import adapter_target
 from .io_types import CATEGORY, IPAdapterTrain
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from comfy_api.latest import io
 
-from ..ipadapter_train.scoring.scorer import Scorer, format_report
+from ..ipadapter_train.api import Scorer, format_report
 from .folders import scorer_choices, scorer_path
 from .images import pils_to_tensor, table_image, tensor_to_pils
 from .io_types import CATEGORY

@@ -4,19 +4,14 @@ from __future__ import annotations
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
 
-from ..ipadapter_train.config import LIMITS, PREVIEW_ROUNDS_AUTO, TrainConfig
-from ..ipadapter_train.previews.rounds import PREVIEW_BUDGET
-from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.training.report import plot_losses
-from .comfy_backend import ComfyImageEncoder
-from .comfy_layers import check_adapter_fits
+from ..ipadapter_train.api import LIMITS, PREVIEW_BUDGET, PREVIEW_ROUNDS_AUTO, IPAdapterError, TrainConfig, plot_losses
 from .folders import scorer_choices, scorer_path, shown
 from .images import pils_to_tensor
 from .io_types import CATEGORY, IPAdapterTrain
 from .model_origin import stand_in_models
 from .node_score import _load as load_scorer  # the Score node's cache: one CLIP model loaded for both nodes
 from . import runs
-from .queue_checks import GIVEN_ENCODER, queued_refusal
+from .queue_checks import queued_refusal
 from .training import (NO_SCORER, PREVIEWS_AUTO, PREVIEWS_OFF, VALIDATION_MODES, check_preview_settings,
                        preview_every_setting, preview_grids, preview_source, report_text, samples_from_images,
                        train_in_graph, validation_settings)
@@ -194,18 +189,12 @@ class TrainIPAdapter(io.ComfyNode):
         scorer = scorer or NO_SCORER
         check_preview_settings(preview_every, scorer, bool(keep_best))
         samples = samples_from_images(images, captions, image_names)
-        if init_adapter is not None:
-            if init_adapter.spec.variant != variant:
-                raise IPAdapterError(f"init_adapter is a {init_adapter.spec.variant} adapter but variant is "
-                                     f"{variant}: set variant to {init_adapter.spec.variant}.")
-            encoder = ComfyImageEncoder(clip_vision)
-            check_adapter_fits(init_adapter, encoder.feature_width(variant), GIVEN_ENCODER, model, "init_adapter")
+        # the settings and init_adapter are checked once, when the core plans the run (train_in_graph)
         config = _config(variant=variant, max_steps=steps, batch_size=batch_size, learning_rate=learning_rate,
                          resolution=resolution, seed=seed % (1 << 63), checkpoint_every=checkpoint_every,
                          gradient_checkpointing=bool(gradient_checkpointing), buckets=bool(buckets),
                          preview_every=preview_every_setting(preview_every), keep="best" if keep_best else "last",
                          **validation_settings(validation))
-        config.validate()  # before any work: the resolution (when given), the steps, the batch size
         source = None
         if config.previews_on:
             source = preview_source(preview_images, preview_prompts,

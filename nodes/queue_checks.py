@@ -40,8 +40,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..ipadapter_train.models.image_encoders import adapter_reads, encoder_widths_of_shapes, mismatch_sentence
-from ..ipadapter_train.storage.weights_io import WeightFile
+from ..ipadapter_train.api import WeightFile, adapter_reads, encoder_widths_of_shapes, mismatch_sentence
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +49,8 @@ LOAD_CLIP_VISION = "CLIPVisionLoader"  # ComfyUI's own Load CLIP Vision
 APPLY, TRAIN = "IPAdapterTrain_Apply", "IPAdapterTrain_Train"
 ENCODER_FIX = "load {file} in Load CLIP Vision"  # where a ComfyUI user puts the encoder that fits
 GIVEN_ENCODER = "the CLIP vision model"
+# Train's refusal of an init adapter of another variant than its variant input, queued or run
+INIT_VARIANT = "{source} is a {have} adapter but variant is {want}: set variant to {have}."
 KEEP_PROMPTS = 64  # verdicts are kept for this many recent prompts (a refused prompt is validated at once)
 
 _LOCK = threading.Lock()
@@ -125,8 +126,7 @@ def encoder_refusals(prompt: dict) -> dict[str, str]:
         source = "init_adapter" if train else "The adapter"
         wanted = _literal(node, "variant")
         if train and wanted in ("base", "plus") and wanted != variant:
-            refusals[str(node_id)] = (f"init_adapter is a {variant} adapter but variant is {wanted}: set variant "
-                                      f"to {variant}.")
+            refusals[str(node_id)] = INIT_VARIANT.format(source=source, have=variant, want=wanted)
             continue
         clip_name = _literal(_source(prompt, node, "clip_vision", LOAD_CLIP_VISION), "clip_name")
         widths = _encoder_widths(clip_name) if clip_name else None

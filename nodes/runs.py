@@ -28,8 +28,8 @@ from typing import Any
 import comfy.model_management
 import comfy.utils
 
-from ..ipadapter_train.errors import TrainingCancelled
-from ..ipadapter_train.previews.rounds import VALIDATION_CALL_STEPS_AT_BATCH_1, PreviewPlan
+from ..ipadapter_train.api import (ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, PreviewPlan, RunEvent,
+                                   TrainingCancelled)
 
 try:  # absent when the nodes are imported without a server (tests, scripts)
     from server import PromptServer
@@ -45,8 +45,6 @@ PREVIEW_EVENT = "ipadapter_train.preview"
 ROUTE = "/ipadapter_train/runs"
 ETA_WINDOW = 20
 KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded after their run ended
-# VALIDATION_CALL_STEPS_AT_BATCH_1 (the core's, previews/rounds.py): only the ETA before validation starts uses this
-# estimate; once it runs, the ETA comes from the measured calls.
 
 _LOCK = threading.Lock()
 RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run, in start order
@@ -122,7 +120,8 @@ def _forget_old_runs() -> None:
 
 
 class RunReporter:
-    """Encode, step and validation callbacks for one Train run: progress bar, events, run state, cancel.
+    """The progress hook of one Train run (`progress`, which takes the core's `RunEvent`s): progress bar, events,
+    run state, cancel.
 
     Once training has started, cancel never lets ComfyUI's InterruptProcessingException out of the node: it
     becomes the core's `TrainingCancelled` at the next step (or validation call), so the trainer stops and
@@ -134,18 +133,19 @@ class RunReporter:
     core's `TrainingCancelled`): the run ends at once with the adapter of the steps done.
 
     The ETA covers the rest of the node's work: the remaining steps, the preview rounds still to come and the
-    validation after them, from the first step on. The schedule and the rounds' estimated cost are the core's
-    (`previews.rounds.PreviewPlan`, given through `preview_plan` before training and again with the first step's
-    measured time); the reporter copies no rule of its own. Later steps are timed here (between callbacks); a
-    round's time is measured (from the end of its step to its grid) and replaces the core's estimate from then on.
+    validation after them, from the first step on. The figures are the core's: the run's plan (its steps, its
+    validation calls and their estimated cost in steps, `validation_steps`, and the preview schedule with the
+    rounds' estimated cost, `previews.rounds.PreviewPlan`), and each event's schedule, which carries the first step's
+    measured time; the reporter copies no rule of its own. Later steps are timed here (between events); a round's
+    time is measured (from the end of its step to its grid) and replaces the core's estimate from then on.
     """
 
     def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
-                 batch_size: int = 1, workflow_id: str | None = None, client_id: str | None = None,
+                 validation_steps: float = 0.0, workflow_id: str | None = None, client_id: str | None = None,
                  previews: PreviewPlan | None = None, subfolder: str = "", random_scores: bool = False) -> None:
         self.node_id, self.prompt_id, self.workflow_id, self.client_id = node_id, prompt_id, workflow_id, client_id
         self.total, self.images, self.validation_calls = total, images, validation_calls
-        self.batch_size = max(1, batch_size)
+        self.validation_steps = validation_steps  # the validation's estimated cost, in training steps (the core's)
         self.previews, self.subfolder = previews, subfolder.strip("/")
         self.random_scores = random_scores  # the scorer has random weights: its figures say so
         self.cancel_requested = False
@@ -200,8 +200,24 @@ class RunReporter:
         if _interrupted():
             self.cancel_requested = True
 
+    def progress(self, event: RunEvent) -> None:
+        """The core's progress hook: each `RunEvent` to the bar, the events and the run's record; raises on cancel
+        (see the class docstring)."""
+        if event.schedule is not None:
+            self.preview_plan(event.schedule)
+        if event.phase == ENCODING:
+            self.encoding(event.done, event.total)
+        elif event.phase == TRAINING:
+            self.step(event.done, event.total, event.loss)
+        elif event.phase == PREVIEWING:
+            self.preview_progress(event.done, event.total, event.step)
+        elif event.phase == PREVIEWED:
+            self.preview_done(event.round, event.grid)
+        elif event.phase == VALIDATING:
+            self.validating(event.done, event.total)
+
     def preview_plan(self, plan: PreviewPlan) -> None:
-        """The core's preview schedule and its estimated cost (the trainer's `on_preview_plan` hook)."""
+        """The core's preview schedule and its estimated cost (a `RunEvent`'s schedule)."""
         self.previews = plan
 
     def _step_seconds(self) -> float | None:
@@ -234,7 +250,7 @@ class RunReporter:
         seconds = self._step_seconds()
         if not self.validation_calls or seconds is None:
             return 0.0
-        return self.validation_calls * seconds * VALIDATION_CALL_STEPS_AT_BATCH_1 / self.batch_size
+        return self.validation_steps * seconds
 
     # ---------------------------------------------------------------------------------------- callbacks
 
@@ -277,23 +293,21 @@ class RunReporter:
             self._phase("validating", 0, self.validation_calls, estimate)
             self._update_bar(0, self.validation_calls)
 
-    def preview_progress(self, done: int, total: int) -> None:
-        """After every sampling step of a preview round: the bar counts the round's sampling steps (all its
-        renders, the first round's no-adapter images included); the ETA adds the rest of the round; a cancel stops
-        the round at once."""
+    def preview_progress(self, done: int, total: int, step: int | None = None) -> None:
+        """After every sampling step of a preview round (`done` of `total`, the core's count over all the round's
+        renders, the first round's no-adapter images included): the bar counts them; the ETA adds the rest of the
+        round; a cancel stops the round at once. `step`: the step the round follows."""
         now = time.perf_counter()
         p = self.previews
         if self._round is None:
-            renders = p.renders(first=self._rounds_run == 0) if p is not None else 1
-            steps = p.sampling_steps if p is not None else total
             start = self._last_step if self._last_step is not None else now  # a round starts when its step ends
-            self._round = {"step": self.steps_done, "done": 0, "total": max(1, renders) * steps, "start": start,
-                           "last": start}
+            self._round = {"step": self.steps_done if step is None else step, "done": 0, "total": max(1, total),
+                           "start": start, "last": start}
         r = self._round
         if now > r["last"] and r["done"]:
             self._sample_times.append(now - r["last"])
         r["last"] = now
-        r["done"] = min(r["done"] + 1, r["total"])
+        r["done"] = min(done, r["total"])
         eta = None
         seconds = self._step_seconds()
         if seconds is not None:

@@ -1,5 +1,6 @@
 """What the Train node does, apart from its schema: turn graph inputs into the core's samples and
-config, run `ipadapter_train.training.trainer.train` on the ComfyUI back end, and shape the outputs.
+config, plan the run and train it through the core's front door (`ipadapter_train.api`: `plan_run`, `train`) on the
+ComfyUI back end, and shape the outputs.
 
 On cancel the trainer stops at the next step (or the next sampling step of a preview round) and this returns
 the adapter trained so far (the run's report says `cancelled`). Each run keeps its files (adapter, report.json,
@@ -25,18 +26,12 @@ from PIL import Image, ImageDraw
 import comfy.model_management
 import folder_paths
 
-from ..ipadapter_train.adapter.module import IPAdapter
-from ..ipadapter_train.training.batches import total_steps
-from ..ipadapter_train.config import TrainConfig
-from ..ipadapter_train.storage.data import Sample
-from ..ipadapter_train.errors import IPAdapterError
-from ..ipadapter_train.previews.rounds import PREVIEW_BUDGET
-from ..ipadapter_train.previews.sources import PreviewSource, plan_previews
-from ..ipadapter_train.training.report import RANDOM_MODELS_NOTE
-from ..ipadapter_train.training.trainer import TrainResult, cancelled_note, train
-from ..ipadapter_train.training.validation import validation_calls
+from ..ipadapter_train.api import (PREVIEW_BUDGET, RANDOM_MODELS_NOTE, FitWords, IPAdapter, IPAdapterError,
+                                   PreviewSource, RunHooks, Sample, TrainConfig, TrainResult, cancelled_note, plan_run,
+                                   train)
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
+from .queue_checks import ENCODER_FIX, GIVEN_ENCODER, INIT_VARIANT
 from .runs import RunReporter
 
 log = logging.getLogger(__name__)
@@ -51,6 +46,9 @@ VALIDATION_MODES: dict[str, dict[str, Any]] = {
     "full": {"validation": True},
 }
 NO_SCORER = "none"  # the scorer combo's first entry: previews are not scored
+# How a refusal of init_adapter names things: the node's inputs, the words its queue check uses (queue_checks.py)
+INIT_WORDS = FitWords(source="init_adapter", encoder=GIVEN_ENCODER, model="this MODEL", encoder_fix=ENCODER_FIX,
+                      variant=INIT_VARIANT)
 # the node's preview_every: 0 = auto (up to config.PREVIEW_ROUNDS_AUTO rounds, within the budget of previews/rounds.py),
 # -1 = off
 PREVIEWS_AUTO, PREVIEWS_OFF = 0, -1
@@ -181,33 +179,29 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
     queued it) go into the run's events: every page with that workflow open draws the run on its Train node.
     """
-    with torch.inference_mode(False):  # the back end's schedule and state must be ordinary tensors
+    # ordinary tensors, not inference ones: the back end's schedule and state, the copy of init_adapter that trains
+    with torch.inference_mode(False):
         backend = ComfyBackend(model, clip, vae)
         encoder = ComfyImageEncoder(clip_vision)
-    # The model's family fills in the resolution (0 on the node = 512 SD1.5, 1024 SDXL) before counting: with
-    # buckets the step count depends on it. The trainer resolves and counts the same way.
-    config = config.for_family(backend.family)
-    config.validate()
-    # The images it trains on: with previews on and no preview images, 1 or 2 are held out (5+ images). The
-    # trainer plans the same way (plan_previews is a function of the images, the settings and the seed).
-    trained, planned = plan_previews(samples, previews, config)
-    steps = total_steps(config, [s.image.size for s in trained], 1)
+        # The core decides the run once, before any work or folder: the model family's resolution (0 on the node =
+        # 512 SD1.5, 1024 SDXL), the settings checked, the images held out for previews (1 or 2 of 5+ when none are
+        # given), the steps, the preview rounds, the validation calls, and init_adapter checked against the MODEL and
+        # CLIP_VISION.
+        plan = plan_run(config, samples, previews=previews, init_adapter=init_adapter, models=(backend, encoder),
+                        fit_words=INIT_WORDS)
     run_dir = make_run_dir(node_id)
-    out = run_dir / "adapter.safetensors"
+    plan = plan.with_paths(run_dir, run_dir / "adapter.safetensors")
     subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
-    reporter = RunReporter(node_id, prompt_id, steps, len(trained), validation_calls(len(trained), config),
-                           config.batch_size, workflow_id, client_id, None, subfolder,
+    reporter = RunReporter(node_id, prompt_id, plan.total, len(plan.samples), plan.validation_calls,
+                           plan.validation_steps, workflow_id, client_id, plan.rounds, subfolder,
                            random_weights or bool(getattr(previews and previews.scorer, "random_weights", False)))
+    hooks = RunHooks(progress=reporter.progress,
+                     metadata={"dataset_images": len(plan.samples), "trained_with": "ComfyUI node pack",
+                               "random_weights": bool(random_weights)})
     cancelled, failed, result = False, True, None
     try:
         with torch.inference_mode(False):
-            result = train(backend, encoder, samples, config, run_dir, out_path=out, init_adapter=init_adapter,
-                           callbacks=[reporter.step], encode_progress=reporter.encoding,
-                           validation_progress=reporter.validating, previews=previews,
-                           preview_progress=reporter.preview_progress, on_preview=reporter.preview_done,
-                           on_preview_plan=reporter.preview_plan,  # the core's schedule: the node copies no rule
-                           metadata={"dataset_images": len(trained), "trained_with": "ComfyUI node pack",
-                                     "random_weights": bool(random_weights)})
+            result = train(plan, backend, encoder, hooks)
         cancelled, failed = result.cancelled, False
     except comfy.model_management.InterruptProcessingException:
         cancelled, failed = True, False  # cancelled before the first step: the prompt stops, nothing was trained

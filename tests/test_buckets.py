@@ -33,6 +33,14 @@ def encoders():
     return DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
 
 
+def each_step(callback):
+    """A progress hook that calls `callback(step, total, loss)` after every step (the run's TRAINING events)."""
+    def progress(event):
+        if event.phase == "training":
+            callback(event.done, event.total, event.loss)
+    return progress
+
+
 def picture(width: int, height: int, seed: int = 0) -> Image.Image:
     """A noisy RGB picture, so the VAE sees detail."""
     g = torch.Generator().manual_seed(seed)
@@ -175,7 +183,7 @@ def test_a_bucketed_run_resumes_exactly_and_reports_its_buckets(tmp_path, sample
         if step == 4:
             raise TrainingCancelled()
 
-    part = run(tmp_path, samples, "part", callbacks=[stop_at_4])
+    part = run(tmp_path, samples, "part", progress=each_step(stop_at_4))
     assert part.cancelled and part.steps_done == 4
     resumed = run(tmp_path, samples, "part", resume=tmp_path / "part-run")
     assert resumed.steps_done == 6 and resumed.losses == full.losses

@@ -65,11 +65,11 @@ def test_ctrl_c_with_checkpoints_off_prints_a_resume_command_that_works(models, 
 
     @contextlib.contextmanager
     def ctrl_c_at_step_2(label):
-        def update(step, total, loss):
-            if step == 2:
+        def progress(event):
+            if event.phase == "training" and event.done == 2:
                 raise KeyboardInterrupt  # what Ctrl-C raises in the step loop's main thread
 
-        yield update
+        yield progress
 
     out = tmp_path / "stopped.safetensors"
     args = train_args(models, out, "--max-steps", "5", "--seed", "7", "--checkpoint-every", "0")

@@ -26,7 +26,17 @@ from ipadapter_train.previews.runner import PreviewRunner
 from ipadapter_train.previews.scores import ScoreBook
 from ipadapter_train.previews.sources import PreviewSource, plan_previews
 from ipadapter_train.scoring.scorer import Scorer
-from ipadapter_train.training.trainer import RunPaths, RunPlan, TrainingRun
+from ipadapter_train.training.plan import RunPaths, plan_run
+from ipadapter_train.training.plan import RunHooks
+from ipadapter_train.training.trainer import TrainingRun, train
+
+
+def each_step(callback):
+    """A progress hook that calls `callback(step, total, loss)` after every step (the run's TRAINING events)."""
+    def progress(event):
+        if event.phase == "training":
+            callback(event.done, event.total, event.loss)
+    return progress
 
 
 def cfg(**kw) -> TrainConfig:
@@ -110,8 +120,10 @@ def test_grids_change_with_training_but_not_their_weight_0_column(tmp_path, samp
 
 def test_held_out_images_never_reach_training_and_the_report_names_them(tmp_path, samples):
     backend, encoder = DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
-    plan = RunPlan.check(cfg(max_steps=1), samples, RunPaths(tmp_path / "run", tmp_path / "a.safetensors"))
+    plan = plan_run(cfg(max_steps=1), samples, backend.family,
+                    paths=RunPaths(tmp_path / "run", tmp_path / "a.safetensors"))
     (held,) = plan.previews.references
+    assert plan.held_out == [str(held.path)]
     assert len(plan.samples) == len(samples) - 1 and held not in plan.samples
     run = TrainingRun(backend, encoder, plan)
     run.set_up()
@@ -125,11 +137,11 @@ def test_held_out_images_never_reach_training_and_the_report_names_them(tmp_path
     assert report["previews"]["held_out"] == [str(held.path)] == report["previews"]["references"]
 
     few = samples[:4]  # below 5 images none is held out: the previews use a training image, and say so
-    plan = RunPlan.check(cfg(), few, RunPaths(tmp_path / "run4"))
+    plan = plan_run(cfg(), few, backend.family, paths=RunPaths(tmp_path / "run4"))
     assert plan.samples == list(few) and plan.previews.held_out == [] and plan.previews.references == [few[0]]
     ten = samples * 2
     ten = [Sample(s.path.with_name(f"{i}_{s.path.name}"), s.image, s.caption) for i, s in enumerate(ten)]
-    assert len(RunPlan.check(cfg(), ten, RunPaths(tmp_path / "run10")).previews.held_out) == 2
+    assert len(plan_run(cfg(), ten, backend.family, paths=RunPaths(tmp_path / "run10")).previews.held_out) == 2
 
 
 def test_keep_best_writes_the_step_scores_json_ranks_first(tmp_path, samples):
@@ -190,7 +202,7 @@ def test_a_resumed_run_keeps_its_best_so_far(tmp_path, samples):
 
     config = cfg(max_steps=8, checkpoint_every=2, keep="best")
     first = train_in_memory(samples, micro_sd15(), micro_clip(), config, tmp_path / "run", tmp_path / "a.safetensors",
-                            previews=source, callbacks=[cancel_at_5])
+                            previews=source, progress=each_step(cancel_at_5))
     assert first.cancelled and first.steps_done == 5
     state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
     best_before = state["previews"]["book"]["best_step"]
@@ -271,16 +283,20 @@ def test_bad_preview_settings_are_one_sentence(tmp_path, samples):
 
 def test_a_cancel_during_a_preview_round_stops_at_once_and_keeps_the_adapter(tmp_path, samples):
     calls = []
+    steps = cfg().preview_steps
 
-    def cancel_in_the_second_round(done, total):
-        calls.append((done, total))
-        if len(calls) > total:  # the weight-0 images (first in step 2's round) made `total` calls; the next one
+    def cancel_in_the_second_render(event):
+        if event.phase != "previewing":
+            return
+        calls.append((event.done, event.total))
+        if event.done > steps:  # the weight-0 images (first in step 2's round) made `steps` calls; the next one
             raise TrainingCancelled()
 
     result = train_in_memory(samples, micro_sd15(), micro_clip(), cfg(max_steps=6), tmp_path / "run",
-                             tmp_path / "a.safetensors", preview_progress=cancel_in_the_second_round)
+                             tmp_path / "a.safetensors", progress=cancel_in_the_second_render)
     assert result.cancelled and result.steps_done == 2
-    assert len(calls) == cfg().preview_steps + 1  # not one sampling step more
+    # the round counts its sampling steps over all its renders: weights 0, 0.5 and 1 the first time
+    assert calls == [(i, 3 * steps) for i in range(1, steps + 2)]  # not one sampling step more
     assert not (tmp_path / "run" / "previews" / "step_0002.png").exists()
     assert load_file(tmp_path / "a.safetensors") and (tmp_path / "run" / "checkpoint" / "state.json").is_file()
 
@@ -336,7 +352,7 @@ def test_preview_size_follows_a_128_px_training_size(samples):
     config = cfg(resolution=128).for_family(backend.family)
     _, previews = plan_previews(samples, PreviewSource(references(samples), ["a cat"]), config)
     assert backend.family.default_resolution // 2 > 128  # the family's default preview size would be larger
-    assert previews.size(backend) == 128 and previews.size(backend) % 8 == 0  # whole latents
+    assert previews.size(backend.family) == 128 and previews.size(backend.family) % 8 == 0  # whole latents
 
 
 def test_the_eta_counts_the_planned_rounds_from_the_first_step():
@@ -363,18 +379,17 @@ def test_the_eta_counts_the_planned_rounds_from_the_first_step():
     assert eta.seconds(15, 40) == pytest.approx(25 * 2.0 + 2.0 * 2 * 2.75)
 
 
-def test_the_trainer_gives_its_plan_before_training_and_with_the_first_step_time(tmp_path, samples):
-    plans, seen = [], []
-
-    def on_step(step, total, loss):
-        seen.append((step, plans[-1].step_seconds))
-
-    result = train_in_memory(samples, micro_sd15(), micro_clip(), cfg(max_steps=2, preview_every="auto"),
-                             tmp_path / "run", None, on_preview_plan=plans.append, callbacks=[on_step])
-    assert len(plans) == 2 and plans[0].step_seconds is None and plans[1].step_seconds > 0
-    assert seen[0][1] is not None  # the first step's callback already has the measured step time
+def test_the_plan_has_the_schedule_before_training_and_the_events_the_first_step_time(tmp_path, samples):
+    backend, encoder = DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip())
+    plan = plan_run(cfg(max_steps=2, preview_every="auto"), samples, backend.family, paths=RunPaths(tmp_path / "run"))
+    assert plan.rounds is not None and plan.rounds.step_seconds is None  # decided before any model work
+    events = []
+    result = train(plan, backend, encoder, RunHooks(progress=events.append))
+    steps = [e for e in events if e.phase == "training"]
+    assert [e.done for e in steps] == [1, 2]
+    assert steps[0].schedule.step_seconds > 0  # the first step's event already has the measured step time
     schedule = result.report["previews"]["schedule"]
-    assert schedule["rounds"] == plans[1].rounds and schedule["why"] == plans[1].why
+    assert schedule["rounds"] == plan.rounds.rounds and schedule["why"] == plan.rounds.why
 
 
 def test_a_short_cli_run_with_auto_previews_reports_the_schedule(models, tmp_path):

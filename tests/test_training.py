@@ -20,6 +20,14 @@ from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter
 from ipadapter_train.training.precision import cpu_has_bf16
 
 
+def each_step(callback):
+    """A progress hook that calls `callback(step, total, loss)` after every step (the run's TRAINING events)."""
+    def progress(event):
+        if event.phase == "training":
+            callback(event.done, event.total, event.loss)
+    return progress
+
+
 def cfg(**kw) -> TrainConfig:
     base = dict(resolution=64, max_steps=6, checkpoint_every=2, mixed_precision="no", validation=False, seed=3)
     base.update(kw)
@@ -92,7 +100,7 @@ def test_resume_equals_uninterrupted(tmp_path, samples):
         if step == 3:
             raise TrainingCancelled()
 
-    part = run(tmp_path, samples, cfg(flip=True, random_crop=True), name="part", callbacks=[stop_at_3])
+    part = run(tmp_path, samples, cfg(flip=True, random_crop=True), name="part", progress=each_step(stop_at_3))
     assert part.cancelled and part.steps_done == 3
     resumed = run(tmp_path, samples, cfg(flip=True, random_crop=True), name="part", resume=tmp_path / "part-run")
     assert resumed.steps_done == 6
@@ -106,7 +114,7 @@ def test_cancel_keeps_a_loadable_adapter(tmp_path, samples):
         if step == 1:
             raise TrainingCancelled()
 
-    result = run(tmp_path, samples, cfg(), callbacks=[stop])
+    result = run(tmp_path, samples, cfg(), progress=each_step(stop))
     assert result.cancelled and result.steps_done == 1
     state, meta = load_adapter(tmp_path / "a.safetensors")
     assert meta["cancelled_at_step"] == "1" and "image_proj.proj.weight" in state
@@ -122,7 +130,7 @@ def test_ctrl_c_is_a_cancel(tmp_path, samples, capsys):
         if step == 2:
             raise KeyboardInterrupt
 
-    result = run(tmp_path, samples, cfg(checkpoint_every=0), callbacks=[interrupt])
+    result = run(tmp_path, samples, cfg(checkpoint_every=0), progress=each_step(interrupt))
     assert result.cancelled and result.steps_done == 2 and len(result.losses) == 2
     note = f"cancelled after 2 of {result.total_steps} steps"
     meta = load_adapter(tmp_path / "a.safetensors")[1]
@@ -162,7 +170,7 @@ def test_a_cancel_with_checkpoints_off_leaves_a_checkpoint_and_the_resume_equals
         if step == 3:
             raise TrainingCancelled()
 
-    part = run(tmp_path, samples, cfg(checkpoint_every=0), name="part", callbacks=[stop_at_3])
+    part = run(tmp_path, samples, cfg(checkpoint_every=0), name="part", progress=each_step(stop_at_3))
     assert part.cancelled and part.steps_done == 3
     assert json.loads((tmp_path / "part-run" / "checkpoint" / "state.json").read_text())["step"] == 3
     resumed = run(tmp_path, samples, cfg(checkpoint_every=0), name="part", resume=tmp_path / "part-run")
@@ -312,7 +320,7 @@ def test_train_adapter_frees_the_vae_and_encoders_before_the_steps(tmp_path, mod
     result = api.train_adapter(SAMPLES, models["sd"], models["clip"], tmp_path / "a.safetensors",
                                TrainConfig(resolution=64, max_steps=2, checkpoint_every=0, mixed_precision="no",
                                            validation=True, validation_timesteps=(500,)),
-                               callbacks=[during_steps], device="cpu")
+                               progress=each_step(during_steps), device="cpu")
     assert seen == [(None, None, None), (None, None, None)]
     assert result.out_path.is_file() and result.report["conditioning_gain"] is not None
     assert loaded["sd"].unet is not None  # the UNet stays: validation ran on it after the steps
@@ -340,7 +348,7 @@ def test_bf16_holds_the_frozen_unet_in_bf16_and_trains_fp32_adapter_weights(tmp_
 
     result = api.train_adapter(SAMPLES, models["sd"], models["clip"], tmp_path / "a.safetensors",
                                TrainConfig(resolution=64, max_steps=3, checkpoint_every=0, validation=False),
-                               callbacks=[during_steps], device="cpu")  # precision auto
+                               progress=each_step(during_steps), device="cpu")  # precision auto
     assert result.report["precision"] == "bf16" and result.report["frozen_dtype"] == "bfloat16"
     assert dtypes == [{torch.bfloat16}] * 3
     assert {p.dtype for p in result.adapter.parameters()} == {torch.float32}
@@ -410,14 +418,15 @@ def test_one_process_trains_exactly_what_accelerate_trains(tmp_path, samples, pr
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from ipadapter_train.training.trainer import RunPaths, train
+    from ipadapter_train.api import RunPaths, plan_run, train
 
     config = cfg(max_steps=3, mixed_precision=precision, flip=True, validation=True, validation_timesteps=(500,))
     ours = run(tmp_path, samples, config, name="ours")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     try:
-        theirs = train(DiffusersBackend(micro_sd15(), "cpu", dtype), CLIPFeatureEncoder(micro_clip(), "cpu", dtype),
-                       samples, config, RunPaths(tmp_path / "theirs-run"),
+        backend = DiffusersBackend(micro_sd15(), "cpu", dtype)
+        plan = plan_run(config, samples, backend.family, paths=RunPaths(tmp_path / "theirs-run"), world=1)
+        theirs = train(plan, backend, CLIPFeatureEncoder(micro_clip(), "cpu", dtype),
                        accelerator=Accelerator(mixed_precision=precision, cpu=True))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
@@ -458,30 +467,32 @@ def test_fp16_scales_the_loss_and_skips_a_step_whose_gradients_overflow():
 
 
 def test_the_hooks_follow_every_phase_and_a_validation_cancel_keeps_the_adapter(tmp_path, samples):
-    from ipadapter_train.training.trainer import RunHooks, RunPaths, train
+    from ipadapter_train.api import RunHooks, RunPaths, plan_run, train
 
-    seen = {"encode": [], "steps": [], "after_encode": 0, "validation": []}
+    seen = {"encoding": [], "training": [], "after_encode": 0, "validating": []}
 
-    def validating(done, total):
-        seen["validation"].append((done, total))
-        if done == 1:
+    def progress(event):
+        seen[event.phase].append((event.done, event.total))
+        if event.phase == "training":
+            assert event.step == event.done and event.loss is not None and event.schedule is None  # previews off
+        if event.phase == "validating" and event.done == 1:
             raise TrainingCancelled()
 
     def after_encode():
-        assert seen["encode"] and not seen["steps"]  # between encoding and the first step
+        assert seen["encoding"] and not seen["training"]  # between encoding and the first step
         seen["after_encode"] += 1
 
-    hooks = RunHooks(callbacks=[lambda step, total, loss: seen["steps"].append((step, total))],
-                     encode_progress=lambda done, total: seen["encode"].append((done, total)),
-                     validation_progress=validating, after_encode=after_encode,
+    hooks = RunHooks(progress=progress, after_encode=after_encode,
                      metadata={"note": "from the caller"}, report_extra={"caller_figure": 1.5})
     config = cfg(max_steps=2, validation=True, validation_timesteps=(300, 700))
-    result = train(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip()), samples, config,
-                   RunPaths(tmp_path / "h-run", tmp_path / "h.safetensors"), hooks)
-    assert seen["steps"] == [(1, 2), (2, 2)] and seen["after_encode"] == 1
-    assert seen["encode"][-1][0] == seen["encode"][-1][1]
-    assert seen["validation"][0] == (1, 2 * len(samples))  # stopped at the first call of 2 timesteps x 5 images
-    assert len(seen["validation"]) == 1
+    backend = DiffusersBackend(micro_sd15())
+    plan = plan_run(config, samples, backend.family, paths=RunPaths(tmp_path / "h-run", tmp_path / "h.safetensors"))
+    assert (plan.total, plan.validation_calls) == (2, 2 * len(samples))  # planned before any model work
+    result = train(plan, backend, CLIPFeatureEncoder(micro_clip()), hooks)
+    assert seen["training"] == [(1, 2), (2, 2)] and seen["after_encode"] == 1
+    assert seen["encoding"][-1][0] == seen["encoding"][-1][1]
+    assert seen["validating"][0] == (1, 2 * len(samples))  # stopped at the first call of 2 timesteps x 5 images
+    assert len(seen["validating"]) == 1
     assert not result.cancelled and result.report["conditioning_gain"] is None
     assert result.report["caller_figure"] == 1.5
     _, meta = load_adapter(tmp_path / "h.safetensors")
@@ -491,7 +502,7 @@ def test_the_hooks_follow_every_phase_and_a_validation_cancel_keeps_the_adapter(
 def test_one_fit_check_one_sentence_for_fine_tuning_and_generation(tmp_path):
     """--init-adapter and generate refuse an adapter for another encoder or model family with the same sentence."""
     from ipadapter_train.adapter.module import IPAdapter
-    from ipadapter_train.training.adapter_init import build_adapter
+    from ipadapter_train.training.adapter_init import check_init_adapter
     from ipadapter_train.scoring.generate import Generator
     from ipadapter_train.layout import adapter_layers
 
@@ -500,7 +511,8 @@ def test_one_fit_check_one_sentence_for_fine_tuning_and_generation(tmp_path):
              "is for a 2048-d cross-attention model, but the UNet of": IPAdapter.new("base", 32, 2048, layers)}
     for needle, adapter in cases.items():
         with pytest.raises(IPAdapterError) as fine_tuning:
-            build_adapter(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip(), name="clip"), cfg(), adapter)
+            check_init_adapter(adapter, DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip(), name="clip"),
+                               cfg())
         with pytest.raises(IPAdapterError) as generating:
             Generator(micro_sd15(), micro_clip(), adapter, adapter_name="The init adapter", encoder_name="clip")
         assert str(fine_tuning.value) == str(generating.value)

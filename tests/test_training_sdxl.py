@@ -65,16 +65,23 @@ def test_sdxl_adapter_trains_and_records_its_family(tmp_path, samples, variant):
 
 
 def test_resolution_defaults_to_the_family(tmp_path, samples):
-    # only the set-up runs: the default must be SDXL's 1024 before any image is encoded
-    from ipadapter_train.training.trainer import RunPaths, RunPlan, TrainingRun
+    # the plan decides it: the default must be SDXL's 1024 before any image is encoded
+    from ipadapter_train.api import IPAdapterError, RunPaths, plan_run
     from ipadapter_train.models.clip_features import CLIPFeatureEncoder
+    from ipadapter_train.training.trainer import TrainingRun
 
-    backend = DiffusersBackend(micro_sdxl())
-    plan = RunPlan.check(TrainConfig(max_steps=1), samples[:1], RunPaths(tmp_path))
-    run = TrainingRun(backend, CLIPFeatureEncoder(micro_clip()), plan)
-    assert run.config.resolution == 1024
-    run15 = TrainingRun(DiffusersBackend(micro_sd15()), CLIPFeatureEncoder(micro_clip()), plan)
-    assert run15.config.resolution == 512
+    backend, backend15 = DiffusersBackend(micro_sdxl()), DiffusersBackend(micro_sd15())
+    config = TrainConfig(max_steps=1)
+    plan = plan_run(config, samples[:1], backend.family, paths=RunPaths(tmp_path))
+    assert plan.config.resolution == 1024 and config.resolution is None  # the caller's config is left as it was
+    assert plan_run(config, samples[:1], backend15.family, paths=RunPaths(tmp_path)).config.resolution == 512
+    # a plan made without a family (a .ckpt names none before it loads) is completed for the loaded models
+    unknown = plan_run(config, samples[:1], paths=RunPaths(tmp_path))
+    assert unknown.config.resolution is None
+    assert TrainingRun(backend, CLIPFeatureEncoder(micro_clip()), unknown).config.resolution == 1024
+    assert TrainingRun(backend15, CLIPFeatureEncoder(micro_clip()), unknown).config.resolution == 512
+    with pytest.raises(IPAdapterError, match="planned for an SDXL model"):
+        TrainingRun(backend15, CLIPFeatureEncoder(micro_clip()), plan)
 
 
 def test_a_wide_image_trains_in_its_bucket_with_its_size_recorded(tmp_path):

@@ -8,13 +8,10 @@ from __future__ import annotations
 import logging
 from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ..api import train_adapter, train_in_memory
-from ..config import TrainConfig
-from ..storage.data import load_image_folder
-from ..adapter.fileformat import inspect_adapter
-from ..training.trainer import StepCallback, TrainResult
+from ..api import (IPAdapterError, Progress, TrainConfig, TrainResult, inspect_adapter, load_image_folder,
+                   train_adapter, train_in_memory)
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +25,16 @@ def samples_dir() -> Path:
 
 
 def run_demo(out_dir: Path, base_model: Path | None = None, image_encoder: Path | None = None,
-             config: TrainConfig | None = None, callbacks: Sequence[StepCallback] = (),
+             config: TrainConfig | None = None, progress: Progress | None = None,
              device: str | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """Train on the samples; return the run's result and the inspected adapter."""
     out_dir = Path(out_dir)
     out = out_dir / "demo_adapter.safetensors"
     if base_model is not None or image_encoder is not None:
         if base_model is None or image_encoder is None:
-            from ..errors import IPAdapterError
-
             raise IPAdapterError("Give both --base-model and --image-encoder, or neither for the random-weight demo.")
         result = train_adapter(samples_dir(), base_model, image_encoder, out, config or TrainConfig(),
-                               run_dir=out_dir / "run", callbacks=callbacks, device=device,
+                               run_dir=out_dir / "run", progress=progress, device=device,
                                overwrite=True)  # the demo's folder is its own: a second demo replaces the first
         return result, inspect_adapter(out)
 
@@ -56,5 +51,5 @@ def run_demo(out_dir: Path, base_model: Path | None = None, image_encoder: Path 
     clip = build_clip_vision("tiny", seed=0)
     result = train_in_memory(samples, sd, clip, config, out_dir / "run", out,
                              metadata={"random_weights": True, "dataset_images": len(samples)},
-                             callbacks=callbacks, device=device)
+                             progress=progress, device=device)
     return result, inspect_adapter(out)

@@ -40,29 +40,14 @@ def output_paths(output: Path, count: int) -> list[Path]:
 
 def _generator(args: argparse.Namespace):
     """The models named by the shared model arguments, loaded once, as a ready `Generator`."""
-    from ..training.adapter_init import load_adapter_module
-    from ..models.clip_vision import load_clip_vision
-    from ..scoring.generate import Generator
-    from ..models.image_encoders import ENCODER_FIX, check_encoder, encoder_widths_of_file
-    from ..models.loading import load_model, peek_family
-    from ..training.precision import default_device, inference_dtype
+    from ..api import load_generator
 
-    device = default_device() if args.device is None else args.device
-    dtype = inference_dtype(args.precision, device)
-    # a damaged file, or an adapter of another model family, is refused before the big models load
-    adapter = load_adapter_module(Path(args.adapter))
-    adapter.spec.check_family(peek_family(Path(args.base_model)), f"the model {args.base_model}", str(args.adapter))
-    check_encoder(adapter.spec.variant, adapter.spec.clip_dim, adapter.metadata,
-                  encoder_widths_of_file(Path(args.image_encoder)), Path(args.image_encoder).name, str(args.adapter),
-                  fix=ENCODER_FIX)
-    return Generator(load_model(Path(args.base_model), dtype=dtype), load_clip_vision(Path(args.image_encoder)),
-                     adapter, device, dtype, adapter_name=str(args.adapter),
-                     encoder_name=Path(args.image_encoder).name)
+    return load_generator(args.base_model, args.image_encoder, args.adapter, args.device, args.precision)
 
 
 def _settings(args: argparse.Namespace, **extra):
     """GenerationSettings from the shared sampling arguments (plus command-specific fields)."""
-    from ..scoring.generate import GenerationSettings
+    from ..api import GenerationSettings
 
     settings = GenerationSettings(steps=args.steps, guidance=args.guidance, seed=args.seed, width=args.width,
                                   height=args.height, scheduler=args.scheduler,
@@ -72,8 +57,7 @@ def _settings(args: argparse.Namespace, **extra):
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..storage.data import load_image
-    from ..errors import IPAdapterError
+    from ..api import IPAdapterError, load_image
     from ..storage.weights_io import atomic_write
 
     output = Path(args.output)
@@ -92,9 +76,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from ..storage.data import load_image
-    from ..errors import IPAdapterError
-    from ..scoring.scorer import Scorer, format_report
+    from ..api import IPAdapterError, Scorer, format_report, load_image
 
     if not args.reference and args.prompt is None:
         raise IPAdapterError("Give --reference image(s) for CLIP-I, a --prompt for CLIP-T, or both.")
@@ -107,9 +89,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..scoring.report import write_eval_files
-    from ..scoring.evaluate import evaluate, load_cases
-    from ..scoring.scorer import Scorer
+    from ..api import Scorer, evaluate, load_cases, write_eval_files
 
     cases = load_cases(Path(args.cases))
     settings = _settings(args)

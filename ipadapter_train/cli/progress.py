@@ -1,5 +1,5 @@
-"""The CLI's progress bar: tqdm with the loss and an ETA that counts the planned preview rounds; logging printed
-above it."""
+"""The CLI's progress bars: a run's (`training_progress`, the trainer's progress hook: the loss and an ETA that counts
+the planned preview rounds) and a plain one for generation (`progress_bar`); logging printed above them."""
 from __future__ import annotations
 
 import statistics
@@ -24,7 +24,7 @@ class RunEta:
         self._round_step = -1  # the step of the last finished round
 
     def set_plan(self, plan: Any) -> None:
-        """The core's preview plan (the trainer's `on_preview_plan` hook)."""
+        """The core's preview plan (a `RunEvent`'s schedule)."""
         self.plan = plan
 
     def step(self, step: int) -> None:
@@ -35,7 +35,7 @@ class RunEta:
         self._last = now
 
     def round_done(self, step: int) -> None:
-        """After each preview round (the trainer's `on_preview` hook)."""
+        """After each preview round."""
         now = self.clock()
         if self._last is not None and self.rounds_run:  # the first round also renders the weight-0 images
             self._round_times.append(now - self._last)
@@ -64,48 +64,67 @@ def _clock(seconds: float) -> str:
 
 
 @contextmanager
-def progress_bar(desc: str, unit: str = "step") -> Iterator[Callable[..., None]]:
-    """Yield `update(step, total, loss=None)` driving a tqdm bar whose ETA counts the planned preview rounds;
-    logging goes above the bar. `update.note(done, total)` shows a preview round's sampling progress after the
-    step count; `update.plan(plan)` and `update.round_done(entry, grid)` are the trainer's `on_preview_plan` and
-    `on_preview` hooks."""
+def _tqdm(desc: str, unit: str) -> Iterator[Any]:
+    """A tqdm bar with logging printed above it, closed at the end."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    eta = RunEta()
-    state = {"step": 0, "total": 0}
     bar = tqdm(desc=desc, unit=unit, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-
-    def show_eta() -> None:
-        left = eta.seconds(state["step"], state["total"])
-        bar.set_postfix_str(f"ETA {_clock(left)}" if left is not None else "", refresh=False)
-
-    def update(step: int, total: int, loss: float | None = None) -> None:
-        eta.step(step)
-        state.update(step=step, total=total)
-        bar.total = total
-        bar.n = step
-        if loss is not None:
-            bar.set_description(f"{desc} loss={loss:.4f}", refresh=False)
-        show_eta()
-        bar.refresh()
-
-    def note(done: int, total: int) -> None:
-        left = eta.seconds(state["step"], state["total"])
-        bar.set_postfix_str(f"preview {done}/{total}" + (f", ETA {_clock(left)}" if left is not None else ""))
-
-    def plan(p: Any) -> None:
-        eta.set_plan(p)
-
-    def round_done(entry: dict, grid: Any = None) -> None:
-        eta.round_done(int(entry["step"]))
-        show_eta()
-        bar.refresh()
-
-    update.note, update.plan, update.round_done, update.eta = note, plan, round_done, eta
     with logging_redirect_tqdm():
         try:
-            yield update
+            yield bar
         finally:
             bar.close()
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str = "step") -> Iterator[Callable[..., None]]:
+    """Yield `update(done, total)` driving a tqdm bar (generation and evaluation); logging goes above the bar."""
+    with _tqdm(desc, unit) as bar:
+        def update(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        yield update
+
+
+@contextmanager
+def training_progress(desc: str = "training") -> Iterator[Callable[[Any], None]]:
+    """Yield the trainer's progress hook (it takes each `training.plan.RunEvent`): a tqdm bar over the steps with the
+    loss and an ETA that counts the planned preview rounds (the events' schedule); the images being encoded, a
+    preview round's sampling steps and the validation calls show after the step count. Logging goes above the bar."""
+    eta = RunEta()
+    state = {"step": 0, "total": 0}
+
+    with _tqdm(desc, "step") as bar:
+        def eta_text() -> str:
+            left = eta.seconds(state["step"], state["total"])
+            return f"ETA {_clock(left)}" if left is not None else ""
+
+        def note(text: str) -> None:
+            bar.set_postfix_str(", ".join(t for t in (text, eta_text()) if t))
+
+        def on_event(event: Any) -> None:
+            if event.schedule is not None:
+                eta.set_plan(event.schedule)
+            if event.phase == "training":
+                eta.step(event.done)
+                state.update(step=event.done, total=event.total)
+                bar.total, bar.n = event.total, event.done
+                if event.loss is not None:
+                    bar.set_description(f"{desc} loss={event.loss:.4f}", refresh=False)
+                bar.set_postfix_str(eta_text(), refresh=False)
+                bar.refresh()
+            elif event.phase == "previewed":
+                eta.round_done(event.step)
+                note("")
+            elif event.phase == "encoding":
+                note(f"encoding {event.done}/{event.total} image(s)")
+            elif event.phase == "previewing":
+                note(f"preview {event.done}/{event.total}")
+            elif event.phase == "validating":
+                note(f"validating {event.done}/{event.total}")
+
+        on_event.eta = eta
+        yield on_event

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from .progress import progress_bar as _progress
+from .progress import training_progress as _progress
 from ..families import FAMILIES
 
 log = logging.getLogger("ipadapter_train")
@@ -34,7 +34,7 @@ TRAIN_EXAMPLES = """examples:
 
 def _config_from_args(args: argparse.Namespace, saved=None):
     """The run's settings: the arguments given, over the resumed checkpoint's settings (`saved`) or the defaults."""
-    from ..config import TrainConfig
+    from ..api import TrainConfig
 
     base = TrainConfig.from_dict(saved.config) if saved is not None else TrainConfig(preview_every=PREVIEW_DEFAULT)
     fields = {"variant": args.variant, "epochs": args.epochs, "max_steps": args.max_steps,
@@ -71,7 +71,7 @@ def _preview_lines(r: dict) -> list[str]:
 
 
 def _print_summary(result) -> None:
-    from ..training.report import RANDOM_MODELS_NOTE
+    from ..api import RANDOM_MODELS_NOTE
 
     r = result.report
     gain = r.get("conditioning_gain") or {}
@@ -114,13 +114,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
     previews = _preview_source(args) if config.previews_on else None
-    with _progress("training") as update:
+    with _progress("training") as progress:
         result = train_adapter(args.images, args.base_model, args.image_encoder, out, config, run_dir=run_dir,
-                               init_adapter=args.init_adapter, resume=saved, prompt=args.prompt,
-                               callbacks=[update], device=args.device, overwrite=args.overwrite, previews=previews,
-                               preview_progress=getattr(update, "note", None),  # a bar may lack these
-                               on_preview_plan=getattr(update, "plan", None),
-                               on_preview=getattr(update, "round_done", None))
+                               init_adapter=args.init_adapter, resume=saved, prompt=args.prompt, progress=progress,
+                               device=args.device, overwrite=args.overwrite, previews=previews)
     _print_summary(result)
     if result.cancelled:
         log.warning("Training %s; continue with --resume %s", result.report.get("cancelled_note"), run_dir)
@@ -130,9 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _preview_source(args: argparse.Namespace):
     """The previews' images, prompts and scorer from --preview-images, --preview-prompts and --clip."""
-    from ..storage.data import load_image_folder
-    from ..errors import IPAdapterError
-    from ..previews.sources import PreviewSource
+    from ..api import IPAdapterError, PreviewSource, load_image_folder
 
     images = folder = prompts = scorer = None
     if args.preview_images:
@@ -149,7 +144,7 @@ def _preview_source(args: argparse.Namespace):
         if not prompts:
             raise IPAdapterError(f"{args.preview_prompts} holds no prompt: write one prompt per line.")
     if args.clip:
-        from ..scoring.scorer import Scorer
+        from ..api import Scorer
 
         scorer = Scorer.load(Path(args.clip))
     return PreviewSource(images, prompts, scorer, folder)
@@ -169,7 +164,7 @@ def _preview_every(value: str):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..config import TrainConfig
+    from ..api import TrainConfig
     from .demo import RANDOM_DEMO, run_demo
 
     _cpu_allocator(args.device)
@@ -178,8 +173,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         config = TrainConfig(**RANDOM_DEMO) if args.base_model is None else TrainConfig()
         config.max_steps = args.steps or config.max_steps
         config.resolution = args.resolution or config.resolution
-    with _progress("demo training") as update:
-        result, info = run_demo(Path(args.out_dir), args.base_model, args.image_encoder, config, [update],
+    with _progress("demo training") as progress:
+        result, info = run_demo(Path(args.out_dir), args.base_model, args.image_encoder, config, progress,
                                 args.device)
     print(json.dumps(info, indent=2))
     _print_summary(result)
@@ -188,15 +183,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     # JSON only on stdout (scripts parse it); "summary" and "family" say what the file is for.
-    from ..adapter.fileformat import inspect_adapter
+    from ..api import inspect_adapter
 
     print(json.dumps(inspect_adapter(Path(args.file)), indent=2))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..adapter.convert import convert_checkpoint
-    from ..adapter.fileformat import inspect_adapter
+    from ..api import convert_checkpoint, inspect_adapter
 
     out = convert_checkpoint(Path(args.src), Path(args.dst))
     print(f"wrote {out}: {inspect_adapter(out)['summary']}")  # e.g. "an SDXL base adapter (4 tokens of 2048-d, ...)"
@@ -204,7 +198,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_make_test_models(args: argparse.Namespace) -> int:
-    from ..models.testmodels import make_test_models
+    from ..api import make_test_models
 
     paths = make_test_models(Path(args.dir), size=args.size, vision=args.vision, seed=args.seed, family=args.family,
                              scorer=args.scorer)

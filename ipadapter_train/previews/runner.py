@@ -9,7 +9,8 @@ is left out of the page and the report; the scores and the best weights are kept
 A checkpoint keeps the book of scores and the best weights (`checkpoint_state`), so a resumed run keeps its
 best-so-far.
 
-When rounds come is `previews/rounds.py`'s rule ("auto" keeps them within the previews' budget), decided at set-up.
+When rounds come is `previews/rounds.py`'s rule ("auto" keeps them within the previews' budget), decided with the
+run's plan (`training.plan.plan_run`), before the models load.
 Set-up encodes the references and prompts only; the weight-0 images (no adapter) are rendered in the first round,
 with the adapter detached for them, so a run whose plan has no round spends nothing on previews, and the first
 round's cost (its extra render included) is in the budget and the ETA from the first step on.
@@ -26,9 +27,8 @@ import torch
 
 from ..adapter.module import IPAdapter
 from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
-from ..config import TrainConfig
 from .grid import compose_grid
-from .rounds import PreviewPlan, plan_preview_rounds
+from .rounds import PreviewPlan
 from .scores import PreviewScorer, ScoreBook
 from .sources import Previews
 from .page import PAGE, write_page
@@ -47,12 +47,13 @@ Progress = Callable[[int, int], None]
 
 
 class PreviewRunner:
-    """Preview rounds of one run (see the module docstring). `scorer` is a `scoring.scorer.Scorer` or None."""
+    """Preview rounds of one run (see the module docstring): `plan` is when they come (`rounds.plan_preview_rounds`),
+    `scorer` a `scoring.scorer.Scorer` or None."""
 
-    def __init__(self, previews: Previews, scorer: Any, config: TrainConfig, run_dir: Path, total: int,
+    def __init__(self, previews: Previews, plan: PreviewPlan, scorer: Any, run_dir: Path, total: int,
                  random_weights: bool = False) -> None:
-        self.previews, self.config, self.run_dir, self.total = previews, config, Path(run_dir), total
-        self.plan: PreviewPlan | None = None  # made at set-up (`make_plan`), with seconds after the first step
+        self.previews, self.config, self.run_dir, self.total = previews, previews.config, Path(run_dir), total
+        self.plan = plan  # with the measured time of a step once there is one (`measured`)
         self.random_weights = random_weights or bool(scorer is not None and scorer.random_weights)
         self._scorer = scorer
         self.scorer: PreviewScorer | None = None
@@ -64,6 +65,7 @@ class PreviewRunner:
         self.round_seconds: list[float] = []  # the first round's includes the weight-0 images
         self.baseline_seconds = 0.0
         self.last_grid = None  # the newest grid image (the node shows it)
+        self.last_round_calls = 0  # sampling steps of the newest round, all its renders together
         self.unwritten: list[str] = []  # preview files that could not be written (run-folder relative)
 
     @property
@@ -75,26 +77,15 @@ class PreviewRunner:
         """Whether a round follows step `step` (counted from 1), as planned."""
         return self.plan is not None and self.plan.due(step, total)
 
-    def make_plan(self, backend: DiffusionBackend, validation_calls: int = 0) -> PreviewPlan:
-        """Decide the rounds (`previews.rounds.plan_preview_rounds`) and log the schedule."""
-        self.previews.side = self.previews.size(backend)  # what the report names, with or without rounds
-        self.plan = plan_preview_rounds(self.config, self.total, len(self.previews.cells), self.previews.side,
-                                        validation_calls)
-        (log.info if self.plan.rounds else log.warning)("Previews: %s", self.plan.why)
-        return self.plan
-
     def measured(self, step_seconds: float) -> PreviewPlan | None:
         """The plan with the measured time of a step (for the ETA and the report)."""
         if self.plan is not None:
             self.plan = self.plan.with_step_seconds(step_seconds)
         return self.plan
 
-    def set_up(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder,
-               autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> None:
+    def set_up(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder) -> None:
         """Encode the references and prompts once (nothing when the plan has no round); the weight-0 images are
         rendered in the first round."""
-        if self.plan is None:
-            self.make_plan(backend)
         if not self.plan.rounds:
             return
         t0 = time.perf_counter()
@@ -120,17 +111,31 @@ class PreviewRunner:
 
     def run(self, step: int, backend: DiffusionBackend, adapter: IPAdapter,
             autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> dict[str, Any]:
-        """Render (and score) the round after step `step`, write its files; return {"step", "grid", "score"?}."""
+        """Render (and score) the round after step `step`, write its files; return {"step", "grid", "score"?}.
+
+        `progress(done, total)` counts the round's sampling steps, all its renders together (the first round's
+        weight-0 images included), and may raise to stop the round at once."""
         t0 = time.perf_counter()
-        if 0 in self.config.preview_weights and self.previews.baseline is None:
+        baseline = 0 in self.config.preview_weights and self.previews.baseline is None
+        total = (len(self.previews.adapter_weights) + baseline) * self.config.preview_steps
+        done = 0
+
+        def tick(_step: int, _steps: int) -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        if baseline:
             # the no-adapter images, once: with the adapter detached they are the plain model's exactly
             backend.detach()
             try:
-                self.previews.render_baseline(backend, autocast, progress)
+                self.previews.render_baseline(backend, autocast, tick)
             finally:
                 backend.attach(adapter)
             self.baseline_seconds = time.perf_counter() - t0
-        images = self.previews.render(backend, adapter, autocast, progress)
+        images = self.previews.render(backend, adapter, autocast, tick)
+        self.last_round_calls = done
         entry: dict[str, Any] = {"step": step, "grid": f"{PREVIEWS_DIR}/step_{step:04d}.png",
                                  "random_weights": self.random_weights}
         title = f"step {step}"

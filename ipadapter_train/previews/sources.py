@@ -23,6 +23,7 @@ from ..seeds import seed_of
 from ..config import TrainConfig
 from ..storage.data import Sample
 from ..errors import IPAdapterError
+from ..families import ModelFamily
 from .holdout import split_holdout
 from .sampler import Conditioning, sample_latents
 
@@ -71,10 +72,10 @@ class Previews:
         """The preview weights that need the adapter (all but 0)."""
         return [w for w in self.config.preview_weights if w != 0]
 
-    def size(self, backend: DiffusionBackend) -> int:
-        """The previews' side in pixels: the setting, or half the family's resolution (not above the training
+    def size(self, family: ModelFamily) -> int:
+        """The previews' side in pixels: the setting, or half the model family's resolution (not above the training
         resolution)."""
-        half = backend.family.default_resolution // 2
+        half = family.default_resolution // 2
         return self.config.preview_size or min(half, self.config.resolution or half)
 
     def encode(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder) -> None:
@@ -86,7 +87,7 @@ class Previews:
         self.context, self.empty = text["context"][:-1], text["context"][-1:]
         pooled = text.get("pooled")
         self.pooled, self.empty_pooled = (pooled[:-1], pooled[-1:]) if pooled is not None else (None, None)
-        side = self.side = self.size(backend)
+        side = self.side = self.size(backend.family)
         # SDXL's size/crop conditioning of a whole, uncropped picture at the preview size
         self.time_ids = (torch.tensor([side, side, 0, 0, side, side], dtype=torch.float32)
                          if backend.family.size_conditioning else None)

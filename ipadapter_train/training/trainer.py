@@ -7,10 +7,11 @@
     finish   the last checkpoint, save the adapter (the best-scored step's with keep="best"), validate
     report   report.json and loss.png, and the `TrainResult`
 
-It knows nothing of any UI: progress and cancellation go through the hooks (`RunHooks`); a step callback
-`callback(step, total, loss)` may raise `TrainingCancelled`. What a step draws is `training/batches.py`'s: a
-function of (seed, step, rank), so a run stopped and resumed draws exactly what an uninterrupted run
-draws, and `training/checkpoint.py` needs to store no RNG state beyond the step.
+It knows nothing of any UI: it runs the `RunPlan` it is given (training/plan.py, decided before the models
+loaded), and progress and cancellation go through the hooks (`RunHooks`): one progress hook gets a `RunEvent` per
+image encoded, step, preview sampling step and validation call, and may raise `TrainingCancelled`. What a step
+draws is `training/batches.py`'s: a function of (seed, step, rank), so a run stopped and resumed draws exactly what
+an uninterrupted run draws, and `training/checkpoint.py` needs to store no RNG state beyond the step.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,29 +29,25 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..adapter.module import IPAdapter
-from .adapter_init import build_adapter
+from .adapter_init import build_adapter, check_init_adapter
 from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
-from .batches import batch_indices, make_batch, total_steps
+from .batches import batch_indices, make_batch
 from .buckets import bucket_counts, image_buckets
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
-from ..config import TrainConfig
-from ..storage.data import Sample
 from .encoding import EncodedDataset, encode_dataset
-from ..errors import TrainingCancelled, TrainingDiverged
+from ..errors import IPAdapterError, TrainingCancelled, TrainingDiverged
 from ..adapter.fileformat import file_metadata, save_adapter
 from ..models.image_encoders import encoder_metadata
 from .precision import make_accelerator
 from ..previews.runner import BEST_FILE, PreviewRunner
-from ..previews.sources import PreviewSource
-from .plan import RunHooks, RunPaths, RunPlan, StepCallback, fingerprint  # noqa: F401 (StepCallback: re-exported)
+from .plan import (ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, RunEvent, RunHooks, RunPlan,
+                   fingerprint)
 from .report import RunTimes, training_report, write_report
 from ..seeds import seed_of
-from .validation import conditioning_gain, validation_calls
+from .validation import conditioning_gain
 from ..storage.write_failures import write_error
 
 log = logging.getLogger(__name__)
-
-
 
 
 @dataclass
@@ -85,24 +82,29 @@ class _StepModule(nn.Module):
 class TrainingRun:
     """One training run: `run()` is `set_up()`, `run_steps()`, `finish()`, `report()`.
 
-    `plan` was checked before the models were loaded (`RunPlan.check`); `accelerator` is made for the run
-    unless given (`training.precision.make_accelerator`).
+    `plan` was decided before the models were loaded (`training.plan.plan_run`); one planned without a model family
+    is completed for the back end's here. `accelerator` is made for the run unless given
+    (`training.precision.make_accelerator`).
     """
 
     def __init__(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder, plan: RunPlan,
-                 hooks: RunHooks | None = None, init_adapter: Path | IPAdapter | None = None,
-                 accelerator=None) -> None:
+                 hooks: RunHooks | None = None, accelerator=None) -> None:
+        plan = plan.for_family(backend.family)
+        if plan.paths is None:
+            raise IPAdapterError("The run has no folder to write to: plan it with paths=, or give them with "
+                                 "RunPlan.with_paths.")
         self.times = RunTimes()
-        self.backend, self.encoder, self.init_adapter = backend, encoder, init_adapter
-        self.config, self.samples, self.paths = plan.config.for_family(backend.family), plan.samples, plan.paths
+        self.plan, self.backend, self.encoder = plan, backend, encoder
+        self.config, self.samples, self.paths, self.total = plan.config, plan.samples, plan.paths, plan.total
         self.hooks = hooks or RunHooks()
         self.trained_on = {"family": backend.family.name, **plan.trained_on}  # state.json's "trained_on"
         self.accelerator = accelerator or make_accelerator(self.config, backend.device, backend.dtype)
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if self.world != plan.world:
+            raise IPAdapterError(f"The run was planned for {plan.world} process(es) but runs on {self.world}: plan "
+                                 "it with world= the number of processes.")
         self.main = self.accelerator.is_main_process
-        sizes = [s.image.size for s in self.samples]
-        self.buckets = image_buckets(sizes, self.config)  # each image's bucket; None: square crops
-        self.total = total_steps(self.config, sizes, self.world)
+        self.buckets = image_buckets([s.image.size for s in self.samples], self.config)  # None: square crops
         self.done, self.losses, self.cancelled = 0, [], False
         self.adapter: IPAdapter | None = None
         self.data: EncodedDataset | None = None
@@ -113,10 +115,8 @@ class TrainingRun:
         self.last_checkpoint: tuple[int, Path] | None = None  # (step, folder) of the newest checkpoint on disk
         self.stopped_early: str | None = None
         self.preview = None if plan.previews is None else PreviewRunner(
-            plan.previews, plan.scorer, self.config, self.paths.run_dir, self.total,
+            plan.previews, plan.rounds, plan.scorer, self.paths.run_dir, self.total,
             bool(self.hooks.metadata.get("random_weights", False)))
-        if plan.previews is not None:
-            plan.previews.config = self.config  # the family's resolution filled in
 
     def run(self) -> TrainResult:
         """All four phases."""
@@ -125,25 +125,28 @@ class TrainingRun:
         self.finish()
         return self.report()
 
+    def _tell(self, phase: str, done: int, total: int, **extra: Any) -> None:
+        """Give the progress hook a `RunEvent` (main process only); what it raises goes to the caller."""
+        if self.main and self.hooks.progress is not None:
+            schedule = self.preview.plan if self.preview is not None else None
+            self.hooks.progress(RunEvent(phase, done, total, self.done, schedule=schedule, **extra))
+
     def set_up(self) -> None:
         """Build the adapter, encode the images once, restore a resumed run's weights and optimizer."""
         config, backend = self.config, self.backend
-        self.adapter = build_adapter(backend, self.encoder, config, self.init_adapter).to(backend.device)
+        init = self.plan.init_adapter
+        if init is not None and not isinstance(init, IPAdapter):  # a file, checked now that the models are here
+            init = check_init_adapter(init, backend, self.encoder, config)
+        self.adapter = build_adapter(backend, self.encoder, config, init).to(backend.device)
         # Recorded in the file, so a later mismatch names this encoder (read now: the encoder is released
         # after encoding).
         self.encoder_metadata = encoder_metadata(self.encoder.feature_width("base"), self.encoder.feature_width("plus"))
-        if self.preview is not None:  # when the rounds come (every process: they all stop for a round)
-            self.preview.make_plan(backend, validation_calls(len(self.samples), config))
-            if self.main and self.hooks.on_preview_plan is not None:
-                self.hooks.on_preview_plan(self.preview.plan)
         t0 = time.perf_counter()
-        self.data = encode_dataset(self.samples, backend, self.encoder, config, self.hooks.encode_progress)
+        self.data = encode_dataset(self.samples, backend, self.encoder, config,
+                                   lambda done, total: self._tell(ENCODING, done, total))
         self.times.encode = time.perf_counter() - t0
         if self.preview is not None and self.main:  # the references and prompts, once
-            try:
-                self.preview.set_up(backend, self.encoder, self.accelerator.autocast, self.hooks.preview_progress)
-            except TrainingCancelled:
-                self.cancelled = True
+            self.preview.set_up(backend, self.encoder)
         if self.buckets is not None:
             log.info("Buckets (images per trained size): %s.",
                      ", ".join(f"{k}: {v}" for k, v in bucket_counts(self.buckets).items()))
@@ -198,18 +201,14 @@ class TrainingRun:
         start = time.perf_counter()
         previews_before = self.preview.seconds if self.preview else 0.0
         try:
-            if self.cancelled:  # during the previews' set-up
-                raise TrainingCancelled()
             for step in range(self.done, self.total):
                 tick = time.perf_counter()
                 loss = self.step(step)
                 self.done = step + 1
                 self.losses.append(loss)
                 self.times.steps.append(time.perf_counter() - tick)
-                if len(self.times.steps) == 1 and self.preview is not None and self.main:
-                    plan = self.preview.measured(self.times.steps[0])  # the ETA counts the rounds from now on
-                    if self.hooks.on_preview_plan is not None:
-                        self.hooks.on_preview_plan(plan)
+                if len(self.times.steps) == 1 and self.preview is not None:
+                    self.preview.measured(self.times.steps[0])  # the events' ETA counts the rounds from now on
                 if self._stop_requested(loss):
                     raise TrainingCancelled()
                 if self.preview is not None and self.preview.due(self.done, self.total):
@@ -235,9 +234,9 @@ class TrainingRun:
         stop = None
         if self.main:
             entry = self.preview.run(self.done, self.backend, self.adapter, self.accelerator.autocast,
-                                     self.hooks.preview_progress)
-            if self.hooks.on_preview is not None:
-                self.hooks.on_preview(entry, self.preview.last_grid)
+                                     lambda done, total: self._tell(PREVIEWING, done, total))
+            rendered = self.preview.last_round_calls
+            self._tell(PREVIEWED, rendered, rendered, round=entry, grid=self.preview.last_grid)
             stop = self.preview.stop_reason()
         if self.world > 1:
             flag = torch.tensor([float(stop is not None)], device=self.backend.device)
@@ -246,14 +245,12 @@ class TrainingRun:
         return stop
 
     def _stop_requested(self, loss: float) -> bool:
-        """Run the step callbacks; True when one of them cancelled, on any process."""
+        """Tell the progress hook of the step; True when it cancelled, on any process."""
         stop = False
-        if self.main:
-            try:
-                for callback in self.hooks.callbacks:
-                    callback(self.done, self.total, loss)
-            except TrainingCancelled:
-                stop = True
+        try:
+            self._tell(TRAINING, self.done, self.total, loss=loss)
+        except TrainingCancelled:
+            stop = True
         if self.world > 1:  # every process must leave the loop together, or the others hang in all-reduce
             flag = torch.tensor([float(stop)], device=self.backend.device)
             stop = bool(self.accelerator.reduce(flag, "sum") > 0)
@@ -332,7 +329,7 @@ class TrainingRun:
         self.backend.attach(self.adapter)
         try:
             return conditioning_gain(self.adapter, self.backend, self.data, config, self.accelerator.autocast,
-                                     self.hooks.validation_progress)
+                                     lambda done, total: self._tell(VALIDATING, done, total))
         except TrainingCancelled:
             log.warning("Validation cancelled; the adapter is saved, the report has no conditioning gain.")
             return None
@@ -395,30 +392,8 @@ def _reporting_write_errors(path: Path):
         raise write_error(path, err, existed) from err
 
 
-_PATH_FIELDS = ("out_path", "resume")
-_HOOK_FIELDS = ("callbacks", "encode_progress", "validation_progress", "preview_progress", "on_preview",
-                "on_preview_plan", "after_encode", "metadata", "report_extra")
-
-
-def train(backend: DiffusionBackend, encoder: ImageFeatureEncoder, samples: Sequence[Sample], config: TrainConfig,
-          paths: RunPaths | Path | str, hooks: RunHooks | None = None, *, init_adapter: Path | IPAdapter | None = None,
-          accelerator=None, previews: PreviewSource | None = None, **fields: Any) -> TrainResult:
-    """Train an adapter on `samples`; save it to `paths.out_path` and write report.json/loss.png in `paths.run_dir`.
-
-    `paths` may also be the run folder alone, and the fields of `RunPaths` and `RunHooks` may be given as
-    keyword arguments (`out_path=`, `resume=`, `callbacks=`, `encode_progress=`, ...), as callers wrote
-    them before the run had phases. `previews` gives the preview images, prompts and scorer (`config.preview_every`
-    turns previews on).
-    """
-    unknown = sorted(set(fields) - set(_PATH_FIELDS) - set(_HOOK_FIELDS))
-    if unknown:
-        raise TypeError(f"train() got unexpected keyword arguments: {', '.join(unknown)}")
-    if not isinstance(paths, RunPaths):
-        paths = RunPaths(Path(paths))
-    paths = RunPaths(paths.run_dir, fields.get("out_path", paths.out_path), fields.get("resume", paths.resume))
-    hooks = hooks or RunHooks()
-    given = {k: v for k, v in fields.items() if k in _HOOK_FIELDS and v is not None}
-    if given:
-        hooks = RunHooks(**{**{k: getattr(hooks, k) for k in _HOOK_FIELDS}, **given})
-    plan = RunPlan.check(config, samples, paths, previews)
-    return TrainingRun(backend, encoder, plan, hooks, init_adapter, accelerator).run()
+def train(plan: RunPlan, backend: DiffusionBackend, encoder: ImageFeatureEncoder, hooks: RunHooks | None = None,
+          accelerator=None) -> TrainResult:
+    """Run `plan` (`training.plan.plan_run`) on these models: save the adapter to `plan.paths.out_path` and write
+    report.json/loss.png in `plan.paths.run_dir`; progress and cancellation through `hooks`."""
+    return TrainingRun(backend, encoder, plan, hooks, accelerator).run()

@@ -296,17 +296,17 @@ def test_a_cancel_during_the_recompute_is_the_cores_cancel(graph, layers, inputs
 
 def test_training_with_gradient_checkpointing_ends_with_the_same_weights(graph, tmp_path):
     backend_mod = pack("nodes.comfy_backend")
-    core = {name: pack(f"ipadapter_train.{name}") for name in ("config", "data", "trainer")}
-    samples = core["data"].load_image_folder(ROOT / "ipadapter_train" / "assets" / "samples")[0][:3]
+    api = pack("ipadapter_train.api")
+    samples = api.load_image_folder(ROOT / "ipadapter_train" / "assets" / "samples")[0][:3]
     results = {}
     for checkpointed in (False, True):
-        config = core["config"].TrainConfig(resolution=64, max_steps=3, checkpoint_every=0, mixed_precision="no",
-                                            validation=False, seed=3, gradient_checkpointing=checkpointed)
+        config = api.TrainConfig(resolution=64, max_steps=3, checkpoint_every=0, mixed_precision="no",
+                                 validation=False, seed=3, gradient_checkpointing=checkpointed)
         with torch.inference_mode(False):
             backend = backend_mod.ComfyBackend(graph["model"], graph["clip"], graph["vae"])
             encoder = backend_mod.ComfyImageEncoder(graph["clip_vision"])
-            results[checkpointed] = core["trainer"].train(backend, encoder, samples, config,
-                                                          core["trainer"].RunPaths(tmp_path / str(checkpointed)))
+            plan = api.plan_run(config, samples, backend.family, paths=api.RunPaths(tmp_path / str(checkpointed)))
+            results[checkpointed] = api.train(plan, backend, encoder)
     plain, ckpt = results[False].adapter.state_dict(), results[True].adapter.state_dict()
     assert results[False].losses == pytest.approx(results[True].losses, rel=1e-5)
     # Adam divides by sqrt(v): where a gradient is ~0, float noise in it moves a weight by a fraction of the 1e-4
