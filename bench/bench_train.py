@@ -34,7 +34,7 @@ MODELS = ROOT / "bench" / ".models"
 
 def ensure_models(size: str, vision: str, family: str = "sd15") -> dict[str, Path]:
     """Write the random-weight models once (bench/.models, git-ignored); later runs reuse them."""
-    from ipadapter_train.models.testmodels import make_test_models
+    from ipadapter_train.api import make_test_models
 
     ckpt, clip = MODELS / f"{family}-{size}.safetensors", MODELS / f"clip-vision-{vision}.safetensors"
     if not (ckpt.is_file() and clip.is_file()):
@@ -60,7 +60,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from ipadapter_train.models.clip_vision import load_clip_vision
-    from ipadapter_train.storage.data import load_image_folder
+    from ipadapter_train.api import load_image_folder
     from ipadapter_train.training.report import peak_memory
     from ipadapter_train.cli.demo import samples_dir
     from ipadapter_train.models.loading import load_model
@@ -90,8 +90,7 @@ def worker(args: argparse.Namespace) -> dict:
                 "peak_memory": peak_memory(torch.device(args.device)),
                 "precision": precision + (" (UNet weights too)" if args.baseline_low_precision_unet else "")}
     from ipadapter_train.training.allocator import keep_freed_memory
-    from ipadapter_train.api import train_adapter
-    from ipadapter_train.config import TrainConfig
+    from ipadapter_train.api import TrainConfig, train_adapter
 
     if args.device == "cpu":
         keep_freed_memory()  # as the CLI does before it trains on the CPU

@@ -7,7 +7,7 @@ class IPAdapterError(Exception):
 
 
 class TrainingCancelled(Exception):
-    """Raised by a step callback (or the user pressing Ctrl-C) to stop training early.
+    """Raised by a run's progress hook (or the user pressing Ctrl-C) to stop training early.
 
     The trainer catches it, saves the adapter trained so far and a resumable checkpoint.
     """

@@ -1,13 +1,13 @@
 """The training loop's two seams over what a ComfyUI graph already loaded.
 
 `ComfyBackend` is a `DiffusionBackend` over MODEL (a ModelPatcher), CLIP and VAE; `ComfyImageEncoder`
-is an `ImageFeatureEncoder` over CLIP_VISION. With them `ipadapter_train.training.trainer.train` runs unchanged
+is an `ImageFeatureEncoder` over CLIP_VISION. With them the core's `ipadapter_train.api.train` runs unchanged
 on the graph's own model: no second copy of the checkpoint, LoRAs already patched into MODEL stay
 applied (the model is loaded through `load_models_gpu`, which applies them), and the adapter enters
 through attn2 replace patches passed in `transformer_options`, so the ModelPatcher itself is never
 modified. Construct and use both inside `torch.inference_mode(False)`.
 
-Any family of `ipadapter_train.families` trains this way; nothing here names one. A family whose UNet takes a
+Any family of the core's (`ipadapter_train.api.FAMILIES`) trains this way; nothing here names one. A family whose UNet takes a
 pooled text embedding (SDXL) gets ComfyUI's own pooled CLIP output, and the UNet's `y` is built per sample by
 the ComfyUI model's own `encode_adm` from that embedding and the sample's size/crop conditioning, as ComfyUI's
 sampler builds it, never by hand.
@@ -32,7 +32,7 @@ from .comfy_layers import attn2_module, comfy_adapter_layers, context_width
 from .images import pils_to_tensor
 
 log = logging.getLogger(__name__)
-TEXT_TOKENS = 77  # one CLIP chunk: what SD1.5 was trained with and what the diffusers back end uses
+TEXT_TOKENS = 77  # one CLIP chunk: what SD1.5 and SDXL were trained with and what the diffusers back end uses
 # diffusers' time_ids order (original height, width, crop top, left, target height, width) as the keywords of
 # ComfyUI's SDXL `encode_adm` (which embeds them in that same order: height, width, crop_h, crop_w, target...).
 SIZE_KEYS = ("height", "width", "crop_h", "crop_w", "target_height", "target_width")

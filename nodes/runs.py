@@ -252,7 +252,7 @@ class RunReporter:
             return 0.0
         return self.validation_steps * seconds
 
-    # ---------------------------------------------------------------------------------------- callbacks
+    # ---------------------------------------------------------------------------------- one per phase
 
     def encoding(self, done: int, total: int) -> None:
         """Encode progress (images through VAE and CLIP vision): the bar counts images."""

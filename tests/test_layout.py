@@ -1,6 +1,7 @@
 """The core's layout holds: no import circle, each wing imports only the wings below it, and the node pack reaches
 the core only through its front door (`ipadapter_train.api`). Read from the source with `ast`, lazy imports
-(inside functions) included, `if TYPE_CHECKING:` blocks left out (they never run)."""
+(inside functions) included; `if TYPE_CHECKING:` blocks are left out of the wings' checks (they never run), not out
+of the front door's (a node names no type past it either)."""
 from __future__ import annotations
 
 import ast
@@ -139,3 +140,57 @@ def test_the_wing_check_finds_an_import_running_up():
     graph = {"ipadapter_train.storage.data": {"ipadapter_train.training.trainer": 3},
              "ipadapter_train.cli.main": {"ipadapter_train.api": 1}}
     assert upward_imports(graph) == ["ipadapter_train.storage.data:3 -> ipadapter_train.training.trainer"]
+
+
+FRONT_DOOR = f"{CORE}.api"
+
+
+def core_imports_past_the_front_door(pack: Path) -> list[str]:
+    """Each import of the core in the node pack (nodes/*.py and the pack's __init__.py, lazy and type-only imports
+    included) that is not `from ..ipadapter_train.api import ...` (`.ipadapter_train.api` from the pack's root), as
+    'file:line module'. An absolute import of the core counts too: inside ComfyUI the pack is not on sys.path."""
+    found = []
+    for path in [pack / "__init__.py", *sorted((pack / "nodes").glob("*.py"))]:
+        package = path.relative_to(pack).parts[:-1]  # () for the root, ("nodes",) for a node module
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                if node.level == 0:
+                    targets = [node.module or ""]
+                elif node.level - 1 > len(package):
+                    continue  # above the pack: not the core
+                else:
+                    base = ".".join([*package[:len(package) - node.level + 1], node.module or ""]).strip(".")
+                    targets = [base] if node.module else [f"{base}.{alias.name}".strip(".") for alias in node.names]
+                relative_ok = node.level > 0
+            elif isinstance(node, ast.Import):
+                targets, relative_ok = [alias.name for alias in node.names], False
+            else:
+                continue
+            for target in targets:
+                if (target == CORE or target.startswith(CORE + ".")) and not (relative_ok and target == FRONT_DOOR):
+                    found.append(f"{path.relative_to(pack).as_posix()}:{node.lineno} {target}")
+    return found
+
+
+def test_the_nodes_reach_the_core_only_through_its_front_door():
+    assert core_imports_past_the_front_door(ROOT) == []
+
+
+def test_the_front_door_check_finds_a_planted_import_past_it(tmp_path):
+    (tmp_path / "nodes").mkdir()
+    (tmp_path / "__init__.py").write_text("async def comfy_entrypoint():\n"
+                                          "    from .ipadapter_train.errors import IPAdapterError\n")
+    (tmp_path / "nodes" / "good.py").write_text("from ..ipadapter_train.api import TrainConfig, train\n"
+                                                "from .runs import RunReporter\nimport torch\n")
+    (tmp_path / "nodes" / "bad.py").write_text(
+        "from ..ipadapter_train.training.trainer import train\n"
+        "from ..ipadapter_train import api\n"
+        "import ipadapter_train.api\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n    from ..ipadapter_train.config import TrainConfig\n"
+        "def lazy():\n    from ..ipadapter_train.previews.rounds import PREVIEW_BUDGET\n")
+    assert core_imports_past_the_front_door(tmp_path) == [
+        "__init__.py:2 ipadapter_train.errors",
+        "nodes/bad.py:1 ipadapter_train.training.trainer", "nodes/bad.py:2 ipadapter_train",
+        "nodes/bad.py:3 ipadapter_train.api", "nodes/bad.py:6 ipadapter_train.config",
+        "nodes/bad.py:8 ipadapter_train.previews.rounds"]

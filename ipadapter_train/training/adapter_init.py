@@ -66,9 +66,9 @@ def check_init_adapter(init_adapter: Path | IPAdapter, backend: DiffusionBackend
 
 def build_adapter(backend: DiffusionBackend, encoder: ImageFeatureEncoder, config: TrainConfig,
                   init_adapter: IPAdapter | None = None) -> IPAdapter:
-    """The adapter to train: `init_adapter` as given (checked by `check_init_adapter`), or a new one."""
+    """The adapter to train: a copy of `init_adapter` (checked by `check_init_adapter`), or a new one."""
     if init_adapter is not None:
-        return init_adapter
+        return copy.deepcopy(init_adapter)  # the plan's stays as checked, so a plan trains the same way twice
     width = encoder.feature_width(config.variant)
     # The image projection starts from random weights: draw them from the run's seed, not from whatever
     # the process drew before, so the same settings give the same adapter (in a server, in tests).

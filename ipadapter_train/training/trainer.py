@@ -1,8 +1,8 @@
 """The training loop, as one run in four phases:
 
-    set_up   check a resume against the settings and images, build the adapter, encode the images (and the
-             previews' references and prompts) once, restore the checkpoint
-    steps    (batch -> forward -> backward -> optimizer step -> callbacks -> preview round when due ->
+    set_up   build the adapter (or take the plan's checked one to fine-tune), encode the images (and the
+             previews' references and prompts) once, restore the checkpoint the plan accepted
+    steps    (batch -> forward -> backward -> optimizer step -> progress event -> preview round when due ->
              checkpoint) x N; with scored previews, `early_stop` may end them
     finish   the last checkpoint, save the adapter (the best-scored step's with keep="best"), validate
     report   report.json and loss.png, and the `TrainResult`
