@@ -1,4 +1,5 @@
-"""The two back ends agree: on the same synthetic single-file SD1.5 and the same adapter weights,
+"""The two back ends agree: on the same small random-weight SD1.5 (`sd15_graph.py`: one seeded state dict, in
+ComfyUI's classes and in the core's diffusers modules) and the same adapter weights,
 ComfyUI's model (patched by Apply, or driven by the training back end) and the core's diffusers path
 predict the same noise. Also: weight 0 is the unpatched model, chained Apply patches add up, start/end
 gating, LoRAs on MODEL stay applied, a mismatched adapter is refused before sampling, and gradient
@@ -153,8 +154,7 @@ def test_chained_apply_nodes_add_up(graph, layers, inputs):
     layer = next(x for x in layers if x.comfy_key == ("middle", 0, 0))
     patch = chained.model_options["transformer_options"]["patches_replace"]["attn2"][layer.comfy_key]
     gen = torch.Generator().manual_seed(4)
-    q, k, v = torch.randn(1, 16, 320, generator=gen), torch.randn(1, 77, 320, generator=gen), \
-        torch.randn(1, 77, 320, generator=gen)
+    q, k, v = (torch.randn(1, n, layer.hidden, generator=gen) for n in (16, 77, 77))
     extra = {"n_heads": 8, "cond_or_uncond": [0], "sigmas": torch.tensor([1.0])}
     with torch.inference_mode():
         got = patch(q, k, v, extra)

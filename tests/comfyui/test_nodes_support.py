@@ -1,5 +1,6 @@
 """Shared set-up for the in-process node tests (no server): ComfyUI on sys.path in CPU mode, the pack
-imported as a package, and random-weight models written once per test session.
+imported as a package, and a small random-weight SD1.5 graph built in memory once per test process
+(`sd15_graph.py`; the server tests load the make-test-models files through ComfyUI's loaders).
 
 Every test module of the node pack imports from here. When the ComfyUI copy that
 `tests/comfyui/setup_comfyui.sh` installs is missing, the node tests are skipped (the core's tests never
@@ -7,13 +8,9 @@ need ComfyUI); a copy that is there but cannot be imported fails them (`comfy_im
 """
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import pytest
 
 from comfy_import import ROOT, comfy_installed, import_comfy, pack  # noqa: F401  (ROOT, pack: re-exported)
-from harness import shared_model_files
 
 
 def comfy_or_skip() -> None:
@@ -23,32 +20,19 @@ def comfy_or_skip() -> None:
     import_comfy(cpu=True)
 
 
-def model_files() -> dict[str, Path]:
-    """sd15-tiny.safetensors (ComfyUI-loadable SD1.5) and clip-vision-vit-l.safetensors, shared with the
-    server tests (written once per test process)."""
-    return shared_model_files()
-
-
-@functools.lru_cache(maxsize=None)
 def comfy_models() -> dict:
-    """MODEL, CLIP, VAE and CLIP_VISION loaded by ComfyUI's own loaders, in inference mode as a server does."""
-    import torch
+    """MODEL, CLIP, VAE and CLIP_VISION of the small SD1.5 graph (`sd15_graph.comfy_sd15`), built by ComfyUI's
+    own classes in inference mode as a server loads models; one graph per test process, shared."""
+    from sd15_graph import comfy_sd15
 
-    import comfy.clip_vision
-    import comfy.sd
-
-    files = model_files()
-    with torch.inference_mode():
-        model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(str(files["sd15"]), output_vae=True,
-                                                                     output_clip=True)
-        clip_vision = comfy.clip_vision.load(str(files["clip_vision"]))
-    return {"model": model, "clip": clip, "vae": vae, "clip_vision": clip_vision}
+    return comfy_sd15()
 
 
-@functools.lru_cache(maxsize=None)
 def diffusers_sd15():
-    """The same single file loaded by the core into diffusers modules (fp32)."""
-    return pack("ipadapter_train.models.sd15").load_sd15(model_files()["sd15"])
+    """The same weights in the core's diffusers modules (fp32), shared."""
+    from sd15_graph import diffusers_sd15 as build
+
+    return build()
 
 
 def random_adapter(variant: str, clip_dim: int, layers, seed: int = 1, cross_dim: int = 768,
