@@ -51,10 +51,17 @@ SHIPPED = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "appl
            "train_ip_adapter_sdxl"]
 
 
+PHASES = bs.PHASES
+
+
 @pytest.fixture(scope="module")
-def server(comfy):
+def server(request):
     """The session's ComfyUI server (harness.comfy, shared with the server tests: one start-up), with
     the training pictures in input/."""
+    with PHASES("test models (make-test-models)"):
+        request.getfixturevalue("test_models")
+    with PHASES("server start (harness.comfy)"):
+        comfy = request.getfixturevalue("comfy")
     try:
         import playwright  # noqa: F401
     except ImportError:
@@ -65,7 +72,12 @@ def server(comfy):
     for f in sorted(SAMPLES.iterdir())[:6]:  # 3 photos and their captions keep encoding short
         if f.suffix.lower() in (".jpg", ".txt"):
             shutil.copy(f, folder / f.name)
+    cpu, start = PHASES.cpu(comfy.proc.pid), time.monotonic()
     yield comfy
+    PHASES.add("module wall (after server start)", time.monotonic() - start)
+    PHASES.add_cpu(cpu, PHASES.cpu(comfy.proc.pid))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    PHASES.write(ARTIFACTS / "phases.json")
     log = comfy.log()
     assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
 
@@ -89,7 +101,22 @@ def page(server):
         assert not ours, "\n".join(ours)
 
 
+def shot(page, name: str) -> None:
+    with PHASES("screenshots"):
+        page.screenshot(path=str(ARTIFACTS / name))
+
+
+def pause(page, ms: int) -> None:
+    with PHASES("fixed waits"):
+        page.wait_for_timeout(ms)
+
+
 def load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
+    with PHASES("load workflow in editor"):
+        return _load_in_editor(page, server, name, missing_models_dialog)
+
+
+def _load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
     """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it; the
     frontend's Missing Models dialog (the test server lacks the public files) only when asked for."""
     wf = page.evaluate("""async ([pack, file, dialog]) => {
@@ -146,6 +173,11 @@ def preview_state(page) -> dict | None:
 
 
 def wait_preview(page, predicate, timeout: float, what: str) -> dict:
+    with PHASES(f"wait: preview to {what}"):
+        return _wait_preview(page, predicate, timeout, what)
+
+
+def _wait_preview(page, predicate, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
@@ -157,6 +189,11 @@ def wait_preview(page, predicate, timeout: float, what: str) -> dict:
 
 
 def wait_chart(page, predicate, timeout: float, what: str) -> dict:
+    with PHASES(f"wait: chart to {what}"):
+        return _wait_chart(page, predicate, timeout, what)
+
+
+def _wait_chart(page, predicate, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
@@ -178,7 +215,7 @@ def focus_train_node(page) -> None:
         ds.offset[1] = -node.pos[1] + 140;
         app.canvas.setDirty(true, true);
     }""")
-    page.wait_for_timeout(300)
+    pause(page, 300)
 
 
 def strip(prompt: dict, object_info: dict) -> dict:
@@ -219,8 +256,13 @@ MISSING = {"train_ip_adapter": SD15_FILES, "train_ip_adapter_cpu": SD15_FILES, "
 
 def missing_models_dialog(page) -> list[str]:
     """The entries of the frontend's Missing Models dialog once it shows, then closes it."""
+    with PHASES("missing models dialog"):
+        return _missing_models_dialog(page)
+
+
+def _missing_models_dialog(page) -> list[str]:
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
-    page.wait_for_timeout(300)
+    pause(page, 300)
     entries = page.evaluate("""() => [...document.querySelectorAll('.comfy-missing-models li')]
                                       .map((li) => li.innerText.trim())""")
     page.keyboard.press("Escape")
@@ -249,12 +291,12 @@ def check_missing_models_dialog(server, page) -> None:
     assert sorted(page.evaluate(titles)) == sorted(SHIPPED_FILES.values())
     page.locator('[role="combobox"]', has_text="Newest").last.click()
     page.get_by_role("option", name="A → Z").click()  # the "alphabetical" sort
-    page.wait_for_timeout(500)
+    pause(page, 500)
     assert page.evaluate(titles) == [SHIPPED_FILES[key] for key in SHIPPED], page.evaluate(titles)
-    page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
+    shot(page, "template_browser.png")
     card.click()
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "missing_models.png"))
+    shot(page, "missing_models.png")
     entries = missing_models_dialog(page)
     assert [e.splitlines()[0] for e in entries] == MISSING["train_ip_adapter"], entries
     # the download links pass the frontend's rules (hosts, suffixes, a models folder it knows)
@@ -275,7 +317,9 @@ RECORD_CHART = """() => {
         const entry = {promptId: d.promptId, phase: d.phase, step: d.step, total: d.total, state: d.state,
                        points: d.points, text: el.querySelector('.ipadapter-train-status')?.textContent ?? ''};
         const last = window.__iptLog[window.__iptLog.length - 1];
-        if (!last || JSON.stringify(last) !== JSON.stringify(entry)) window.__iptLog.push(entry);
+        const {t, ...previous} = last ?? {};
+        if (!last || JSON.stringify(previous) !== JSON.stringify(entry))
+            window.__iptLog.push({...entry, t: performance.now() / 1000});
     };
     new MutationObserver((changes) => {
         for (const c of changes) if (c.target.classList?.contains('ipadapter-train-chart')) record(c.target);
@@ -286,6 +330,19 @@ RECORD_CHART = """() => {
 
 def chart_log(page, prompt_id: str) -> list[dict]:
     return [e for e in page.evaluate("() => window.__iptLog") if e["promptId"] == prompt_id]
+
+
+def time_run_phases(page, run: str, queued: float, log: list[dict]) -> None:
+    """Seconds of each phase of a run as the chart showed them (`queued`: the page's clock at Run)."""
+    if not log:
+        return
+    PHASES.add(f"{run}: Run -> first chart change", log[0]["t"] - queued)
+    for entry, following in zip(log, log[1:]):
+        PHASES.add(f"{run}: {entry['phase']}", following["t"] - entry["t"])
+
+
+def page_clock(page) -> float:
+    return page.evaluate("() => performance.now() / 1000")
 
 
 def train_node_id(page) -> str:
@@ -324,6 +381,7 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     assert before and before["state"] == "idle", before
     train_id = train_node_id(page)
     page.evaluate(RECORD_CHART)
+    queued = page_clock(page)
     prompt_id = queue_with_run_button(page)
     runs_url = lambda r: r.url == server.url + "/api/ipadapter_train/runs"  # noqa: E731 - via api.fetchApi
 
@@ -337,22 +395,23 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         assert live["text"].startswith("step ") and "/5000" in live["text"] and "ETA" in live["text"], live
         assert int(live["points"]) >= 2
         log = chart_log(page, prompt_id)
+        time_run_phases(page, "long run", queued, log)
         # the run starts by encoding the images, with the chart saying so
         assert log[0]["phase"] == "encoding" and log[0]["text"].startswith("encoding images"), log[:3]
         # no ETA figure before a step was measured: not while encoding (previews are on, auto, so the core's
         # measured first step and the planned rounds give one from step 1)
         assert all(not re.search(r"ETA \d", e["text"]) for e in log if e["phase"] == "encoding"), log
         focus_train_node(page)
-        page.screenshot(path=str(ARTIFACTS / "loss_chart_live.png"))
+        shot(page, "loss_chart_live.png")
 
         # another workflow whose Train node has the same id shows nothing of this run
         load_in_editor(page, server, "train_then_apply")
         assert train_node_id(page) == train_id
-        page.wait_for_timeout(500)
+        pause(page, 500)
         assert_blank(chart_state(page), "another workflow")
         assert not listed()["done"]
         focus_train_node(page)
-        page.screenshot(path=str(ARTIFACTS / "loss_chart_other_workflow.png"))
+        shot(page, "loss_chart_other_workflow.png")
 
         # the same workflow opened in another tab (or browser) shows the run too, and follows it
         other = page.context.browser.new_page()  # its own session storage and client id, as a new tab has
@@ -373,7 +432,8 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
                    "show its run again on its own workflow")
 
         with page.expect_request(runs_url, timeout=90_000):
-            page.reload(wait_until="domcontentloaded")
+            with PHASES("page reload (goto)"):
+                page.reload(wait_until="domcontentloaded")
             bs.open_comfy(page, server)
         # the restored workflow has the same node; its chart is redrawn from /ipadapter_train/runs,
         # including the steps that ran while the page was away
@@ -389,8 +449,8 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         wait_chart(page, lambda s: s["state"] == "running" and int(s["points"]) >= int(later["step"]), 30,
                    "stay whole after a reconnect")
         focus_train_node(page)
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(ARTIFACTS / "loss_chart_after_reload.png"))
+        pause(page, 500)
+        shot(page, "loss_chart_after_reload.png")
     finally:
         server.interrupt()
 
@@ -398,20 +458,22 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     # when the run ended short of its steps otherwise: either way it no longer claims to run
     done = wait_chart(page, lambda s: s["state"] in ("cancelled", "stopped"), 180, "show the cancelled run")
     assert int(done["step"]) < 5000 and "ETA" not in done["text"], done
-    page.screenshot(path=str(ARTIFACTS / "loss_chart_cancelled.png"))
+    shot(page, "loss_chart_cancelled.png")
     wait_queue_empty(server)
 
     # a short run with previews (after each of its 2 steps: auto would plan none, over the budget) and validation:
     # the chart is cleared when it starts encoding and names each phase
     set_widgets(page, training_widgets(2, "full", "browser_test_validated", preview_every=1))
     page.evaluate(RECORD_CHART)
+    queued = page_clock(page)
     second = queue_with_run_button(page)
     end = wait_chart(page, lambda s: s["promptId"] == second and s["state"] in ("done", "stopped"), 300,
                      "finish the short run")
     assert end["state"] == "done" and end["total"] == "2" and end["text"].endswith("done"), end
     focus_train_node(page)
-    page.screenshot(path=str(ARTIFACTS / "loss_chart_done.png"))
+    shot(page, "loss_chart_done.png")
     log = chart_log(page, second)
+    time_run_phases(page, "short run", queued, log)
     assert log[0]["phase"] == "encoding" and log[0]["points"] == "0", log[:3]  # the cancelled run's curve is gone
     phases = [e["phase"] for e in log]
     changes = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
@@ -426,17 +488,18 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     assert grid["count"] == "2" and grid["shown"] and grid["width"] > 0, grid
     assert grid["text"].startswith("preview after step 2") and "/view?" in grid["src"], grid
     assert "type=output" in grid["src"] and "previews" in grid["src"], grid
-    page.screenshot(path=str(ARTIFACTS / "preview_grid_done.png"))
+    shot(page, "preview_grid_done.png")
 
     # and again after a reload, from GET /ipadapter_train/runs
-    page.reload(wait_until="domcontentloaded")
+    with PHASES("page reload (goto)"):
+        page.reload(wait_until="domcontentloaded")
     bs.open_comfy(page, server)
     again = wait_preview(page, lambda s: s["promptId"] == second and s["loaded"] == "1", 60,
                          "come back after the reload")
     assert (again["step"], again["src"], again["count"]) == (grid["step"], grid["src"], grid["count"]), again
     focus_train_node(page)
-    page.wait_for_timeout(300)
-    page.screenshot(path=str(ARTIFACTS / "preview_grid_after_reload.png"))
+    pause(page, 300)
+    shot(page, "preview_grid_after_reload.png")
     (ARTIFACTS / "loss_chart_states.json").write_text(json.dumps(
         {"live": live, "after_reload": after, "later": later, "cancelled": done, "short_run": log,
          "preview_grid": grid, "preview_grid_after_reload": again}, indent=2))
@@ -444,6 +507,11 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
 
 
 def wait_queue_empty(server, timeout: float = 120) -> None:
+    with PHASES("wait: queue empty"):
+        _wait_queue_empty(server, timeout)
+
+
+def _wait_queue_empty(server, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while server.get("/queue")["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -470,8 +538,9 @@ def test_a_refused_save_name_stops_the_whole_run_and_the_error_dialog_says_why(s
     assert resp.value.status == 400, resp.value.text()
     sentence = "ipt_taken.safetensors already exists"
     page.get_by_text(sentence, exact=False).first.wait_for(timeout=20_000)  # in the error dialog
-    page.screenshot(path=str(ARTIFACTS / "refused_save_dialog.png"))
-    time.sleep(2)  # had anything been queued, it would have started by now
+    shot(page, "refused_save_dialog.png")
+    with PHASES("fixed waits"):
+        time.sleep(2)  # had anything been queued, it would have started by now
     queue = server.get("/queue")
     assert not queue["queue_running"] and not queue["queue_pending"]
     assert len(server.get("/ipadapter_train/runs")["runs"]) == runs  # Train never ran
