@@ -2,6 +2,8 @@
 
     with comfy_server(base, {"checkpoints": [...], "clip_vision": [...]}) as srv, chromium() as page:
         open_comfy(page, srv)
+
+The server runs torch on one thread (`ONE_THREAD`), so that Chromium keeps a core while a run trains.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import time
 from collections import defaultdict
 from pathlib import Path
+from unittest import mock
 
 from harness import PACK_NAME as PACK_DIR_NAME  # noqa: F401 (re-exported for the tests)
 from harness import ROOT, ComfyServer
@@ -21,10 +24,24 @@ CHECKPOINT = "sd15-tiny.safetensors"  # the names make-test-models gives its fil
 CLIP_VISION = "clip-vision-vit-l.safetensors"
 
 
+# torch's thread pool in the server: one thread. With two (torch's default on two cores) a test model's training
+# step cost 2.0 CPU seconds and with one 0.30, its encoding 7 and 2.4 per image (measured on a 2-core machine shared
+# with other jobs: idle pool threads spin for the CPU they do not get); and one thread leaves Chromium a core. Pinning
+# the two threads to one core instead (os.sched_setaffinity) made a step cost 15 CPU seconds.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def start_one_thread(srv: ComfyServer) -> ComfyServer:
+    """Start `srv` with torch on one thread (`ONE_THREAD` in its environment, which it inherits from this process's:
+    set for the start only)."""
+    with mock.patch.dict(os.environ, ONE_THREAD):
+        return srv.start()
+
+
 @contextlib.contextmanager
 def comfy_server(base: Path, models: dict[str, list[Path]], pack: Path = ROOT):
     """A `harness.ComfyServer` for the duration of a `with` block (the workflow builder uses it)."""
-    srv = ComfyServer(base, models, pack=pack).start()
+    srv = start_one_thread(ComfyServer(base, models, pack=pack))
     try:
         yield srv
     finally:

@@ -24,6 +24,7 @@ and ComfyUI installed by tests/comfyui/setup_comfyui.sh.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -35,7 +36,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_server as bs  # noqa: E402
-from harness import comfy, test_models  # noqa: E402,F401 (fixtures)
+from harness import ComfyServer, test_models  # noqa: E402,F401 (fixture)
 from browser_workflow_api import SHIPPED as SHIPPED_FILES  # noqa: E402
 from browser_workflow_api import FRONTEND_ONLY, editor_to_api, load_workflow, workflow_path  # noqa: E402
 
@@ -45,6 +46,7 @@ pytestmark = pytest.mark.skipif(not Path(bs.CHROMIUM).exists(),
 ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
 SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
 TRAIN_FOLDER = "ipadapter_train_samples"
+TRAIN_IMAGES = ("astronaut", "chelsea")  # validation needs 2; each photo costs an encoding with CLIP ViT-L
 CHART = ".ipadapter-train-chart"
 PREVIEW = ".ipadapter-train-preview"
 SHIPPED = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "apply_ip_adapter", "score",
@@ -55,35 +57,41 @@ PHASES = bs.PHASES
 
 
 @pytest.fixture(scope="module")
-def server(request):
-    """The session's ComfyUI server (harness.comfy, shared with the server tests: one start-up), with
-    the training pictures in input/."""
-    with PHASES("test models (make-test-models)"):
-        request.getfixturevalue("test_models")
-    with PHASES("server start (harness.comfy)"):
-        comfy = request.getfixturevalue("comfy")
+def server(request, tmp_path_factory):
+    """A ComfyUI server of this module's own with the test models and the training pictures in input/: torch on
+    one thread (`bs.ONE_THREAD`), so that Chromium keeps a core while a run trains. Stopped at the module's end."""
     try:
         import playwright  # noqa: F401
     except ImportError:
         pytest.fail("the browser test needs Playwright's Python package: pip install playwright "
                     "(never `playwright install`: the test drives /usr/bin/chromium)")
-    folder = comfy.base / "input" / TRAIN_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in sorted(SAMPLES.iterdir())[:6]:  # 3 photos and their captions keep encoding short
-        if f.suffix.lower() in (".jpg", ".txt"):
-            shutil.copy(f, folder / f.name)
-    cpu, start = PHASES.cpu(comfy.proc.pid), time.monotonic()
-    yield comfy
-    PHASES.add("module wall (after server start)", time.monotonic() - start)
-    PHASES.add_cpu(cpu, PHASES.cpu(comfy.proc.pid))
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    PHASES.write(ARTIFACTS / "phases.json")
-    log = comfy.log()
-    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
+    with PHASES("test models (make-test-models)"):
+        models = request.getfixturevalue("test_models")  # the session's, shared with the server tests
+    with PHASES("server start"):
+        srv = bs.start_one_thread(ComfyServer(tmp_path_factory.mktemp("comfy-browser-base"),
+                                              {"checkpoints": [models["sd15"]], "clip_vision": [models["clip_vision"]]}))
+    try:
+        folder = srv.base / "input" / TRAIN_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in TRAIN_IMAGES:
+            for suffix in (".jpg", ".txt"):
+                shutil.copy(SAMPLES / f"{name}{suffix}", folder / f"{name}{suffix}")
+        cpu, start = PHASES.cpu(srv.proc.pid), time.monotonic()
+        PHASES.add_cpu({}, {"ComfyUI server start": cpu["ComfyUI server"]})
+        yield srv
+        PHASES.add("module wall (after server start)", time.monotonic() - start)
+        PHASES.add_cpu(cpu, PHASES.cpu(srv.proc.pid))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        PHASES.write(ARTIFACTS / "phases.json")
+        log = srv.log()
+        assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
+    finally:
+        srv.stop()
 
 
-@pytest.fixture
-def page(server):
+@pytest.fixture(scope="module")
+def browser_page(server):
+    """One Chromium and one boot of the frontend for the module's tests; `page` checks each test's console."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nbrowser test artefacts: {ARTIFACTS}")
     with bs.chromium() as pg:
@@ -94,11 +102,18 @@ def page(server):
         bs.open_comfy(pg, server)
         pg.ipt_errors = errors
         yield pg
-        # Events that arrive between the socket opening and the extensions' setup() are reported by the
-        # frontend as "Unhandled message ... Unknown message type": harmless, /runs covers them.
-        ours = [e for e in errors if ("ipadapter_train" in e or "ipadapter-train" in e)
-                and "Unknown message type" not in e]
-        assert not ours, "\n".join(ours)
+
+
+@pytest.fixture
+def page(browser_page):
+    """The module's page; after the test, no error or warning of this pack in its console or uncaught."""
+    browser_page.ipt_errors.clear()
+    yield browser_page
+    # Events that arrive between the socket opening and the extensions' setup() are reported by the
+    # frontend as "Unhandled message ... Unknown message type": harmless, /runs covers them.
+    ours = [e for e in browser_page.ipt_errors if ("ipadapter_train" in e or "ipadapter-train" in e)
+            and "Unknown message type" not in e]
+    assert not ours, "\n".join(ours)
 
 
 def shot(page, name: str) -> None:
@@ -106,9 +121,18 @@ def shot(page, name: str) -> None:
         page.screenshot(path=str(ARTIFACTS / name))
 
 
-def pause(page, ms: int) -> None:
-    with PHASES("fixed waits"):
-        page.wait_for_timeout(ms)
+def when(page, condition: str, arg=None, timeout_ms: int = 10_000) -> None:
+    """Wait until the JS function `condition(arg)` returns true, at most `timeout_ms`: if it never does, the caller's
+    assertion says what there is instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with PHASES("waits on a condition"), contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(condition, arg=arg, timeout=timeout_ms)
+
+
+def next_frames(page) -> None:
+    """Until the page has drawn twice more: what was made dirty (canvas, chart) is on screen."""
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
@@ -215,7 +239,7 @@ def focus_train_node(page) -> None:
         ds.offset[1] = -node.pos[1] + 140;
         app.canvas.setDirty(true, true);
     }""")
-    pause(page, 300)
+    next_frames(page)
 
 
 def strip(prompt: dict, object_info: dict) -> dict:
@@ -254,15 +278,15 @@ MISSING = {"train_ip_adapter": SD15_FILES, "train_ip_adapter_cpu": SD15_FILES, "
            "train_ip_adapter_sdxl": ["checkpoints / sd_xl_base_1.0.safetensors", SD15_FILES[1]]}
 
 
-def missing_models_dialog(page) -> list[str]:
-    """The entries of the frontend's Missing Models dialog once it shows, then closes it."""
+def missing_models_dialog(page, expected: int) -> list[str]:
+    """The entries of the frontend's Missing Models dialog once it shows `expected` of them, then closes it."""
     with PHASES("missing models dialog"):
-        return _missing_models_dialog(page)
+        return _missing_models_dialog(page, expected)
 
 
-def _missing_models_dialog(page) -> list[str]:
+def _missing_models_dialog(page, expected: int) -> list[str]:
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
-    pause(page, 300)
+    when(page, "(n) => document.querySelectorAll('.comfy-missing-models li').length >= n", expected)
     entries = page.evaluate("""() => [...document.querySelectorAll('.comfy-missing-models li')]
                                       .map((li) => li.innerText.trim())""")
     page.keyboard.press("Escape")
@@ -291,20 +315,21 @@ def check_missing_models_dialog(server, page) -> None:
     assert sorted(page.evaluate(titles)) == sorted(SHIPPED_FILES.values())
     page.locator('[role="combobox"]', has_text="Newest").last.click()
     page.get_by_role("option", name="A → Z").click()  # the "alphabetical" sort
-    pause(page, 500)
-    assert page.evaluate(titles) == [SHIPPED_FILES[key] for key in SHIPPED], page.evaluate(titles)
+    by_name = [SHIPPED_FILES[key] for key in SHIPPED]
+    when(page, f"(want) => JSON.stringify(({titles})()) === JSON.stringify(want)", by_name)
+    assert page.evaluate(titles) == by_name, page.evaluate(titles)
     shot(page, "template_browser.png")
     card.click()
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
     shot(page, "missing_models.png")
-    entries = missing_models_dialog(page)
+    entries = missing_models_dialog(page, len(MISSING["train_ip_adapter"]))
     assert [e.splitlines()[0] for e in entries] == MISSING["train_ip_adapter"], entries
     # the download links pass the frontend's rules (hosts, suffixes, a models folder it knows)
     assert not [e for e in entries if "not allowed" in e or "Only allowed" in e or "Invalid directory" in e], entries
     # then every template, the way load_in_editor opens them
     for name in SHIPPED:
         load_in_editor(page, server, name, missing_models_dialog=True)
-        entries = missing_models_dialog(page)
+        entries = missing_models_dialog(page, len(MISSING[name]))
         assert [e.splitlines()[0] for e in entries] == MISSING[name], (name, entries)
         assert not any("my_adapter" in e for e in entries), (name, entries)
 
@@ -312,6 +337,10 @@ def check_missing_models_dialog(server, page) -> None:
 # Every change of the chart's state, recorded in the page (a phase can pass between two polls).
 RECORD_CHART = """() => {
     window.__iptLog = [];
+    if (window.__iptSteps === undefined) {  // the run's step events this page received
+        window.__iptSteps = 0;
+        window.comfyAPI.api.api.addEventListener('ipadapter_train.progress', () => { window.__iptSteps += 1; });
+    }
     const record = (el) => {
         const d = el.dataset;
         const entry = {promptId: d.promptId, phase: d.phase, step: d.step, total: d.total, state: d.state,
@@ -375,8 +404,9 @@ def assert_blank(state: dict | None, what: str) -> None:
 
 def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflows(server, page):
     load_in_editor(page, server, "train_ip_adapter")
-    # many steps so that the run is still going after the reload; it is cancelled at the end
-    set_widgets(page, training_widgets(5000, "off", "browser_test"))
+    # many steps so that the run is still going after the reload; it is cancelled at the end. No previews: this run
+    # shows steps; the short run below shows the previews
+    set_widgets(page, training_widgets(5000, "off", "browser_test", preview_every=-1))
     before = chart_state(page)
     assert before and before["state"] == "idle", before
     train_id = train_node_id(page)
@@ -398,16 +428,18 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         time_run_phases(page, "long run", queued, log)
         # the run starts by encoding the images, with the chart saying so
         assert log[0]["phase"] == "encoding" and log[0]["text"].startswith("encoding images"), log[:3]
-        # no ETA figure before a step was measured: not while encoding (previews are on, auto, so the core's
-        # measured first step and the planned rounds give one from step 1)
+        # no ETA figure before a step was measured: not while encoding (the short run checks it with previews on)
         assert all(not re.search(r"ETA \d", e["text"]) for e in log if e["phase"] == "encoding"), log
         focus_train_node(page)
         shot(page, "loss_chart_live.png")
 
-        # another workflow whose Train node has the same id shows nothing of this run
+        # another workflow whose Train node has the same id shows nothing of this run, after a step of it arrived
         load_in_editor(page, server, "train_then_apply")
         assert train_node_id(page) == train_id
-        pause(page, 500)
+        steps_seen = page.evaluate("() => window.__iptSteps")
+        with PHASES("wait: a step event on the other workflow"):
+            page.wait_for_function("(n) => window.__iptSteps > n", arg=steps_seen, timeout=60_000)
+        next_frames(page)  # the chart redraws on the next frame
         assert_blank(chart_state(page), "another workflow")
         assert not listed()["done"]
         focus_train_node(page)
@@ -449,7 +481,6 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         wait_chart(page, lambda s: s["state"] == "running" and int(s["points"]) >= int(later["step"]), 30,
                    "stay whole after a reconnect")
         focus_train_node(page)
-        pause(page, 500)
         shot(page, "loss_chart_after_reload.png")
     finally:
         server.interrupt()
@@ -463,7 +494,7 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
 
     # a short run with previews (after each of its 2 steps: auto would plan none, over the budget) and validation:
     # the chart is cleared when it starts encoding and names each phase
-    set_widgets(page, training_widgets(2, "full", "browser_test_validated", preview_every=1))
+    set_widgets(page, training_widgets(2, "quick", "browser_test_validated", preview_every=1))
     page.evaluate(RECORD_CHART)
     queued = page_clock(page)
     second = queue_with_run_button(page)
@@ -479,7 +510,9 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     changes = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
     assert changes[0] == "encoding" and changes[-2:] == ["validating", "done"], log
     assert set(changes) == {"encoding", "training", "previewing", "validating", "done"}, log
-    assert any(re.search(r"validating \d+/12 \(conditioning gain\)", e["text"]) for e in log), log  # 3 images x 4
+    assert any(re.search(r"validating \d+/4 \(conditioning gain\)", e["text"]) for e in log), log  # 2 images x 2
+    # previews on: the core's measured first step and the planned rounds give an ETA from step 1, never while encoding
+    assert all(not re.search(r"ETA \d", e["text"]) for e in log if e["phase"] == "encoding"), log
     assert any(re.search(r"previewing \d+/\d+ \(after step [12]\)", e["text"]) for e in log), log
 
     # the latest preview grid, under the chart, loaded through /view
@@ -498,7 +531,6 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
                          "come back after the reload")
     assert (again["step"], again["src"], again["count"]) == (grid["step"], grid["src"], grid["count"]), again
     focus_train_node(page)
-    pause(page, 300)
     shot(page, "preview_grid_after_reload.png")
     (ARTIFACTS / "loss_chart_states.json").write_text(json.dumps(
         {"live": live, "after_reload": after, "later": later, "cancelled": done, "short_run": log,
@@ -532,15 +564,23 @@ def test_a_refused_save_name_stops_the_whole_run_and_the_error_dialog_says_why(s
         save_adapter(IPAdapter.new("base", 768, 768, adapter_layers(tiny_unet_config())).state_dict(), taken)
     load_in_editor(page, server, "train_ip_adapter")
     set_widgets(page, training_widgets(1, "off", "ipt_taken", preview_every=-1))
-    runs = len(server.get("/ipadapter_train/runs")["runs"])
-    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as resp:
-        page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
-    assert resp.value.status == 400, resp.value.text()
-    sentence = "ipt_taken.safetensors already exists"
-    page.get_by_text(sentence, exact=False).first.wait_for(timeout=20_000)  # in the error dialog
+    runs, history = len(server.get("/ipadapter_train/runs")["runs"]), len(server.get("/history"))
+    is_queueing = lambda r: r.url.endswith("/prompt") and r.method == "POST"  # noqa: E731
+    posts: list = []
+    count_posts = lambda r: posts.append(r) if is_queueing(r) else None  # noqa: E731
+    page.on("request", count_posts)
+    try:
+        with page.expect_response(lambda r: is_queueing(r.request)) as resp:
+            page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
+        assert resp.value.status == 400, resp.value.text()
+        sentence = "ipt_taken.safetensors already exists"
+        page.get_by_text(sentence, exact=False).first.wait_for(timeout=20_000)  # in the error dialog
+    finally:
+        page.remove_listener("request", count_posts)
     shot(page, "refused_save_dialog.png")
-    with PHASES("fixed waits"):
-        time.sleep(2)  # had anything been queued, it would have started by now
+    # ComfyUI queues a prompt before it answers /prompt, and Run posted once: nothing is queued, ran or is running
+    assert len(posts) == 1, [r.url for r in posts]
     queue = server.get("/queue")
     assert not queue["queue_running"] and not queue["queue_pending"]
+    assert len(server.get("/history")) == history
     assert len(server.get("/ipadapter_train/runs")["runs"]) == runs  # Train never ran
