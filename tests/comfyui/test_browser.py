@@ -45,8 +45,9 @@ pytestmark = pytest.mark.skipif(not Path(bs.CHROMIUM).exists(),
 
 ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
 SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
-TRAIN_FOLDER = "ipadapter_train_samples"
-TRAIN_IMAGES = ("astronaut", "chelsea")  # validation needs 2; each photo costs an encoding with CLIP ViT-L
+# input/ folders of photos and captions: each photo costs an encoding with CLIP ViT-L; validation needs 2
+TRAIN_FOLDER, ONE_PHOTO = "ipadapter_train_samples", "ipadapter_train_one"
+TRAIN_IMAGES = {TRAIN_FOLDER: ("astronaut", "chelsea"), ONE_PHOTO: ("astronaut",)}
 CHART = ".ipadapter-train-chart"
 PREVIEW = ".ipadapter-train-preview"
 SHIPPED = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "apply_ip_adapter", "score",
@@ -71,11 +72,11 @@ def server(request, tmp_path_factory):
         srv = bs.start_one_thread(ComfyServer(tmp_path_factory.mktemp("comfy-browser-base"),
                                               {"checkpoints": [models["sd15"]], "clip_vision": [models["clip_vision"]]}))
     try:
-        folder = srv.base / "input" / TRAIN_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in TRAIN_IMAGES:
-            for suffix in (".jpg", ".txt"):
-                shutil.copy(SAMPLES / f"{name}{suffix}", folder / f"{name}{suffix}")
+        for folder, names in TRAIN_IMAGES.items():
+            (srv.base / "input" / folder).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                for suffix in (".jpg", ".txt"):
+                    shutil.copy(SAMPLES / f"{name}{suffix}", srv.base / "input" / folder / f"{name}{suffix}")
         cpu, start = PHASES.cpu(srv.proc.pid), time.monotonic()
         PHASES.add_cpu({}, {"ComfyUI server start": cpu["ComfyUI server"]})
         yield srv
@@ -387,11 +388,12 @@ def queue_with_run_button(page) -> str:
     return body["prompt_id"]
 
 
-def training_widgets(steps: int, validation: str, save_name: str, preview_every: int = 0) -> dict[str, dict]:
+def training_widgets(steps: int, validation: str, save_name: str, preview_every: int = 0,
+                     folder: str = TRAIN_FOLDER) -> dict[str, dict]:
     return {
         "CheckpointLoaderSimple": {"ckpt_name": bs.CHECKPOINT},
         "CLIPVisionLoader": {"clip_name": bs.CLIP_VISION},
-        "IPAdapterTrain_LoadTrainingImages": {"folder": TRAIN_FOLDER},
+        "IPAdapterTrain_LoadTrainingImages": {"folder": folder},
         "IPAdapterTrain_Train": {"steps": steps, "resolution": 64, "batch_size": 1, "validation": validation,
                                  "preview_every": preview_every},
         "IPAdapterTrain_Save": {"name": save_name},
@@ -404,9 +406,9 @@ def assert_blank(state: dict | None, what: str) -> None:
 
 def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflows(server, page):
     load_in_editor(page, server, "train_ip_adapter")
-    # many steps so that the run is still going after the reload; it is cancelled at the end. No previews: this run
-    # shows steps; the short run below shows the previews
-    set_widgets(page, training_widgets(5000, "off", "browser_test", preview_every=-1))
+    # many steps so that the run is still going after the reload; it is cancelled at the end. One photo and no
+    # previews: this run shows steps; the short run below shows the previews and the validation
+    set_widgets(page, training_widgets(5000, "off", "browser_test", preview_every=-1, folder=ONE_PHOTO))
     before = chart_state(page)
     assert before and before["state"] == "idle", before
     train_id = train_node_id(page)
