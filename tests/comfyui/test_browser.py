@@ -24,6 +24,7 @@ and ComfyUI installed by tests/comfyui/setup_comfyui.sh.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -35,7 +36,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import browser_server as bs  # noqa: E402
-from harness import comfy, test_models  # noqa: E402,F401 (fixtures)
+from harness import ComfyServer, test_models  # noqa: E402,F401 (fixture)
 from browser_workflow_api import SHIPPED as SHIPPED_FILES  # noqa: E402
 from browser_workflow_api import FRONTEND_ONLY, editor_to_api, load_workflow, workflow_path  # noqa: E402
 
@@ -44,34 +45,54 @@ pytestmark = pytest.mark.skipif(not Path(bs.CHROMIUM).exists(),
 
 ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
 SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"
-TRAIN_FOLDER = "ipadapter_train_samples"
+# input/ folders of photos and captions: each photo costs an encoding with CLIP ViT-L; validation needs 2
+TRAIN_FOLDER, ONE_PHOTO = "ipadapter_train_samples", "ipadapter_train_one"
+TRAIN_IMAGES = {TRAIN_FOLDER: ("astronaut", "chelsea"), ONE_PHOTO: ("astronaut",)}
 CHART = ".ipadapter-train-chart"
 PREVIEW = ".ipadapter-train-preview"
 SHIPPED = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "apply_ip_adapter", "score",
            "train_ip_adapter_sdxl"]
 
 
+PHASES = bs.PHASES
+
+
 @pytest.fixture(scope="module")
-def server(comfy):
-    """The session's ComfyUI server (harness.comfy, shared with the server tests: one start-up), with
-    the training pictures in input/."""
+def server(request, tmp_path_factory):
+    """A ComfyUI server of this module's own with the test models and the training pictures in input/: torch on
+    one thread (`bs.ONE_THREAD`), so that Chromium keeps a core while a run trains. Stopped at the module's end."""
     try:
         import playwright  # noqa: F401
     except ImportError:
         pytest.fail("the browser test needs Playwright's Python package: pip install playwright "
                     "(never `playwright install`: the test drives /usr/bin/chromium)")
-    folder = comfy.base / "input" / TRAIN_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in sorted(SAMPLES.iterdir())[:6]:  # 3 photos and their captions keep encoding short
-        if f.suffix.lower() in (".jpg", ".txt"):
-            shutil.copy(f, folder / f.name)
-    yield comfy
-    log = comfy.log()
-    assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
+    with PHASES("test models (make-test-models)"):
+        models = request.getfixturevalue("test_models")  # the session's, shared with the server tests
+    with PHASES("server start"):
+        srv = bs.start_one_thread(ComfyServer(tmp_path_factory.mktemp("comfy-browser-base"),
+                                              {"checkpoints": [models["sd15"]], "clip_vision": [models["clip_vision"]]}))
+    try:
+        for folder, names in TRAIN_IMAGES.items():
+            (srv.base / "input" / folder).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                for suffix in (".jpg", ".txt"):
+                    shutil.copy(SAMPLES / f"{name}{suffix}", srv.base / "input" / folder / f"{name}{suffix}")
+        cpu, start = PHASES.cpu(srv.proc.pid), time.monotonic()
+        PHASES.add_cpu({}, {"ComfyUI server start": cpu["ComfyUI server"]})
+        yield srv
+        PHASES.add("module wall (after server start)", time.monotonic() - start)
+        PHASES.add_cpu(cpu, PHASES.cpu(srv.proc.pid))
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        PHASES.write(ARTIFACTS / "phases.json")
+        log = srv.log()
+        assert "IMPORT FAILED" not in "\n".join(l for l in log.splitlines() if bs.PACK_DIR_NAME in l), log[-3000:]
+    finally:
+        srv.stop()
 
 
-@pytest.fixture
-def page(server):
+@pytest.fixture(scope="module")
+def browser_page(server):
+    """One Chromium and one boot of the frontend for the module's tests; `page` checks each test's console."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\nbrowser test artefacts: {ARTIFACTS}")
     with bs.chromium() as pg:
@@ -82,14 +103,45 @@ def page(server):
         bs.open_comfy(pg, server)
         pg.ipt_errors = errors
         yield pg
-        # Events that arrive between the socket opening and the extensions' setup() are reported by the
-        # frontend as "Unhandled message ... Unknown message type": harmless, /runs covers them.
-        ours = [e for e in errors if ("ipadapter_train" in e or "ipadapter-train" in e)
-                and "Unknown message type" not in e]
-        assert not ours, "\n".join(ours)
+
+
+@pytest.fixture
+def page(browser_page):
+    """The module's page; after the test, no error or warning of this pack in its console or uncaught."""
+    browser_page.ipt_errors.clear()
+    yield browser_page
+    # Events that arrive between the socket opening and the extensions' setup() are reported by the
+    # frontend as "Unhandled message ... Unknown message type": harmless, /runs covers them.
+    ours = [e for e in browser_page.ipt_errors if ("ipadapter_train" in e or "ipadapter-train" in e)
+            and "Unknown message type" not in e]
+    assert not ours, "\n".join(ours)
+
+
+def shot(page, name: str) -> None:
+    with PHASES("screenshots"):
+        page.screenshot(path=str(ARTIFACTS / name))
+
+
+def when(page, condition: str, arg=None, timeout_ms: int = 10_000) -> None:
+    """Wait until the JS function `condition(arg)` returns true, at most `timeout_ms`: if it never does, the caller's
+    assertion says what there is instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    with PHASES("waits on a condition"), contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(condition, arg=arg, timeout=timeout_ms)
+
+
+def next_frames(page) -> None:
+    """Until the page has drawn twice more: what was made dirty (canvas, chart) is on screen."""
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
+    with PHASES("load workflow in editor"):
+        return _load_in_editor(page, server, name, missing_models_dialog)
+
+
+def _load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
     """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it; the
     frontend's Missing Models dialog (the test server lacks the public files) only when asked for."""
     wf = page.evaluate("""async ([pack, file, dialog]) => {
@@ -146,6 +198,11 @@ def preview_state(page) -> dict | None:
 
 
 def wait_preview(page, predicate, timeout: float, what: str) -> dict:
+    with PHASES(f"wait: preview to {what}"):
+        return _wait_preview(page, predicate, timeout, what)
+
+
+def _wait_preview(page, predicate, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
@@ -157,6 +214,11 @@ def wait_preview(page, predicate, timeout: float, what: str) -> dict:
 
 
 def wait_chart(page, predicate, timeout: float, what: str) -> dict:
+    with PHASES(f"wait: chart to {what}"):
+        return _wait_chart(page, predicate, timeout, what)
+
+
+def _wait_chart(page, predicate, timeout: float, what: str) -> dict:
     deadline = time.monotonic() + timeout
     state = None
     while time.monotonic() < deadline:
@@ -178,7 +240,7 @@ def focus_train_node(page) -> None:
         ds.offset[1] = -node.pos[1] + 140;
         app.canvas.setDirty(true, true);
     }""")
-    page.wait_for_timeout(300)
+    next_frames(page)
 
 
 def strip(prompt: dict, object_info: dict) -> dict:
@@ -217,10 +279,15 @@ MISSING = {"train_ip_adapter": SD15_FILES, "train_ip_adapter_cpu": SD15_FILES, "
            "train_ip_adapter_sdxl": ["checkpoints / sd_xl_base_1.0.safetensors", SD15_FILES[1]]}
 
 
-def missing_models_dialog(page) -> list[str]:
-    """The entries of the frontend's Missing Models dialog once it shows, then closes it."""
+def missing_models_dialog(page, expected: int) -> list[str]:
+    """The entries of the frontend's Missing Models dialog once it shows `expected` of them, then closes it."""
+    with PHASES("missing models dialog"):
+        return _missing_models_dialog(page, expected)
+
+
+def _missing_models_dialog(page, expected: int) -> list[str]:
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
-    page.wait_for_timeout(300)
+    when(page, "(n) => document.querySelectorAll('.comfy-missing-models li').length >= n", expected)
     entries = page.evaluate("""() => [...document.querySelectorAll('.comfy-missing-models li')]
                                       .map((li) => li.innerText.trim())""")
     page.keyboard.press("Escape")
@@ -249,20 +316,21 @@ def check_missing_models_dialog(server, page) -> None:
     assert sorted(page.evaluate(titles)) == sorted(SHIPPED_FILES.values())
     page.locator('[role="combobox"]', has_text="Newest").last.click()
     page.get_by_role("option", name="A → Z").click()  # the "alphabetical" sort
-    page.wait_for_timeout(500)
-    assert page.evaluate(titles) == [SHIPPED_FILES[key] for key in SHIPPED], page.evaluate(titles)
-    page.screenshot(path=str(ARTIFACTS / "template_browser.png"))
+    by_name = [SHIPPED_FILES[key] for key in SHIPPED]
+    when(page, f"(want) => JSON.stringify(({titles})()) === JSON.stringify(want)", by_name)
+    assert page.evaluate(titles) == by_name, page.evaluate(titles)
+    shot(page, "template_browser.png")
     card.click()
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "missing_models.png"))
-    entries = missing_models_dialog(page)
+    shot(page, "missing_models.png")
+    entries = missing_models_dialog(page, len(MISSING["train_ip_adapter"]))
     assert [e.splitlines()[0] for e in entries] == MISSING["train_ip_adapter"], entries
     # the download links pass the frontend's rules (hosts, suffixes, a models folder it knows)
     assert not [e for e in entries if "not allowed" in e or "Only allowed" in e or "Invalid directory" in e], entries
     # then every template, the way load_in_editor opens them
     for name in SHIPPED:
         load_in_editor(page, server, name, missing_models_dialog=True)
-        entries = missing_models_dialog(page)
+        entries = missing_models_dialog(page, len(MISSING[name]))
         assert [e.splitlines()[0] for e in entries] == MISSING[name], (name, entries)
         assert not any("my_adapter" in e for e in entries), (name, entries)
 
@@ -270,12 +338,18 @@ def check_missing_models_dialog(server, page) -> None:
 # Every change of the chart's state, recorded in the page (a phase can pass between two polls).
 RECORD_CHART = """() => {
     window.__iptLog = [];
+    if (window.__iptSteps === undefined) {  // the run's step events this page received
+        window.__iptSteps = 0;
+        window.comfyAPI.api.api.addEventListener('ipadapter_train.progress', () => { window.__iptSteps += 1; });
+    }
     const record = (el) => {
         const d = el.dataset;
         const entry = {promptId: d.promptId, phase: d.phase, step: d.step, total: d.total, state: d.state,
                        points: d.points, text: el.querySelector('.ipadapter-train-status')?.textContent ?? ''};
         const last = window.__iptLog[window.__iptLog.length - 1];
-        if (!last || JSON.stringify(last) !== JSON.stringify(entry)) window.__iptLog.push(entry);
+        const {t, ...previous} = last ?? {};
+        if (!last || JSON.stringify(previous) !== JSON.stringify(entry))
+            window.__iptLog.push({...entry, t: performance.now() / 1000});
     };
     new MutationObserver((changes) => {
         for (const c of changes) if (c.target.classList?.contains('ipadapter-train-chart')) record(c.target);
@@ -286,6 +360,19 @@ RECORD_CHART = """() => {
 
 def chart_log(page, prompt_id: str) -> list[dict]:
     return [e for e in page.evaluate("() => window.__iptLog") if e["promptId"] == prompt_id]
+
+
+def time_run_phases(page, run: str, queued: float, log: list[dict]) -> None:
+    """Seconds of each phase of a run as the chart showed them (`queued`: the page's clock at Run)."""
+    if not log:
+        return
+    PHASES.add(f"{run}: Run -> first chart change", log[0]["t"] - queued)
+    for entry, following in zip(log, log[1:]):
+        PHASES.add(f"{run}: {entry['phase']}", following["t"] - entry["t"])
+
+
+def page_clock(page) -> float:
+    return page.evaluate("() => performance.now() / 1000")
 
 
 def train_node_id(page) -> str:
@@ -301,11 +388,12 @@ def queue_with_run_button(page) -> str:
     return body["prompt_id"]
 
 
-def training_widgets(steps: int, validation: str, save_name: str, preview_every: int = 0) -> dict[str, dict]:
+def training_widgets(steps: int, validation: str, save_name: str, preview_every: int = 0,
+                     folder: str = TRAIN_FOLDER) -> dict[str, dict]:
     return {
         "CheckpointLoaderSimple": {"ckpt_name": bs.CHECKPOINT},
         "CLIPVisionLoader": {"clip_name": bs.CLIP_VISION},
-        "IPAdapterTrain_LoadTrainingImages": {"folder": TRAIN_FOLDER},
+        "IPAdapterTrain_LoadTrainingImages": {"folder": folder},
         "IPAdapterTrain_Train": {"steps": steps, "resolution": 64, "batch_size": 1, "validation": validation,
                                  "preview_every": preview_every},
         "IPAdapterTrain_Save": {"name": save_name},
@@ -318,12 +406,14 @@ def assert_blank(state: dict | None, what: str) -> None:
 
 def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflows(server, page):
     load_in_editor(page, server, "train_ip_adapter")
-    # many steps so that the run is still going after the reload; it is cancelled at the end
-    set_widgets(page, training_widgets(5000, "off", "browser_test"))
+    # many steps so that the run is still going after the reload; it is cancelled at the end. One photo and no
+    # previews: this run shows steps; the short run below shows the previews and the validation
+    set_widgets(page, training_widgets(5000, "off", "browser_test", preview_every=-1, folder=ONE_PHOTO))
     before = chart_state(page)
     assert before and before["state"] == "idle", before
     train_id = train_node_id(page)
     page.evaluate(RECORD_CHART)
+    queued = page_clock(page)
     prompt_id = queue_with_run_button(page)
     runs_url = lambda r: r.url == server.url + "/api/ipadapter_train/runs"  # noqa: E731 - via api.fetchApi
 
@@ -337,22 +427,25 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         assert live["text"].startswith("step ") and "/5000" in live["text"] and "ETA" in live["text"], live
         assert int(live["points"]) >= 2
         log = chart_log(page, prompt_id)
+        time_run_phases(page, "long run", queued, log)
         # the run starts by encoding the images, with the chart saying so
         assert log[0]["phase"] == "encoding" and log[0]["text"].startswith("encoding images"), log[:3]
-        # no ETA figure before a step was measured: not while encoding (previews are on, auto, so the core's
-        # measured first step and the planned rounds give one from step 1)
+        # no ETA figure before a step was measured: not while encoding (the short run checks it with previews on)
         assert all(not re.search(r"ETA \d", e["text"]) for e in log if e["phase"] == "encoding"), log
         focus_train_node(page)
-        page.screenshot(path=str(ARTIFACTS / "loss_chart_live.png"))
+        shot(page, "loss_chart_live.png")
 
-        # another workflow whose Train node has the same id shows nothing of this run
+        # another workflow whose Train node has the same id shows nothing of this run, after a step of it arrived
         load_in_editor(page, server, "train_then_apply")
         assert train_node_id(page) == train_id
-        page.wait_for_timeout(500)
+        steps_seen = page.evaluate("() => window.__iptSteps")
+        with PHASES("wait: a step event on the other workflow"):
+            page.wait_for_function("(n) => window.__iptSteps > n", arg=steps_seen, timeout=60_000)
+        next_frames(page)  # the chart redraws on the next frame
         assert_blank(chart_state(page), "another workflow")
         assert not listed()["done"]
         focus_train_node(page)
-        page.screenshot(path=str(ARTIFACTS / "loss_chart_other_workflow.png"))
+        shot(page, "loss_chart_other_workflow.png")
 
         # the same workflow opened in another tab (or browser) shows the run too, and follows it
         other = page.context.browser.new_page()  # its own session storage and client id, as a new tab has
@@ -373,7 +466,8 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
                    "show its run again on its own workflow")
 
         with page.expect_request(runs_url, timeout=90_000):
-            page.reload(wait_until="domcontentloaded")
+            with PHASES("page reload (goto)"):
+                page.reload(wait_until="domcontentloaded")
             bs.open_comfy(page, server)
         # the restored workflow has the same node; its chart is redrawn from /ipadapter_train/runs,
         # including the steps that ran while the page was away
@@ -389,8 +483,7 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         wait_chart(page, lambda s: s["state"] == "running" and int(s["points"]) >= int(later["step"]), 30,
                    "stay whole after a reconnect")
         focus_train_node(page)
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(ARTIFACTS / "loss_chart_after_reload.png"))
+        shot(page, "loss_chart_after_reload.png")
     finally:
         server.interrupt()
 
@@ -398,26 +491,30 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     # when the run ended short of its steps otherwise: either way it no longer claims to run
     done = wait_chart(page, lambda s: s["state"] in ("cancelled", "stopped"), 180, "show the cancelled run")
     assert int(done["step"]) < 5000 and "ETA" not in done["text"], done
-    page.screenshot(path=str(ARTIFACTS / "loss_chart_cancelled.png"))
+    shot(page, "loss_chart_cancelled.png")
     wait_queue_empty(server)
 
     # a short run with previews (after each of its 2 steps: auto would plan none, over the budget) and validation:
     # the chart is cleared when it starts encoding and names each phase
-    set_widgets(page, training_widgets(2, "full", "browser_test_validated", preview_every=1))
+    set_widgets(page, training_widgets(2, "quick", "browser_test_validated", preview_every=1))
     page.evaluate(RECORD_CHART)
+    queued = page_clock(page)
     second = queue_with_run_button(page)
     end = wait_chart(page, lambda s: s["promptId"] == second and s["state"] in ("done", "stopped"), 300,
                      "finish the short run")
     assert end["state"] == "done" and end["total"] == "2" and end["text"].endswith("done"), end
     focus_train_node(page)
-    page.screenshot(path=str(ARTIFACTS / "loss_chart_done.png"))
+    shot(page, "loss_chart_done.png")
     log = chart_log(page, second)
+    time_run_phases(page, "short run", queued, log)
     assert log[0]["phase"] == "encoding" and log[0]["points"] == "0", log[:3]  # the cancelled run's curve is gone
     phases = [e["phase"] for e in log]
     changes = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
     assert changes[0] == "encoding" and changes[-2:] == ["validating", "done"], log
     assert set(changes) == {"encoding", "training", "previewing", "validating", "done"}, log
-    assert any(re.search(r"validating \d+/12 \(conditioning gain\)", e["text"]) for e in log), log  # 3 images x 4
+    assert any(re.search(r"validating \d+/4 \(conditioning gain\)", e["text"]) for e in log), log  # 2 images x 2
+    # previews on: the core's measured first step and the planned rounds give an ETA from step 1, never while encoding
+    assert all(not re.search(r"ETA \d", e["text"]) for e in log if e["phase"] == "encoding"), log
     assert any(re.search(r"previewing \d+/\d+ \(after step [12]\)", e["text"]) for e in log), log
 
     # the latest preview grid, under the chart, loaded through /view
@@ -426,17 +523,17 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     assert grid["count"] == "2" and grid["shown"] and grid["width"] > 0, grid
     assert grid["text"].startswith("preview after step 2") and "/view?" in grid["src"], grid
     assert "type=output" in grid["src"] and "previews" in grid["src"], grid
-    page.screenshot(path=str(ARTIFACTS / "preview_grid_done.png"))
+    shot(page, "preview_grid_done.png")
 
     # and again after a reload, from GET /ipadapter_train/runs
-    page.reload(wait_until="domcontentloaded")
+    with PHASES("page reload (goto)"):
+        page.reload(wait_until="domcontentloaded")
     bs.open_comfy(page, server)
     again = wait_preview(page, lambda s: s["promptId"] == second and s["loaded"] == "1", 60,
                          "come back after the reload")
     assert (again["step"], again["src"], again["count"]) == (grid["step"], grid["src"], grid["count"]), again
     focus_train_node(page)
-    page.wait_for_timeout(300)
-    page.screenshot(path=str(ARTIFACTS / "preview_grid_after_reload.png"))
+    shot(page, "preview_grid_after_reload.png")
     (ARTIFACTS / "loss_chart_states.json").write_text(json.dumps(
         {"live": live, "after_reload": after, "later": later, "cancelled": done, "short_run": log,
          "preview_grid": grid, "preview_grid_after_reload": again}, indent=2))
@@ -444,6 +541,11 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
 
 
 def wait_queue_empty(server, timeout: float = 120) -> None:
+    with PHASES("wait: queue empty"):
+        _wait_queue_empty(server, timeout)
+
+
+def _wait_queue_empty(server, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while server.get("/queue")["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -464,14 +566,23 @@ def test_a_refused_save_name_stops_the_whole_run_and_the_error_dialog_says_why(s
         save_adapter(IPAdapter.new("base", 768, 768, adapter_layers(tiny_unet_config())).state_dict(), taken)
     load_in_editor(page, server, "train_ip_adapter")
     set_widgets(page, training_widgets(1, "off", "ipt_taken", preview_every=-1))
-    runs = len(server.get("/ipadapter_train/runs")["runs"])
-    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST") as resp:
-        page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
-    assert resp.value.status == 400, resp.value.text()
-    sentence = "ipt_taken.safetensors already exists"
-    page.get_by_text(sentence, exact=False).first.wait_for(timeout=20_000)  # in the error dialog
-    page.screenshot(path=str(ARTIFACTS / "refused_save_dialog.png"))
-    time.sleep(2)  # had anything been queued, it would have started by now
+    runs, history = len(server.get("/ipadapter_train/runs")["runs"]), len(server.get("/history"))
+    is_queueing = lambda r: r.url.endswith("/prompt") and r.method == "POST"  # noqa: E731
+    posts: list = []
+    count_posts = lambda r: posts.append(r) if is_queueing(r) else None  # noqa: E731
+    page.on("request", count_posts)
+    try:
+        with page.expect_response(lambda r: is_queueing(r.request)) as resp:
+            page.locator('[data-testid="queue-button"]').get_by_role("button").first.click()
+        assert resp.value.status == 400, resp.value.text()
+        sentence = "ipt_taken.safetensors already exists"
+        page.get_by_text(sentence, exact=False).first.wait_for(timeout=20_000)  # in the error dialog
+    finally:
+        page.remove_listener("request", count_posts)
+    shot(page, "refused_save_dialog.png")
+    # ComfyUI queues a prompt before it answers /prompt, and Run posted once: nothing is queued, ran or is running
+    assert len(posts) == 1, [r.url for r in posts]
     queue = server.get("/queue")
     assert not queue["queue_running"] and not queue["queue_pending"]
+    assert len(server.get("/history")) == history
     assert len(server.get("/ipadapter_train/runs")["runs"]) == runs  # Train never ran
