@@ -76,7 +76,7 @@ def _core(module: str):
     return pack(f"ipadapter_train.{module}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def diffusers_sd15(seed: int = 0):
     """The small SD1.5 as the core's `DiffusionModel` (diffusers UNet and VAE, transformers text encoder), fp32.
     One instance per seed, shared: the tests read it, none changes it."""
@@ -120,7 +120,8 @@ def _comfy_model(sd: dict):
     config = comfy.supported_models.SD15(comfy.model_detection.detect_unet_config(sd, UNET_PREFIX))
     config.set_inference_dtype(torch.float32, None)  # what ComfyUI picks for a UNet on the CPU
     base = config.get_model(sd, UNET_PREFIX)
-    _same_keys("UNet", base.diffusion_model.state_dict(), [k[len(UNET_PREFIX):] for k in sd if k.startswith(UNET_PREFIX)])
+    given = [k[len(UNET_PREFIX):] for k in sd if k.startswith(UNET_PREFIX)]
+    _same_keys("UNet", base.diffusion_model.state_dict(), given)
     base.load_model_weights(sd, UNET_PREFIX)
     device = comfy.model_management.get_torch_device()
     return config, comfy.model_patcher.ModelPatcher(base, load_device=device,
@@ -155,7 +156,7 @@ def _comfy_clip(config, sd: dict):
     return clip
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def clip_vision_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """A CLIP vision model of `VISION`'s shape in the transformers layout (the clip_vision folder's), fp16."""
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -178,7 +179,7 @@ def _comfy_clip_vision(seed: int):
     return clip_vision
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def comfy_sd15(seed: int = 0) -> dict:
     """MODEL (a ModelPatcher over ComfyUI's SD1.5 `BaseModel`), CLIP, VAE and CLIP_VISION with the weights of
     `diffusers_sd15(seed)` (and `clip_vision_state(seed)`), built in inference mode as a server loads models.
