@@ -23,7 +23,7 @@ playwright` (its Python package only: the Debian browser is used, `playwright in
 and ComfyUI installed by tests/comfyui/setup_comfyui.sh.
 
 The module starts its own server with torch on one thread (browser_server.ONE_THREAD: Chromium keeps a core, and a
-step costs a seventh of the CPU) and one Chromium page for its tests. Where the time goes (server start, page loads,
+training step costs far less CPU, measured there) and one Chromium page for its tests. Where the time goes (server start, page loads,
 frontend boots, each run's phases, screenshots, waits, CPU per process) is logged at INFO and written to
 tests/artifacts/browser/phases.json.
 """
