@@ -77,7 +77,7 @@ class Phases:
         own = os.times()
         out = {"ComfyUI server": 0.0, "pytest": own.user + own.system,
                "Chromium + Playwright driver (finished)": own.children_user + own.children_system}
-        with contextlib.suppress(OSError, ValueError, IndexError):
+        with contextlib.suppress(OSError, ValueError, IndexError, AttributeError):  # Linux's /proc
             fields = Path(f"/proc/{server_pid}/stat").read_text().rsplit(")", 1)[1].split()
             out["ComfyUI server"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         return out
@@ -120,8 +120,8 @@ def chromium(viewport=(1600, 1000)):
     with sync_playwright() as p:
         with PHASES("chromium launch"):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
             yield page
         finally:
             browser.close()

@@ -21,6 +21,11 @@ frontend served by a real ComfyUI server with this pack, on CPU with random-weig
 Skipped only when /usr/bin/chromium is missing (`apt-get install -y chromium`). Needs `pip install
 playwright` (its Python package only: the Debian browser is used, `playwright install` is never run)
 and ComfyUI installed by tests/comfyui/setup_comfyui.sh.
+
+The module starts its own server with torch on one thread (browser_server.ONE_THREAD: Chromium keeps a core, and a
+training step costs far less CPU, measured there) and one Chromium page for its tests. Where the time goes (server start, page loads,
+frontend boots, each run's phases, screenshots, waits, CPU per process) is logged at INFO and written to
+tests/artifacts/browser/phases.json.
 """
 from __future__ import annotations
 
@@ -362,7 +367,7 @@ def chart_log(page, prompt_id: str) -> list[dict]:
     return [e for e in page.evaluate("() => window.__iptLog") if e["promptId"] == prompt_id]
 
 
-def time_run_phases(page, run: str, queued: float, log: list[dict]) -> None:
+def time_run_phases(run: str, queued: float, log: list[dict]) -> None:
     """Seconds of each phase of a run as the chart showed them (`queued`: the page's clock at Run)."""
     if not log:
         return
@@ -427,7 +432,7 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
         assert live["text"].startswith("step ") and "/5000" in live["text"] and "ETA" in live["text"], live
         assert int(live["points"]) >= 2
         log = chart_log(page, prompt_id)
-        time_run_phases(page, "long run", queued, log)
+        time_run_phases("long run", queued, log)
         # the run starts by encoding the images, with the chart saying so
         assert log[0]["phase"] == "encoding" and log[0]["text"].startswith("encoding images"), log[:3]
         # no ETA figure before a step was measured: not while encoding (the short run checks it with previews on)
@@ -506,7 +511,7 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     focus_train_node(page)
     shot(page, "loss_chart_done.png")
     log = chart_log(page, second)
-    time_run_phases(page, "short run", queued, log)
+    time_run_phases("short run", queued, log)
     assert log[0]["phase"] == "encoding" and log[0]["points"] == "0", log[:3]  # the cancelled run's curve is gone
     phases = [e["phase"] for e in log]
     changes = [p for i, p in enumerate(phases) if i == 0 or phases[i - 1] != p]
