@@ -61,7 +61,7 @@ def test_ctrl_c_with_checkpoints_off_prints_a_resume_command_that_works(models, 
 
     import contextlib
 
-    from ipadapter_train.cli.main import training as cli_training
+    from ipadapter_train.cli import training as cli_training
 
     @contextlib.contextmanager
     def ctrl_c_at_step_2(label):
