@@ -1,16 +1,16 @@
 """Shared fixtures: micro SD1.5-layout models built from configs with random weights (diffusers'
 own testing convention), the shipped tokenizer and sample photos. Nothing is downloaded.
 
-Tests come in tiers, marked at collection (see `pytest_collection_modifyitems`), so that
-`pytest -m unit` runs only the fast in-process tests:
+Every test module declares its tier, so that `pytest -m unit` runs only the fast in-process tests:
 
-- unit: everything in-process (the default);
+    pytestmark = pytest.mark.unit      # or cli, server, browser; a test's own tier marker overrides it
+
+- unit: in-process (the core, the nodes, the CLI through `run_cli`);
 - cli: runs a command in a subprocess (`cli()` here, or `subprocess` directly): process behaviour;
-- server: starts a real ComfyUI server (the `comfy` fixture of tests/comfyui/harness.py, or a
-  `tests/comfyui/test_server_*.py` module);
-- browser: drives Chromium against a real ComfyUI (`test_browser*.py`).
+- server: starts a real ComfyUI server (the `comfy` fixture of tests/comfyui/harness.py);
+- browser: drives Chromium against a real ComfyUI.
 
-A tier marker written on a test (or its module) wins over the automatic one.
+A collected test without a tier stops the run at collection (`pytest_collection_modifyitems`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import types
 from collections import defaultdict
 from pathlib import Path
 
@@ -213,53 +212,14 @@ def trained_adapter_file(models, tmp_path_factory) -> Path:
 # ---------------------------------------------------------------------------------------------- tiers
 
 TIERS = ("unit", "cli", "server", "browser")
-SERVER_FIXTURES = {"comfy"}  # tests/comfyui/harness.py: a running ComfyUI server
-# The full-size SDXL server needs about 16 GiB: its tests run last, after its fixture has stopped every other server.
+# The SDXL server stops every other server before it starts: its tests run last.
 LAST_FIXTURES = {"sdxl_comfy"}
 
 
-def _references(obj, targets: tuple, globals_: dict, seen: set, depth: int = 3) -> bool:
-    """Whether a function's code (nested functions included) names one of `targets`, directly or
-    through a same-module helper function, up to `depth` calls deep."""
-    code = getattr(obj, "__code__", None)
-    if code is None or depth < 0 or code in seen:
-        return False
-    seen.add(code)
-    stack = [code]
-    while stack:
-        c = stack.pop()
-        for name in c.co_names:
-            value = globals_.get(name)
-            if value is None:
-                continue
-            if any(value is t for t in targets):
-                return True
-            if (isinstance(value, types.FunctionType) and value.__module__ == globals_.get("__name__")
-                    and _references(value, targets, globals_, seen, depth - 1)):
-                return True
-        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return False
-
-
-def tier_of(item) -> str:
-    """The tier of a collected test: its explicit tier marker, else by module name, fixtures and code."""
-    explicit = [m.name for m in item.iter_markers() if m.name in TIERS]
-    if explicit:
-        return explicit[0]
-    name = item.path.name
-    if name.startswith("test_browser"):
-        return "browser"
-    if name.startswith("test_server") or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return "server"
-    func = getattr(item, "function", None)
-    if func is not None:
-        harness = sys.modules.get("harness")
-        server_objects = (harness.ComfyServer,) if harness else ()
-        if server_objects and _references(func, server_objects, func.__globals__, set()):
-            return "server"
-        if _references(func, (subprocess, cli), func.__globals__, set()):
-            return "cli"
-    return "unit"
+def tier_of(item) -> str | None:
+    """The tier a collected test declares: its closest tier marker (its own, else its class's, else its module's
+    `pytestmark`), or None."""
+    return next((mark.name for mark in item.iter_markers() if mark.name in TIERS), None)
 
 
 def runs_last(item) -> bool:
@@ -267,16 +227,30 @@ def runs_last(item) -> bool:
     return bool(LAST_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
+def undeclared_tiers(items) -> str | None:
+    """The sentence that refuses collected tests without a tier, or None when every test has one."""
+    files = sorted({item.nodeid.split("::")[0] for item in items if tier_of(item) is None})
+    if not files:
+        return None
+    return (f"{len(files)} test module(s) declare no tier ({', '.join(files)}): add `pytestmark = pytest.mark.unit` "
+            f"(or cli, server, browser) to each, see tests/conftest.py.")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its tier, so `-m unit` / `-m "not server and not browser"` select them, and move the
-    tests of `LAST_FIXTURES` to the end (in their order), since their fixture stops the other servers."""
-    items.sort(key=runs_last)  # stable: the others keep their order
-    for item in items:
-        tier = tier_of(item)
-        if not item.get_closest_marker(tier):
-            item.add_marker(getattr(pytest.mark, tier))
+    """Refuse tests without a tier; leave each test exactly one tier marker, its closest declaration (so that
+    `-m unit` leaves out a cli test of a unit module); move the tests of `LAST_FIXTURES` to the end (in their
+    order), since their fixture stops the other servers."""
+    refusal = undeclared_tiers(items)
+    if refusal:
+        raise pytest.UsageError(refusal)
+    tiers = [tier_of(item) for item in items]
+    for node in {parent for item in items for parent in item.listchain()}:
+        node.own_markers[:] = [mark for mark in node.own_markers if mark.name not in TIERS]
+    for item, tier in zip(items, tiers):
+        item.add_marker(getattr(pytest.mark, tier))
         _tier_of_test[item.nodeid] = tier
+    items.sort(key=runs_last)  # stable: the others keep their order
 
 
 _tier_of_test: dict[str, str] = {}

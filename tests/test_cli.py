@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import SAMPLES, cli, micro_sd15, run_cli, train_args
+
+pytestmark = pytest.mark.unit
 
 
 def test_train_then_inspect(trained_adapter_file):
@@ -24,6 +27,7 @@ def test_train_then_inspect(trained_adapter_file):
     assert info["metadata"]["base_model"] == "sd15"
 
 
+@pytest.mark.cli
 def test_the_real_entry_point_exits_with_the_commands_status(tmp_path):
     """`python -m ipadapter_train`: 0 on success, 2 and one sentence (no traceback) on bad input."""
     r = cli("inspect", "--help")
@@ -34,6 +38,7 @@ def test_the_real_entry_point_exits_with_the_commands_status(tmp_path):
     assert len(errors) == 1 and "nope.safetensors" in errors[0] and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.cli
 def test_two_process_accelerate_run_trains_and_saves_one_file(models, tmp_path):
     out = tmp_path / "ddp.safetensors"
     # accelerate's own `--cpu` launcher starts a single process unless MPI is set up; its torchrun-based

@@ -10,6 +10,8 @@ from PIL import Image
 
 from conftest import SAMPLES, run_cli
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def sdxl_files(tmp_path_factory) -> dict:

@@ -19,6 +19,8 @@ import torch
 from conftest import SAMPLES, run_cli
 from test_fileformat import DAMAGES, damaged_adapter
 
+pytestmark = pytest.mark.unit
+
 Maker = Callable[[Path, dict], None]  # writes one input file at the path, given the models fixture
 
 

@@ -28,6 +28,8 @@ from ipadapter_train.previews.sources import PreviewSource, plan_previews
 from ipadapter_train.scoring.scorer import Scorer
 from ipadapter_train.training.trainer import RunPaths, RunPlan, TrainingRun
 
+pytestmark = pytest.mark.unit
+
 
 def cfg(**kw) -> TrainConfig:
     base = dict(resolution=64, max_steps=4, checkpoint_every=0, mixed_precision="no", validation=False, seed=3,

@@ -20,6 +20,8 @@ from ipadapter_train.models.sd15 import (SD15, build_sd15, load_sd15, load_token
 from ipadapter_train.models.testmodels import make_test_models
 from ipadapter_train.storage.weights_io import WeightFile
 
+pytestmark = pytest.mark.unit
+
 P = L.UNET_PREFIX
 
 

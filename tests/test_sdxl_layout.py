@@ -23,6 +23,8 @@ from ipadapter_train.models.parts import family_tokenizers
 from ipadapter_train.models.random_models import build_empty
 from ipadapter_train.models.single_file import ldm_shapes
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 SDXL = families.SDXL
 G = "conditioner.embedders.1.model."  # OpenCLIP bigG
@@ -167,7 +169,7 @@ def _comfy_report() -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.cli  # a subprocess (the cached helper hides it from the automatic tiering)
+@pytest.mark.cli  # ComfyUI runs in a subprocess (`_comfy_report`)
 def test_tokenizers_match_comfyui():
     report = _comfy_report()
     tok_l, tok_g = family_tokenizers(SDXL)

@@ -25,6 +25,8 @@ from ipadapter_train.models.sd15 import load_sd15
 from ipadapter_train.models.single_file import save_single_file
 from ipadapter_train.storage.weights_io import WeightFile
 
+pytestmark = pytest.mark.unit
+
 SDXL = families.SDXL
 G = "conditioner.embedders.1.model."  # OpenCLIP bigG
 L_ = "conditioner.embedders.0.transformer.text_model."  # CLIP-L

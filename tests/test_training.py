@@ -19,6 +19,8 @@ from ipadapter_train.errors import IPAdapterError, TrainingCancelled, TrainingDi
 from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter
 from ipadapter_train.training.precision import cpu_has_bf16
 
+pytestmark = pytest.mark.unit
+
 
 def cfg(**kw) -> TrainConfig:
     base = dict(resolution=64, max_steps=6, checkpoint_every=2, mixed_precision="no", validation=False, seed=3)

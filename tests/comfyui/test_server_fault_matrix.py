@@ -22,6 +22,8 @@ from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_i
 from harness import ROOT, comfy, test_models  # noqa: F401 (fixtures)
 from test_server_inputs import OPT_IN, node_error, refusal
 
+pytestmark = pytest.mark.server
+
 
 class Case(NamedTuple):
     name: str

@@ -25,6 +25,8 @@ from PIL import Image
 from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs
 from harness import ROOT, ComfyServer, sdxl_comfy, sdxl_model_files, status_messages  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.server
+
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 SAVED = "sdxl_trained"
 BUCKET = "128x64"  # where 2:1 pictures train at resolution 128 (the square mode would crop them to 128x128)
