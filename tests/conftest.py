@@ -1,5 +1,7 @@
 """Shared fixtures: micro SD1.5-layout models built from configs with random weights (diffusers'
-own testing convention), the shipped tokenizer and sample photos. Nothing is downloaded.
+own testing convention), the shipped tokenizer and sample photos, the random-weight model files of
+`make-test-models` written once per session (`random_model_files`), and the ComfyUI servers of
+tests/comfyui/harness.py. Nothing is downloaded.
 
 Every test module declares its tier, so that `pytest -m unit` runs only the fast in-process tests:
 
@@ -7,7 +9,7 @@ Every test module declares its tier, so that `pytest -m unit` runs only the fast
 
 - unit: in-process (the core, the nodes, the CLI through `run_cli`);
 - cli: runs a command in a subprocess (`cli()` here, or `subprocess` directly): process behaviour;
-- server: starts a real ComfyUI server (the `comfy` fixture of tests/comfyui/harness.py);
+- server: starts a real ComfyUI server (the `comfy` fixture);
 - browser: drives Chromium against a real ComfyUI.
 
 A collected test without a tier stops the run at collection (`pytest_collection_modifyitems`).
@@ -22,13 +24,17 @@ import os
 import shutil
 import subprocess
 import sys
-from collections import defaultdict
+import tempfile
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"
+# the ComfyUI harness's fixtures are registered here (below), so every module shares one server
+sys.path.append(str(Path(__file__).resolve().parent / "comfyui"))
 
 
 def micro_sd15(seed: int = 0):
@@ -209,6 +215,62 @@ def trained_adapter_file(models, tmp_path_factory) -> Path:
     return out
 
 
+# ---------------------------------------------------------------------------- random-weight model files
+
+_model_folder: list[Path] = []  # where `random_model_files` writes in this session (`_random_model_folder`)
+model_builds: dict[tuple, float] = {}  # the arguments of each build this session -> its seconds
+model_reuses: Counter = Counter()  # the arguments -> how many calls found the files already written
+
+
+def random_model_files(family: str = "sd15", size: str = "tiny", vision: str | None = None, scorer: str | None = None,
+                       seed: int = 0) -> dict[str, Path]:
+    """The files of `make_test_models(family, size, vision, seed, scorer)` ({family: ..., "clip_vision": ...,
+    "clip_scorer": ...}), written once per test session and shared by every test that asks for the same arguments
+    (defaults filled in first: the family's default vision and the size's default scorer are the same entry).
+
+    Read them, never change them: copy a file first. They live in one folder of the session's temporary
+    directory, removed at the session's end (a narrow SDXL is 2.2 GiB)."""
+    from ipadapter_train.models.testmodels import DEFAULT_VISION, SCORER_PRESET
+
+    key = (family, size, vision or DEFAULT_VISION.get(family, "vit-h"), scorer or SCORER_PRESET[size], seed)
+    if key in model_builds:
+        model_reuses[key] += 1
+    return dict(_written(*key))
+
+
+@functools.lru_cache(maxsize=None)
+def _written(family: str, size: str, vision: str, scorer: str, seed: int) -> dict[str, Path]:
+    from ipadapter_train.models.testmodels import make_test_models
+
+    if not _model_folder:  # outside a test session: a folder of its own, removed at exit
+        _model_folder.append(Path(tempfile.mkdtemp(prefix="ipadapter-train-test-models-")))
+        import atexit
+
+        atexit.register(shutil.rmtree, _model_folder[0], True)
+    key = (family, size, vision, scorer, seed)
+    start = time.perf_counter()
+    files = make_test_models(_model_folder[0] / "-".join(map(str, key)), size=size, vision=vision, seed=seed,
+                             family=family, scorer=scorer)
+    model_builds[key] = time.perf_counter() - start
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _random_model_folder(tmp_path_factory):
+    """The session's folder for `random_model_files`, emptied at the session's end: pytest keeps the temporary
+    directories of the last sessions, and these files are large."""
+    folder = tmp_path_factory.mktemp("random-models")
+    _model_folder[:] = [folder]
+    yield folder
+    _written.cache_clear()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ComfyUI servers (tests/comfyui/harness.py), registered here for every module: `comfy` is one server for the
+# session. A module that imports a fixture from harness instead gets an instance of its own (a second server).
+from harness import comfy, sdxl_comfy, test_models  # noqa: E402,F401
+
+
 # ---------------------------------------------------------------------------------------------- tiers
 
 TIERS = ("unit", "cli", "server", "browser")
@@ -268,7 +330,10 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """One line: tests and seconds per tier, to see where the suite's time goes."""
+    """One line: tests and seconds per tier, to see where the suite's time goes; one on the shared model files."""
     parts = [f"{tier} {_tier_tests[tier]} tests {_tier_seconds[tier]:.0f} s" for tier in TIERS if _tier_tests[tier]]
     if parts:
         terminalreporter.write_line("tiers: " + ", ".join(parts))
+    if model_builds:
+        terminalreporter.write_line(f"test model files: {len(model_builds)} built in {sum(model_builds.values()):.0f} s, "
+                                    f"asked for again {sum(model_reuses.values())} times")

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from conftest import SAMPLES, cli, micro_sd15, run_cli, train_args
+from conftest import SAMPLES, cli, micro_sd15, random_model_files, run_cli, train_args
 
 pytestmark = pytest.mark.unit
 
@@ -117,9 +117,7 @@ def test_demo_runs_on_random_weights_and_says_so(tmp_path):
 def test_make_test_models_then_train_from_the_single_file_labels_random_weights(tmp_path):
     from ipadapter_train.models.clip_vision import load_clip_vision
     from ipadapter_train.adapter.fileformat import inspect_adapter
-    from ipadapter_train.models.testmodels import make_test_models
-
-    paths = make_test_models(tmp_path / "m", size="tiny", vision="tiny")
+    paths = random_model_files("sd15", "tiny", vision="tiny")  # make_test_models' files, shared with the session
     assert load_clip_vision(paths["clip_vision"]).config.ipadapter_train_random_weights is True
     out = tmp_path / "a.safetensors"
     r = run_cli("train", "--images", str(SAMPLES), "--base-model", str(paths["sd15"]), "--image-encoder",

@@ -119,15 +119,12 @@ def resumable() -> dict[str, Maker]:
 
 
 def tiny_sdxl(path: Path, models: dict) -> None:
-    """A tiny random-weight SDXL single file (make-test-models --family sdxl)."""
-    from ipadapter_train.models.testmodels import make_test_models
-
-    scratch = path.parent / ".scratch"
-    made = make_test_models(scratch, size="tiny", family="sdxl")
-    Path(made["sdxl"]).replace(path)
+    """A tiny random-weight SDXL single file (make-test-models --family sdxl), a copy of the session's."""
     import shutil
 
-    shutil.rmtree(scratch)
+    from conftest import random_model_files
+
+    shutil.copyfile(random_model_files("sdxl", "tiny", vision="tiny")["sdxl"], path)
 
 
 def other_clip(path: Path, models: dict) -> None:

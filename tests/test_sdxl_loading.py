@@ -286,14 +286,17 @@ def test_peek_family_bad_input(tmp_path):
 
 # ------------------------------------------------------------------ test models and presets
 
-def test_make_test_models_sdxl(tmp_path, monkeypatch):
+def test_make_test_models_sdxl(tmp_path, monkeypatch, caplog):
     from ipadapter_train.models import testmodels
 
     asked = []
     build = testmodels.build_clip_vision
     monkeypatch.setattr(testmodels, "build_clip_vision", lambda preset, **kw: asked.append(preset) or build("tiny", **kw))
-    files = testmodels.make_test_models(tmp_path, size="tiny", family="sdxl")
+    with caplog.at_level(logging.WARNING, logger="ipadapter_train.models.testmodels"):
+        files = testmodels.make_test_models(tmp_path, size="tiny", family="sdxl")
     assert asked == ["vit-h"]  # SDXL's default image encoder (the public sdxl_vit-h adapters)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "RANDOM" in warning  # files that load like real ones say what they are
     assert files["sdxl"].name == "sdxl-tiny.safetensors" and peek_family(files["sdxl"]) is SDXL
     with WeightFile(files["sdxl"]) as wf:
         assert wf.metadata.get("ipadapter_train_random_weights") == "true"

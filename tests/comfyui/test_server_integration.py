@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs
-from harness import ROOT, ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
+from harness import ROOT, ComfyServer, status_messages
 
 pytestmark = pytest.mark.server
 
