@@ -1,16 +1,18 @@
 """Shared fixtures: micro SD1.5-layout models built from configs with random weights (diffusers'
-own testing convention), the shipped tokenizer and sample photos. Nothing is downloaded.
+own testing convention), the shipped tokenizer and sample photos, the random-weight model files of
+`make-test-models` written once per session (`random_model_files`), and the ComfyUI servers of
+tests/comfyui/harness.py. Nothing is downloaded.
 
-Tests come in tiers, marked at collection (see `pytest_collection_modifyitems`), so that
-`pytest -m unit` runs only the fast in-process tests:
+Every test module declares its tier, so that `pytest -m unit` runs only the fast in-process tests:
 
-- unit: everything in-process (the default);
+    pytestmark = pytest.mark.unit      # or cli, server, browser; a test's own tier marker overrides it
+
+- unit: in-process (the core, the nodes, the CLI through `run_cli`);
 - cli: runs a command in a subprocess (`cli()` here, or `subprocess` directly): process behaviour;
-- server: starts a real ComfyUI server (the `comfy` fixture of tests/comfyui/harness.py, or a
-  `tests/comfyui/test_server_*.py` module);
-- browser: drives Chromium against a real ComfyUI (`test_browser*.py`).
+- server: starts a real ComfyUI server (the `comfy` fixture);
+- browser: drives Chromium against a real ComfyUI.
 
-A tier marker written on a test (or its module) wins over the automatic one.
+A collected test without a tier stops the run at collection (`pytest_collection_modifyitems`).
 """
 from __future__ import annotations
 
@@ -22,14 +24,17 @@ import os
 import shutil
 import subprocess
 import sys
-import types
-from collections import defaultdict
+import tempfile
+import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"
+# the ComfyUI harness's fixtures are registered here (below), so every module shares one server
+sys.path.append(str(Path(__file__).resolve().parent / "comfyui"))
 
 
 def micro_sd15(seed: int = 0):
@@ -210,56 +215,73 @@ def trained_adapter_file(models, tmp_path_factory) -> Path:
     return out
 
 
+# ---------------------------------------------------------------------------- random-weight model files
+
+_model_folder: list[Path] = []  # where `random_model_files` writes in this session (`_random_model_folder`)
+model_builds: dict[tuple, float] = {}  # the arguments of each build this session -> its seconds
+model_reuses: Counter = Counter()  # the arguments -> how many calls found the files already written
+
+
+def random_model_files(family: str = "sd15", size: str = "tiny", vision: str | None = None, scorer: str | None = None,
+                       seed: int = 0) -> dict[str, Path]:
+    """The files of `make_test_models(family, size, vision, seed, scorer)` ({family: ..., "clip_vision": ...,
+    "clip_scorer": ...}), written once per test session and shared by every test that asks for the same arguments
+    (defaults filled in first: the family's default vision and the size's default scorer are the same entry).
+
+    Read them, never change them: copy a file first. They live in one folder of the session's temporary
+    directory, removed at the session's end (a narrow SDXL is 2.2 GiB)."""
+    from ipadapter_train.models.testmodels import DEFAULT_VISION, SCORER_PRESET
+
+    key = (family, size, vision or DEFAULT_VISION.get(family, "vit-h"), scorer or SCORER_PRESET[size], seed)
+    if key in model_builds:
+        model_reuses[key] += 1
+    return dict(_written(*key))
+
+
+@functools.lru_cache(maxsize=None)
+def _written(family: str, size: str, vision: str, scorer: str, seed: int) -> dict[str, Path]:
+    from ipadapter_train.models.testmodels import make_test_models
+
+    if not _model_folder:  # outside a test session: a folder of its own, removed at exit
+        _model_folder.append(Path(tempfile.mkdtemp(prefix="ipadapter-train-test-models-")))
+        import atexit
+
+        atexit.register(shutil.rmtree, _model_folder[0], True)
+    key = (family, size, vision, scorer, seed)
+    start = time.perf_counter()
+    files = make_test_models(_model_folder[0] / "-".join(map(str, key)), size=size, vision=vision, seed=seed,
+                             family=family, scorer=scorer)
+    model_builds[key] = time.perf_counter() - start
+    return files
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _random_model_folder(tmp_path_factory):
+    """The session's folder for `random_model_files`, emptied at the session's end: pytest keeps the temporary
+    directories of the last sessions, and these files are large."""
+    folder = tmp_path_factory.mktemp("random-models")
+    _model_folder[:] = [folder]
+    yield folder
+    _written.cache_clear()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+# ComfyUI servers (tests/comfyui/harness.py), registered here for every module: `comfy` is one server for the
+# session. A module that imports a fixture from harness instead gets an instance of its own (a second server).
+from harness import comfy, sdxl_comfy, test_models  # noqa: E402,F401
+
+
 # ---------------------------------------------------------------------------------------------- tiers
 
 TIERS = ("unit", "cli", "server", "browser")
-SERVER_FIXTURES = {"comfy"}  # tests/comfyui/harness.py: a running ComfyUI server
-# The full-size SDXL server needs about 16 GiB: its tests run last, after its fixture has stopped every other server.
+# The SDXL server stops every other server before it starts: its tests run last.
 LAST_FIXTURES = {"sdxl_comfy"}
 
 
-def _references(obj, targets: tuple, globals_: dict, seen: set, depth: int = 3) -> bool:
-    """Whether a function's code (nested functions included) names one of `targets`, directly or
-    through a same-module helper function, up to `depth` calls deep."""
-    code = getattr(obj, "__code__", None)
-    if code is None or depth < 0 or code in seen:
-        return False
-    seen.add(code)
-    stack = [code]
-    while stack:
-        c = stack.pop()
-        for name in c.co_names:
-            value = globals_.get(name)
-            if value is None:
-                continue
-            if any(value is t for t in targets):
-                return True
-            if (isinstance(value, types.FunctionType) and value.__module__ == globals_.get("__name__")
-                    and _references(value, targets, globals_, seen, depth - 1)):
-                return True
-        stack.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
-    return False
-
-
-def tier_of(item) -> str:
-    """The tier of a collected test: its explicit tier marker, else by module name, fixtures and code."""
-    explicit = [m.name for m in item.iter_markers() if m.name in TIERS]
-    if explicit:
-        return explicit[0]
-    name = item.path.name
-    if name.startswith("test_browser"):
-        return "browser"
-    if name.startswith("test_server") or SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
-        return "server"
-    func = getattr(item, "function", None)
-    if func is not None:
-        harness = sys.modules.get("harness")
-        server_objects = (harness.ComfyServer,) if harness else ()
-        if server_objects and _references(func, server_objects, func.__globals__, set()):
-            return "server"
-        if _references(func, (subprocess, cli), func.__globals__, set()):
-            return "cli"
-    return "unit"
+def tier_of(item) -> str | None:
+    """The tier a collected test declares: its closest tier marker (its own, else its class's, else its module's
+    `pytestmark`), or None."""
+    return next((mark.name for mark in item.iter_markers() if mark.name in TIERS), None)
 
 
 def runs_last(item) -> bool:
@@ -267,16 +289,30 @@ def runs_last(item) -> bool:
     return bool(LAST_FIXTURES & set(getattr(item, "fixturenames", ())))
 
 
+def undeclared_tiers(items) -> str | None:
+    """The sentence that refuses collected tests without a tier, or None when every test has one."""
+    files = sorted({item.nodeid.split("::")[0] for item in items if tier_of(item) is None})
+    if not files:
+        return None
+    return (f"{len(files)} test module(s) declare no tier ({', '.join(files)}): add `pytestmark = pytest.mark.unit` "
+            f"(or cli, server, browser) to each, see tests/conftest.py.")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
 def pytest_collection_modifyitems(config, items):
-    """Mark every test with its tier, so `-m unit` / `-m "not server and not browser"` select them, and move the
-    tests of `LAST_FIXTURES` to the end (in their order), since their fixture stops the other servers."""
-    items.sort(key=runs_last)  # stable: the others keep their order
-    for item in items:
-        tier = tier_of(item)
-        if not item.get_closest_marker(tier):
-            item.add_marker(getattr(pytest.mark, tier))
+    """Refuse tests without a tier; leave each test exactly one tier marker, its closest declaration (so that
+    `-m unit` leaves out a cli test of a unit module); move the tests of `LAST_FIXTURES` to the end (in their
+    order), since their fixture stops the other servers."""
+    refusal = undeclared_tiers(items)
+    if refusal:
+        raise pytest.UsageError(refusal)
+    tiers = [tier_of(item) for item in items]
+    for node in {parent for item in items for parent in item.listchain()}:
+        node.own_markers[:] = [mark for mark in node.own_markers if mark.name not in TIERS]
+    for item, tier in zip(items, tiers):
+        item.add_marker(getattr(pytest.mark, tier))
         _tier_of_test[item.nodeid] = tier
+    items.sort(key=runs_last)  # stable: the others keep their order
 
 
 _tier_of_test: dict[str, str] = {}
@@ -294,7 +330,10 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """One line: tests and seconds per tier, to see where the suite's time goes."""
+    """One line: tests and seconds per tier, to see where the suite's time goes; one on the shared model files."""
     parts = [f"{tier} {_tier_tests[tier]} tests {_tier_seconds[tier]:.0f} s" for tier in TIERS if _tier_tests[tier]]
     if parts:
         terminalreporter.write_line("tiers: " + ", ".join(parts))
+    if model_builds:
+        terminalreporter.write_line(f"test model files: {len(model_builds)} built in {sum(model_builds.values()):.0f} s, "
+                                    f"asked for again {sum(model_reuses.values())} times")

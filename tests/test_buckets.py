@@ -24,6 +24,8 @@ from ipadapter_train.storage.data import Sample
 from ipadapter_train.training.encoding import encode_dataset, prepare_view
 from ipadapter_train.errors import TrainingCancelled
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(scope="module")
 def encoders():

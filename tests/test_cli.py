@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
-from conftest import SAMPLES, cli, micro_sd15, run_cli, train_args
+from conftest import SAMPLES, cli, micro_sd15, random_model_files, run_cli, train_args
+
+pytestmark = pytest.mark.unit
 
 
 def test_train_then_inspect(trained_adapter_file):
@@ -24,6 +27,7 @@ def test_train_then_inspect(trained_adapter_file):
     assert info["metadata"]["base_model"] == "sd15"
 
 
+@pytest.mark.cli
 def test_the_real_entry_point_exits_with_the_commands_status(tmp_path):
     """`python -m ipadapter_train`: 0 on success, 2 and one sentence (no traceback) on bad input."""
     r = cli("inspect", "--help")
@@ -34,6 +38,7 @@ def test_the_real_entry_point_exits_with_the_commands_status(tmp_path):
     assert len(errors) == 1 and "nope.safetensors" in errors[0] and "Traceback" not in r.stderr, r.stderr
 
 
+@pytest.mark.cli
 def test_two_process_accelerate_run_trains_and_saves_one_file(models, tmp_path):
     out = tmp_path / "ddp.safetensors"
     # accelerate's own `--cpu` launcher starts a single process unless MPI is set up; its torchrun-based
@@ -112,9 +117,7 @@ def test_demo_runs_on_random_weights_and_says_so(tmp_path):
 def test_make_test_models_then_train_from_the_single_file_labels_random_weights(tmp_path):
     from ipadapter_train.models.clip_vision import load_clip_vision
     from ipadapter_train.adapter.fileformat import inspect_adapter
-    from ipadapter_train.models.testmodels import make_test_models
-
-    paths = make_test_models(tmp_path / "m", size="tiny", vision="tiny")
+    paths = random_model_files("sd15", "tiny", vision="tiny")  # make_test_models' files, shared with the session
     assert load_clip_vision(paths["clip_vision"]).config.ipadapter_train_random_weights is True
     out = tmp_path / "a.safetensors"
     r = run_cli("train", "--images", str(SAMPLES), "--base-model", str(paths["sd15"]), "--image-encoder",

@@ -3,9 +3,12 @@ what is tested, not the process)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import SAMPLES, run_cli
+
+pytestmark = pytest.mark.unit
 
 
 def gen_args(models, adapter, out, *extra):

@@ -1,5 +1,6 @@
-"""The README's SDXL commands end to end on files on disk: make-test-models --family sdxl, train, inspect,
-generate; the family comes from the checkpoint, and adapters of the other family are refused in one sentence."""
+"""The README's SDXL commands end to end on files on disk: make-test-models --family sdxl (its files, shared with
+the session: tests/test_scoring.py runs the command itself), train, inspect, generate; the family comes from the
+checkpoint, and adapters of the other family are refused in one sentence."""
 from __future__ import annotations
 
 import json
@@ -8,17 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, run_cli
+from conftest import SAMPLES, random_model_files, run_cli
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
-def sdxl_files(tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("sdxl-models")
-    r = run_cli("make-test-models", str(folder), "--family", "sdxl", "--size", "tiny", "--vision", "tiny")
-    assert r.returncode == 0, r.stderr
-    files = {"sdxl": folder / "sdxl-tiny.safetensors", "clip": folder / "clip-vision-tiny.safetensors"}
-    assert all(p.is_file() for p in files.values()), sorted(folder.iterdir())
-    return files
+def sdxl_files() -> dict:
+    """`make-test-models DIR --family sdxl --size tiny --vision tiny`'s files."""
+    files = random_model_files("sdxl", "tiny", vision="tiny")
+    return {"sdxl": files["sdxl"], "clip": files["clip_vision"]}
 
 
 @pytest.fixture(scope="module")

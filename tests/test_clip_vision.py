@@ -13,6 +13,8 @@ from ipadapter_train.models.clip_vision import (build_clip_vision, encode_images
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.storage.weights_io import WeightFile
 
+pytestmark = pytest.mark.unit
+
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "ipadapter_train", "assets", "samples")
 
 

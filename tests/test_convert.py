@@ -16,6 +16,8 @@ from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.adapter.fileformat import load_adapter
 from ipadapter_train.layout import adapter_layers
 
+pytestmark = pytest.mark.unit
+
 TINY_CONFIG = {"block_out_channels": [32, 64], "layers_per_block": 1,
                "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
                "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"]}

@@ -20,6 +20,8 @@ from ipadapter_train.storage.data import (
 from ipadapter_train.storage.image_ops import center_crop, hflip, limit_aspect, resize_short_side, to_tensor
 from ipadapter_train.errors import IPAdapterError
 
+pytestmark = pytest.mark.unit
+
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"
 RED, BLUE, GREEN, WHITE = (255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 255)
 

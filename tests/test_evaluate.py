@@ -16,6 +16,8 @@ from ipadapter_train.scoring.generate import GenerationSettings, Generator
 from ipadapter_train.scoring.scorer import Scorer
 from test_generate import adapter_file, load
 
+pytestmark = pytest.mark.unit
+
 
 def cases_file(tmp_path: Path, entries) -> Path:
     path = tmp_path / "cases.json"

@@ -19,6 +19,8 @@ import torch
 from conftest import SAMPLES, run_cli
 from test_fileformat import DAMAGES, damaged_adapter
 
+pytestmark = pytest.mark.unit
+
 Maker = Callable[[Path, dict], None]  # writes one input file at the path, given the models fixture
 
 
@@ -117,15 +119,12 @@ def resumable() -> dict[str, Maker]:
 
 
 def tiny_sdxl(path: Path, models: dict) -> None:
-    """A tiny random-weight SDXL single file (make-test-models --family sdxl)."""
-    from ipadapter_train.models.testmodels import make_test_models
-
-    scratch = path.parent / ".scratch"
-    made = make_test_models(scratch, size="tiny", family="sdxl")
-    Path(made["sdxl"]).replace(path)
+    """A tiny random-weight SDXL single file (make-test-models --family sdxl), a copy of the session's."""
     import shutil
 
-    shutil.rmtree(scratch)
+    from conftest import random_model_files
+
+    shutil.copyfile(random_model_files("sdxl", "tiny", vision="tiny")["sdxl"], path)
 
 
 def other_clip(path: Path, models: dict) -> None:

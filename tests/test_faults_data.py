@@ -17,6 +17,8 @@ from conftest import ROOT, SAMPLES, micro_clip, micro_sd15, run_cli, train_args
 from ipadapter_train.storage.data import load_image_folder
 from ipadapter_train.errors import IPAdapterError
 
+pytestmark = pytest.mark.unit
+
 OUT_OF_FOLDER = "leads out of the data set's folder"
 
 
@@ -219,6 +221,7 @@ MEMORY_CHECK = textwrap.dedent("""
 """)
 
 
+@pytest.mark.cli
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limits are enforced this way on Linux")
 def test_a_twenty_to_one_panorama_encodes_within_the_memory_of_a_two_to_one_photo(tmp_path):
     # 10240x512 at 512 px: encoded whole, one activation of the micro VAE (both views) takes 671 MB;

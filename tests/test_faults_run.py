@@ -19,6 +19,8 @@ from safetensors.torch import load_file
 
 from conftest import ROOT, cli, run_cli, train_args
 
+pytestmark = pytest.mark.unit
+
 
 def tensors(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
@@ -193,7 +195,6 @@ def _make_unwritable(folder: Path):
     return None
 
 
-@pytest.mark.unit  # chattr runs in a subprocess, but what is tested is the in-process CLI
 def test_an_out_in_a_read_only_folder_is_refused_before_any_model_loads(models, tmp_path, no_model_loading):
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -244,7 +245,6 @@ def test_a_full_disk_during_the_save_is_one_sentence_and_the_previous_file_is_in
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-@pytest.mark.unit  # mount runs in a subprocess; the training is the in-process CLI
 @pytest.mark.skipif(sys.platform != "linux", reason="a small tmpfs stands for a full disk on Linux")
 def test_a_really_full_disk_during_the_save_is_one_sentence_and_the_previous_file_is_intact(models, tmp_path):
     disk = tmp_path / "small"
@@ -545,6 +545,7 @@ def assert_same_training(a: Path, b: Path) -> None:
     assert not differ, f"{len(differ)} of {len(first)} fp32 checkpoint tensors differ, e.g. {differ[0]}"
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("precision,env", [("no", {}), ("no", WITHOUT_NATIVE_BF16), ("bf16", {}),
                                            ("bf16", WITHOUT_NATIVE_BF16)],
                          ids=["fp32", "fp32-avx2", "bf16", "bf16-avx2"])
@@ -560,6 +561,7 @@ def test_two_processes_with_the_same_command_give_bit_equal_adapters(models, tmp
     assert_same_training(*outs)
 
 
+@pytest.mark.cli
 def test_a_process_killed_after_a_checkpoint_and_resumed_in_another_equals_an_uninterrupted_process(models, tmp_path):
     """Every run in its own process: the uninterrupted one, the killed one (proc.kill(): SIGKILL on POSIX,
     TerminateProcess on Windows) and the resume."""

@@ -17,6 +17,8 @@ from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter, sa
 from ipadapter_train.layout import adapter_layers
 from ipadapter_train.storage.weights_io import atomic_write_bytes, atomic_write_text, safe_torch_load
 
+pytestmark = pytest.mark.unit
+
 ASSETS = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "sd15"
 
 # The facts table: (n, diffusers attention path, hidden, ComfyUI attn2 patch key).

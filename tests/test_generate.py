@@ -13,6 +13,8 @@ from ipadapter_train.adapter.fileformat import save_adapter
 from ipadapter_train.scoring.generate import GenerationSettings, Generator
 from ipadapter_train.layout import adapter_layers
 
+pytestmark = pytest.mark.unit
+
 SETTINGS = dict(prompt="a cat", steps=4, width=64, height=64, seed=7, guidance=7.5)
 
 

@@ -11,6 +11,8 @@ from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.models.image_encoders import (ENCODER_KEY, adapter_encoder, check_encoder, encoder_metadata,
                                             encoder_widths_of_file, mismatch_sentence)
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("variant, width, label", [
     ("base", 768, "OpenAI CLIP ViT-L/14"), ("base", 1024, "OpenCLIP ViT-H/14"), ("base", 1280, "OpenCLIP ViT-bigG/14"),

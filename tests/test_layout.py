@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "ipadapter_train"
 # Bottom to top: a module may import its own wing and the wings before it in this list.

@@ -10,6 +10,8 @@ from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 from ipadapter_train.adapter.fileformat import load_adapter, save_adapter
 from ipadapter_train.layout import adapter_layers
 
+pytestmark = pytest.mark.unit
+
 
 def _random_adapter(variant: str, clip_dim: int, unet_config) -> IPAdapter:
     torch.manual_seed(1)

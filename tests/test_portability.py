@@ -24,6 +24,8 @@ from ipadapter_train.storage import weights_io
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.training.report import peak_memory
 
+pytestmark = pytest.mark.unit
+
 TESTS = Path(__file__).resolve().parent
 WINDOWS_FORBIDDEN = set('<>:"|?*')
 
@@ -46,6 +48,7 @@ print("RESULT " + json.dumps({"rc": main(json.loads(sys.argv[1])), "modules": na
 """
 
 
+@pytest.mark.cli
 def test_core_imports_and_trains_without_posix_modules(models, tmp_path):
     out, run_dir = tmp_path / "a.safetensors", tmp_path / "run"
     args = train_args(models, out, "--max-steps", "2", "--checkpoint-every", "1", "--run-dir", str(run_dir))

@@ -38,6 +38,8 @@ def each_step(callback):
             callback(event.done, event.total, event.loss)
     return progress
 
+pytestmark = pytest.mark.unit
+
 
 def cfg(**kw) -> TrainConfig:
     base = dict(resolution=64, max_steps=4, checkpoint_every=0, mixed_precision="no", validation=False, seed=3,

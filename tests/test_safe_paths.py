@@ -9,6 +9,8 @@ from ipadapter_train.storage.common_size import common_size, to_common_size
 from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.storage.safe_paths import is_absolute_anywhere, resolve_inside
 
+pytestmark = pytest.mark.unit
+
 
 def test_resolve_inside_keeps_names_inside_the_root(tmp_path):
     (tmp_path / "root" / "a" / "b").mkdir(parents=True)

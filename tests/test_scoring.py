@@ -15,6 +15,8 @@ from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.models.random_init import empty_model
 from ipadapter_train.scoring.scorer import Scorer, ScoreReport, format_report, grade, vision_fingerprint
 
+pytestmark = pytest.mark.unit
+
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"
 BOS, EOS = 49406, 49407
 

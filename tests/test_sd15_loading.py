@@ -17,8 +17,11 @@ from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.layout import adapter_layers
 from ipadapter_train.models.sd15 import (SD15, build_sd15, load_sd15, load_tokenizer, save_single_file, shipped_config_dir,
                                   tiny_unet_config)
-from ipadapter_train.models.testmodels import make_test_models
 from ipadapter_train.storage.weights_io import WeightFile
+
+from conftest import random_model_files
+
+pytestmark = pytest.mark.unit
 
 P = L.UNET_PREFIX
 
@@ -41,26 +44,10 @@ def _states_equal(a, b, cast=None):
             assert torch.equal(xc, y[i:i + (1 << 22)]), k
 
 
-class _Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory):
-    """The tiny test models, written once per module through the public entry point."""
-    handler = _Records()
-    logger = logging.getLogger("ipadapter_train.models.testmodels")
-    logger.addHandler(handler)
-    try:
-        files = make_test_models(tmp_path_factory.mktemp("models"), size="tiny", vision="tiny", seed=0)
-    finally:
-        logger.removeHandler(handler)
-    return files, handler.records
+def tiny_files():
+    """The tiny test models of `make_test_models` (written once per session, shared: read only)."""
+    return random_model_files("sd15", "tiny", vision="tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +57,7 @@ def built():
 
 @pytest.fixture(scope="module")
 def loaded(tiny_files):
-    return load_sd15(tiny_files[0]["sd15"])
+    return load_sd15(tiny_files["sd15"])
 
 
 def _full_ldm_shapes() -> dict[str, tuple]:
@@ -183,12 +170,10 @@ def test_rejects_other_models_by_shape(change, words):
 
 # ------------------------------------------------------------------ tiny model: round trips
 
-def test_make_test_models_writes_and_warns(tiny_files):
-    files, records = tiny_files
+def test_make_test_models_writes_fp16_single_files(tiny_files):
+    files = tiny_files
     assert files["sd15"].name == "sd15-tiny.safetensors" and files["sd15"].is_file()
     assert files["clip_vision"].name == "clip-vision-tiny.safetensors" and files["clip_vision"].is_file()
-    warnings = [r for r in records if r.levelno == logging.WARNING]
-    assert warnings and "RANDOM" in warnings[0].getMessage()
     with WeightFile(files["sd15"]) as wf:
         assert all(wf.take(k).dtype == torch.float16 for k in list(wf.shapes)[:20])
         assert not any(k.endswith("position_ids") for k in wf.shapes)
@@ -225,7 +210,7 @@ def test_matches_diffusers_own_single_file_converter(tiny_files, loaded, tmp_pat
     config = tmp_path / "config"
     shutil.copytree(shipped_config_dir(), config)
     (config / "unet" / "config.json").write_text(json.dumps(tiny_unet_config()))
-    pipe = StableDiffusionPipeline.from_single_file(str(tiny_files[0]["sd15"]), config=str(config),
+    pipe = StableDiffusionPipeline.from_single_file(str(tiny_files["sd15"]), config=str(config),
                                                     local_files_only=True, torch_dtype=torch.float32)
     _states_equal(pipe.unet, loaded.unet)
     _states_equal(pipe.vae, loaded.vae)
@@ -450,7 +435,7 @@ def test_sdxl_file_is_rejected_with_its_name(tmp_path):
 
 
 def test_clip_vision_file_given_as_sd15(tiny_files):
-    path = tiny_files[0]["clip_vision"]
+    path = tiny_files["clip_vision"]
     with pytest.raises(IPAdapterError, match=rf"{path.name} is a CLIP vision model, not a Stable Diffusion"):
         load_sd15(path)
 
@@ -464,7 +449,7 @@ def test_corrupt_file(tmp_path, name):
 
 
 def test_truncated_safetensors(tiny_files, tmp_path):
-    src = tiny_files[0]["clip_vision"]
+    src = tiny_files["clip_vision"]
     path = tmp_path / "cut.safetensors"
     path.write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     with pytest.raises(IPAdapterError, match=r"cut\.safetensors"):

@@ -26,6 +26,8 @@ from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter, sa
 from ipadapter_train.layout import AdapterLayer
 from ipadapter_train.adapter.resampler import Resampler
 
+pytestmark = pytest.mark.unit
+
 # The facts: the cross-attention layers in diffusers' attn_processors order (mid block last), per block:
 # (block, layers, width). File indices are the odd numbers 1 ... 139 in this order.
 SDXL_BLOCKS = [("down_blocks.1", 4, 640), ("down_blocks.2", 20, 1280), ("up_blocks.0", 30, 1280),

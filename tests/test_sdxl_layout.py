@@ -23,6 +23,8 @@ from ipadapter_train.models.parts import family_tokenizers
 from ipadapter_train.models.random_models import build_empty
 from ipadapter_train.models.single_file import ldm_shapes
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 SDXL = families.SDXL
 G = "conditioner.embedders.1.model."  # OpenCLIP bigG
@@ -141,12 +143,19 @@ from ipadapter_train.models.single_file import ldm_shapes
 prompts = json.loads(sys.argv[2])
 tok = comfy.sdxl_clip.SDXLTokenizer()
 tokens = [{k: [[t for t, _ in batch] for batch in v] for k, v in tok.tokenize_with_weights(p).items()} for p in prompts]
-sd = {k: torch.empty(s, device="meta", dtype=torch.float16) for k, s in ldm_shapes(build_empty("sdxl", "full")).items()}
-config = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
+def meta_state(family, size):
+    return {k: torch.empty(s, device="meta", dtype=torch.float16) for k, s in ldm_shapes(build_empty(family, size)).items()}
+def detected(sd):
+    config = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
+    return config, None if config is None else type(config).__name__
+sd = meta_state("sdxl", "full")
+config = detected(sd)[0]
+# what the server tests load: every level 320 wide; tiny SDXL (32 wide) is no model ComfyUI knows
+sizes = {f"{f}-{s}": detected(meta_state(f, s))[1] for f, s in (("sdxl", "narrow"), ("sdxl", "tiny"), ("sd15", "tiny"))}
 clip_sd = config.process_clip_state_dict({k: v for k, v in sd.items() if k.startswith("conditioner.")})
 with torch.device("meta"):
     clip = comfy.sdxl_clip.SDXLClipModel(device="meta", dtype=torch.float16).state_dict()
-print(json.dumps({"tokens": tokens, "config": type(config).__name__, "unet": {k: config.unet_config.get(k) for k in (
+print(json.dumps({"tokens": tokens, "config": type(config).__name__, "sizes": sizes, "unet": {k: config.unet_config.get(k) for k in (
     "model_channels", "transformer_depth", "context_dim", "adm_in_channels")},
     "clip_missing": sorted(set(clip) - set(clip_sd)), "clip_unexpected": sorted(set(clip_sd) - set(clip)),
     "clip_misshaped": sorted(k for k in set(clip) & set(clip_sd) if tuple(clip[k].shape) != tuple(clip_sd[k].shape))}))
@@ -167,7 +176,7 @@ def _comfy_report() -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.cli  # a subprocess (the cached helper hides it from the automatic tiering)
+@pytest.mark.cli  # ComfyUI runs in a subprocess (`_comfy_report`)
 def test_tokenizers_match_comfyui():
     report = _comfy_report()
     tok_l, tok_g = family_tokenizers(SDXL)
@@ -187,3 +196,11 @@ def test_comfyui_detects_our_full_size_layout_as_sdxl():
     # contrastive heads' logit scales and CLIP-L's unused projection keep ComfyUI's defaults
     assert report["clip_unexpected"] == [] and report["clip_misshaped"] == []
     assert report["clip_missing"] == ["clip_g.logit_scale", "clip_l.logit_scale", "clip_l.transformer.text_projection.weight"]
+
+
+@pytest.mark.cli
+def test_comfyui_detects_the_narrow_test_models_as_their_family():
+    """ComfyUI reads the first level's width, the transformer depths and the context and extra conditioning widths,
+    not the later levels' widths: the narrow SDXL (every level 320 wide, 283M UNet) is SDXL to it, so the server
+    tests load it instead of the full size (6.5 GiB)."""
+    assert _comfy_report()["sizes"] == {"sdxl-narrow": "SDXL", "sdxl-tiny": None, "sd15-tiny": "SD15"}

@@ -25,6 +25,8 @@ from ipadapter_train.models.sd15 import load_sd15
 from ipadapter_train.models.single_file import save_single_file
 from ipadapter_train.storage.weights_io import WeightFile
 
+pytestmark = pytest.mark.unit
+
 SDXL = families.SDXL
 G = "conditioner.embedders.1.model."  # OpenCLIP bigG
 L_ = "conditioner.embedders.0.transformer.text_model."  # CLIP-L
@@ -284,14 +286,17 @@ def test_peek_family_bad_input(tmp_path):
 
 # ------------------------------------------------------------------ test models and presets
 
-def test_make_test_models_sdxl(tmp_path, monkeypatch):
+def test_make_test_models_sdxl(tmp_path, monkeypatch, caplog):
     from ipadapter_train.models import testmodels
 
     asked = []
     build = testmodels.build_clip_vision
     monkeypatch.setattr(testmodels, "build_clip_vision", lambda preset, **kw: asked.append(preset) or build("tiny", **kw))
-    files = testmodels.make_test_models(tmp_path, size="tiny", family="sdxl")
+    with caplog.at_level(logging.WARNING, logger="ipadapter_train.models.testmodels"):
+        files = testmodels.make_test_models(tmp_path, size="tiny", family="sdxl")
     assert asked == ["vit-h"]  # SDXL's default image encoder (the public sdxl_vit-h adapters)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "RANDOM" in warning  # files that load like real ones say what they are
     assert files["sdxl"].name == "sdxl-tiny.safetensors" and peek_family(files["sdxl"]) is SDXL
     with WeightFile(files["sdxl"]) as wf:
         assert wf.metadata.get("ipadapter_train_random_weights") == "true"
@@ -302,6 +307,23 @@ def test_cli_make_test_models_offers_families():
 
     args = build_parser().parse_args(["make-test-models", "out", "--family", "sdxl", "--vision", "vit-bigg"])
     assert (args.family, args.size, args.vision) == ("sdxl", "tiny", "vit-bigg")
+    from ipadapter_train.models.random_models import SIZES
+
+    for size in SIZES:  # every size the builder knows is a choice of the command
+        assert build_parser().parse_args(["make-test-models", "out", "--size", size]).size == size
+
+
+def test_the_narrow_sdxl_keeps_the_block_layout_at_320_wide():
+    """What ComfyUI's detection reads stays (tests/test_sdxl_layout.py asks ComfyUI itself); the rest is full size."""
+    narrow, full = model_configs("sdxl", "narrow"), model_configs("sdxl", "full")
+    assert narrow["unet"]["block_out_channels"] == [320, 320, 320]
+    assert {k: v for k, v in narrow["unet"].items() if k not in ("block_out_channels", "attention_head_dim")} == {
+        k: v for k, v in full["unet"].items() if k not in ("block_out_channels", "attention_head_dim")}
+    assert narrow["unet"]["attention_head_dim"] == [5, 5, 5]  # SDXL's 64-d heads
+    assert {k: narrow[k] for k in narrow if k != "unet"} == {k: full[k] for k in full if k != "unet"}
+    model = build_empty("sdxl", "narrow")
+    assert len(adapter_layers(model.unet.config)) == 70
+    assert 282e6 < sum(p.numel() for p in model.unet.parameters()) < 284e6
 
 
 def test_vit_bigg_preset_reads_back():

@@ -19,6 +19,8 @@ from ipadapter_train.errors import IPAdapterError, TrainingCancelled, TrainingDi
 from ipadapter_train.adapter.fileformat import inspect_adapter, load_adapter
 from ipadapter_train.training.precision import cpu_has_bf16
 
+pytestmark = pytest.mark.unit
+
 
 def each_step(callback):
     """A progress hook that calls `callback(step, total, loss)` after every step (the run's TRAINING events)."""

@@ -16,6 +16,8 @@ from ipadapter_train.errors import IPAdapterError
 from ipadapter_train.adapter.fileformat import inspect_adapter
 from ipadapter_train.layout import adapter_layers
 
+pytestmark = pytest.mark.unit
+
 CONFIG = dict(resolution=64, mixed_precision="no", validation=False, checkpoint_every=0)
 
 

@@ -16,6 +16,8 @@ from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 from ipadapter_train.training.encoding import encode_dataset
 from ipadapter_train.training.validation import conditioning_gain
 
+pytestmark = pytest.mark.unit
+
 CONFIG = TrainConfig(resolution=64, mixed_precision="no", validation=True, validation_timesteps=(300, 700), seed=3)
 
 

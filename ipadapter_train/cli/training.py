@@ -315,13 +315,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", help="output folder")
     p.add_argument("--family", choices=list(FAMILIES), default="sd15",
                    help="model family; writes <family>-<size>.safetensors (default sd15)")
-    p.add_argument("--size", choices=["tiny", "full"], default="tiny",
-                   help="tiny: the family's block layout at small widths; full: the real shape "
-                        "(SD1.5: 860M UNet; SDXL: 2.6B UNet, a 7 GB file)")
+    p.add_argument("--size", choices=["tiny", "narrow", "full"], default="tiny",  # models.random_models.SIZES
+                   help="tiny: the family's block layout at small widths; narrow: every level 320 wide, the "
+                        "smallest ComfyUI detects (SDXL: 283M UNet, full text encoders, a 2.4 GB file); full: the "
+                        "real shape (SD1.5: 860M UNet; SDXL: 2.6B UNet, a 7 GB file)")
     p.add_argument("--vision", choices=["tiny", "vit-l", "vit-h", "vit-bigg"],
                    help="CLIP vision shape (default: vit-l for sd15, vit-h for sdxl)")
     p.add_argument("--scorer", choices=["tiny", "vit-l", "none"],
                    help="full CLIP scorer (both towers) for `score`, --clip and the Score node, written as "
-                        "clip-scorer-<preset>.safetensors (default: tiny for --size tiny, vit-l for --size full)")
+                        "clip-scorer-<preset>.safetensors (default: vit-l for --size full, else tiny)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_test_models)

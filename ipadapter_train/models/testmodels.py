@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -20,7 +19,7 @@ from .clip_model import build_clip, save_clip
 from .clip_vision import PRESETS, build_clip_vision, save_clip_vision
 from ..errors import IPAdapterError
 from ..families import get_family
-from .random_models import build_model
+from .random_models import SIZES, Size, build_model
 from .single_file import save_single_file
 
 log = logging.getLogger(__name__)
@@ -28,22 +27,22 @@ log = logging.getLogger(__name__)
 # The CLIP vision preset each family's public adapters use by default (SD1.5's test default stays ViT-L).
 DEFAULT_VISION = {"sd15": "vit-l", "sdxl": "vit-h"}
 # The full CLIP scorer's preset per model size (models/clip_model.py's presets).
-SCORER_PRESET = {"tiny": "tiny", "full": "vit-l"}
+SCORER_PRESET = {"tiny": "tiny", "narrow": "tiny", "full": "vit-l"}
 
 
-def make_test_models(out_dir: str | os.PathLike, size: Literal["tiny", "full"] = "tiny", vision: str | None = None,
+def make_test_models(out_dir: str | os.PathLike, size: Size = "tiny", vision: str | None = None,
                      seed: int = 0, family: str = "sd15", scorer: str | None = None) -> dict[str, Path]:
     """Write `<family>-<size>.safetensors`, `clip-vision-<vision>.safetensors` and `clip-scorer-<preset>.safetensors`
     (fp16) into `out_dir`.
 
     `vision` defaults to the family's (SD1.5: vit-l, SDXL: vit-h). The scorer is a full CLIP in the transformers
-    key layout; `scorer` defaults to tiny for size tiny and OpenAI ViT-L/14's shape (the paper's scorer) for size
-    full, and "none" writes none. Returns
+    key layout; `scorer` defaults to tiny for sizes tiny and narrow and OpenAI ViT-L/14's shape (the paper's
+    scorer) for size full, and "none" writes none. Returns
     {family: path, "clip_vision": path, "clip_scorer": path}, e.g. {"sdxl": .../sdxl-tiny.safetensors, ...}.
     """
     fam = get_family(family)
-    if size not in ("tiny", "full"):
-        raise IPAdapterError(f"Unknown model size {size!r}; expected 'tiny' or 'full'.")
+    if size not in SIZES:
+        raise IPAdapterError(f"Unknown model size {size!r}; expected one of {', '.join(SIZES)}.")
     vision = vision or DEFAULT_VISION.get(fam.name, "vit-h")
     if vision not in PRESETS:
         raise IPAdapterError(f"Unknown CLIP vision preset {vision!r}; expected one of {', '.join(PRESETS)}.")

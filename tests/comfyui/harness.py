@@ -1,5 +1,6 @@
-"""Start and drive a real ComfyUI server for the integration tests (no conftest here on purpose:
-test modules import the fixtures they use from this module).
+"""Start and drive a real ComfyUI server for the integration tests. The fixtures at the bottom are registered for
+every test module by tests/conftest.py (so `comfy` is one server for the session); no conftest.py here: a second
+one would replace the `conftest` module that test modules import helpers from.
 
 The server is the unmodified ComfyUI 0.3.75 that `tests/comfyui/setup_comfyui.sh` puts in
 `.comfyui/ComfyUI`; it runs headless on the CPU with this repository linked into `custom_nodes/`.
@@ -7,17 +8,13 @@ It is started and stopped by PID, so a failing test never leaves it running.
 """
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -195,39 +192,28 @@ def status_messages(entry: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [payload for name, payload in entry.get("status", {}).get("messages", []) if name == kind]
 
 
-@functools.lru_cache(maxsize=None)
 def shared_model_files() -> dict[str, Path]:
-    """Random-weight SD1.5 (tiny, ComfyUI-detectable) and ViT-L CLIP vision files from the CLI's
-    make-test-models, written once per test process: the server tests and the in-process node tests share them."""
-    out = Path(tempfile.mkdtemp(prefix="ipadapter-train-comfy-models-"))
-    atexit.register(shutil.rmtree, out, True)
-    r = subprocess.run([sys.executable, "-m", "ipadapter_train", "make-test-models", str(out), "--size", "tiny",
-                        "--vision", "vit-l"], capture_output=True, text=True, cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 0, r.stderr
-    return {k: Path(v) for k, v in json.loads(r.stdout).items()}
+    """Random-weight SD1.5 (tiny, ComfyUI-detectable) and ViT-L CLIP vision files of make-test-models, written
+    once per test session (`conftest.random_model_files`): the server tests and the in-process node tests share
+    them."""
+    from conftest import random_model_files
+
+    return random_model_files("sd15", "tiny", vision="vit-l")
 
 
-# The SDXL server: ComfyUI runs an SDXL UNet in fp32 on the CPU unless told otherwise (10.4 GB for its 2.6B
-# parameters); in bf16 it holds 4.9 GB and casts each layer to fp32 as it runs. The text encoders and CLIP vision
-# stay in fp16, ComfyUI's CPU default. Measured: a 2-step training and three 1-step samplings peak at about 14.5 GB.
+# The SDXL server's UNet in bf16, as a GPU user would run it: ComfyUI casts each layer's weights to fp32 as it runs
+# on the CPU. The text encoders and CLIP vision stay in fp16, ComfyUI's CPU default.
 SDXL_SERVER_ARGS = ("--bf16-unet",)
 
 
-@functools.lru_cache(maxsize=None)
 def sdxl_model_files() -> dict[str, Path]:
-    """A full-size random-weight SDXL checkpoint (the only size ComfyUI detects as SDXL: 6.5 GiB in fp16, about
-    2 minutes and 7.5 GB of memory to write) and a ViT-L CLIP vision file, written once per test process and
-    deleted at its exit. ViT-L, not SDXL's usual ViT-H: the adapter is trained with whatever encoder it is given,
-    and ViT-L is half the file."""
-    out = Path(tempfile.mkdtemp(prefix="ipadapter-train-comfy-sdxl-"))
-    atexit.register(shutil.rmtree, out, True)
-    r = subprocess.run([sys.executable, "-m", "ipadapter_train", "make-test-models", str(out), "--family", "sdxl",
-                        "--size", "full", "--vision", "vit-l", "--scorer", "none"], capture_output=True, text=True,
-                       cwd=ROOT,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert r.returncode == 0, r.stderr
-    return {k: Path(v) for k, v in json.loads(r.stdout).items()}
+    """A narrow random-weight SDXL checkpoint (every UNet level 320 wide: ComfyUI detects it as SDXL, see
+    tests/test_sdxl_layout.py; 2.2 GiB in fp16 where the full size is 6.5 GiB) and a ViT-L CLIP vision file,
+    written once per test session (`conftest.random_model_files`). ViT-L, not SDXL's usual ViT-H: the adapter is
+    trained with whatever encoder it is given, and ViT-L is half the file."""
+    from conftest import random_model_files
+
+    return random_model_files("sdxl", "narrow", vision="vit-l", scorer="none")
 
 
 def available_memory_bytes() -> int | None:
@@ -241,27 +227,26 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-SDXL_SERVER_MEMORY = 16 * 2**30  # the measured 14.4 GiB peak plus a margin for the test process
+SDXL_SERVER_MEMORY = 8 * 2**30  # the narrow SDXL server peaks at 5.7 GiB (measured; the full size at 15.0), plus a margin
 
 
 @pytest.fixture(scope="module")
 def sdxl_comfy(tmp_path_factory) -> ComfyServer:
-    """A server of its own for a module's SDXL tests (bf16 UNet, see `SDXL_SERVER_ARGS`), with the full-size SDXL
+    """A server of its own for a module's SDXL tests (bf16 UNet, see `SDXL_SERVER_ARGS`), with the narrow SDXL
     checkpoint and the ViT-L CLIP vision file of `sdxl_model_files`; stopped at the end of the module, so its
     memory is free for what runs next.
 
-    The server peaks at about 14.4 GiB (measured). The suite's other servers are stopped first (modules using
-    this fixture run last) and this process gives back what it freed; if less than 16 GiB is free even then, the
-    server could be killed mid-run, so the module is skipped with the figures instead (a machine shared with other
-    jobs; a quiet 24 GB machine passes, and CI runs it)."""
+    The suite's other servers are stopped first (modules using this fixture run last) and this process gives back
+    what it freed; if less than `SDXL_SERVER_MEMORY` is free even then, the server could be killed mid-run, so the
+    module is skipped with the figures instead (a machine shared with other jobs)."""
     stopped = stop_all_servers()
+    files = sdxl_model_files()
     release_freed_memory()
     available = available_memory_bytes()
     log.info("SDXL server: stopped %d other server(s); %.1f GiB free", stopped, (available or 0) / 2**30)
     if available is not None and available < SDXL_SERVER_MEMORY:
-        pytest.skip(f"the full-size SDXL server needs about {SDXL_SERVER_MEMORY / 2**30:.0f} GiB of free memory; "
+        pytest.skip(f"the SDXL server needs about {SDXL_SERVER_MEMORY / 2**30:.0f} GiB of free memory; "
                     f"{available / 2**30:.1f} GiB is available now")
-    files = sdxl_model_files()
     server = ComfyServer(tmp_path_factory.mktemp("comfy-sdxl-base"),
                          {"checkpoints": [files["sdxl"]], "clip_vision": [files["clip_vision"]]}, args=SDXL_SERVER_ARGS)
     server.start()
@@ -276,7 +261,7 @@ def sdxl_comfy(tmp_path_factory) -> ComfyServer:
 
 @pytest.fixture(scope="session")
 def test_models() -> dict[str, Path]:
-    """The shared test model files (see `shared_model_files`)."""
+    """The SD1.5 and CLIP vision files the `comfy` server loads (see `shared_model_files`)."""
     return shared_model_files()
 
 

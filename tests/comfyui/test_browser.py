@@ -47,6 +47,7 @@ from browser_workflow_api import FRONTEND_ONLY, editor_to_api, load_workflow, wo
 
 pytestmark = pytest.mark.skipif(not Path(bs.CHROMIUM).exists(),
                                 reason=f"{bs.CHROMIUM} not found: apt-get install -y chromium")
+pytestmark = [pytestmark, pytest.mark.browser]
 
 ARTIFACTS = bs.ROOT / "tests" / "artifacts" / "browser"
 SAMPLES = bs.ROOT / "ipadapter_train" / "assets" / "samples"

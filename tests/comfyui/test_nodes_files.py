@@ -12,6 +12,8 @@ from PIL import Image
 
 from test_nodes_support import ROOT, comfy_or_skip, pack, random_adapter
 
+pytestmark = pytest.mark.unit
+
 comfy_or_skip()
 
 import folder_paths  # noqa: E402

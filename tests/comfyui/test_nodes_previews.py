@@ -24,6 +24,8 @@ from PIL import Image
 from test_nodes_support import comfy_models, comfy_or_skip, diffusers_sd15, pack
 from test_nodes_train import SAMPLES, events, output_dir, server, train  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.unit
+
 comfy_or_skip()
 
 import comfy.model_management  # noqa: E402

@@ -9,6 +9,8 @@ import pytest
 
 from test_nodes_support import ROOT, comfy_or_skip, pack
 
+pytestmark = pytest.mark.unit
+
 comfy_or_skip()
 
 CONTRACT = (ROOT / "nodes" / "CONTRACT.md").read_text(encoding="utf-8")

@@ -13,6 +13,8 @@ import torch
 
 from test_nodes_support import comfy_models, comfy_or_skip, pack, random_adapter
 
+pytestmark = pytest.mark.unit
+
 comfy_or_skip()
 
 import comfy.model_management  # noqa: E402

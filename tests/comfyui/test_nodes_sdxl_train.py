@@ -11,6 +11,8 @@ import torch
 
 from test_nodes_support import ROOT, comfy_models, comfy_or_skip, pack, random_adapter
 
+pytestmark = pytest.mark.unit
+
 comfy_or_skip()
 
 import folder_paths  # noqa: E402

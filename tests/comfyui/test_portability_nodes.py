@@ -11,7 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from test_nodes_support import ROOT, comfy_or_skip
+
+pytestmark = pytest.mark.cli
 
 comfy_or_skip()
 

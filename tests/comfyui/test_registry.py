@@ -8,9 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.cli
 def test_comfy_node_validate_passes(tmp_path):
     comfy = shutil.which("comfy") or str(Path(sys.executable).with_name("comfy"))
     assert Path(comfy).exists(), "comfy-cli is part of the test extra: pip install -e '.[test]'"

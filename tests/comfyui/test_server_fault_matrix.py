@@ -19,8 +19,10 @@ import pytest
 from PIL import Image
 
 from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs
-from harness import ROOT, comfy, test_models  # noqa: F401 (fixtures)
+from harness import ROOT
 from test_server_inputs import OPT_IN, node_error, refusal
+
+pytestmark = pytest.mark.server
 
 
 class Case(NamedTuple):

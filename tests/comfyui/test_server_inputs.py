@@ -22,7 +22,9 @@ import pytest
 from PIL import Image
 
 from browser_workflow_api import SHIPPED, editor_to_api, load_workflow
-from harness import PACK_NAME, ROOT, ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
+from harness import PACK_NAME, ROOT, ComfyServer, status_messages
+
+pytestmark = pytest.mark.server
 
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 OPT_IN = "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER"

@@ -15,7 +15,9 @@ import pytest
 from PIL import Image
 
 from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs
-from harness import ROOT, ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
+from harness import ROOT, ComfyServer, status_messages
+
+pytestmark = pytest.mark.server
 
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 PACK_NODES = {"IPAdapterTrain_LoadTrainingImages", "IPAdapterTrain_Train", "IPAdapterTrain_Save",

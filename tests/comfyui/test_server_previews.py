@@ -14,11 +14,14 @@ import time
 import urllib.parse
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from browser_workflow_api import find_nodes, set_inputs
-from harness import ComfyServer, comfy, status_messages, test_models  # noqa: F401 (fixtures)
+from harness import ComfyServer, status_messages
 from test_server_integration import listed_run, train_set, workflow
+
+pytestmark = pytest.mark.server
 
 STEPS, EVERY = 4, 2
 

@@ -4,14 +4,16 @@ IP-Adapter (2 steps at 128 px, buckets on, validation off) -> Save -> Apply -> K
 The file it saved is an SDXL adapter (70 layers) that Load IP-Adapter reads back and Apply uses with the same
 effect, and an SD1.5 adapter on the SDXL MODEL is refused in one sentence.
 
-ComfyUI detects SDXL only by its full block structure, so the checkpoint is the full-size random-weight one of
-`harness.sdxl_model_files` (written once per session) and the server is this module's own, with a bf16 UNet
+ComfyUI detects SDXL by its block structure and widths of the first level, the context and the extra conditioning,
+so the checkpoint is the narrow random-weight SDXL of `harness.sdxl_model_files` (SDXL's 70 cross-attention layers,
+every UNet level 320 wide; written once per session), loaded from the file as a user's would be: the run's report
+names the ComfyUI model class it was detected as. The server is this module's own, with a bf16 UNet
 (`harness.SDXL_SERVER_ARGS`). The model load and the training are the expensive part: they run once, in the
 shipped workflow, and every case reuses that run and the server's cache of the loaded model.
 
-Training runs with gradient checkpointing: on the CPU ComfyUI runs a bf16 UNet by casting each layer's weights to
-fp32 as it goes, and without checkpointing autograd keeps all those fp32 copies for the backward pass (above
-20 GB for SDXL: more than a 24 GB machine holds beside the rest).
+Training runs with gradient checkpointing, as a user on a small machine would: on the CPU ComfyUI runs a bf16 UNet
+by casting each layer's weights to fp32 as it goes, and without checkpointing autograd keeps all those fp32 copies
+for the backward pass.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import torch
 from PIL import Image
 
 from browser_workflow_api import editor_to_api, find_nodes, load_workflow, set_inputs
-from harness import ROOT, ComfyServer, sdxl_comfy, sdxl_model_files, status_messages  # noqa: F401 (fixtures)
+from harness import ROOT, ComfyServer, sdxl_model_files, status_messages
+
+pytestmark = pytest.mark.server
 
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 SAVED = "sdxl_trained"
@@ -74,7 +78,7 @@ def shipped(sdxl_comfy) -> dict:
     set_inputs(prompt, "CLIPVisionLoader", clip_name=files["clip_vision"].name)
     (images_id,) = find_nodes(prompt, "IPAdapterTrain_LoadTrainingImages")
     prompt[images_id]["inputs"].update(folder=wide_pictures(server), prompt="a striped pattern")
-    # previews off: test_server_previews.py covers them, and on the full-size SDXL UNet they would add minutes
+    # previews off: test_server_previews.py covers them
     set_inputs(prompt, "IPAdapterTrain_Train", steps=2, resolution=128, seed=3, validation="off",
                gradient_checkpointing=True, preview_every=-1)
     set_inputs(prompt, "IPAdapterTrain_Save", name=SAVED)
@@ -109,7 +113,8 @@ def test_the_shipped_sdxl_workflow_trains_saves_and_applies(sdxl_comfy, shipped)
     assert info["family"] == "sdxl" and info["num_layers"] == 70, info["summary"]
     assert info["layer_indices"] == list(range(1, 140, 2)) and info["cross_dim"] == 2048
     assert info["clip_dim"] == 768 and info["metadata"]["steps"] == "2"  # trained with the server's ViT-L
-    # the run's report: ComfyUI loaded the checkpoint as SDXL, and the 2:1 pictures trained in their bucket
+    # the run's report: ComfyUI detected the checkpoint as SDXL (its own model class), and the 2:1 pictures trained
+    # in their bucket
     (run_dir,) = (server.base / "output" / "ipadapter_train").glob(f"run-*-node{ids['train']}")
     report = json.loads((run_dir / "report.json").read_text())
     assert report["base_model"] == "ComfyUI MODEL (SDXL)" and report["steps"] == 2

@@ -18,6 +18,8 @@ import pytest
 
 from browser_workflow_api import SHIPPED, WORKFLOWS_DIR, load_workflow
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = ["v1-5-pruned-emaonly-fp16.safetensors", "models/checkpoints"]
 CLIP_VISION = ["models/clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "ip-adapter_sd15",
