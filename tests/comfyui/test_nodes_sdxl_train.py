@@ -109,19 +109,21 @@ def test_train_node_trains_an_sdxl_adapter_in_its_bucket_that_apply_and_ksampler
 @pytest.mark.parametrize("family,default", [("sdxl", 1024), ("sd15", 512)])
 def test_resolution_0_is_the_model_familys_default_before_the_steps_are_counted(graph, wide_images, monkeypatch,
                                                                                output_dir, family, default):
-    training = pack("nodes.training")
-    seen = []
+    training, batches = pack("nodes.training"), pack("ipadapter_train.training.batches")
+    plan_run, seen = training.plan_run, []
 
-    def spy(config, sizes, world):
-        seen.append((config, list(sizes), world))
+    def spy(*args, **kwargs):  # the node's one plan of the run: keep it, train nothing
+        seen.append(plan_run(*args, **kwargs))
         raise Stop
 
-    monkeypatch.setattr(training, "total_steps", spy)
+    monkeypatch.setattr(training, "plan_run", spy)
     models = graph if family == "sdxl" else comfy_models()
     with pytest.raises(Stop):
         train(models, wide_images, resolution=0)
-    config, sizes, world = seen[0]
-    assert config.resolution == default and config.buckets and sizes == [(128, 64)] * 3 and world == 1
+    plan = seen[0]
+    sizes = [sample.image.size for sample in plan.samples]
+    assert plan.config.resolution == default and plan.config.buckets and sizes == [(128, 64)] * 3 and plan.world == 1
+    assert plan.total == batches.total_steps(plan.config, sizes, 1)  # counted at the family's resolution
     assert not list(output_dir.glob("ipadapter_train/*"))  # no run folder before the count
 
 
