@@ -8,6 +8,8 @@ from collections import deque
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from ..training.plan import ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING
+
 
 class RunEta:
     """The rest of a run's steps and preview rounds, in seconds, from the measured steps and the core's preview plan
@@ -108,7 +110,7 @@ def training_progress(desc: str = "training") -> Iterator[Callable[[Any], None]]
         def on_event(event: Any) -> None:
             if event.schedule is not None:
                 eta.set_plan(event.schedule)
-            if event.phase == "training":
+            if event.phase == TRAINING:
                 eta.step(event.done)
                 state.update(step=event.done, total=event.total)
                 bar.total, bar.n = event.total, event.done
@@ -116,14 +118,14 @@ def training_progress(desc: str = "training") -> Iterator[Callable[[Any], None]]
                     bar.set_description(f"{desc} loss={event.loss:.4f}", refresh=False)
                 bar.set_postfix_str(eta_text(), refresh=False)
                 bar.refresh()
-            elif event.phase == "previewed":
+            elif event.phase == PREVIEWED:
                 eta.round_done(event.step)
                 note("")
-            elif event.phase == "encoding":
+            elif event.phase == ENCODING:
                 note(f"encoding {event.done}/{event.total} image(s)")
-            elif event.phase == "previewing":
+            elif event.phase == PREVIEWING:
                 note(f"preview {event.done}/{event.total}")
-            elif event.phase == "validating":
+            elif event.phase == VALIDATING:
                 note(f"validating {event.done}/{event.total}")
 
         on_event.eta = eta

@@ -24,10 +24,11 @@ def _rusage_peak() -> int | None:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
-def _proc_status_peak() -> int | None:
-    """VmHWM (peak resident set, in kB) from Linux's /proc, or None elsewhere."""
+def proc_status_peak(pid: int | str = "self") -> int | None:
+    """A process's peak resident set in bytes, from Linux's /proc/<pid>/status (VmHWM), or None elsewhere (or when
+    that process is gone). The test harness reads its ComfyUI server's with it."""
     try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
@@ -51,7 +52,7 @@ def peak_rss_bytes() -> int | None:
     if sys.platform == "win32":
         sources = (_psutil_peak,)
     else:  # /proc also answers on Linux builds without `resource`
-        sources = (_rusage_peak, _proc_status_peak, _psutil_peak)
+        sources = (_rusage_peak, proc_status_peak, _psutil_peak)
     for source in sources:
         peak = source()
         if peak:

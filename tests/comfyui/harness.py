@@ -155,14 +155,9 @@ class ComfyServer:
 
     def peak_rss_bytes(self) -> int | None:
         """The server process's peak resident memory so far (Linux's VmHWM), or None where /proc has no such line."""
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) * 1024
-        except (OSError, AttributeError, ValueError):
-            pass
-        return None
+        from ipadapter_train.training.memory import proc_status_peak
+
+        return proc_status_peak(self.proc.pid) if self.proc is not None else None
 
 
 def stop_all_servers() -> int:

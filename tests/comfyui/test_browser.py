@@ -142,12 +142,8 @@ def next_frames(page) -> None:
     page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
+@PHASES("load workflow in editor")
 def load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
-    with PHASES("load workflow in editor"):
-        return _load_in_editor(page, server, name, missing_models_dialog)
-
-
-def _load_in_editor(page, server, name: str, missing_models_dialog: bool = False) -> dict:
     """Fetch a shipped workflow as the template browser does (the server serves workflows/) and load it; the
     frontend's Missing Models dialog (the test server lacks the public files) only when asked for."""
     wf = page.evaluate("""async ([pack, file, dialog]) => {
@@ -204,35 +200,24 @@ def preview_state(page) -> dict | None:
 
 
 def wait_preview(page, predicate, timeout: float, what: str) -> dict:
-    with PHASES(f"wait: preview to {what}"):
-        return _wait_preview(page, predicate, timeout, what)
-
-
-def _wait_preview(page, predicate, timeout: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        state = preview_state(page)
-        if state and predicate(state):
-            return state
-        page.wait_for_timeout(250)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the preview grid to {what}; last: {state}")
+    return _wait_for(page, preview_state, predicate, timeout, f"preview grid to {what}")
 
 
 def wait_chart(page, predicate, timeout: float, what: str) -> dict:
-    with PHASES(f"wait: chart to {what}"):
-        return _wait_chart(page, predicate, timeout, what)
+    return _wait_for(page, chart_state, predicate, timeout, f"chart to {what}")
 
 
-def _wait_chart(page, predicate, timeout: float, what: str) -> dict:
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        state = chart_state(page)
-        if state and predicate(state):
-            return state
-        page.wait_for_timeout(250)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the chart to {what}; last state: {state}")
+def _wait_for(page, read, predicate, timeout: float, what: str) -> dict:
+    """Poll `read(page)` until `predicate` holds of it (timed as a phase), or fail with the last state read."""
+    with PHASES(f"wait: {what}"):
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = read(page)
+            if state and predicate(state):
+                return state
+            page.wait_for_timeout(250)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the {what}; last state: {state}")
 
 
 def focus_train_node(page) -> None:
@@ -285,13 +270,9 @@ MISSING = {"train_ip_adapter": SD15_FILES, "train_ip_adapter_cpu": SD15_FILES, "
            "train_ip_adapter_sdxl": ["checkpoints / sd_xl_base_1.0.safetensors", SD15_FILES[1]]}
 
 
+@PHASES("missing models dialog")
 def missing_models_dialog(page, expected: int) -> list[str]:
     """The entries of the frontend's Missing Models dialog once it shows `expected` of them, then closes it."""
-    with PHASES("missing models dialog"):
-        return _missing_models_dialog(page, expected)
-
-
-def _missing_models_dialog(page, expected: int) -> list[str]:
     page.wait_for_selector(".comfy-missing-models", timeout=30_000)
     when(page, "(n) => document.querySelectorAll('.comfy-missing-models li').length >= n", expected)
     entries = page.evaluate("""() => [...document.querySelectorAll('.comfy-missing-models li')]
@@ -546,12 +527,8 @@ def test_loss_chart_follows_its_own_run_through_phases_reload_and_other_workflow
     wait_queue_empty(server)
 
 
+@PHASES("wait: queue empty")
 def wait_queue_empty(server, timeout: float = 120) -> None:
-    with PHASES("wait: queue empty"):
-        _wait_queue_empty(server, timeout)
-
-
-def _wait_queue_empty(server, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while server.get("/queue")["queue_running"] and time.monotonic() < deadline:
         time.sleep(0.5)
