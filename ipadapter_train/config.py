@@ -31,7 +31,8 @@ class TrainConfig:
     resolution: int | None = None  # None: the model family's default (512 for SD1.5, 1024 for SDXL)
     random_crop: bool = False  # centre crop otherwise
     flip: bool = False  # random horizontal flip
-    buckets: bool = False  # aspect-ratio buckets (training/buckets.py): each image trains at its own shape, not a square
+    # aspect-ratio buckets (training/buckets.py): each image trains at its own shape, not a square
+    buckets: bool = False
     seed: int = 42
     checkpoint_every: int = 5  # steps; 0 turns resumable checkpoints off
     # The recipe's condition dropout, which classifier-free guidance needs at inference.

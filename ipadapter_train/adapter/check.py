@@ -16,10 +16,10 @@ from typing import Mapping
 
 import torch
 
-from .module import IPAdapter
-from .spec import AdapterSpec, family_phrase
 from ..errors import IPAdapterError
+from .module import IPAdapter
 from .resampler import HEAD_DIM
+from .spec import AdapterSpec, family_phrase
 
 # Far above any UNet's cross-attention count (SD1.5 numbers up to 31, SDXL up to 139): a larger index is
 # damage, refused before a list of that many layers is made.

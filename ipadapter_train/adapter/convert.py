@@ -23,9 +23,9 @@ import torch
 
 from ..errors import IPAdapterError
 from ..families import FAMILIES, SD15, ModelFamily, family_of_width
-from .fileformat import adapter_output_path, flatten_adapter, guess_file_kind, save_adapter
 from ..layout import AdapterLayer, adapter_layers, index_for_module_name
 from ..storage.weights_io import existing_file, read_weights_file
+from .fileformat import adapter_output_path, flatten_adapter, guess_file_kind, save_adapter
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,12 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from .. import __version__
-from .spec import AdapterSpec
-from .check import check_adapter_state, describe
 from ..errors import IPAdapterError
 from ..models.image_encoders import ENCODER_KEY, adapter_encoder
-from ..storage.weights_io import SAFETENSORS_SUFFIX, atomic_write, existing_file, read_weights_file, save_safetensors_atomic
+from ..storage.weights_io import (SAFETENSORS_SUFFIX, atomic_write, existing_file, read_weights_file,
+                                  save_safetensors_atomic)
+from .check import check_adapter_state, describe
+from .spec import AdapterSpec
 
 log = logging.getLogger(__name__)
 

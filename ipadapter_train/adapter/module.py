@@ -10,11 +10,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
-from .spec import DEFAULT_TOKENS, VARIANTS, AdapterSpec, Variant
 from ..errors import IPAdapterError
 from ..families import FAMILIES
 from ..layout import AdapterLayer
 from .resampler import HEAD_DIM, Resampler
+from .spec import DEFAULT_TOKENS, VARIANTS, AdapterSpec, Variant
 
 
 class IPLayer(nn.Module):

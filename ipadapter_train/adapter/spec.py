@@ -1,8 +1,8 @@
 """What an adapter is, without its weights: `AdapterSpec` (variant, encoder width, tokens, layer widths), the
 variants and their token counts, and the words that name an adapter's kind in sentences.
 
-A spec is read back from any official-layout state dict by `adapter.check.check_adapter_state`; `adapter.module.IPAdapter`
-builds the module a spec describes.
+A spec is read back from any official-layout state dict by `adapter.check.check_adapter_state`;
+`adapter.module.IPAdapter` builds the module a spec describes.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from ..adapter.fileformat import inspect_adapter, save_adapter
 from ..scoring.evaluate import evaluate, load_cases
 from ..scoring.generate import GenerationSettings, Generator
 from ..scoring.report import write_eval_files
-from ..scoring.scorer import ScoreReport, Scorer, format_report
+from ..scoring.scorer import Scorer, ScoreReport, format_report
 from ..training.adapter_init import load_adapter_module
 
 log = logging.getLogger(__name__)

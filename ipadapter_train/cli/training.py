@@ -6,8 +6,8 @@ import json
 import logging
 from pathlib import Path
 
-from .progress import training_progress as _progress
 from ..families import FAMILIES
+from .progress import training_progress as _progress
 
 log = logging.getLogger("ipadapter_train")
 # The CLI previews by default (the API's TrainConfig does not): up to a round after each third of the run, as many as

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..adapter.module import IPLayer
 from ..adapter.ip_attention import IPState, attend, decoupled_term
+from ..adapter.module import IPLayer
 
 
 class IPAttnProcessor:

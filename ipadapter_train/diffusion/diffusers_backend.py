@@ -10,13 +10,13 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..adapter.ip_attention import IPState
 from ..adapter.module import IPAdapter
+from ..errors import IPAdapterError
+from ..layout import AdapterLayer, adapter_layers
+from ..models.diffusion_model import DiffusionModel
 from .attention import IPAttnProcessor
 from .backend import TextEmbeddings
-from ..models.diffusion_model import DiffusionModel
-from ..errors import IPAdapterError
-from ..adapter.ip_attention import IPState
-from ..layout import AdapterLayer, adapter_layers
 
 
 def _alphas_cumprod(scheduler_config: dict) -> torch.Tensor:

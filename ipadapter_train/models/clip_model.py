@@ -18,13 +18,13 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from ..errors import IPAdapterError
+from ..storage.weights_io import WeightFile, read_transformers_folder, save_safetensors_atomic
 from .clip_vision import PRESETS as VISION_PRESETS
 from .clip_vision import infer_clip_vision_config
-from ..errors import IPAdapterError
 from .random_init import (RANDOM_MARK, assign_state, empty_model, fill_random_, freeze, is_random, mark_random,
                           random_metadata)
 from .sd15 import load_tokenizer
-from ..storage.weights_io import WeightFile, read_transformers_folder, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from typing import Any, Literal, Mapping, Sequence
 import torch
 
 from ..errors import IPAdapterError
+from ..storage.weights_io import WeightFile, read_transformers_folder, save_safetensors_atomic
 from .random_init import (RANDOM_MARK, assign_state, empty_model, fill_random_, freeze, is_random, mark_random,
                           random_metadata)
-from ..storage.weights_io import WeightFile, read_transformers_folder, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 

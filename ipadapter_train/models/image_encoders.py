@@ -123,8 +123,8 @@ def check_encoder(variant: str, clip_dim: int, metadata: Mapping[str, str] | Non
 def encoder_widths_of_file(path: str | os.PathLike) -> tuple[int, int]:
     """(embedding, hidden) widths of a CLIP vision `.safetensors` file or transformers folder, from its header
     or config.json alone; IPAdapterError when it is not a CLIP vision model."""
-    from .clip_vision import _folder_config, infer_clip_vision_config
     from ..storage.weights_io import WeightFile
+    from .clip_vision import _folder_config, infer_clip_vision_config
 
     path = Path(path)
     if path.is_dir():

@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from .diffusion_model import DiffusionModel
 from ..errors import IPAdapterError
 from ..families import ModelFamily, family_of_unet_config
+from ..storage.weights_io import WeightFile
+from .diffusion_model import DiffusionModel
 from .ldm.unet import family_of_checkpoint
 from .parts import family_tokenizers, text_model_class
 from .random_init import freeze
 from .single_file import Check, read_single_file
-from ..storage.weights_io import WeightFile
 
 log = logging.getLogger(__name__)
 

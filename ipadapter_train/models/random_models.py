@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 import torch
 
-from .diffusion_model import DiffusionModel
 from ..errors import IPAdapterError
 from ..families import ModelFamily, get_family
+from .diffusion_model import DiffusionModel
 from .ldm.unet import head_counts
 from .parts import empty_parts, family_tokenizers
 from .random_init import fill_random_, freeze

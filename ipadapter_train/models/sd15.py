@@ -14,8 +14,8 @@ from typing import Any, Literal
 import torch
 
 from .. import families
-from .ldm import layout as L
 from .diffusion_model import DiffusionModel
+from .ldm import layout as L
 from .loading import load_model
 from .parts import load_tokenizer  # noqa: F401 (re-exported: the SD1.5 tokenizer is the shipped default)
 from .random_models import build_model, model_configs

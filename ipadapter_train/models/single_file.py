@@ -19,16 +19,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from .diffusion_model import DiffusionModel
 from ..errors import IPAdapterError
 from ..families import ModelFamily
+from ..storage.weights_io import WeightFile, save_safetensors_atomic
+from .diffusion_model import DiffusionModel
 from .ldm.keys import TEXT_ROOTS, Entry, from_ldm, is_known_unused, ldm_shape, shape_fits, summarize_keys, to_ldm
 from .ldm.text import read_text_config, text_entries
 from .ldm.unet import UNET_PREFIX, family_of_checkpoint, read_unet_config, unet_key_map
 from .ldm.vae import VAE_PREFIX, infer_vae_config, vae_entries
 from .parts import empty_parts, family_tokenizers
 from .random_init import RANDOM_MARK, random_metadata
-from ..storage.weights_io import WeightFile, save_safetensors_atomic
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from .clip_model import build_clip, save_clip
-from .clip_vision import PRESETS, build_clip_vision, save_clip_vision
 from ..errors import IPAdapterError
 from ..families import get_family
+from .clip_model import build_clip, save_clip
+from .clip_vision import PRESETS, build_clip_vision, save_clip_vision
 from .random_models import SIZES, Size, build_model
 from .single_file import save_single_file
 

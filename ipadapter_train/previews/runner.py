@@ -27,15 +27,15 @@ import torch
 
 from ..adapter.module import IPAdapter
 from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
+from ..errors import IPAdapterError
+from ..scoring.scorer import grade
+from ..storage.weights_io import atomic_write, atomic_write_text
+from ..storage.write_failures import write_cause
 from .grid import compose_grid
+from .page import PAGE, write_page
 from .rounds import PreviewPlan
 from .scores import PreviewScorer, ScoreBook
 from .sources import Previews
-from .page import PAGE, write_page
-from ..scoring.scorer import grade
-from ..errors import IPAdapterError
-from ..storage.weights_io import atomic_write, atomic_write_text
-from ..storage.write_failures import write_cause
 
 log = logging.getLogger(__name__)
 

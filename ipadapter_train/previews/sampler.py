@@ -2,8 +2,8 @@
 
 Previews must run on the models the run already holds (the ComfyUI node has no diffusers pipeline, and a
 second copy of a model is not an option on a CPU), so sampling goes through the same seam as training:
-`diffusion.backend.predict_noise` with the adapter's tokens, then `diffusion.backend.decode_latents`. diffusers' DPM-Solver++ (2M, as
-`generate --scheduler dpm++`) does the stepping, set up from the backend's own noise schedule: at the few steps a
+`diffusion.backend.predict_noise` with the adapter's tokens, then `diffusion.backend.decode_latents`. diffusers'
+DPM-Solver++ (2M, as `generate --scheduler dpm++`) does the stepping, set up from the backend's own noise schedule: at the few steps a
 preview can afford it gives far sharper pictures than DDIM.
 """
 from __future__ import annotations

@@ -14,8 +14,8 @@ from typing import Any
 
 from PIL import Image
 
-from .sources import Previews
 from ..scoring.scorer import SCALE_SENTENCE, Scorer, combined, grade
+from .sources import Previews
 
 RANK_SENTENCE = ("A step's score is the mean combined percent of its previews at the highest preview weight; "
                  "the best step has the highest score (the earlier one on a tie).")

@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 
 from ..adapter.module import IPAdapter
-from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
-from ..seeds import seed_of
 from ..config import TrainConfig
-from ..storage.data import Sample
+from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
 from ..errors import IPAdapterError
 from ..families import ModelFamily
+from ..seeds import seed_of
+from ..storage.data import Sample
 from .holdout import split_holdout
 from .sampler import Conditioning, sample_latents
 

@@ -15,8 +15,8 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from ..storage.data import load_image
 from ..errors import IPAdapterError
+from ..storage.data import load_image
 from ..storage.weights_io import atomic_write
 from .generate import GenerationSettings, Generator
 from .scorer import Scorer, vision_fingerprint

@@ -13,11 +13,11 @@ from typing import Callable, Sequence
 import torch
 from PIL import Image
 
-from ..adapter.module import IPAdapter
 from ..adapter.check import check_adapter_state
-from ..models.clip_features import CLIPFeatureEncoder
+from ..adapter.module import IPAdapter
 from ..diffusion.diffusers_backend import DiffusersBackend
 from ..errors import IPAdapterError
+from ..models.clip_features import CLIPFeatureEncoder
 from ..models.diffusion_model import DiffusionModel
 from ..models.random_init import is_random
 

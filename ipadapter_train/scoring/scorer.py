@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import torch
 
+from ..errors import IPAdapterError
 from ..models.clip_model import load_clip, load_clip_tokenizer
 from ..models.clip_vision import image_processor
-from ..errors import IPAdapterError
 from ..models.random_init import is_random
 from ..models.sd15 import load_tokenizer
 

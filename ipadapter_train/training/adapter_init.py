@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from ..adapter.module import IPAdapter
 from ..adapter.check import check_adapter_state
-from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
-from ..config import TrainConfig
-from ..errors import IPAdapterError
 from ..adapter.fileformat import load_adapter
+from ..adapter.module import IPAdapter
+from ..config import TrainConfig
+from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
+from ..errors import IPAdapterError
 
 log = logging.getLogger(__name__)
 

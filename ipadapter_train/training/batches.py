@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .buckets import Bucket, image_buckets
 from ..config import TrainConfig
-from .encoding import EncodedDataset
 from ..seeds import seed_of
+from .buckets import Bucket, image_buckets
+from .encoding import EncodedDataset
 
 
 def steps_per_epoch(config: TrainConfig, n: int, world: int = 1, buckets: Sequence[Bucket] | None = None) -> int:

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
-from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
 from ..config import TrainConfig
+from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
 from ..storage.data import Sample
-from .buckets import Bucket, nearest_bucket
 from ..storage.image_ops import aspect_box, hflip, resize_short_side, resize_to_cover, to_tensor
+from .buckets import Bucket, nearest_bucket
 
 log = logging.getLogger(__name__)
 

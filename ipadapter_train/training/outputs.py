@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from .checkpoint import CHECKPOINT_DIR, SavedCheckpoint
 from ..errors import IPAdapterError
 from ..storage.write_failures import check_writable_folder, remove_stale_temporaries
+from .checkpoint import CHECKPOINT_DIR, SavedCheckpoint
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
 from ..errors import IPAdapterError
 from ..families import ModelFamily, get_family
 from ..previews.rounds import VALIDATION_CALL_STEPS_AT_BATCH_1, PreviewPlan, plan_preview_rounds
-from ..previews.sources import PreviewSource, Previews, plan_previews
+from ..previews.sources import Previews, PreviewSource, plan_previews
 from ..storage.data import Sample
 from .adapter_init import FitWords, check_init_adapter
 from .batches import total_steps

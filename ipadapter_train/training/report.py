@@ -13,9 +13,8 @@ from typing import Any, Sequence
 import torch
 from PIL import Image, ImageDraw
 
-from .memory import peak_rss_bytes
 from ..storage.weights_io import atomic_write
-
+from .memory import peak_rss_bytes
 
 # The first line of every summary of a run on stand-in (random-weight) models, CLI and node alike.
 RANDOM_MODELS_NOTE = "NOTE: random-weight models; these figures show the pipeline runs, not adapter quality."

@@ -28,24 +28,23 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
+from ..adapter.fileformat import file_metadata, save_adapter
 from ..adapter.module import IPAdapter
-from .adapter_init import build_adapter, check_init_adapter
 from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
+from ..errors import IPAdapterError, TrainingCancelled, TrainingDiverged
+from ..models.image_encoders import encoder_metadata
+from ..previews.runner import BEST_FILE, PreviewRunner
+from ..seeds import seed_of
+from ..storage.write_failures import write_error
+from .adapter_init import build_adapter, check_init_adapter
 from .batches import batch_indices, make_batch
 from .buckets import bucket_counts, image_buckets
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .encoding import EncodedDataset, encode_dataset
-from ..errors import IPAdapterError, TrainingCancelled, TrainingDiverged
-from ..adapter.fileformat import file_metadata, save_adapter
-from ..models.image_encoders import encoder_metadata
+from .plan import ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, RunEvent, RunHooks, RunPlan, fingerprint
 from .precision import make_accelerator
-from ..previews.runner import BEST_FILE, PreviewRunner
-from .plan import (ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, RunEvent, RunHooks, RunPlan,
-                   fingerprint)
 from .report import RunTimes, training_report, write_report
-from ..seeds import seed_of
 from .validation import conditioning_gain
-from ..storage.write_failures import write_error
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from ..adapter.module import IPAdapter
+from ..config import TrainConfig
 from ..diffusion.backend import DiffusionBackend
 from .batches import centre_view
-from ..config import TrainConfig
 from .encoding import EncodedDataset, Progress
 
 
