@@ -17,6 +17,7 @@ A collected test without a tier stops the run at collection (`pytest_collection_
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import io
 import logging
@@ -33,6 +34,13 @@ import pytest
 import torch
 
 SAMPLES = Path(__file__).resolve().parents[1] / "ipadapter_train" / "assets" / "samples"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under xdist (`-n N`) the workers share the cores: one torch thread per process, this worker and the
+    # processes it starts (CLI runs, ComfyUI servers; they read the variable when torch loads). Two threads
+    # each on two cores spin against each other and run slower than one.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 # the ComfyUI harness's fixtures are registered here (below), so every module shares one server
 sys.path.append(str(Path(__file__).resolve().parent / "comfyui"))
 
@@ -303,7 +311,7 @@ def pytest_collection_modifyitems(config, items):
     """Refuse tests without a tier; leave each test exactly one tier marker, its closest declaration (so that
     `-m unit` leaves out a cli test of a unit module); move the tests of `LAST_FIXTURES` to the end (in their
     order), since their fixture stops the other servers."""
-    refusal = undeclared_tiers(items)
+    refusal = undeclared_tiers(items) or misplaced_server_tests(items)
     if refusal:
         raise pytest.UsageError(refusal)
     tiers = [tier_of(item) for item in items]
@@ -311,22 +319,83 @@ def pytest_collection_modifyitems(config, items):
         node.own_markers[:] = [mark for mark in node.own_markers if mark.name not in TIERS]
     for item, tier in zip(items, tiers):
         item.add_marker(getattr(pytest.mark, tier))
-        _tier_of_test[item.nodeid] = tier
+        item.user_properties.append(("tier", tier))  # travels with its reports, to an xdist controller too
     items.sort(key=runs_last)  # stable: the others keep their order
 
 
-_tier_of_test: dict[str, str] = {}
+# Under pytest-xdist (`.ci/run` passes `-n 2`) each test module is one unit of work, and the modules that start
+# ComfyUI servers (server and browser tiers) are one unit together: one worker runs them one after another in their
+# collected order (one shared server; the SDXL server last, with the others stopped), while the other modules are
+# shared out between both workers around them. The controller sees test ids only, so these modules are known by
+# their names, and a server or browser test anywhere else is refused at collection.
+SERVER_TIERS = ("server", "browser")
+SERVER_MODULES = ("tests/comfyui/test_server_*.py", "tests/comfyui/test_browser*.py")
+SERVER_GROUP = "comfyui-servers"
+
+
+def is_server_module(module: str) -> bool:
+    """Whether a test module (its path in a test id) is one of `SERVER_MODULES`."""
+    return any(fnmatch.fnmatch(module, pattern) for pattern in SERVER_MODULES)
+
+
+def misplaced_server_tests(items) -> str | None:
+    """The sentence that refuses server or browser tests outside `SERVER_MODULES`, or None."""
+    files = sorted({item.nodeid.split("::")[0] for item in items
+                    if tier_of(item) in SERVER_TIERS and not is_server_module(item.nodeid.split("::")[0])})
+    if not files:
+        return None
+    return (f"{len(files)} test module(s) outside {' or '.join(SERVER_MODULES)} hold server or browser tests "
+            f"({', '.join(files)}): move them into such a module, so that parallel runs keep them on one worker.")
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist has no such hook
+def pytest_xdist_make_scheduler(config, log):
+    """Modules as units of work, the server modules one unit (see `SERVER_MODULES`)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ServersOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return ServersOnOneWorker(config, log)
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under xdist: its module, or `SERVER_GROUP` for the server modules."""
+    module = nodeid.split("::", 1)[0]
+    return SERVER_GROUP if is_server_module(module) else module
+
+
 _tier_tests: dict[str, int] = defaultdict(int)
 _tier_seconds: dict[str, float] = defaultdict(float)
 
 
 def pytest_runtest_logreport(report):
-    """Count the tests and sum their set-up, call and tear-down time per tier."""
-    tier = _tier_of_test.get(report.nodeid)
+    """Count the tests and sum their set-up, call and tear-down time per tier (read from the report, so that the
+    xdist controller, which collects nothing itself, counts its workers' tests too; a worker's own count is
+    never shown)."""
+    tier = dict(report.user_properties).get("tier")
     if tier is None:
         return
     _tier_tests[tier] += report.when == "setup"
     _tier_seconds[tier] += report.duration
+
+
+def pytest_sessionfinish(session):
+    """An xdist worker hands its model-file counts to the controller (`pytest_testnodedown`)."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["model_builds"] = [[list(k), v] for k, v in model_builds.items()]
+        session.config.workeroutput["model_reuses"] = sum(model_reuses.values())
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist has no such hook
+def pytest_testnodedown(node, error):
+    """The controller adds up what each xdist worker built (each worker builds the files it needs once)."""
+    out = getattr(node, "workeroutput", {})
+    for key, seconds in out.get("model_builds", []):
+        model_builds[(node.gateway.id, *key)] = seconds
+    if out.get("model_reuses"):
+        model_reuses[node.gateway.id] += out["model_reuses"]
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -172,10 +172,12 @@ def test_training_backend_predicts_the_noise_and_gradients_of_the_diffusers_back
             off = backend.predict_noise(inputs["noisy"], inputs["t"], inputs["text"], None, added=inputs["added"])
     theirs, their_grads = backend_step(diffusers_backend, adapter, inputs, feats)
     torch.testing.assert_close(ours, theirs, atol=ATOL, rtol=RTOL)
-    for name, grad in their_grads.items():  # float32 sums in another order: close relative to each tensor's scale
+    # float32 sums in another order: close relative to each tensor's scale. The plus adapter's Resampler gradients
+    # gather the most terms; with one torch thread (the suite under xdist) they differ by up to 1.1e-4 of it.
+    for name, grad in their_grads.items():
         scale = grad.abs().max()
         assert scale > 0, name
-        assert (our_grads[name] - grad).abs().max() <= 1e-4 * scale, name
+        assert (our_grads[name] - grad).abs().max() <= 3e-4 * scale, name
     torch.testing.assert_close(off, comfy_eps(graph["model"], inputs["noisy"], inputs["t"], inputs["text"],
                                               inputs["added"]), atol=ATOL, rtol=RTOL)
     assert (ours - off).abs().max() > 1e-2  # the adapter really acts
