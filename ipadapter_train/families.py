@@ -64,6 +64,7 @@ class ModelFamily:
     adm_channels: int  # ComfyUI's adm_in_channels for this family (0: none)
     pipeline: str  # the diffusers pipeline class that generates with it
     public_adapters: str  # the public files a small data set should fine-tune (--init-adapter), in words
+    comfyui: bool = True  # ComfyUI loads its checkpoints (the learned world's widths are this project's own)
 
     def config_dir(self) -> Path:
         """The shipped diffusers configs (model_index.json, unet/, vae/, text encoders, scheduler/)."""
@@ -123,7 +124,17 @@ SDXL = ModelFamily(
     public_adapters="ip-adapter_sdxl_vit-h or ip-adapter-plus_sdxl_vit-h (ViT-H image encoder)",
 )
 
-FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD15, SDXL)}
+# The learned world (ipadapter_train/world): SD1.5's layout, block structure and 16 adapter layers at widths small
+# enough to learn on 2 CPU cores and to ship; a 32-d text encoder, so its own family. Trained by
+# `ipadapter-train make-learned-world`; it shows that the machinery learns, nothing about SD's quality.
+WORLD = ModelFamily(
+    name="world", label="learned world", assets="world", cross_dim=32, adapter_layer_count=16, default_resolution=64,
+    text_encoders=(TextEncoder("text_encoder", _CLIP_L, "hf", 32, hidden_state=None),),
+    size_conditioning=False, resampler_dim=64, addition_embed_type=None, adm_channels=0,
+    pipeline="StableDiffusionPipeline", public_adapters="none (train one on the world's pictures)", comfyui=False,
+)
+
+FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD15, SDXL, WORLD)}
 
 
 def get_family(name: str) -> ModelFamily:

@@ -71,7 +71,7 @@ class ComfyBackend:
         if family is None:
             config = base.model_config.unet_config
             known = "; ".join(f"{f.label}: {f.cross_dim}-d, extra conditioning {f.adm_channels or 'none'}"
-                              for f in FAMILIES.values())
+                              for f in FAMILIES.values() if f.comfyui)
             raise IPAdapterError(f"This MODEL ({kind}, {config.get('context_dim')}-d cross-attention, extra "
                                  f"conditioning {config.get('adm_in_channels') or 'none'}) is of no model family this "
                                  f"pack trains for ({known}): load such a checkpoint with Load Checkpoint.")
@@ -81,7 +81,7 @@ class ComfyBackend:
                 not isinstance(self.sampling, comfy.model_sampling.EPS):
             raise IPAdapterError(f"This {family.label} MODEL samples with {type(self.sampling).__name__}: training "
                                  "needs a discrete-time epsilon-prediction model, as the base checkpoints of "
-                                 f"{' and '.join(f.label for f in FAMILIES.values())} are.")
+                                 f"{' and '.join(f.label for f in FAMILIES.values() if f.comfyui)} are.")
         self.name = f"ComfyUI MODEL ({kind})"
         self.family = family
         self.device = torch.device(model.load_device)

@@ -125,7 +125,7 @@ def context_width(model: Any) -> int:
     width = model.model.model_config.unet_config.get("context_dim")
     if not width:
         raise IPAdapterError("This MODEL has no cross-attention context: IP-Adapters need a UNet with "
-                             f"cross-attention ({', '.join(f.label for f in FAMILIES.values())}).")
+                             f"cross-attention ({', '.join(f.label for f in FAMILIES.values() if f.comfyui)}).")
     return int(width)
 
 

@@ -142,7 +142,8 @@ def test_new_plus_adapter_takes_its_family_resampler_width():
     assert sdxl.image_proj.layers[0][0].heads == 20 and sdxl.image_proj.norm_out.weight.shape == (CROSS,)
     sd15 = IPAdapter.new("plus", 1280, 768, [])
     assert sd15.spec.resampler_dim == 768 and sd15.image_proj.layers[0][0].heads == 12
-    assert IPAdapter.new("plus", 32, 32, []).spec.resampler_dim == 768  # no family of that width: as before
+    assert IPAdapter.new("plus", 32, 48, []).spec.resampler_dim == 768  # no family of that width: as before
+    assert IPAdapter.new("plus", 64, 32, []).spec.resampler_dim == 64  # the learned world's (32-d context)
     narrow = IPAdapter.new("plus", 32, CROSS, [], resampler_dim=128)
     assert narrow.image_proj.layers[0][0].heads == 2 and narrow.image_proj.latents.shape == (1, 16, 128)
     assert IPAdapter.new("base", 1024, CROSS, []).spec.resampler_dim is None
@@ -305,7 +306,10 @@ def test_same_family_mismatches_keep_their_messages():
         spec.check_fits(1280, "bigG", CROSS, SDXL.adapter_layers(), "the UNet")
     with pytest.raises(IPAdapterError, match=r"has 70 layers that do not fit the UNet \(44 cross-attention layers"):
         spec.check_fits(1024, "clip", CROSS, SDXL.adapter_layers()[:44], "the UNet")
-    tiny = AdapterSpec("base", 32, 32, 4, ((1, 32),))  # no family has 32-d cross-attention
-    with pytest.raises(IPAdapterError, match=r"is for a 32-d cross-attention model, but the UNet has 768-d "
-                                             r"cross-attention \(SD1.5 is 768, SDXL is 2048\)"):
+    tiny = AdapterSpec("base", 32, 48, 4, ((1, 48),))  # no family has 48-d cross-attention
+    with pytest.raises(IPAdapterError, match=r"is for a 48-d cross-attention model, but the UNet has 768-d "
+                                             r"cross-attention \(SD1.5 is 768, SDXL is 2048, learned world is 32\)"):
         tiny.check_fits(32, "clip", 768, SD15.adapter_layers(), "the UNet")
+    world = AdapterSpec("base", 64, 32, 4, tuple((layer.index, 32) for layer in SD15.adapter_layers()))
+    with pytest.raises(IPAdapterError, match=r"is a learned world base adapter .* but the UNet is SD1.5"):
+        world.check_fits(64, "clip", 768, SD15.adapter_layers(), "the UNet")

@@ -112,7 +112,10 @@ def article(word: str) -> str:
     digits = word[:len(word) - len(word.lstrip("0123456789"))]
     if digits:  # eight..., eleven, eighteen (and their thousands): the sounds that start with a vowel
         return "an" if digits[0] == "8" or (len(digits) % 3 == 2 and digits[:2] in ("11", "18")) else "a"
-    return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"
+    if word[:1].islower():  # a word read as a word: 'a learned world', 'an image'
+        return "an" if word[:1] in "aeiou" else "a"
+    return "an" if word[:1].upper() in "AEFHILMNORSX" else "a"  # letters read aloud: 'an SDXL', 'an SD1.5'
+
 
 
 def family_phrase(variant: str, n_layers: int, cross_dim: int | None) -> str:

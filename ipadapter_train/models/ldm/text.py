@@ -130,7 +130,7 @@ def read_text_config(sd: Mapping[str, Any], encoder: "TextEncoder", base: Mappin
             "hidden_size": hidden,
             "intermediate_size": shape_of(sd[p + names["fc1"]])[0],
             "num_hidden_layers": len(indices([k for k in sd if k.startswith(p)], re.escape(p) + names["layers"])),
-            "num_attention_heads": hidden // 64,
+            "num_attention_heads": max(1, hidden // 64),  # 64-wide heads; the learned world's 32 has one
             "max_position_embeddings": shape_of(sd[p + names["positions"]])[0],
             "hidden_act": base.get("hidden_act", "quick_gelu"),
         })
