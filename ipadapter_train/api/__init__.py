@@ -49,8 +49,8 @@ from ..training.report import RANDOM_MODELS_NOTE, plot_losses
 from ..training.trainer import TrainResult, cancelled_note, last_path, train
 from .runs import check_init_encoder, default_run_dir, train_adapter, train_in_memory
 from .use import (GenerationSettings, Generator, ScoreReport, Scorer, convert_checkpoint, evaluate, format_report,
-                  inspect_adapter, load_adapter_module, load_cases, load_generator, make_test_models, save_adapter,
-                  write_eval_files)
+                  inspect_adapter, load_adapter_module, load_cases, load_generator, make_learned_world,
+                  make_test_models, save_adapter, write_eval_files)
 
 __all__ = [
     "LIMITS", "PREVIEW_ROUNDS_AUTO", "TrainConfig", "IPAdapterError", "TrainingCancelled", "TrainingDiverged",
@@ -64,6 +64,6 @@ __all__ = [
     "RunPlan", "plan_run", "RANDOM_MODELS_NOTE", "plot_losses", "TrainResult", "cancelled_note", "last_path", "train",
     "check_init_encoder", "default_run_dir", "train_adapter", "train_in_memory",
     "GenerationSettings", "Generator", "ScoreReport", "Scorer", "convert_checkpoint", "evaluate", "format_report",
-    "inspect_adapter", "load_adapter_module", "load_cases", "load_generator", "make_test_models", "save_adapter",
-    "write_eval_files",
+    "inspect_adapter", "load_adapter_module", "load_cases", "load_generator", "make_learned_world",
+    "make_test_models", "save_adapter", "write_eval_files",
 ]

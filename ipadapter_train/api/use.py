@@ -45,6 +45,13 @@ def load_generator(base_model: str | Path, image_encoder: str | Path, adapter: s
                      adapter_name=str(adapter), encoder_name=encoder.name)
 
 
+def make_learned_world(*args, **kwargs):
+    """Train the learned world's models and write their files (`world.build.make_learned_world`)."""
+    from ..world.build import make_learned_world as make
+
+    return make(*args, **kwargs)
+
+
 def make_test_models(*args, **kwargs):
     """Random-weight model files for tests and benchmarks (`models.testmodels.make_test_models`)."""
     from ..models.testmodels import make_test_models as make

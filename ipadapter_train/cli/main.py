@@ -6,6 +6,7 @@
     ipadapter-train inspect my_adapter.safetensors
     ipadapter-train convert tencent_checkpoint/ my_adapter.safetensors
     ipadapter-train make-test-models test_models/ --size tiny
+    ipadapter-train make-learned-world learned_world/
     ipadapter-train generate --base-model sd15.safetensors --image-encoder clip_vision/ \\
         --adapter my_adapter.safetensors --image ref.jpg --prompt "a cat in a palace" --output result.png
 """
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     from . import generation as cli_generation
     from . import training as cli_training
+    from . import world as cli_world
 
     parser = argparse.ArgumentParser(prog="ipadapter-train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     cli_training.register(sub)
     cli_generation.register(sub)
+    cli_world.register(sub)
     return parser
 
 

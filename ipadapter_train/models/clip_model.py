@@ -195,10 +195,11 @@ def build_clip(preset: ClipPreset = "tiny", seed: int = 0, dtype: torch.dtype = 
     return freeze(mark_random(model))
 
 
-def save_clip(model, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
-    """Write a `CLIPModel` as one `.safetensors` file in the transformers key layout (atomically)."""
+def save_clip(model, path: str | os.PathLike, dtype: torch.dtype = torch.float16,
+              metadata: dict[str, str] | None = None) -> Path:
+    """Write a `CLIPModel` as one `.safetensors` file in the transformers key layout (atomically), `metadata` added."""
     state = {k: v.detach().to(device="cpu", dtype=dtype if v.is_floating_point() else v.dtype)
              for k, v in model.state_dict().items() if not k.endswith("position_ids")}
-    path = save_safetensors_atomic(state, path, metadata=random_metadata(is_random(model)))
+    path = save_safetensors_atomic(state, path, metadata={**random_metadata(is_random(model)), **(metadata or {})})
     log.info("Wrote %s (%d tensors, %.1f MiB).", path, len(state), path.stat().st_size / 2**20)
     return path

@@ -122,9 +122,10 @@ def read_single_file(path: str | os.PathLike, dtype: torch.dtype = torch.float32
                           family.config("scheduler/scheduler_config.json"), name, random_weights)
 
 
-def save_single_file(model: DiffusionModel, path: str | os.PathLike, dtype: torch.dtype = torch.float16) -> Path:
+def save_single_file(model: DiffusionModel, path: str | os.PathLike, dtype: torch.dtype = torch.float16,
+                     metadata: dict[str, str] | None = None) -> Path:
     """Write `model` as one original-layout `.safetensors` checkpoint (what ComfyUI, A1111 and diffusers'
-    `from_single_file` load), atomically, with the random-weights mark when it applies.
+    `from_single_file` load), atomically, with the random-weights mark when it applies and `metadata` added.
 
     Tensors already in `dtype` are written as they are (no copy): build or load in the target dtype to
     write a full-size model without a second copy of its weights.
@@ -137,6 +138,6 @@ def save_single_file(model: DiffusionModel, path: str | os.PathLike, dtype: torc
         state = part.state_dict()
         for e in entries:
             out[e.ldm] = to_ldm(e, [state[p].detach().to(device="cpu", dtype=dtype) for p in e.parts])
-    path = save_safetensors_atomic(out, path, metadata=random_metadata(model.random_weights))
+    path = save_safetensors_atomic(out, path, metadata={**random_metadata(model.random_weights), **(metadata or {})})
     log.info("Wrote %s (%s, %d tensors, %.1f MiB).", path, model.family.label, len(out), path.stat().st_size / 2**20)
     return path
