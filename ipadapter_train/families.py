@@ -65,6 +65,7 @@ class ModelFamily:
     pipeline: str  # the diffusers pipeline class that generates with it
     public_adapters: str  # the public files a small data set should fine-tune (--init-adapter), in words
     comfyui: bool = True  # ComfyUI loads its checkpoints (the learned world's widths are this project's own)
+    figures_note: str | None = None  # what every figure of a run on this family must say about itself
 
     def config_dir(self) -> Path:
         """The shipped diffusers configs (model_index.json, unet/, vae/, text encoders, scheduler/)."""
@@ -132,6 +133,8 @@ WORLD = ModelFamily(
     text_encoders=(TextEncoder("text_encoder", _CLIP_L, "hf", 32, hidden_state=None),),
     size_conditioning=False, resampler_dim=64, addition_embed_type=None, adm_channels=0,
     pipeline="StableDiffusionPipeline", public_adapters="none (train one on the world's pictures)", comfyui=False,
+    figures_note="NOTE: learned-world models; these figures show that the machinery learns and selects, and say "
+                 "nothing about quality on real SD models.",
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD15, SDXL, WORLD)}

@@ -107,7 +107,7 @@ def test_every_command_has_help_with_examples():
 
 
 def test_demo_runs_on_random_weights_and_says_so(tmp_path):
-    r = run_cli("demo", "--out-dir", str(tmp_path / "demo"), "--steps", "2", "--resolution", "64")
+    r = run_cli("demo", "--random-weights", "--out-dir", str(tmp_path / "demo"), "--steps", "2", "--resolution", "64")
     assert r.returncode == 0, r.stderr
     assert "RANDOM" in r.stderr and "random-weight" in r.stdout
     assert (tmp_path / "demo" / "demo_adapter.safetensors").is_file()

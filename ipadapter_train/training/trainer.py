@@ -349,6 +349,8 @@ class TrainingRun:
                "adapter": str(out_path) if out_path else None, "stopped_early": self.stopped_early,
                "previews": self.preview.report() if self.preview is not None else None,
                "preview_seconds": self.preview.seconds if self.preview is not None else 0.0}
+        if self.backend.family.figures_note:  # the learned world's runs say what their figures are
+            run["figures_note"] = self.backend.family.figures_note
         if self._keeps_best():
             run["kept"] = {"step": self.preview.book.best["step"], "why": self.preview.book.why(),
                            "last_adapter": str(last_path(out_path))}

@@ -25,8 +25,8 @@ def attribute_match(render: Render, reader: ShapeReader, attribute_set: Attribut
     match, seen = {}, {}
     for weight in weights:
         pictures = np.stack([render(prompt, weight, seed + i) for i, prompt in enumerate(prompts)])
-        found = [r[attribute_set.attribute] for r in read(reader, pictures)]
+        found = [r[attribute_set.attribute] or "nothing" for r in read(reader, pictures)]  # None: no shape stands out
         match[f"{weight:g}"] = float(np.mean([f == attribute_set.value for f in found]))
-        seen[f"{weight:g}"] = {v: found.count(v) for v in sorted(set(found), key=str)}
+        seen[f"{weight:g}"] = {v: found.count(v) for v in sorted(set(found))}
     return {"attribute": attribute_set.attribute, "value": attribute_set.value, "attribute_match": match,
             "chance": 1 / len(choices(attribute_set.attribute)), "samples": samples, "read": seen}
