@@ -66,6 +66,7 @@ class ModelFamily:
     public_adapters: str  # the public files a small data set should fine-tune (--init-adapter), in words
     comfyui: bool = True  # ComfyUI loads its checkpoints (the learned world's widths are this project's own)
     figures_note: str | None = None  # what every figure of a run on this family must say about itself
+    figures_label: str | None = None  # the same in a few words, after a score: "learned-world figures"
 
     def config_dir(self) -> Path:
         """The shipped diffusers configs (model_index.json, unet/, vae/, text encoders, scheduler/)."""
@@ -135,6 +136,7 @@ WORLD = ModelFamily(
     pipeline="StableDiffusionPipeline", public_adapters="none (train one on the world's pictures)", comfyui=False,
     figures_note="NOTE: learned-world models; these figures show that the machinery learns and selects, and say "
                  "nothing about quality on real SD models.",
+    figures_label="learned-world figures",
 )
 
 FAMILIES: dict[str, ModelFamily] = {f.name: f for f in (SD15, SDXL, WORLD)}

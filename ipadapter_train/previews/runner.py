@@ -51,13 +51,16 @@ class PreviewRunner:
     `scorer` a `scoring.scorer.Scorer` or None."""
 
     def __init__(self, previews: Previews, plan: PreviewPlan, scorer: Any, run_dir: Path, total: int,
-                 random_weights: bool = False) -> None:
+                 random_weights: bool = False, figures_label: str | None = None) -> None:
         self.previews, self.config, self.run_dir, self.total = previews, previews.config, Path(run_dir), total
         self.plan = plan  # with the measured time of a step once there is one (`measured`)
         self.random_weights = random_weights or bool(scorer is not None and scorer.random_weights)
         self._scorer = scorer
         self.scorer: PreviewScorer | None = None
-        self.book = ScoreBook(scorer.name, self.random_weights) if scorer is not None else None
+        # what every score says about itself: random-weight figures first, else the family's label (learned world)
+        self.figures_label = "random-weight figures" if self.random_weights else figures_label
+        self.book = ScoreBook(scorer.name, self.random_weights, label=self.figures_label) \
+            if scorer is not None else None
         self.best_state: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU, fp32)
         self.rounds: list[dict[str, Any]] = []  # {"step", "grid"}, in the order rendered
         self.seconds = 0.0  # all preview work: set-up (encoding, the weight-0 images) and every round
@@ -146,8 +149,8 @@ class PreviewRunner:
                 self.best_state = {k: v.detach().float().cpu().clone() for k, v in adapter.state_dict().items()}
             entry.update(score=score, grade=grade(score), best_step=self.book.best["step"])
             title += f": {score:.1f}% ({entry['grade']})" + (" best so far" if improved else "")
-            if self.random_weights:
-                title += ", random-weight figures"
+            if self.figures_label:
+                title += f", {self.figures_label}"
         p = self.previews
         weights = list(images)
         grid = compose_grid(title, [p.references[c.reference].image for c in p.cells],

@@ -77,6 +77,7 @@ class ScoreBook:
     scorer: str = ""
     random_weights: bool = False
     rounds: list[dict[str, Any]] = field(default_factory=list)  # {"step", "grid", "score", "grade", "cells"}
+    label: str | None = None  # what the figures are, said after them: "random-weight figures", "learned-world figures"
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -97,7 +98,7 @@ class ScoreBook:
 
     def until(self, step: int) -> "ScoreBook":
         """The book as it was at `step` (a resumed run goes on from its checkpoint's step)."""
-        return ScoreBook(self.scorer, self.random_weights, [r for r in self.rounds if r["step"] <= step])
+        return ScoreBook(self.scorer, self.random_weights, [r for r in self.rounds if r["step"] <= step], self.label)
 
     def why(self) -> str | None:
         """One sentence naming the best step and why it is the best."""
@@ -107,13 +108,14 @@ class ScoreBook:
         others = len(self.rounds) - 1
         return (f"Step {best['step']} scored best: {best['score']:.1f}% ({best['grade']}), the mean combined "
                 f"percent of its full-weight previews, against {others} other scored preview round(s)"
-                + (" (random-weight figures)" if self.random_weights else "") + ".")
+                + (f" ({self.label})" if self.label else " (random-weight figures)" if self.random_weights else "")
+                + ".")
 
     def to_dict(self) -> dict[str, Any]:
         """scores.json: the scale, the rule, every round, the best step and why; labelled when random."""
         best = self.best
         return {"scorer": self.scorer, "random_weights": self.random_weights,
-                "note": RANDOM_NOTE if self.random_weights else None, "scale": SCALE_SENTENCE,
+                "note": RANDOM_NOTE if self.random_weights else self.label, "scale": SCALE_SENTENCE,
                 "rank": RANK_SENTENCE, "best_step": best["step"] if best else None,
                 "best_score": best["score"] if best else None, "why": self.why(),
                 "rounds": sorted(self.rounds, key=lambda r: r["step"])}
@@ -121,4 +123,6 @@ class ScoreBook:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScoreBook":
         """Inverse of `to_dict` (a checkpoint's copy)."""
-        return cls(d.get("scorer", ""), bool(d.get("random_weights")), list(d.get("rounds", [])))
+        random_weights = bool(d.get("random_weights"))
+        return cls(d.get("scorer", ""), random_weights, list(d.get("rounds", [])),
+                   None if random_weights else d.get("note"))
