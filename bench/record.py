@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from pathlib import Path
 from typing import Sequence
 
@@ -61,23 +60,13 @@ def peak_cell(memory: dict) -> str:
     return gib(memory["peak_rss_bytes"]) + " RSS"
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(device: str) -> str:
     """Where a benchmark ran, in one line: CPU model and whether it has native bf16 (the CPU speed figures
     depend on it), cores, torch, threads, and the GPU when one is used."""
     import torch
 
     from ipadapter_train.training.precision import cpu_has_bf16
+    from ipadapter_train.training.report import cpu_name
 
     bf16 = "no native bf16"
     if cpu_has_bf16():  # AMX tiles run bf16 several times faster than AVX512-BF16 alone: say which one it has

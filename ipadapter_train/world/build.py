@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +26,7 @@ from ..models.diffusion_model import DiffusionModel
 from ..models.parts import family_tokenizers
 from ..models.single_file import save_single_file
 from ..storage.weights_io import atomic_write_text
+from ..training.report import cpu_name
 from .clip_stage import train_clip, zero_shot_accuracy
 from .figures import sample_accuracy, world_pipeline
 from .grid import save_samples
@@ -43,17 +43,6 @@ FILES = {"model": "world.safetensors", "clip": "clip-world.safetensors", "reader
          "samples": "samples.png", "report": "world.json"}
 
 Progress = Callable[[str, int, int, float], None]  # stage, done, total, loss
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_learned_world(out_dir: str | os.PathLike, recipe: Recipe = Recipe(),

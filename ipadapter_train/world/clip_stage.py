@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..families import WORLD
 from .data import captions, compatible, pictures, to_clip
-from .optim import optimiser
+from .optim import descend, optimiser
 from .recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,11 @@ def train_clip(recipe: Recipe, tokenizer, progress: Progress | None = None):
         # soft targets: every fitting caption (and every fitting picture) shares the probability
         loss = (F.cross_entropy(out.logits_per_image, positives / positives.sum(1, keepdim=True)) +
                 F.cross_entropy(out.logits_per_text, positives.T / positives.T.sum(1, keepdim=True))) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        value = descend(loss, opt, sched)
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP's cap: a temperature of at least 1/100
         if progress:
-            progress("clip", step + 1, stage.steps, loss.item())
+            progress("clip", step + 1, stage.steps, value)
     return model.eval().requires_grad_(False)
 
 

@@ -22,3 +22,15 @@ def optimiser(params: Iterable[torch.nn.Parameter],
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def descend(loss: torch.Tensor, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LambdaLR,
+            clip: tuple[Iterable[torch.nn.Parameter], float] | None = None) -> float:
+    """One step down `loss` (gradients clipped to `clip`'s norm first when given); returns the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(clip[0], clip[1])
+    opt.step()
+    sched.step()
+    return loss.item()

@@ -15,7 +15,7 @@ from torch import nn
 
 from .data import pictures, to_unit
 from .domain import SHAPES, Attributes
-from .optim import optimiser
+from .optim import descend, optimiser
 from .pixels import read_background, read_colour
 from .recipe import Recipe
 
@@ -46,12 +46,9 @@ def train_reader(recipe: Recipe, progress=None) -> ShapeReader:
         batch, attrs = pictures(rng, stage.batch)
         target = torch.tensor([SHAPES.index(a.shape) for a in attrs])
         loss = F.cross_entropy(reader(to_unit(batch)), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        value = descend(loss, opt, sched)
         if progress:
-            progress("reader", step + 1, stage.steps, loss.item())
+            progress("reader", step + 1, stage.steps, value)
     return reader.eval().requires_grad_(False)
 
 

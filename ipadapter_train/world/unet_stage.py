@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..families import WORLD
 from .clip_stage import tokenize
 from .data import captions, pictures, to_unit
-from .optim import optimiser
+from .optim import descend, optimiser
 from .recipe import Recipe
 
 
@@ -95,15 +95,11 @@ def train_unet(recipe: Recipe, vae, text_encoder, tokenizer, progress=None):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (stage.batch,))
         pred = unet(scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=texts(said)).sample
         loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
+        value = descend(loss, opt, sched, clip=(unet.parameters(), 1.0))
         with torch.no_grad():
             decay = min(recipe.ema, (1 + step) / (10 + step))  # a short average early, the full one later
             for e, p in zip(ema.parameters(), unet.parameters()):
                 e.lerp_(p, 1 - decay)
         if progress:
-            progress("unet", step + 1, stage.steps, loss.item())
+            progress("unet", step + 1, stage.steps, value)
     return ema.eval()

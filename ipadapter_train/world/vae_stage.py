@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..families import WORLD
 from .data import pictures, to_unit
-from .optim import optimiser
+from .optim import descend, optimiser
 from .recipe import Recipe
 
 
@@ -40,12 +40,9 @@ def train_vae(recipe: Recipe, progress=None):
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = F.mse_loss(recon, x) + recipe.kl_weight * posterior.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        value = descend(loss, opt, sched)
         if progress:
-            progress("vae", step + 1, stage.steps, loss.item())
+            progress("vae", step + 1, stage.steps, value)
     vae.eval().requires_grad_(False)
     scale_latents(vae, rng)
     return vae
