@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 import sys
 
 import numpy as np
@@ -17,8 +18,6 @@ pytestmark = pytest.mark.unit
 
 MICRO = Recipe(clip=Stage(2, 8, 1e-3), vae=Stage(2, 4, 1e-3), unet=Stage(2, 4, 1e-3), reader=Stage(2, 8, 1e-3),
                unet_pictures=16, eval_pictures=10, eval_samples=2, sample_steps=2)
-MICRO_ARGS = "clip=Stage(2, 8, 1e-3), vae=Stage(2, 4, 1e-3), unet=Stage(2, 4, 1e-3), reader=Stage(2, 8, 1e-3), " \
-             "unet_pictures=16, eval_pictures=10, eval_samples=2, sample_steps=2"
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +92,7 @@ def test_the_vae_latents_are_scaled_to_unit_spread_without_changing_a_reconstruc
 def test_one_seed_gives_the_same_files_in_two_processes(tmp_path):
     script = ("import sys; from ipadapter_train.world.build import make_learned_world; "
               "from ipadapter_train.world.recipe import Recipe, Stage; "
-              f"make_learned_world(sys.argv[1], Recipe(seed=3, {MICRO_ARGS}))")
+              f"make_learned_world(sys.argv[1], {replace(MICRO, seed=3)!r})")  # the recipe's repr rebuilds it
     for name in ("one", "two"):
         r = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], cwd=ROOT, capture_output=True,
                            text=True, timeout=600)
@@ -112,3 +111,25 @@ def safetensors_content(path):
 
     with safe_open(str(path), "pt") as f:
         return f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_the_clip_stage_feeds_the_pixels_the_clip_vision_encoder_feeds_at_64_px():
+    from PIL import Image
+
+    from ipadapter_train.models.clip_vision import image_processor
+    from ipadapter_train.world.data import pictures, to_clip
+
+    batch = pictures(np.random.default_rng(0), 4)[0]
+    theirs = image_processor(64)(images=[Image.fromarray(b) for b in batch], return_tensors="pt").pixel_values
+    torch.testing.assert_close(to_clip(batch), theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_the_build_shows_one_bar_per_stage(capsys):
+    from ipadapter_train.cli.world import StageBars
+
+    bars = StageBars()
+    for stage, done, total in (("clip", 1, 2), ("clip", 2, 2), ("vae", 1, 3)):
+        bars(stage, done, total, 0.5)
+    bars.close()
+    err = capsys.readouterr().err
+    assert "world: clip" in err and "2/2" in err and "world: vae" in err and "1/3" in err

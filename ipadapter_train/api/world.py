@@ -18,11 +18,12 @@ from typing import Callable
 import numpy as np
 
 from ..config import TrainConfig
+from ..families import WORLD
 from ..previews.sources import PreviewSource
 from ..scoring.generate import GenerationSettings
 from ..scoring.scorer import Scorer
 from ..storage.data import Sample
-from ..storage.weights_io import atomic_write_text
+from ..storage.weights_io import atomic_write, atomic_write_text
 from ..world.attribute_match import attribute_match
 from ..world.attribute_set import NAMED, AttributeSet, write_attribute_set
 from ..world.domain import caption
@@ -54,8 +55,7 @@ def held_out_references(attribute_set: AttributeSet, folder: Path, n: int = 2) -
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i, (picture, attrs) in enumerate(attribute_set.pictures(stream=1, n=n)):
-        path = folder / f"reference_{i:02d}.png"
-        picture.save(path)
+        path = atomic_write(folder / f"reference_{i:02d}.png", lambda p, im=picture: im.save(p, format="PNG"))
         out.append(Sample(path, picture, caption(attrs, NAMED)))
     return out
 
@@ -93,8 +93,7 @@ def run_world_demo(out_dir: Path, world: Path | None = None, config: TrainConfig
                            previews=previews)
     generator = load_generator(files["model"], files["clip"], out, device=device)
     figures = measure(generator, load_reader(files["reader"]), references, attribute_set, settings)
-    figures["note"] = ("Learned-world figures: they show that the adapter learns what its pictures share, and say "
-                       "nothing about quality on real SD models.")
+    figures["note"] = WORLD.figures_note
     report_path = result.run_dir / "report.json"
     report = json.loads(report_path.read_text(encoding="utf-8"))
     report["learned_world"] = figures

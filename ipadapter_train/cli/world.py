@@ -2,33 +2,31 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 from pathlib import Path
+
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 
 class StageBars:
-    """One tqdm bar per stage of the build, with the stage's latest loss."""
+    """One progress bar per stage of the build (`progress.progress_bar`: logging printed above it)."""
 
     def __init__(self) -> None:
-        self.bar, self.stage = None, None
+        self.stack, self.update, self.stage = contextlib.ExitStack(), None, None
 
     def __call__(self, stage: str, done: int, total: int, loss: float) -> None:
-        from tqdm import tqdm
-
         if stage != self.stage:
             self.close()
-            self.bar, self.stage = tqdm(total=total, desc=f"world: {stage}", unit="step"), stage
-        self.bar.update(done - self.bar.n)
-        if done % 20 == 0 or done == total:
-            self.bar.set_postfix(loss=f"{loss:.4f}")
+            self.update, self.stage = self.stack.enter_context(progress_bar(f"world: {stage}")), stage
+        self.update(done, total)
 
     def close(self) -> None:
         """Close the current stage's bar."""
-        if self.bar is not None:
-            self.bar.close()
+        self.stack.close()
 
 
 def cmd_make_learned_world(args: argparse.Namespace) -> int:

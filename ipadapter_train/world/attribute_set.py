@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..storage.weights_io import atomic_write_bytes, atomic_write_text
+from ..storage.weights_io import atomic_write, atomic_write_text
 from .domain import SHAPES, Attributes, caption, draw, sample_attributes
 
 NAMED = ("shape",)  # what the set's captions say
@@ -50,12 +50,8 @@ class AttributeSet:
 
 def write_attribute_set(folder: Path, attribute_set: AttributeSet) -> Path:
     """Write the training pictures as PNG files with .txt captions (what `train --images` reads)."""
-    import io
-
     folder.mkdir(parents=True, exist_ok=True)
     for i, (picture, attrs) in enumerate(attribute_set.pictures()):
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        atomic_write_bytes(folder / f"world_{i:02d}.png", buffer.getvalue())
+        atomic_write(folder / f"world_{i:02d}.png", lambda p, im=picture: im.save(p, format="PNG"))
         atomic_write_text(folder / f"world_{i:02d}.txt", caption(attrs, NAMED) + "\n")
     return folder

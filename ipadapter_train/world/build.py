@@ -25,10 +25,11 @@ from ..models.clip_model import save_clip
 from ..models.diffusion_model import DiffusionModel
 from ..models.parts import family_tokenizers
 from ..models.single_file import save_single_file
+from ..scoring.generate import make_pipeline
 from ..storage.weights_io import atomic_write_text
 from ..training.report import cpu_name
 from .clip_stage import train_clip, zero_shot_accuracy
-from .figures import sample_accuracy, world_pipeline
+from .figures import sample_accuracy
 from .grid import save_samples
 from .reader import reader_accuracy, save_reader, train_reader
 from .recipe import Recipe
@@ -70,23 +71,22 @@ def make_learned_world(out_dir: str | os.PathLike, recipe: Recipe = Recipe(),
     figures = {"clip_zero_shot": timed("clip figures", lambda: zero_shot_accuracy(clip, tokenizer, recipe,
                                                                                   recipe.eval_pictures)),
                "reader": timed("reader figures", lambda: reader_accuracy(reader, recipe))}
-    pipe = world_pipeline(unet, vae, text_encoder, tokenizer)
+    model = DiffusionModel(WORLD, unet, vae, [text_encoder], [tokenizer], WORLD.config(
+        "scheduler/scheduler_config.json"), "learned world", random_weights=False)
+    pipe = make_pipeline(model)  # the family's pipeline with DDIM, as `generate` samples
     text_only, samples, truth = timed("samples", lambda: sample_accuracy(
         pipe, reader, recipe.eval_samples, recipe.seed, recipe.sample_steps, recipe.guidance))
     figures["text_only_samples"] = {**text_only, "samples": recipe.eval_samples, "steps": recipe.sample_steps,
                                     "guidance": recipe.guidance}
 
     mark = {WORLD_MARK: "true"}
-    model = DiffusionModel(WORLD, unet, vae, [text_encoder], [tokenizer], WORLD.config(
-        "scheduler/scheduler_config.json"), "learned world", random_weights=False)
     files = {"model": save_single_file(model, out / FILES["model"], metadata=mark),
              "clip": save_clip(clip, out / FILES["clip"], metadata=mark),
              "reader": save_reader(reader, out / FILES["reader"]),
              "samples": save_samples(samples, truth, out / FILES["samples"])}
     report = {
         "learned_world": True,
-        "note": "Learned-world figures: they show that the machinery learns and selects, and say nothing about "
-                "quality on real SD models.",
+        "note": WORLD.figures_note,
         "recipe": recipe.to_dict(), "figures": figures, "seconds": {**seconds, "total": round(time.perf_counter()
                                                                                              - start, 1)},
         "machine": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__},

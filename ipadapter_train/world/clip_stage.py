@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..families import WORLD
 from .data import captions, compatible, pictures, to_clip
+from .domain import ATTRIBUTES, Attributes, caption, choices
 from .optim import descend, optimiser
 from .recipe import Recipe
 
@@ -83,8 +84,6 @@ def projected(out) -> torch.Tensor:
 def zero_shot_accuracy(model, tokenizer, recipe: Recipe, n: int) -> dict[str, float]:
     """Per attribute, how often the caption naming only that attribute's true value is CLIP's best among its
     values, on `n` fresh pictures (drawn from a generator of their own)."""
-    from .domain import ATTRIBUTES, Attributes, caption, choices
-
     rng = np.random.default_rng([recipe.seed, 9])
     batch, attrs = pictures(rng, n)
     image = F.normalize(projected(model.get_image_features(pixel_values=to_clip(batch))), dim=-1)

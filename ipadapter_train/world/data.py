@@ -13,8 +13,6 @@ import torch
 
 from .domain import ATTRIBUTES, Attributes, caption, choices, draw_batch, sample_attributes
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def pictures(rng: np.random.Generator, n: int, **fixed: str) -> tuple[np.ndarray, list[Attributes]]:
@@ -30,8 +28,10 @@ def to_unit(batch: np.ndarray) -> torch.Tensor:
 
 def to_clip(batch: np.ndarray) -> torch.Tensor:
     """uint8 N x H x W x 3 -> CLIP's normalised float N x 3 x H x W."""
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255.0)
-    return (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
 
 
 def from_unit(images: torch.Tensor) -> np.ndarray:

@@ -9,18 +9,6 @@ from .domain import ATTRIBUTES, Attributes, caption, choices, sample_attributes
 from .reader import ShapeReader, accuracy, read
 
 
-def world_pipeline(unet, vae, text_encoder, tokenizer):
-    """A diffusers StableDiffusionPipeline over the world's parts, sampling with DDIM."""
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-    from ..families import WORLD
-
-    scheduler = DDIMScheduler.from_config(WORLD.config("scheduler/scheduler_config.json"))
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
-
 @torch.no_grad()
 def text_only_samples(pipe, prompts: list[str], seed: int, steps: int, guidance: float) -> np.ndarray:
     """One 64 px sample per prompt (uint8 N x 64 x 64 x 3), seeded per prompt (seed + its index)."""

@@ -1,14 +1,13 @@
 """A picture of samples: a grid of 64 px pictures, each captioned underneath (README and world.json's samples)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..storage.weights_io import atomic_write_bytes
+from ..storage.weights_io import atomic_write
 
 
 def grid_image(pictures: np.ndarray, labels: Sequence[str], columns: int = 10, scale: int = 2) -> Image.Image:
@@ -27,6 +26,5 @@ def grid_image(pictures: np.ndarray, labels: Sequence[str], columns: int = 10, s
 def save_samples(pictures: np.ndarray, truth: Sequence, path: Path) -> Path:
     """Write the text-only samples with their prompts' attributes as a PNG grid (atomically)."""
     labels = [f"{a.colour} {a.shape}/{a.background}" for a in truth]
-    buffer = io.BytesIO()
-    grid_image(pictures, labels).save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    grid = grid_image(pictures, labels)
+    return atomic_write(path, lambda p: grid.save(p, format="PNG"))

@@ -82,8 +82,8 @@ def save_reader(reader: ShapeReader, path: Path) -> Path:
 
 def load_reader(path: Path) -> ShapeReader:
     """Read a classifier written by `save_reader` (safetensors: no pickle runs)."""
-    from safetensors.torch import load_file
+    from ..storage.weights_io import read_safetensors
 
     reader = ShapeReader()
-    reader.load_state_dict(load_file(str(path)))
+    reader.load_state_dict(read_safetensors(path)[0])
     return reader.eval().requires_grad_(False)
