@@ -23,7 +23,7 @@ from ..storage.output_lock import output_lock
 from ..training.checkpoint import SavedCheckpoint, open_checkpoint
 from ..training.identity import model_inputs
 from ..training.outputs import check_run_outputs, remove_stale_outputs
-from ..training.plan import Progress, RunHooks, RunPaths, RunPlan, plan_run
+from ..training.plan import BatchControl, Progress, RunHooks, RunPaths, RunPlan, plan_run
 from ..training.precision import cpu_has_bf16, frozen_dtype, launched_rank, make_accelerator, weights_memory_note
 from ..training.trainer import TrainResult, last_path, train
 
@@ -52,7 +52,7 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
                   config: TrainConfig, run_dir: str | Path | None = None, init_adapter: str | Path | None = None,
                   resume: str | Path | SavedCheckpoint | None = None, prompt: str | None = None,
                   progress: Progress | None = None, device: str | None = None, overwrite: bool = True,
-                  previews: PreviewSource | None = None) -> TrainResult:
+                  previews: PreviewSource | None = None, control: BatchControl | None = None) -> TrainResult:
     """Load the models and images from paths, train, save the adapter and the report.
 
     The run is planned (`plan_run`: settings, a resume's checkpoint) and its outputs checked before the models load;
@@ -60,7 +60,8 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
     An existing `out` is replaced only with `overwrite` (the CLI's --overwrite; or when the resumed run wrote it),
     and no file the run reads is ever written over. With `config.preview_every`, the run previews (and with a scorer
     in `previews`, scores) the adapter as it trains (previews/sources.py). `progress` gets every `RunEvent`. A second
-    run to the same `out` or run folder is refused while the first holds them (`output_lock`).
+    run to the same `out` or run folder is refused while the first holds them (`output_lock`). `control` is for
+    experiments only (training/plan.py `BatchControl`).
     """
     started = time.time()
     out = Path(out)
@@ -87,11 +88,12 @@ def train_adapter(images: str | Path, base_model: str | Path, image_encoder: str
             held.enter_context(output_lock(out, "--out"))
             held.enter_context(output_lock(run_dir, "the run folder"))
         remove_stale_outputs(out, run_dir, started)
-        return _train_loaded(plan, Path(base_model), Path(image_encoder), len(samples), report, progress, device)
+        return _train_loaded(plan, Path(base_model), Path(image_encoder), len(samples), report, progress, device,
+                             control)
 
 
 def _train_loaded(plan: RunPlan, base_model: Path, image_encoder: Path, images: int, report, progress: Progress | None,
-                  device: str | None) -> TrainResult:
+                  device: str | None, control: BatchControl | None = None) -> TrainResult:
     """`train_adapter` once its run is planned and its outputs locked: load the models and run."""
     from ..diffusion.diffusers_backend import DiffusersBackend
     from ..models.clip_features import CLIPFeatureEncoder
@@ -128,16 +130,18 @@ def _train_loaded(plan: RunPlan, base_model: Path, image_encoder: Path, images: 
 
     hooks = RunHooks(progress=progress, after_encode=release_encoders,
                      metadata={"dataset_images": images, "random_weights": random_weights},
-                     report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()})
+                     report_extra={"model_load_seconds": load_seconds, "dataset": report.to_dict()}, control=control)
     return train(plan, backend, encoder, hooks, accelerator)
 
 
 def train_in_memory(samples: list[Sample], sd, clip, config: TrainConfig, run_dir: Path, out: Path | None,
                     metadata: dict[str, Any] | None = None, progress: Progress | None = None,
                     device: str | None = None, *, resume: Path | SavedCheckpoint | None = None,
-                    init_adapter: Any = None, previews: PreviewSource | None = None) -> TrainResult:
+                    init_adapter: Any = None, previews: PreviewSource | None = None,
+                    control: BatchControl | None = None) -> TrainResult:
     """Train on already loaded models (the demo and the tests use this with random-weight models): plan the run on
-    them (`init_adapter`, a file or an `IPAdapter`, is checked against them there) and train it."""
+    them (`init_adapter`, a file or an `IPAdapter`, is checked against them there) and train it. `control`: as
+    `train_adapter`'s."""
     from ..diffusion.diffusers_backend import DiffusersBackend
     from ..models.clip_features import CLIPFeatureEncoder
     from ..models.random_init import is_random
@@ -149,4 +153,4 @@ def train_in_memory(samples: list[Sample], sd, clip, config: TrainConfig, run_di
     plan = plan_run(config, samples, paths=RunPaths(run_dir, out, resume), previews=previews,
                     init_adapter=init_adapter, models=(backend, encoder), world=accelerator.num_processes)
     metadata = {"random_weights": bool(sd.random_weights or is_random(clip)), **(metadata or {})}
-    return train(plan, backend, encoder, RunHooks(progress=progress, metadata=metadata), accelerator)
+    return train(plan, backend, encoder, RunHooks(progress=progress, metadata=metadata, control=control), accelerator)

@@ -96,23 +96,28 @@ class Generator:
                  encoder_name: str = "clip_vision") -> None:
         self.backend = DiffusersBackend(sd, device, dtype)
         self.encoder = CLIPFeatureEncoder(clip_vision, device, dtype, name=encoder_name)
-        self.adapter = adapter
+        self.adapter = None
         self.random_weights = sd.random_weights or is_random(clip_vision)
         if self.random_weights:
             log.warning("The base model or the image encoder has RANDOM weights: the images show the pipeline "
                         "working, not what a trained adapter does.")
         if adapter is not None:
-            # refused before any sampling, with the checks the CLI and the nodes use: sound weights (no NaN,
-            # which would sample black images), then the fit to this encoder and UNet
-            check_adapter_state(adapter.state_dict(), adapter_name)
-            adapter.spec.check_fits(self.encoder.feature_width(adapter.spec.variant), self.encoder.name,
-                                    self.backend.cross_dim, self.backend.adapter_layers(),
-                                    f"the UNet of {self.backend.name}", adapter_name, self.backend.family,
-                                    metadata=getattr(adapter, "metadata", None))
-            adapter.to(self.backend.device, dtype).eval().requires_grad_(False)
-            self.backend.attach(adapter)
+            self.use_adapter(adapter, adapter_name)
         self.pipe = make_pipeline(sd)
         self.pipe.set_progress_bar_config(disable=True)
+
+    def use_adapter(self, adapter: IPAdapter, adapter_name: str = "the adapter") -> None:
+        """Generate with `adapter` from now on (in place of the one given before), the models staying loaded."""
+        # refused before any sampling, with the checks the CLI and the nodes use: sound weights (no NaN,
+        # which would sample black images), then the fit to this encoder and UNet
+        check_adapter_state(adapter.state_dict(), adapter_name)
+        adapter.spec.check_fits(self.encoder.feature_width(adapter.spec.variant), self.encoder.name,
+                                self.backend.cross_dim, self.backend.adapter_layers(),
+                                f"the UNet of {self.backend.name}", adapter_name, self.backend.family,
+                                metadata=getattr(adapter, "metadata", None))
+        adapter.to(self.backend.device, self.backend.dtype).eval().requires_grad_(False)
+        self.backend.attach(adapter)
+        self.adapter = adapter
 
     @torch.no_grad()
     def image_tokens(self, reference: Sequence[Image.Image], negative: Sequence[Image.Image] | None = None

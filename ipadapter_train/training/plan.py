@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from ..adapter.module import IPAdapter
 from ..config import TrainConfig
 from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
@@ -26,6 +28,7 @@ from ..storage.data import Sample
 from .adapter_init import FitWords, check_init_adapter
 from .batches import total_steps
 from .checkpoint import SavedCheckpoint, open_checkpoint
+from .encoding import EncodedDataset
 from .identity import check_trained_on, image_hashes
 from .precision import launched_processes
 from .validation import validation_calls
@@ -84,6 +87,17 @@ class RunEvent:
 Progress = Callable[[RunEvent], None]
 
 
+@dataclass(frozen=True)
+class BatchControl:
+    """A control experiment's change to every training step (the learned world's shuffled-embedding control):
+    `alter` gets each step's batch, its generator and the encoded data set before the UNet sees the batch; `note`
+    says what it does, in the adapter's metadata and the report, so that a control's adapter is never taken for a
+    normal one."""
+
+    note: str
+    alter: Callable[[dict[str, torch.Tensor], torch.Generator, EncodedDataset], dict[str, torch.Tensor]]
+
+
 @dataclass
 class RunHooks:
     """What a caller adds to a run: progress and cancellation, work between phases, its own records."""
@@ -92,6 +106,7 @@ class RunHooks:
     after_encode: Callable[[], None] | None = None  # e.g. free the VAE and encoders: the steps need only the UNet
     metadata: dict[str, Any] = field(default_factory=dict)  # added to the adapter file's metadata
     report_extra: dict[str, Any] = field(default_factory=dict)  # added to report.json (load time, data set, ...)
+    control: BatchControl | None = None  # experiments only; None in every normal run, whose steps are the reference's
 
 
 def fingerprint(samples: Sequence[Sample]) -> list[str]:

@@ -175,6 +175,8 @@ class TrainingRun:
         gen = torch.Generator().manual_seed(seed_of(config.seed, step, self.rank))
         indices = batch_indices(step, len(self.samples), config, self.rank, self.world, self.buckets)
         batch = make_batch(self.data, indices, gen, config, backend.alphas_cumprod)
+        if self.hooks.control is not None:  # a control experiment's step (RunHooks.control)
+            batch = self.hooks.control.alter(batch, gen, self.data)
         batch = {k: v.to(backend.device) for k, v in batch.items()}
         with accelerator.autocast():
             pred = self.step_module(batch["noisy"], batch["t"], batch["text"], batch["feats"], added_inputs(batch))
@@ -289,6 +291,8 @@ class TrainingRun:
             self.metadata["cancelled"] = cancelled_note(self.done, self.total)
         if self.stopped_early:
             self.metadata["stopped_early"] = self.stopped_early
+        if self.hooks.control is not None:
+            self.metadata["control"] = self.hooks.control.note
         if self.main and self.paths.out_path is not None:
             if self._keeps_best():
                 self._save_best()
@@ -351,6 +355,8 @@ class TrainingRun:
                "preview_seconds": self.preview.seconds if self.preview is not None else 0.0}
         if self.backend.family.figures_note:  # the learned world's runs say what their figures are
             run["figures_note"] = self.backend.family.figures_note
+        if self.hooks.control is not None:
+            run["control"] = self.hooks.control.note
         if self._keeps_best():
             run["kept"] = {"step": self.preview.book.best["step"], "why": self.preview.book.why(),
                            "last_adapter": str(last_path(out_path))}

@@ -48,10 +48,11 @@ class AttributeSet:
         return [caption(sample_attributes(rng), NAMED) for _ in range(n)]
 
 
-def write_attribute_set(folder: Path, attribute_set: AttributeSet) -> Path:
-    """Write the training pictures as PNG files with .txt captions (what `train --images` reads)."""
+def write_attribute_set(folder: Path, attribute_set: AttributeSet, prefix: str = "world") -> Path:
+    """Write the training pictures as PNG files with .txt captions (what `train --images` reads), named
+    `<prefix>_NN` (several sets may share a folder)."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, (picture, attrs) in enumerate(attribute_set.pictures()):
-        atomic_write(folder / f"world_{i:02d}.png", lambda p, im=picture: im.save(p, format="PNG"))
-        atomic_write_text(folder / f"world_{i:02d}.txt", caption(attrs, NAMED) + "\n")
+        atomic_write(folder / f"{prefix}_{i:02d}.png", lambda p, im=picture: im.save(p, format="PNG"))
+        atomic_write_text(folder / f"{prefix}_{i:02d}.txt", caption(attrs, NAMED) + "\n")
     return folder
