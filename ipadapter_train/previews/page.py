@@ -38,12 +38,15 @@ def render_page(steps: Sequence[dict[str, Any]], info: dict[str, Any], scores: d
     parts = ["<!doctype html><meta charset='utf-8'><title>IP-Adapter training previews</title>",
              "<style>body{font-family:sans-serif;max-width:1400px;margin:auto}td,th{padding:2px 8px;"
              "border-bottom:1px solid #ddd;text-align:right}.note{background:#fee;padding:8px}"
+             ".world{background:#eef;padding:8px}"
              ".best{background:#efe;padding:8px}.strip{display:flex;gap:12px;overflow-x:auto}"
              "figure.grid{margin:0;flex:0 0 auto}figure.grid img{height:320px}figure.best{outline:3px solid #3a3}"
              "</style>", "<h1>Training previews</h1>"]
     if info.get("random_weights"):
         parts.append("<p class='note'><b>Random-weight models: the images and any scores show that the pipeline "
                      "runs, not what a trained adapter does.</b></p>")
+    elif info.get("figures_note"):  # the learned world: what its pictures and scores show, and what they do not
+        parts.append(f"<p class='world'><b>{html.escape(info['figures_note'])}</b></p>")
     if info.get("cancelled"):
         parts.append(f"<p class='note'><b>Partial adapter: {html.escape(str(info['cancelled']))}.</b></p>")
     held = info.get("held_out") or []

@@ -51,7 +51,8 @@ class PreviewRunner:
     `scorer` a `scoring.scorer.Scorer` or None."""
 
     def __init__(self, previews: Previews, plan: PreviewPlan, scorer: Any, run_dir: Path, total: int,
-                 random_weights: bool = False, figures_label: str | None = None) -> None:
+                 random_weights: bool = False, figures_label: str | None = None,
+                 figures_note: str | None = None) -> None:
         self.previews, self.config, self.run_dir, self.total = previews, previews.config, Path(run_dir), total
         self.plan = plan  # with the measured time of a step once there is one (`measured`)
         self.random_weights = random_weights or bool(scorer is not None and scorer.random_weights)
@@ -59,6 +60,7 @@ class PreviewRunner:
         self.scorer: PreviewScorer | None = None
         # what every score says about itself: random-weight figures first, else the family's label (learned world)
         self.figures_label = "random-weight figures" if self.random_weights else figures_label
+        self.figures_note = None if self.random_weights else figures_note  # the page says it at its top
         self.book = ScoreBook(scorer.name, self.random_weights, label=self.figures_label) \
             if scorer is not None else None
         self.best_state: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU, fp32)
@@ -178,7 +180,7 @@ class PreviewRunner:
             self._write(SCORES, lambda: atomic_write_text(self.run_dir / SCORES, json.dumps(scores, indent=1)))
         self._write(PAGE, lambda: write_page(self.run_dir, sorted(self.rounds, key=lambda r: r["step"]),
                                              {**self.previews.describe(), "random_weights": self.random_weights,
-                                              "cancelled": cancelled},
+                                              "figures_note": self.figures_note, "cancelled": cancelled},
                                              scores))
 
     def _write(self, name: str, write: Callable[[], Any]) -> bool:

@@ -115,7 +115,8 @@ class TrainingRun:
         self.stopped_early: str | None = None
         self.preview = None if plan.previews is None else PreviewRunner(
             plan.previews, plan.rounds, plan.scorer, self.paths.run_dir, self.total,
-            bool(self.hooks.metadata.get("random_weights", False)), backend.family.figures_label)
+            bool(self.hooks.metadata.get("random_weights", False)), backend.family.figures_label,
+            backend.family.figures_note)
 
     def run(self) -> TrainResult:
         """All four phases."""
