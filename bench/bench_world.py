@@ -2,7 +2,7 @@
 
     python bench/bench_world.py                      # the demo + 4 seeds x (normal, control): about 12 minutes
     python bench/bench_world.py --seeds 0 --steps 100 --samples 16     # a smoke check
-    python bench/bench_world.py --build              # also time `make-learned-world` from nothing (about an hour)
+    python bench/bench_world.py --build              # only: time `make-learned-world` from nothing (about an hour)
     python bench/bench_world.py --broken-scaling --seeds 0 --steps 100 --samples 16    # the other broken step
 
 `--broken-scaling` runs only the contrast, trained on latents left unscaled (the VAE's scaling factor not applied:
@@ -44,13 +44,16 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 42])
     p.add_argument("--steps", type=int, default=300, help="training steps of each contrast run (the demo's: 300)")
     p.add_argument("--samples", type=int, default=24, help="pictures per weight in each contrast measure")
-    p.add_argument("--build", action="store_true", help="also time make-learned-world from nothing")
+    p.add_argument("--build", action="store_true",
+                   help="only time make-learned-world from nothing, and compare its files with the shipped ones")
     p.add_argument("--broken-scaling", action="store_true",
                    help="only the contrast, trained on unscaled latents (a deliberately broken step)")
     p.add_argument("--no-record", action="store_true", help="print only; write no history or table row")
     args = p.parse_args()
     if args.broken_scaling:
         return broken_scaling(args)
+    if args.build:
+        return build(args)
     logging.basicConfig(level=logging.WARNING)
 
     from ipadapter_train.api.world import (WORLD_DEMO, MatchSettings, following_summary, run_world_contrast,
@@ -79,14 +82,6 @@ def main() -> None:
                              "conditioning_gain": (result.report.get("conditioning_gain") or {}).get("gain")}
                 print(f"seed {seed}:", following_summary(figures), flush=True)
             entry["contrast"].append(row)
-        if args.build:
-            from ipadapter_train.world.build import make_learned_world
-
-            t0 = time.perf_counter()
-            make_learned_world(tmp / "world")
-            entry["build_seconds"] = time.perf_counter() - t0
-            entry["build"] = json.loads((tmp / "world" / "world.json").read_text())
-            print(f"make-learned-world: {entry['build_seconds']:.0f} s", flush=True)
     if args.no_record:
         return
     append_history(RESULTS, entry)
@@ -111,11 +106,38 @@ def main() -> None:
                     "control: follow / cross", "control: effect learned", "control: gain"],
                    [entry["date"], entry["machine"], row["seed"], args.steps, args.samples,
                     f"{pct(start['follows'])} / {pct(start['crossed'])}", *cells])
-    if args.build:
+
+
+def build(args: argparse.Namespace) -> None:
+    """Time `make-learned-world` (seed 0, the shipped recipe) and say whether its files equal the shipped ones,
+    tensor by tensor."""
+    from safetensors.torch import load_file
+
+    from ipadapter_train.world.build import make_learned_world
+    from ipadapter_train.world.shipped import shipped_world
+
+    logging.basicConfig(level=logging.INFO)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        make_learned_world(Path(tmp) / "world")
+        seconds = time.perf_counter() - t0
+        stages = json.loads((Path(tmp) / "world" / "world.json").read_text())["seconds"]
+        same = []
+        for name in sorted(p.name for p in shipped_world().glob("*.safetensors")):
+            built, shipped = load_file(Path(tmp) / "world" / name), load_file(shipped_world() / name)
+            same.append(built.keys() == shipped.keys() and all(torch_equal(built[k], shipped[k]) for k in built))
+    print(f"make-learned-world: {seconds:.0f} s; files equal to the shipped ones: {all(same)}", flush=True)
+    if not args.no_record:
         append_row("world-build", "Building the learned world (bench/bench_world.py --build)",
-                   ["date", "machine", "seconds", "stages"],
-                   [entry["date"], entry["machine"], f"{entry['build_seconds']:.0f}",
-                    ", ".join(f"{k} {v:.0f} s" for k, v in entry["build"].get("seconds", {}).items())])
+                   ["date", "machine", "seconds", "stages", "files equal to the shipped ones"],
+                   [datetime.date.today().isoformat(), machine("cpu"), f"{seconds:.0f}",
+                    ", ".join(f"{k} {v:.0f} s" for k, v in stages.items() if k != "total"), all(same)])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a, b))
 
 
 def broken_scaling(args: argparse.Namespace) -> None:
