@@ -14,8 +14,8 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "ipadapter_train"
 # Bottom to top: a module may import its own wing and the wings before it in this list.
-WINGS = ("ground", "storage", "models", "adapter", "diffusion", "scoring", "previews", "training", "world", "api",
-         "cli")
+WINGS = ("ground", "storage", "models", "adapter", "diffusion", "scoring", "previews", "training", "world", "search",
+         "api", "cli")
 
 
 def module_name(path: Path, root: Path) -> str:
