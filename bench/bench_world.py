@@ -56,9 +56,8 @@ def main() -> None:
         return build(args)
     logging.basicConfig(level=logging.WARNING)
 
-    from ipadapter_train.api.world import (WORLD_DEMO, MatchSettings, following_summary, run_world_contrast,
+    from ipadapter_train.api.world import (MatchSettings, contrast_config, following_summary, run_world_contrast,
                                            run_world_demo, summary)
-    from ipadapter_train.config import TrainConfig
     from ipadapter_train.world.control import SHUFFLED_EMBEDDINGS
 
     entry = {"date": datetime.date.today().isoformat(), "machine": machine("cpu"), "contrast": []}
@@ -71,12 +70,11 @@ def main() -> None:
         print(summary(demo), f"({entry['demo']['seconds']:.0f} s)", flush=True)
         settings = MatchSettings(samples=args.samples)
         for seed in args.seeds:
-            config = {**WORLD_DEMO, "max_steps": args.steps, "preview_every": 0, "keep": "last",
-                      "checkpoint_every": 0, "seed": seed}
+            config = contrast_config(max_steps=args.steps, seed=seed)
             row = {"seed": seed}
             for name, control in (("normal", None), ("control", SHUFFLED_EMBEDDINGS)):
                 t0 = time.perf_counter()
-                result, figures = run_world_contrast(tmp / f"{name}-{seed}", config=TrainConfig(**config),
+                result, figures = run_world_contrast(tmp / f"{name}-{seed}", config=config,
                                                      control=control, settings=settings)
                 row[name] = {**figures, "seconds": time.perf_counter() - t0,
                              "conditioning_gain": (result.report.get("conditioning_gain") or {}).get("gain")}
@@ -142,8 +140,7 @@ def torch_equal(a, b) -> bool:
 
 def broken_scaling(args: argparse.Namespace) -> None:
     """The contrast trained on unscaled latents: encode_latents patched here, in this process only."""
-    from ipadapter_train.api.world import WORLD_DEMO, MatchSettings, following_summary, run_world_contrast
-    from ipadapter_train.config import TrainConfig
+    from ipadapter_train.api.world import MatchSettings, contrast_config, following_summary, run_world_contrast
     from ipadapter_train.diffusion.diffusers_backend import DiffusersBackend
 
     scaled = DiffusersBackend.encode_latents
@@ -158,9 +155,8 @@ def broken_scaling(args: argparse.Namespace) -> None:
     date, where = datetime.date.today().isoformat(), machine("cpu")
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            config = {**WORLD_DEMO, "max_steps": args.steps, "preview_every": 0, "keep": "last",
-                      "checkpoint_every": 0, "seed": seed}
-            result, figures = run_world_contrast(Path(tmp) / f"broken-{seed}", config=TrainConfig(**config),
+            config = contrast_config(max_steps=args.steps, seed=seed)
+            result, figures = run_world_contrast(Path(tmp) / f"broken-{seed}", config=config,
                                                  settings=MatchSettings(samples=args.samples), weights=(1.0,))
             print(f"seed {seed}, latents unscaled:", following_summary(figures), flush=True)
             if not args.no_record:

@@ -12,8 +12,7 @@ import json
 
 import pytest
 
-from ipadapter_train.api.world import WORLD_DEMO, MatchSettings, run_world_contrast
-from ipadapter_train.config import TrainConfig
+from ipadapter_train.api.world import MatchSettings, contrast_config, run_world_contrast
 from ipadapter_train.world.control import SHUFFLED_EMBEDDINGS
 
 pytestmark = pytest.mark.unit
@@ -22,7 +21,7 @@ MATCH = MatchSettings(samples=16, steps=12)
 # Seed 0: its untrained adapter does not follow (follows - crossed about -0.1). The random image projection a run
 # starts from passes the reference's colour on more or less by luck (seed 42, the default: 0.94, leaving training
 # nothing to show); BENCHMARKS.md "The learned world" has the figures over several seeds.
-CONFIG = {**WORLD_DEMO, "max_steps": 100, "preview_every": 0, "keep": "last", "checkpoint_every": 0, "seed": 0}
+CONFIG = contrast_config(max_steps=100, seed=0)
 
 
 def learned_to_follow(effect: float, untrained_effect: float) -> bool:
@@ -33,10 +32,10 @@ def learned_to_follow(effect: float, untrained_effect: float) -> bool:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    normal = run_world_contrast(tmp_path_factory.mktemp("normal"), config=TrainConfig(**CONFIG), settings=MATCH,
+    normal = run_world_contrast(tmp_path_factory.mktemp("normal"), config=CONFIG, settings=MATCH,
                                 weights=(1.0,))
     # the same seed starts from the same untrained adapter: its figures are measured once, in the normal run
-    control = run_world_contrast(tmp_path_factory.mktemp("control"), config=TrainConfig(**CONFIG),
+    control = run_world_contrast(tmp_path_factory.mktemp("control"), config=CONFIG,
                                  control=SHUFFLED_EMBEDDINGS, settings=MATCH, weights=(1.0,), untrained=False)
     return normal, control
 

@@ -46,7 +46,8 @@ from ..training.adapter_init import FitWords
 from ..training.plan import (ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, Progress, RunEvent, RunHooks,
                              RunPaths, RunPlan, plan_run)
 from ..training.report import RANDOM_MODELS_NOTE, plot_losses
-from ..training.trainer import TrainResult, cancelled_note, last_path, train
+from ..training.outputs import cancelled_note, last_path
+from ..training.trainer import TrainResult, train
 from .runs import check_init_encoder, default_run_dir, train_adapter, train_in_memory
 from .use import (GenerationSettings, Generator, ScoreReport, Scorer, convert_checkpoint, evaluate, format_report,
                   inspect_adapter, load_adapter_module, load_cases, load_generator, make_learned_world,

@@ -22,10 +22,10 @@ from ..storage.data import Sample, load_image_folder
 from ..storage.output_lock import output_lock
 from ..training.checkpoint import SavedCheckpoint, open_checkpoint
 from ..training.identity import model_inputs
-from ..training.outputs import check_run_outputs, remove_stale_outputs
+from ..training.outputs import check_run_outputs, last_path, remove_stale_outputs
 from ..training.plan import BatchControl, Progress, RunHooks, RunPaths, RunPlan, plan_run
 from ..training.precision import cpu_has_bf16, frozen_dtype, launched_rank, make_accelerator, weights_memory_note
-from ..training.trainer import TrainResult, last_path, train
+from ..training.trainer import TrainResult, train
 
 log = logging.getLogger(__name__)
 

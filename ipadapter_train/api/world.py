@@ -144,7 +144,7 @@ def run_world_contrast(out_dir: Path, world: Path | None = None, config: TrainCo
         write_attribute_set(out_dir / "images", attribute_set, prefix=attribute_set.value)
     out = out_dir / "contrast_adapter.safetensors"
     result = train_adapter(out_dir / "images", files["model"], files["clip"], out,
-                           config or TrainConfig(**{**WORLD_DEMO, "preview_every": 0, "keep": "last"}),
+                           config or contrast_config(),
                            run_dir=out_dir / "run", progress=progress, device=device, overwrite=True,
                            control=control)
     generator = load_generator(files["model"], files["clip"], out, device=device)
@@ -165,6 +165,12 @@ def run_world_contrast(out_dir: Path, world: Path | None = None, config: TrainCo
     _add_to_report(result.run_dir, "reference_following", figures)
     log.info("%s", following_summary(figures))
     return result, figures
+
+
+def contrast_config(**changes) -> TrainConfig:
+    """The demo's settings for a contrast run: no previews (nothing to keep or stop on), no checkpoints, and
+    `changes` (e.g. max_steps, seed)."""
+    return TrainConfig(**{**WORLD_DEMO, "preview_every": 0, "keep": "last", "checkpoint_every": 0, **changes})
 
 
 def _add_to_report(run_dir: Path, key: str, figures: dict) -> None:

@@ -28,6 +28,7 @@ that holds a number or a word may be fixed or searched too (e.g. `weight_decay`)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -129,6 +130,7 @@ class SearchSpace:
         return SearchSpace(tuple(kept + list(given.values())))
 
 
+@functools.cache
 def _searchable() -> dict[str, type]:
     """TrainConfig's fields a search may draw, with the type of a value: numbers and words."""
     out: dict[str, type] = {DROP: float}

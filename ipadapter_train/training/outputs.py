@@ -104,3 +104,13 @@ def remove_stale_outputs(out: Path | None, run_dir: Path, started: float | None 
     targets = ([Path(out)] if out is not None else []) + [Path(run_dir) / name for name in RUN_FILES]
     for target in targets:
         remove_stale_temporaries(target, started)
+
+
+def cancelled_note(done: int, total: int) -> str:
+    """The words every record of a cancelled run uses (adapter metadata, report, summaries, the node)."""
+    return f"cancelled after {done} of {total} steps"
+
+
+def last_path(out: Path) -> Path:
+    """Where keep="best" puts the last step's adapter: `<out>-last.safetensors` beside the output."""
+    return out.with_name(f"{out.stem}-last{out.suffix}")

@@ -41,6 +41,7 @@ from .batches import batch_indices, make_batch
 from .buckets import bucket_counts, image_buckets
 from .checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 from .encoding import EncodedDataset, encode_dataset
+from .outputs import cancelled_note, last_path
 from .plan import ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, RunEvent, RunHooks, RunPlan, fingerprint
 from .precision import make_accelerator
 from .report import RunTimes, training_report, write_report
@@ -372,16 +373,6 @@ class TrainingRun:
                         self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
-
-
-def cancelled_note(done: int, total: int) -> str:
-    """The words every record of a cancelled run uses (adapter metadata, report, summaries, the node)."""
-    return f"cancelled after {done} of {total} steps"
-
-
-def last_path(out: Path) -> Path:
-    """Where keep="best" puts the last step's adapter: `<out>-last.safetensors` beside the output."""
-    return out.with_name(f"{out.stem}-last{out.suffix}")
 
 
 def added_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
