@@ -7,14 +7,16 @@ written to `out` (search/study.py runs the study).
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import IPAdapterError
 from ..previews.sources import PreviewSource
+from ..search.objective import objective_for
 from ..search.space import SearchSpace
-from ..search.study import SearchSettings, run_search
+from ..search.study import SearchSettings, TrialDone, run_search
 from ..storage.weights_io import atomic_write
 from ..training.plan import Progress
 from .runs import train_adapter
@@ -28,21 +30,25 @@ def search_folder(out: Path) -> Path:
 def search_adapter(images: str | Path, base_model: str | Path, image_encoder: str | Path, out: str | Path,
                    base: TrainConfig, settings: SearchSettings, space: SearchSpace = SearchSpace(),
                    previews: PreviewSource | None = None, folder: str | Path | None = None,
-                   progress: Progress | None = None, device: str | None = None, overwrite: bool = False):
-    """Search settings (`space`, around `base`) by held-out preview scores; each trial trains with `train_adapter`
-    into `folder` (default `search_folder(out)`). The best trial's adapter is copied to `out`; returns the study."""
+                   progress: Progress | None = None, device: str | None = None, overwrite: bool = False,
+                   trial_done: TrialDone | None = None):
+    """Search settings (`space`, around `base`) by held-out preview scores (without a scorer in `previews`: the
+    held-out validation loss); each trial trains with `train_adapter` into `folder` (default `search_folder(out)`).
+    The best trial's adapter is copied to `out`; returns the study."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise IPAdapterError(f"{out} already exists: give another --out, or --overwrite to replace it.")
-    if previews is None or previews.scorer is None:
-        raise IPAdapterError("A search judges its trials by scored previews: give a scorer (--clip).")
+    previews = previews or PreviewSource()
+    objective = objective_for(previews.scorer is not None)
+    if previews.scorer is None:  # each round measures the held-out loss, the objective
+        previews = dataclasses.replace(previews, heldout_loss=True)
     folder = Path(folder) if folder is not None else search_folder(out)
 
     def train_trial(config: TrainConfig, adapter_out: Path, run_dir: Path, hook: Progress):
         return train_adapter(images, base_model, image_encoder, adapter_out, config, run_dir=run_dir, progress=hook,
                              device=device, overwrite=True, previews=previews)
 
-    study = run_search(train_trial, space, base, folder, settings, progress)
+    study = run_search(train_trial, space, base, folder, settings, progress, objective, trial_done)
     if not any(t.value is not None for t in study.get_trials(deepcopy=False)):
         raise IPAdapterError(f"No trial of the search finished (all were pruned or failed): see {folder}.")
     best = Path(study.best_trial.user_attrs["adapter"])

@@ -32,6 +32,7 @@ from ..scoring.scorer import grade
 from ..storage.weights_io import atomic_write, atomic_write_text
 from ..storage.write_failures import write_cause
 from .grid import compose_grid
+from .heldout_loss import HeldOutLoss
 from .page import PAGE, write_page
 from .rounds import PreviewPlan
 from .scores import PreviewScorer, ScoreBook
@@ -64,6 +65,10 @@ class PreviewRunner:
         self.book = ScoreBook(scorer.name, self.random_weights, label=self.figures_label) \
             if scorer is not None else None
         self.best_state: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU, fp32)
+        # without a scorer a round measures the held-out validation loss instead: a figure a search can judge by
+        self.heldout = HeldOutLoss(previews.references, previews.config) \
+            if scorer is None and previews.heldout_loss else None
+        self.heldout_losses: list[dict[str, Any]] = []  # {"step", "loss"}, in the order measured
         self.rounds: list[dict[str, Any]] = []  # {"step", "grid"}, in the order rendered
         self.seconds = 0.0  # all preview work: set-up (encoding, the weight-0 images) and every round
         self.set_up_seconds = 0.0
@@ -95,6 +100,8 @@ class PreviewRunner:
             return
         t0 = time.perf_counter()
         self.previews.encode(backend, encoder)
+        if self.heldout is not None:
+            self.heldout.set_up(backend, encoder)
         if self._scorer is not None:
             self.scorer = PreviewScorer(self._scorer, self.previews)
         self.set_up_seconds = time.perf_counter() - t0
@@ -108,11 +115,13 @@ class PreviewRunner:
             self.book = ScoreBook.from_dict(info["book"])
             self.book.random_weights = self.book.random_weights or self.random_weights
         self.rounds = list((info or {}).get("rounds", []))
+        self.heldout_losses = list((info or {}).get("heldout_losses", []))
         self.best_state = best
 
     def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
         """(what state.json keeps of the previews, the best weights to store beside the checkpoint)."""
-        return ({"book": self.book.to_dict() if self.book else None, "rounds": self.rounds}, self.best_state)
+        return ({"book": self.book.to_dict() if self.book else None, "rounds": self.rounds,
+                 "heldout_losses": self.heldout_losses}, self.best_state)
 
     def run(self, step: int, backend: DiffusionBackend, adapter: IPAdapter,
             autocast: Callable[[], ContextManager] | None = None, progress: Progress | None = None) -> dict[str, Any]:
@@ -153,6 +162,12 @@ class PreviewRunner:
             title += f": {score:.1f}% ({entry['grade']})" + (" best so far" if improved else "")
             if self.figures_label:
                 title += f", {self.figures_label}"
+        elif self.heldout is not None and self.heldout.data is not None:
+            loss = self.heldout.measure(adapter, backend, autocast)
+            entry["heldout_loss"] = loss
+            self.heldout_losses = [r for r in self.heldout_losses if r["step"] != step] + [{"step": step,
+                                                                                           "loss": loss}]
+            title += f": held-out loss {loss:.4f}"
         p = self.previews
         weights = list(images)
         grid = compose_grid(title, [p.references[c.reference].image for c in p.cells],
@@ -169,7 +184,8 @@ class PreviewRunner:
         self.round_seconds.append(time.perf_counter() - t0)
         self.seconds += self.round_seconds[-1]
         log.info("Preview after step %d: %s%s.", step, self.run_dir / entry["grid"],
-                 f", score {entry['score']:.1f}%" if "score" in entry else "")
+                 f", score {entry['score']:.1f}%" if "score" in entry else
+                 f", held-out loss {entry['heldout_loss']:.4f}" if "heldout_loss" in entry else "")
         return entry
 
     def write_files(self, cancelled: str | None = None) -> None:
@@ -218,6 +234,8 @@ class PreviewRunner:
                "page": "previews.html", "random_weights": self.random_weights}
         if self.unwritten:
             out["unwritten"] = list(self.unwritten)
+        if self.heldout_losses:
+            out.update(heldout_losses=list(self.heldout_losses), heldout_loss=self.heldout_losses[-1]["loss"])
         if self.book is not None:
             best = self.book.best
             out.update(scores=SCORES, scorer=self.book.scorer, best_step=best["step"] if best else None,

@@ -40,6 +40,9 @@ class PreviewSource:
     prompts: Sequence[str] | None = None  # None: the references' captions
     scorer: object | None = None  # a `scoring.scorer.Scorer` (full CLIP) to score every preview; None: no scores
     folder: Path | None = None  # where `images` came from: an input, never written into
+    # without a scorer, measure the references' denoising loss each round (previews/heldout_loss.py): what a search
+    # judges by when it has no scorer; off by default, as it costs UNet calls at the training size
+    heldout_loss: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Previews:
     prompts: list[str]
     config: TrainConfig
     held_out: list[str] = field(default_factory=list)  # names of training images kept out of training
+    heldout_loss: bool = False  # PreviewSource.heldout_loss
     cells: list[PreviewCell] = field(init=False)
     baseline: list[Image.Image] | None = field(default=None, init=False)  # weight-0 images, per cell
 
@@ -189,4 +193,5 @@ def plan_previews(samples: Sequence[Sample], source: PreviewSource | None, confi
     if not train:
         raise IPAdapterError("No training images are left after holding the preview images out.")
     prompts = [p.strip() for p in source.prompts] if source.prompts else default_prompts(references)
-    return train, Previews(references, prompts, config, [str(s.path) for s in held])
+    return train, Previews(references, prompts, config, [str(s.path) for s in held],
+                           heldout_loss=bool(source.heldout_loss))

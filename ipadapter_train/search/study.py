@@ -3,10 +3,13 @@
     study = run_search(train_trial, SearchSpace(), base_config, Path("search"), SearchSettings(trials=12))
 
 `train_trial(config, out, run_dir, progress)` is the caller's training run (api/search.py passes
-`api.train_adapter` on the user's files and previews), so a trial writes what any run writes: `trial_NNN.safetensors`
-and its run folder `trial_NNN/`. The objective is the best preview round's score (the mean combined percent of its
-full-weight previews, held-out references and prompts). Each scored round is reported to the study, and a trial
-the pruner judges clearly worse than the others at the same step is stopped there (pruned).
+`api.train_adapter` on the user's files and previews; the ComfyUI node its in-graph run), so a trial writes what any
+run writes: `trial_NNN.safetensors` and its run folder `trial_NNN/`. The objective (search/objective.py) is the best
+preview round's score (the mean combined percent of its full-weight previews, held-out references and prompts), or
+without a scorer the held-out validation loss. Each round's figure is reported to the study, and a trial the pruner
+judges clearly worse than the others at the same step is stopped there (pruned). After every trial the search page
+(`search.html`, search/page.py) is rewritten in `folder`, and `trial_done(study, trial)` is called (a node's live
+table).
 
 The study lives in `SearchSettings.storage` (an Optuna storage URL: `sqlite:///search.db` on one machine, a
 database server across machines), so a search stopped by Ctrl-C continues from it, and several processes pointed at
@@ -23,11 +26,14 @@ from typing import Any, Callable
 from ..config import TrainConfig
 from ..errors import IPAdapterError, TrainingCancelled
 from ..training.plan import PREVIEWED, Progress, RunEvent
+from .objective import SCORE, Objective
+from .page import write_search_page
 from .space import SearchSpace
 
 log = logging.getLogger(__name__)
 
 TrainTrial = Callable[[TrainConfig, Path, Path, Progress], Any]  # config, adapter out, run folder, hook -> TrainResult
+TrialDone = Callable[[Any, Any], None]  # (the study, the optuna.trial.FrozenTrial just finished, pruned or failed)
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,9 @@ class SearchSettings:
     enqueue: tuple[dict[str, Any], ...] = ()
 
 
-def open_study(settings: SearchSettings):
-    """The study named in `settings`, created or (in a storage that has it) continued."""
+def open_study(settings: SearchSettings, objective: Objective = SCORE):
+    """The study named in `settings`, created or (in a storage that has it) continued; a stored study judged by
+    another objective is refused in one sentence."""
     import optuna
 
     storage = None
@@ -60,9 +67,21 @@ def open_study(settings: SearchSettings):
                                  "URL that can be reached, such as sqlite:///search.db.") from None
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials) if settings.prune
               else optuna.pruners.NopPruner())
-    return optuna.create_study(study_name=settings.study_name, storage=storage, direction="maximize",
-                               load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=settings.seed),
-                               pruner=pruner)
+    try:
+        study = optuna.create_study(study_name=settings.study_name, storage=storage, direction=objective.direction,
+                                    load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=settings.seed),
+                                    pruner=pruner)
+    except ValueError as exc:  # a stored study of the same name with the other direction
+        raise IPAdapterError(f"The study {settings.study_name} in {settings.storage} was not judged by the "
+                             f"{objective.name} ({exc}); give it the same scorer as before, or a new --study-name."
+                             ) from None
+    stored = study.user_attrs.get("objective")
+    if stored is None:
+        study.set_user_attr("objective", objective.name)
+    elif stored != objective.name:
+        raise IPAdapterError(f"The study {settings.study_name} was judged by the {stored}, not the {objective.name}: "
+                             "give it the same scorer as before, or a new --study-name.")
+    return study
 
 
 def finished(study) -> int:
@@ -74,7 +93,8 @@ def finished(study) -> int:
 
 
 def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, folder: Path,
-               settings: SearchSettings, progress: Progress | None = None):
+               settings: SearchSettings, progress: Progress | None = None, objective: Objective = SCORE,
+               trial_done: TrialDone | None = None):
     """Run trials until the study has `settings.trials` finished ones (or the timeout); returns the study.
 
     A Ctrl-C (or a `TrainingCancelled` from `progress`) ends the running trial's training, marks that trial failed
@@ -84,15 +104,16 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
     if settings.trials < 1:
         raise IPAdapterError(f"A search needs at least 1 trial, got {settings.trials}: give --trials 1 or more.")
     if base.preview_every == 0:
-        raise IPAdapterError("A search judges trials by their scored previews: turn previews on (preview_every) and "
-                             "give a scorer (--clip).")
+        raise IPAdapterError("A search judges trials at their preview rounds: turn previews on (preview_every).")
+    if objective.note:
+        log.warning("%s", objective.note)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(settings)
+    study = open_study(settings, objective)
     for values in settings.enqueue:
         study.enqueue_trial(dict(values), skip_if_exists=True)
 
-    def objective(trial) -> float:
+    def run_trial(trial) -> float:
         values = space.suggest(trial)
         config = space.config(base, values)
         name = f"trial_{trial.number:03d}"
@@ -101,8 +122,9 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
         def hook(event: RunEvent) -> None:
             if progress is not None:
                 progress(event)
-            if event.phase == PREVIEWED and event.round and event.round.get("score") is not None:
-                trial.report(float(event.round["score"]), event.step)
+            value = objective.round_value(event.round) if event.phase == PREVIEWED else None
+            if value is not None:
+                trial.report(value, event.step)
                 if trial.should_prune():
                     pruned.append(event.step)
                     raise TrainingCancelled()
@@ -121,14 +143,24 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
             raise optuna.TrialPruned()
         if result.cancelled:  # Ctrl-C or a cancel from the caller: not a result; the search stops
             raise TrainingCancelled()
-        score = previews.get("best_score")
-        if score is None:
-            raise IPAdapterError(f"Trial {trial.number} ran no scored preview round: give a scorer (--clip) and "
-                                 "enough steps for a round.")
-        log.info("Trial %d: %s -> %.2f (best step %s).", trial.number, values, score, previews.get("best_step"))
-        return float(score)
+        value = objective.value(result.report)
+        if value is None:
+            raise IPAdapterError(f"Trial {trial.number} ran no preview round with a {objective.name}: give "
+                                 "enough steps for a round (or a smaller --preview-every).")
+        log.info("Trial %d: %s -> %s %s%s.", trial.number, values, objective.name, objective.format(value),
+                 f" (best step {previews['best_step']})" if previews.get("best_step") else "")
+        return value
 
-    def enough(study, _trial) -> None:
+    def write_page() -> None:
+        try:
+            write_search_page(folder, study, space, objective)
+        except (OSError, IPAdapterError) as exc:  # the page is a view: a full disk must not end the search
+            log.warning("Could not write the search page in %s (%s); the search goes on.", folder, exc)
+
+    def enough(study, trial) -> None:
+        write_page()
+        if trial_done is not None:
+            trial_done(study, trial)
         if finished(study) >= settings.trials:
             study.stop()
 
@@ -138,8 +170,12 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
     remaining = settings.trials - finished(study)
     try:
         # n_trials bounds this process; `enough` stops it sooner when other processes finish trials of the study
-        study.optimize(objective, n_trials=remaining, timeout=settings.timeout, callbacks=[enough],
+        study.optimize(run_trial, n_trials=remaining, timeout=settings.timeout, callbacks=[enough],
                        catch=(), gc_after_trial=True)
     except KeyboardInterrupt:
+        write_page()
         raise TrainingCancelled() from None
+    except TrainingCancelled:
+        write_page()
+        raise
     return study

@@ -26,6 +26,29 @@ def validation_calls(num_images: int, config: TrainConfig) -> int:
 
 
 @torch.no_grad()
+def noise_losses(adapter: IPAdapter, backend: DiffusionBackend, data: EncodedDataset, i: int,
+                 features: torch.Tensor, t: int, noise: torch.Tensor, autocast=None) -> torch.Tensor:
+    """The denoising loss of image `i` (its trained window and caption) noised to timestep `t` with `noise`, once per
+    row of `features` (the CLIP features the adapter reads), in one batch: a tensor of one loss per row."""
+    window, time_ids = centre_view(data, i)  # the trained window (the square, or the bucket), its time_ids
+    latents = window.unsqueeze(0)
+    rows = features.shape[0]
+    text = data.text[data.text_index[i]].unsqueeze(0)
+    added = {"time_ids": time_ids.unsqueeze(0)}  # one row: the back end broadcasts it over the batch
+    if data.pooled is not None:
+        added["pooled"] = data.pooled[data.text_index[i]].unsqueeze(0)
+    a = backend.alphas_cumprod[t]
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    dev = backend.device
+    with autocast() if autocast else torch.autocast(dev.type, enabled=False):
+        tokens = adapter.project(features.to(dev))
+        pred = backend.predict_noise(noisy.repeat(rows, 1, 1, 1).to(dev), torch.full((rows,), t, device=dev),
+                                     text.repeat(rows, 1, 1).to(dev), tokens, added=added)
+    target = noise.repeat(rows, 1, 1, 1).to(dev)
+    return F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
+
+
+@torch.no_grad()
 def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: EncodedDataset,
                       config: TrainConfig, autocast=None, progress: Progress | None = None) -> dict[str, Any]:
     """Validation loss with each image's own features versus a shuffled image's features.
@@ -42,24 +65,10 @@ def conditioning_gain(adapter: IPAdapter, backend: DiffusionBackend, data: Encod
     calls = n * len(config.validation_timesteps)
     for i in range(n):
         j = (i + 1) % n  # a derangement: never the image's own features
-        window, time_ids = centre_view(data, i)  # the trained window (the square, or the bucket), its time_ids
-        latents = window.unsqueeze(0)
-        text = data.text[data.text_index[i]].unsqueeze(0)
-        added = {"time_ids": time_ids.unsqueeze(0)}
-        if data.pooled is not None:
-            added["pooled"] = data.pooled[data.text_index[i]].unsqueeze(0)
         for t in config.validation_timesteps:
-            noise = torch.randn(latents.shape, generator=gen)
-            a = backend.alphas_cumprod[t]
-            noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-            feats = torch.stack([data.features[i], data.features[j]])  # own and shuffled in one batch
-            dev = backend.device
-            with autocast() if autocast else torch.autocast(dev.type, enabled=False):
-                tokens = adapter.project(feats.to(dev))
-                pred = backend.predict_noise(noisy.repeat(2, 1, 1, 1).to(dev), torch.full((2,), t, device=dev),
-                                             text.repeat(2, 1, 1).to(dev), tokens, added=added)
-            target = noise.repeat(2, 1, 1, 1).to(dev)
-            losses = F.mse_loss(pred.float(), target, reduction="none").mean(dim=(1, 2, 3))
+            noise = torch.randn(centre_view(data, i)[0].unsqueeze(0).shape, generator=gen)
+            losses = noise_losses(adapter, backend, data, i, torch.stack([data.features[i], data.features[j]]), t,
+                                  noise, autocast)  # own and shuffled in one batch
             own_total += float(losses[0])
             shuffled_total += float(losses[1])
             count += 1

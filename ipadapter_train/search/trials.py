@@ -1,0 +1,72 @@
+"""A search's trials as rows: what the summary, the search page and the ComfyUI node's table show.
+
+    rows = trial_rows(study)          # one `TrialRow` per trial, in order
+    best = best_row(rows, objective)  # the best finished one, or None
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .objective import Objective
+
+STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "queued"}
+
+
+@dataclass
+class TrialRow:
+    """One trial: its settings, its value (finished trials), and where its run is."""
+
+    number: int
+    state: str  # finished, pruned, failed, running, queued
+    settings: dict[str, Any]
+    value: float | None
+    steps: int | None
+    seconds: float | None
+    best_step: int | None
+    run_dir: str | None
+    adapter: str | None
+    rounds: list[tuple[int, float]] = field(default_factory=list)  # (step, the objective's figure), per round
+    started: float | None = None  # POSIX time
+    ended: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The trial's run name, `trial_NNN`."""
+        return f"trial_{self.number:03d}"
+
+    def grid(self) -> str | None:
+        """The trial's preview grid of its chosen step (the best round, or the last), relative to the search folder."""
+        step = self.best_step or (self.rounds[-1][0] if self.rounds else None)
+        return f"{self.name}/previews/step_{step:04d}.png" if step else None
+
+
+def trial_rows(study) -> list[TrialRow]:
+    """Every trial of `study` (an optuna.Study), in number order."""
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        attrs = t.user_attrs
+        rows.append(TrialRow(
+            t.number, STATES.get(t.state.name, t.state.name.lower()), dict(t.params),
+            float(t.value) if t.value is not None else None, attrs.get("steps"), attrs.get("seconds"),
+            attrs.get("best_step"), attrs.get("run_dir"), attrs.get("adapter"),
+            sorted((int(s), float(v)) for s, v in t.intermediate_values.items()),
+            t.datetime_start.timestamp() if t.datetime_start else None,
+            t.datetime_complete.timestamp() if t.datetime_complete else None))
+    return rows
+
+
+def best_row(rows: list[TrialRow], objective: Objective) -> TrialRow | None:
+    """The finished trial with the best value (the first of equals), or None."""
+    done = [r for r in rows if r.state == "finished" and r.value is not None]
+    if not done:
+        return None
+    sign = -1 if objective.higher_is_better else 1
+    return min(done, key=lambda r: (sign * r.value, r.number))
+
+
+def grid_path(folder: Path, row: TrialRow) -> Path | None:
+    """The trial's chosen grid on disk, or None when it has none (no round, or the file was not written)."""
+    rel = row.grid()
+    return folder / rel if rel and (folder / rel).is_file() else None
