@@ -373,7 +373,7 @@ def pytest_xdist_make_scheduler(config, log):
 # The units of work that take longest (BENCHMARKS.md "Test suite budget"), handed out first; xdist alone orders
 # units by their number of tests, which left a 2-test module of over a minute for the end.
 LONG_UNITS = (SERVER_GROUP, "tests/test_world_learning.py", "tests/test_world_following.py", "tests/test_faults_run.py",
-              "tests/test_search_world.py",
+              "tests/test_search_world.py", "tests/test_cli_search.py",
               "tests/test_world_build.py", "tests/test_training.py", "tests/test_cli.py")
 
 

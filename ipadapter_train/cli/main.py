@@ -3,6 +3,8 @@
     ipadapter-train demo
     ipadapter-train train --images my_photos/ --base-model sd15.safetensors \\
         --image-encoder clip_vision/ --out my_adapter.safetensors
+    ipadapter-train search --images my_photos/ --base-model sd15.safetensors --image-encoder clip_vision/ \\
+        --clip clip-vit-large-patch14/ --out my_adapter.safetensors --trials 12
     ipadapter-train inspect my_adapter.safetensors
     ipadapter-train convert tencent_checkpoint/ my_adapter.safetensors
     ipadapter-train make-test-models test_models/ --size tiny
@@ -24,6 +26,7 @@ log = logging.getLogger("ipadapter_train")
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for all subcommands."""
     from . import generation as cli_generation
+    from . import search as cli_search
     from . import training as cli_training
     from . import world as cli_world
 
@@ -32,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     cli_training.register(sub)
+    cli_search.register(sub)
     cli_generation.register(sub)
     cli_world.register(sub)
     return parser

@@ -32,7 +32,7 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
-def _config_from_args(args: argparse.Namespace, saved=None):
+def _config_from_args(args: argparse.Namespace, saved=None):  # also the search's base (cli/search.py)
     """The run's settings: the arguments given, over the resumed checkpoint's settings (`saved`) or the defaults."""
     from ..api import TrainConfig
 
@@ -46,6 +46,8 @@ def _config_from_args(args: argparse.Namespace, saved=None):
               "validation": None if args.validation is None else args.validation,
               "preview_every": args.preview_every, "preview_size": args.preview_size,
               "preview_steps": args.preview_steps, "keep": args.keep, "early_stop": args.early_stop}
+    if getattr(args, "drop", None) is not None:  # one value for the recipe's three condition dropouts
+        fields.update(drop_text=args.drop, drop_image=args.drop, drop_both=args.drop)
     for name, value in fields.items():
         if value is not None:
             setattr(base, name, value)
@@ -236,6 +238,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="images per step and process, 1 to 64 (default 1)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
     g.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    g.add_argument("--drop", type=float, metavar="P", help="condition dropout: the share of steps whose caption is "
+                   "dropped, the same share whose image is, and the same whose both are (default 0.05 each, the "
+                   "reference recipe's; classifier-free guidance needs it)")
     g.add_argument("--resolution", type=int, help="training size in pixels, a multiple of 8 from 64 to 2048 "
                    "(default: the model family's, 512 for SD1.5, 1024 for SDXL)")
     g.add_argument("--random-crop", action="store_true", default=None, help="random instead of centre crop")

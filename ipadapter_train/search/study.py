@@ -18,6 +18,7 @@ one URL share one study: `trials` counts the finished and pruned trials of the w
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from .space import SearchSpace
 log = logging.getLogger(__name__)
 
 TrainTrial = Callable[[TrainConfig, Path, Path, Progress], Any]  # config, adapter out, run folder, hook -> TrainResult
+RACE_RETRIES = 5  # opening a storage that another process is creating at the same moment
 TrialDone = Callable[[Any, Any], None]  # (the study, the optuna.trial.FrozenTrial just finished, pruned or failed)
 
 
@@ -59,12 +61,18 @@ def open_study(settings: SearchSettings, objective: Objective = SCORE):
 
     storage = None
     if settings.storage is not None:
-        try:
-            storage = optuna.storages.RDBStorage(settings.storage)
-        except Exception as exc:  # SQLAlchemy raises its own errors for URLs, drivers and servers alike
-            reason = str(exc).splitlines()[0][:200] or type(exc).__name__
-            raise IPAdapterError(f"The search storage {settings.storage} cannot be opened ({reason}); give a database "
-                                 "URL that can be reached, such as sqlite:///search.db.") from None
+        for attempt in range(RACE_RETRIES + 1):
+            try:
+                storage = optuna.storages.RDBStorage(settings.storage)
+                break
+            except Exception as exc:  # SQLAlchemy raises its own errors for URLs, drivers and servers alike
+                reason = str(exc).splitlines()[0][:200] or type(exc).__name__
+                if attempt < RACE_RETRIES and any(w in reason for w in ("already exists", "locked")):
+                    # two processes started on a new database at once: one made the tables while the other tried
+                    time.sleep(0.5 + random.random())
+                    continue
+                raise IPAdapterError(f"The search storage {settings.storage} cannot be opened ({reason}); give a "
+                                     "database URL that can be reached, such as sqlite:///search.db.") from None
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials) if settings.prune
               else optuna.pruners.NopPruner())
     try:
@@ -105,6 +113,7 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
         raise IPAdapterError(f"A search needs at least 1 trial, got {settings.trials}: give --trials 1 or more.")
     if base.preview_every == 0:
         raise IPAdapterError("A search judges trials at their preview rounds: turn previews on (preview_every).")
+    base.validate()  # the settings every trial shares, refused before the first trial
     if objective.note:
         log.warning("%s", objective.note)
     folder = Path(folder)

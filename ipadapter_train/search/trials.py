@@ -49,7 +49,9 @@ def trial_rows(study) -> list[TrialRow]:
         attrs = t.user_attrs
         rows.append(TrialRow(
             t.number, STATES.get(t.state.name, t.state.name.lower()), dict(t.params),
-            float(t.value) if t.value is not None else None, attrs.get("steps"), attrs.get("seconds"),
+            # Optuna gives a pruned trial its last round's figure as value: here only a finished trial has one
+            float(t.value) if t.value is not None and t.state.name == "COMPLETE" else None,
+            attrs.get("steps"), attrs.get("seconds"),
             attrs.get("best_step"), attrs.get("run_dir"), attrs.get("adapter"),
             sorted((int(s), float(v)) for s, v in t.intermediate_values.items()),
             t.datetime_start.timestamp() if t.datetime_start else None,
