@@ -9,16 +9,17 @@ from .node_load import LoadIPAdapter
 from .node_load_images import LoadTrainingImages
 from .node_save import SaveIPAdapter
 from .node_score import ScoreWithCLIP
+from .node_search import SearchIPAdapterSettings
 from .node_train import TrainIPAdapter
 from .queue_checks import register_gate
 from .runs import register_routes
 
 NODES: list[type[io.ComfyNode]] = [LoadTrainingImages, TrainIPAdapter, SaveIPAdapter, LoadIPAdapter,
-                                   ApplyIPAdapter, ScoreWithCLIP]
+                                   ApplyIPAdapter, ScoreWithCLIP, SearchIPAdapterSettings]
 
 
 class IPAdapterTrainExtension(ComfyExtension):
-    """Lists the six nodes of CONTRACT.md."""
+    """Lists the seven nodes of CONTRACT.md."""
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         ensure_model_folders()

@@ -42,12 +42,15 @@ PHASE_EVENT = "ipadapter_train.phase"
 PROGRESS_EVENT = "ipadapter_train.progress"
 DONE_EVENT = "ipadapter_train.done"
 PREVIEW_EVENT = "ipadapter_train.preview"
+SEARCH_EVENT = "ipadapter_train.search"
 ROUTE = "/ipadapter_train/runs"
 ETA_WINDOW = 20
 KEEP_FINISHED = 16  # finished runs the route still lists, for pages reloaded after their run ended
 
 _LOCK = threading.Lock()
 RUNS: dict[tuple[str, str], dict[str, Any]] = {}  # (prompt id, node id) -> run, in start order
+# (prompt id, node id) -> the search node's table of trials (`search_update`); each trial is a run of RUNS in turn
+SEARCHES: dict[tuple[str, str], dict[str, Any]] = {}
 
 
 # Train node id -> runs of it that ended cancelled or failed (at any phase). The node's
@@ -70,10 +73,27 @@ def stopped_runs(node_id: str) -> int:
 
 
 def snapshot() -> dict[str, Any]:
-    """{"runs": [run, ...]} of this server process, oldest first (see CONTRACT.md for the fields)."""
+    """{"runs": [run, ...]} of this server process, oldest first (see CONTRACT.md for the fields); a search's trial
+    also carries the search's table (`search`)."""
     with _LOCK:
-        return {"runs": [{**run, "losses": list(run["losses"]), "previews": [dict(p) for p in run["previews"]]}
-                         for run in RUNS.values()]}
+        out = []
+        for key, run in RUNS.items():
+            item = {**run, "losses": list(run["losses"]), "previews": [dict(p) for p in run["previews"]]}
+            if key in SEARCHES:
+                item["search"] = SEARCHES[key]
+            out.append(item)
+        return {"runs": out}
+
+
+def search_update(prompt_id: str, node_id: str, state: dict[str, Any]) -> None:
+    """Record the search node's table of trials (`state`: trials, objective, rows, best, done, ...) for the runs route
+    and send it to every page (`ipadapter_train.search`, with the node and prompt ids)."""
+    payload = {"node": node_id, "prompt_id": prompt_id, **state}
+    with _LOCK:
+        SEARCHES[(prompt_id, node_id)] = payload
+        for key in [k for k in SEARCHES if k not in RUNS][:-KEEP_FINISHED]:
+            del SEARCHES[key]  # the searches whose last trial the route no longer lists
+    _send(SEARCH_EVENT, payload)
 
 
 def _server():
@@ -142,8 +162,12 @@ class RunReporter:
 
     def __init__(self, node_id: str, prompt_id: str, total: int, images: int, validation_calls: int = 0,
                  validation_steps: float = 0.0, workflow_id: str | None = None, client_id: str | None = None,
-                 previews: PreviewPlan | None = None, subfolder: str = "", random_scores: bool = False) -> None:
+                 previews: PreviewPlan | None = None, subfolder: str = "", random_scores: bool = False,
+                 trial: dict[str, Any] | None = None) -> None:
         self.node_id, self.prompt_id, self.workflow_id, self.client_id = node_id, prompt_id, workflow_id, client_id
+        # a search's trial: {"number", "index" (1-based, in this search), "trials"}; in every event and the record.
+        # Its stops (pruned, cancelled) are the search node's to count, not the run's (see `finish`).
+        self.trial = dict(trial) if trial else None
         self.total, self.images, self.validation_calls = total, images, validation_calls
         self.validation_steps = validation_steps  # the validation's estimated cost, in training steps (the core's)
         self.previews, self.subfolder = previews, subfolder.strip("/")
@@ -170,6 +194,8 @@ class RunReporter:
                 "step": 0, "total": total, "losses": [], "eta_seconds": None,
                 "validation_calls": validation_calls, "previews": [], "done": False, "cancelled": False,
                 "failed": False, "note": None}
+            if self.trial:
+                RUNS[(prompt_id, node_id)]["trial"] = self.trial
             _forget_old_runs()
         self._phase("encoding", 0, images)
         self._update_bar(0, images)
@@ -177,8 +203,11 @@ class RunReporter:
     # ------------------------------------------------------------------------------------------ helpers
 
     def _ids(self) -> dict[str, Any]:
-        return {"node": self.node_id, "prompt_id": self.prompt_id, "workflow_id": self.workflow_id,
-                "client_id": self.client_id, "started": self.started}
+        ids = {"node": self.node_id, "prompt_id": self.prompt_id, "workflow_id": self.workflow_id,
+               "client_id": self.client_id, "started": self.started}
+        if self.trial:
+            ids["trial"] = self.trial
+        return ids
 
     def _update(self, **fields: Any) -> None:
         with _LOCK:
@@ -377,7 +406,7 @@ class RunReporter:
     def finish(self, cancelled: bool, failed: bool = False, note: str | None = None) -> None:
         """Mark the run done (also after an error) and send the done event; `note` is the core's "cancelled
         after N of M steps" of a cancelled run, which the node's status line shows."""
-        if cancelled or failed:
+        if (cancelled or failed) and self.trial is None:
             note_stopped_run(self.node_id)
         with _LOCK:
             run = RUNS.get((self.prompt_id, self.node_id))

@@ -27,8 +27,8 @@ import comfy.model_management
 import folder_paths
 
 from ..ipadapter_train.api import (PREVIEW_BUDGET, RANDOM_MODELS_NOTE, FitWords, IPAdapter, IPAdapterError,
-                                   PreviewSource, RunHooks, Sample, TrainConfig, TrainResult, cancelled_note, plan_run,
-                                   train)
+                                   PreviewSource, Progress, RunEvent, RunHooks, Sample, TrainConfig, TrainingCancelled,
+                                   TrainResult, cancelled_note, plan_run, train)
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
 from .queue_checks import ENCODER_FIX, GIVEN_ENCODER, INIT_VARIANT
@@ -142,8 +142,9 @@ def check_preview_settings(preview_every: int, scorer_name: str, keep_best: bool
                              "or models/clip).")
 
 
-def make_run_dir(node_id: str) -> Path:
-    """Create a fresh run folder `output/ipadapter_train/run-<date>-<time>-node<id>` and return it.
+def make_run_dir(node_id: str, prefix: str = "run") -> Path:
+    """Create a fresh run folder `output/ipadapter_train/run-<date>-<time>-node<id>` and return it (the search
+    node's: `search-...`, with `prefix` "search").
 
     The name holds only letters, digits and '-' (a subgraph node's id "12:5" becomes "12-5"), so it is a
     valid folder name on Windows too; a second run in the same second gets a "-2" suffix. A node id is the
@@ -158,7 +159,7 @@ def make_run_dir(node_id: str) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
-        path = base / (f"run-{stamp}-node{node}" + (f"-{n}" if n > 1 else ""))
+        path = base / (f"{prefix}-{stamp}-node{node}" + (f"-{n}" if n > 1 else ""))
         try:
             path.mkdir()  # exist_ok=False: two runs never share a folder
             return path
@@ -170,7 +171,8 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
                    node_id: str, prompt_id: str, init_adapter: IPAdapter | None = None,
                    workflow_id: str | None = None, client_id: str | None = None,
                    previews: PreviewSource | None = None,
-                   random_weights: bool = False) -> tuple[IPAdapter, TrainResult]:
+                   random_weights: bool = False, run_dir: Path | None = None, adapter_out: Path | None = None,
+                   hook: Progress | None = None, trial: dict[str, Any] | None = None) -> tuple[IPAdapter, TrainResult]:
     """Train on the graph's models; return the adapter (fp32, CPU, `.metadata` set) and the core's result.
 
     `random_weights`: the models are stand-ins (random-weight files, see model_origin.py); the adapter's
@@ -178,6 +180,12 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
 
     `workflow_id` (the id of the editor workflow that queued the prompt) and `client_id` (the page that
     queued it) go into the run's events: every page with that workflow open draws the run on its Train node.
+
+    The search node's trials (nodes/search.py) also give: `run_dir` (a folder under ComfyUI's output directory,
+    made here; default a fresh `make_run_dir`), `adapter_out` (default `<run_dir>/adapter.safetensors`), `hook` (the
+    search's progress hook, called after the node's own for every event; a `TrainingCancelled` it raises stops the
+    run as a cancel does, and the run's note says "pruned after step N") and `trial` (which trial this is, sent in the
+    run's events: see runs.RunReporter).
     """
     # ordinary tensors, not inference ones: the back end's schedule and state, the copy of init_adapter that trains
     with torch.inference_mode(False):
@@ -189,13 +197,28 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
         # CLIP_VISION.
         plan = plan_run(config, samples, previews=previews, init_adapter=init_adapter, models=(backend, encoder),
                         fit_words=INIT_WORDS)
-    run_dir = make_run_dir(node_id)
-    plan = plan.with_paths(run_dir, run_dir / "adapter.safetensors")
+    if run_dir is None:
+        run_dir = make_run_dir(node_id)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    plan = plan.with_paths(run_dir, adapter_out or run_dir / "adapter.safetensors")
     subfolder = run_dir.relative_to(Path(folder_paths.get_output_directory())).as_posix()
     reporter = RunReporter(node_id, prompt_id, plan.total, len(plan.samples), plan.validation_calls,
                            plan.validation_steps, workflow_id, client_id, plan.rounds, subfolder,
-                           random_weights or bool(getattr(previews and previews.scorer, "random_weights", False)))
-    hooks = RunHooks(progress=reporter.progress,
+                           random_weights or bool(getattr(previews and previews.scorer, "random_weights", False)),
+                           trial=trial)
+    pruned: list[int] = []  # the step after which `hook` stopped the run
+
+    def progress(event: RunEvent) -> None:
+        reporter.progress(event)  # first: a cancel is the user's, and the chart shows the event
+        if hook is not None:
+            try:
+                hook(event)
+            except TrainingCancelled:
+                pruned.append(event.step)
+                raise
+
+    hooks = RunHooks(progress=progress if hook is not None else reporter.progress,
                      metadata={"dataset_images": len(plan.samples), "trained_with": "ComfyUI node pack",
                                "random_weights": bool(random_weights)})
     cancelled, failed, result = False, True, None
@@ -208,6 +231,8 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
         raise
     finally:
         note = result.report.get("cancelled_note") if result is not None and cancelled else None
+        if pruned and not reporter.cancel_requested:
+            note = f"pruned after step {pruned[0]}"
         reporter.finish(cancelled, failed, note)
         _remove_if_empty(run_dir)
     adapter = result.adapter.eval().requires_grad_(False)

@@ -13,25 +13,34 @@
 // runs route's `previews` list after a reload), loaded through ComfyUI's /view; same runs, same filters.
 // The chart and the grid are extras: the node also returns the loss curve and the grids as IMAGEs and a text
 // report.
+// The "Search IP-Adapter Settings" node (IPAdapterTrain_Search) gets the same chart and grid, showing its running
+// trial (a search's trials are runs whose events carry `trial`), and under them its table of trials
+// (`ipadapter_train.search`, search_trials.js).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { drawChart, runState, statusText } from "./loss_chart.js";
 import { addPreview, makePreviewView, PREVIEW_HEIGHT, previewEntry, viewRoute } from "./preview_grid.js";
+import { makeTrialsView, searchEntry, trialPrefix, TRIALS_HEIGHT } from "./search_trials.js";
 
 const NODE_CLASS = "IPAdapterTrain_Train";
+const SEARCH_CLASS = "IPAdapterTrain_Search";
 const EVT_PHASE = "ipadapter_train.phase";
 const EVT_PROGRESS = "ipadapter_train.progress";
 const EVT_DONE = "ipadapter_train.done";
 const EVT_PREVIEW = "ipadapter_train.preview";
+const EVT_SEARCH = "ipadapter_train.search";
 const RUNS_ROUTE = "/ipadapter_train/runs";
 const WIDGET_NAME = "loss_chart";
 const PREVIEW_WIDGET_NAME = "preview_grid";
+const TRIALS_WIDGET_NAME = "search_trials";
 const CHART_HEIGHT = 150;
 
 /** "<prompt id>|<node execution id>" -> {node, promptId, workflowId, clientId, started, phase, phaseDone, phaseTotal,
  * step, total, losses: (number|undefined)[] by step-1, eta, done, cancelled, failed, stopped,
  * previews: [{step, filename, subfolder, type, score?, grade?, bestStep?, randomWeights?}] in step order} */
 const runs = new Map();
+/** "<prompt id>|<node execution id>" -> a search node's table of trials (search_trials.js searchEntry) */
+const searches = new Map();
 /** the chart controllers of the Train nodes this page created */
 const charts = new Set();
 
@@ -40,13 +49,16 @@ const charts = new Set();
 function runFor(d) {
     const node = String(d.node);
     const promptId = String(d.prompt_id ?? "");
-    const key = `${promptId}|${node}`;
+    // a search's trials share the prompt and the node: each is a run of its own
+    const trial = d.trial && d.trial.index != null ? Number(d.trial.index) : null;
+    const key = trial == null ? `${promptId}|${node}` : `${promptId}|${node}|${trial}`;
     let run = runs.get(key);
     if (!run) {
         run = {
             node, promptId, workflowId: null, clientId: null, started: 0, phase: "encoding", phaseDone: 0, phaseTotal: 0,
             step: 0, total: 0, losses: [], eta: null, done: false, cancelled: false, failed: false, stopped: "",
-            previews: [], previewStep: null,
+            previews: [], previewStep: null, key,
+            trial: trial == null ? null : { index: trial, trials: Number(d.trial.trials) || 0 },
         };
         runs.set(key, run);
     }
@@ -96,6 +108,20 @@ function onProgress(event) {
     redraw();
 }
 
+function onSearch(event) {
+    const d = event.detail || {};
+    if (d.node == null) return;
+    mergeSearch(d);
+    redraw();
+}
+
+function mergeSearch(d) {
+    const entry = searchEntry(d);
+    const known = searches.get(`${entry.promptId}|${entry.node}`);
+    if (known?.done && !entry.done) return; // a late record of a search that has ended
+    searches.set(`${entry.promptId}|${entry.node}`, entry);
+}
+
 function onDone(event) {
     const d = event.detail || {};
     if (d.node == null) return;
@@ -136,7 +162,8 @@ function mergeServerRuns(serverRuns) {
     for (const r of list) {
         if (r?.node == null) continue;
         const run = runFor(r);
-        listed.add(`${run.promptId}|${run.node}`);
+        listed.add(run.key);
+        if (r.search) mergeSearch(r.search);
         if (r.total) run.total = Number(r.total);
         for (const p of Array.isArray(r.previews) ? r.previews : []) addPreview(run, previewEntry(p));
         const losses = Array.isArray(r.losses) ? r.losses : [];
@@ -223,6 +250,12 @@ function runOf(node) {
     return best;
 }
 
+/** The table of trials a Search node shows: that of the search its shown run belongs to. */
+function searchOf(node) {
+    const run = runOf(node);
+    return run ? searches.get(`${run.promptId}|${run.node}`) : undefined;
+}
+
 let frame = 0;
 
 function redraw() {
@@ -237,7 +270,7 @@ function flush() {
 
 // ---------------------------------------------------------------------------------------------- widget
 
-function addChart(node) {
+function addChart(node, search = false) {
     const root = document.createElement("div");
     root.className = "ipadapter-train-chart";
     root.style.cssText = "display:flex;flex-direction:column;gap:2px;width:100%;height:100%;box-sizing:border-box;";
@@ -250,13 +283,18 @@ function addChart(node) {
     root.append(canvas, status);
     // the latest preview grid, in its own widget under the chart
     const preview = makePreviewView((entry) => api.apiURL(viewRoute(entry)));
+    const trials = search ? makeTrialsView() : null; // a Search node's table of trials, under the grid
 
     const chart = {
         draw() {
             const run = runOf(node);
             preview.root.dataset.nodeId = run?.node ?? String(node.id);
             preview.update(run);
-            const text = statusText(run);
+            if (trials) {
+                trials.root.dataset.nodeId = run?.node ?? String(node.id);
+                trials.update(searchOf(node));
+            }
+            const text = (search ? trialPrefix(run) : "") + statusText(run);
             if (status.textContent !== text) status.textContent = text;
             root.dataset.nodeId = run?.node ?? String(node.id);
             root.dataset.promptId = run?.promptId ?? "";
@@ -292,6 +330,16 @@ function addChart(node) {
         setValue: () => {},
     });
     previewWidget.serialize = false;
+    if (trials) {
+        const trialsWidget = node.addDOMWidget(TRIALS_WIDGET_NAME, "ipadapter_train_trials", trials.root, {
+            serialize: false,
+            hideOnZoom: false,
+            getMinHeight: () => TRIALS_HEIGHT,
+            getValue: () => "",
+            setValue: () => {},
+        });
+        trialsWidget.serialize = false;
+    }
     const size = node.computeSize();
     node.setSize([Math.max(node.size[0], 320, size[0]), Math.max(node.size[1], size[1])]);
     requestAnimationFrame(() => chart.draw());
@@ -307,6 +355,7 @@ app.registerExtension({
         api.addEventListener(EVT_PROGRESS, onProgress);
         api.addEventListener(EVT_DONE, onDone);
         api.addEventListener(EVT_PREVIEW, onPreview);
+        api.addEventListener(EVT_SEARCH, onSearch);
         api.addEventListener("execution_error", (e) => onPromptEnded(e, "error"));
         api.addEventListener("execution_interrupted", (e) => onPromptEnded(e, "interrupted"));
         api.addEventListener("reconnected", fetchRuns);
@@ -315,6 +364,7 @@ app.registerExtension({
 
     nodeCreated(node) {
         if (node.comfyClass === NODE_CLASS) addChart(node);
+        else if (node.comfyClass === SEARCH_CLASS) addChart(node, true);
     },
 
     // Ids (of the nodes and of the workflow) are final only after a workflow is loaded, and switching

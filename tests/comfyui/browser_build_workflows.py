@@ -96,6 +96,18 @@ NEED_CPU_SETTINGS = (f"Set for a first run on a CPU: {CPU_TRAIN['steps']} steps 
                      f"\"{SHIPPED['train_ip_adapter']}\" on a GPU.")
 
 
+# The search template: a few trials sized for a GPU, judged by the held-out loss until a scorer is picked.
+SEARCH = {"trials": 6, "steps_low": 100, "steps_high": 400, "learning_rate_low": 1e-5, "learning_rate_high": 1e-3,
+          "variant": "search", "batch_sizes": "1, 2", "resolution": 512, "seed": 42,
+          "control_after_generate": "fixed", "preview_every": 100, "scorer": "none"}
+NEED_SEARCH = ("Search IP-Adapter Settings trains one adapter per trial (6 trials of 100 to 400 steps: about as long "
+               "as 6 Train runs, less where weak trials are stopped early at a preview round) and returns the best "
+               "one. Without a scorer the trials are judged by the held-out validation loss; for CLIP scores, put a "
+               "full CLIP model in models/clip_scorers (as for Score with CLIP, e.g. "
+               f"{SCORER}) and pick it in scorer. The trials' runs and search.html are in "
+               "output/ipadapter_train/search-<date>-<time>-node<id>/.")
+
+
 def need(*items: str, saved: str | None = None, first: str | None = NEED_ON_CPU) -> str:
     """A Note's text: the opening lines, numbered needs, and where the result goes."""
     lines = [NEED_FIRST] + ([first] if first else []) + [""] + [f"{i}. {item}" for i, item in enumerate(items, 1)]
@@ -114,6 +126,7 @@ CONTRACT_OUTPUTS = {
     "IPAdapterTrain_Load": ["adapter"],
     "IPAdapterTrain_Apply": ["model"],
     "IPAdapterTrain_Score": ["scores", "table"],
+    "IPAdapterTrain_Search": ["adapter", "table", "report"],
 }
 
 
@@ -238,6 +251,17 @@ def specs() -> dict[str, dict]:
     cpu_nodes += cpu_gen + [N("out", "SaveImage", 4, {"filename_prefix": "ipadapter_train/cpu_first_run"},
                               width=320, height=360)]
     cpu_links = train_links[:9] + [("images", "images", "ref", "image")] + cpu_gen_links + [("decode", "IMAGE", "out", "images")]
+    # The search: the training template's inputs into Search IP-Adapter Settings; Save the best trial's adapter
+    search_name = "my_searched_adapter"
+    search_nodes = [note(need(NEED_CHECKPOINT, NEED_CLIP_VISION, NEED_IMAGES, NEED_SEARCH, saved=search_name)),
+                    checkpoint(), clip_vision(), training_images(),
+                    N("search", "IPAdapterTrain_Search", 1, dict(SEARCH), width=380),
+                    N("save", "IPAdapterTrain_Save", 2, {"name": search_name, "overwrite": False}), saved_to(2),
+                    N("table", "PreviewImage", 2, title="Trials", width=420, height=260),
+                    N("report", "PreviewAny", 2, title="Search report", width=420)]
+    search_links = [(a, out, "search" if b == "train" else b, inp) for a, out, b, inp in train_links
+                    if b == "train"] + [("search", "adapter", "save", "adapter"), ("save", "path", "saved", "source"),
+                                        ("search", "table", "table", "images"), ("search", "report", "report", "source")]
     return {
         "train_ip_adapter": {"nodes": train_nodes, "links": train_links, "outputs": CONTRACT_OUTPUTS},
         "train_ip_adapter_cpu": {"nodes": cpu_nodes, "links": cpu_links, "outputs": CONTRACT_OUTPUTS},
@@ -245,6 +269,7 @@ def specs() -> dict[str, dict]:
         "train_then_apply": {"nodes": tta_nodes, "links": tta_links, "outputs": CONTRACT_OUTPUTS},
         "score": {"nodes": score_nodes, "links": score_links, "outputs": CONTRACT_OUTPUTS},
         "train_ip_adapter_sdxl": {"nodes": sdxl_nodes, "links": sdxl_links, "outputs": CONTRACT_OUTPUTS},
+        "search_ip_adapter": {"nodes": search_nodes, "links": search_links, "outputs": CONTRACT_OUTPUTS},
     }
 
 
@@ -308,13 +333,16 @@ async (spec) => {
 """
 
 
-def build(out_dir: Path, pack: Path) -> list[Path]:
+def build(out_dir: Path, pack: Path, only: list[str] | None = None) -> list[Path]:
+    """Build the shipped workflows (or those named in `only`) into `out_dir`, with their thumbnails."""
     written = []
     with tempfile.TemporaryDirectory(prefix="ipt-build-") as tmp:
         tmp = Path(tmp)
         with bs.comfy_server(tmp / "base", {}, pack=pack) as srv, bs.chromium() as page:
             bs.open_comfy(page, srv)
             for name, spec in specs().items():
+                if only and name not in only:
+                    continue
                 data = json.loads(page.evaluate(BUILD_JS, spec))
                 data["id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"ipadapter-train/workflows/{name}"))
                 path = out_dir / f"{SHIPPED[name]}.json"  # the file name is what the template browser shows
@@ -330,9 +358,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", type=Path, default=bs.ROOT, help="pack folder to load (default: this checkout)")
     ap.add_argument("--out", type=Path, default=WORKFLOWS_DIR)
+    ap.add_argument("--only", nargs="+", choices=sorted(SHIPPED), help="build only these workflows (default: all)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    build(args.out, args.pack.resolve())
+    build(args.out, args.pack.resolve(), args.only)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ DISPLAY_NAMES = {
     "IPAdapterTrain_LoadTrainingImages": "Load Training Images", "IPAdapterTrain_Train": "Train IP-Adapter",
     "IPAdapterTrain_Save": "Save IP-Adapter", "IPAdapterTrain_Load": "Load IP-Adapter",
     "IPAdapterTrain_Apply": "Apply IP-Adapter", "IPAdapterTrain_Score": "Score with CLIP",
+    "IPAdapterTrain_Search": "Search IP-Adapter Settings",
 }
 IMAGE_NODES = {"PreviewImage", "SaveImage", "LoadImage"}
 PREVIEW_H = 184  # the Train node's preview grid widget (web/preview_grid.js PREVIEW_HEIGHT) and its gap
@@ -172,7 +173,7 @@ def render(path: Path, out: Path | None = None) -> Path:
         if node["type"] in tall:  # a text box
             draw.rounded_rectangle([P(x + 10, wy + 4), P(x + w - 10, y + h - 8)], radius=max(1, int(4 * scale)),
                                    fill=WIDGET_BG)
-        if node["type"] == "IPAdapterTrain_Train":  # the live loss chart, and the latest preview grid under it
+        if node["type"] in ("IPAdapterTrain_Train", "IPAdapterTrain_Search"):  # the live chart and the latest grid
             gx0, gy0, gx1, gy1 = x + 12, max(wy + 6, y + h - PREVIEW_H), x + w - 12, y + h - 10
             draw.rectangle([P(gx0, gy0), P(gx1, gy1)], fill=(245, 245, 245))
             cell = min((gx1 - gx0 - 16) / 4, gy1 - gy0 - 16)

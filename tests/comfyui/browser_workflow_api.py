@@ -33,7 +33,7 @@ FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 # name with "-" and "_" as spaces, so a card always shows its name twice and the name is the one thing a user
 # reads: it says what the workflow does. The number gives the order: the cards come in the server's directory
 # order (the default sort, "Newest", finds no dates) or by name ("Alphabetical", and Windows lists directories
-# by name), so training comes first, then the CPU quick run, then using and scoring an adapter.
+# by name), so training comes first, then the CPU quick run, then using and scoring an adapter, SDXL, and the search.
 SHIPPED = {
     "train_ip_adapter": "1. Train an IP-Adapter",
     "train_ip_adapter_cpu": "2. Train on a CPU, quick first run",
@@ -41,6 +41,7 @@ SHIPPED = {
     "apply_ip_adapter": "4. Generate with your IP-Adapter",
     "score": "5. Score images with CLIP",
     "train_ip_adapter_sdxl": "6. Train and use an SDXL adapter",
+    "search_ip_adapter": "7. Search IP-Adapter settings",
 }
 
 

@@ -57,7 +57,7 @@ TRAIN_IMAGES = {TRAIN_FOLDER: ("astronaut", "chelsea"), ONE_PHOTO: ("astronaut",
 CHART = ".ipadapter-train-chart"
 PREVIEW = ".ipadapter-train-preview"
 SHIPPED = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "apply_ip_adapter", "score",
-           "train_ip_adapter_sdxl"]
+           "train_ip_adapter_sdxl", "search_ip_adapter"]
 
 
 PHASES = bs.PHASES

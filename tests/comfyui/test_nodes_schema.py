@@ -43,8 +43,8 @@ def nodes():
     return pack("nodes.extension").NODES
 
 
-def test_the_contract_table_lists_six_nodes_and_the_pack_registers_exactly_those():
-    assert len(ROWS) == 6
+def test_the_contract_table_lists_seven_nodes_and_the_pack_registers_exactly_those():
+    assert len(ROWS) == 7
     assert sorted(n.define_schema().node_id for n in nodes()) == sorted(ROWS)
 
 
@@ -75,7 +75,7 @@ def test_schema_matches_the_contract(node_id):
     assert schema.is_output_node == ("output node" in CONTRACT.split(node_id)[1].splitlines()[0])
 
 
-@pytest.mark.parametrize("node", range(6))
+@pytest.mark.parametrize("node", range(7))
 def test_every_input_has_a_tooltip_and_numbers_have_bounds(node):
     schema = nodes()[node].define_schema()
     schema.finalize()

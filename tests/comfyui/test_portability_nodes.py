@@ -58,7 +58,8 @@ def test_pack_imports_in_comfyui_without_posix_modules():
     result = json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT "))[7:])
     assert sorted(result["schemas"]) == sorted(["IPAdapterTrain_LoadTrainingImages", "IPAdapterTrain_Train",
                                                 "IPAdapterTrain_Save", "IPAdapterTrain_Load",
-                                                "IPAdapterTrain_Apply", "IPAdapterTrain_Score"])
+                                                "IPAdapterTrain_Apply", "IPAdapterTrain_Score",
+                                                "IPAdapterTrain_Search"])
     assert all(result["schemas"].values())  # every node has inputs
     assert {"nodes.node_train", "nodes.training", "ipadapter_train.training.report", "ipadapter_train.training.memory"} \
         <= set(result["modules"])

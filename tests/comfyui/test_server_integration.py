@@ -21,7 +21,7 @@ pytestmark = pytest.mark.server
 
 SAMPLES = ROOT / "ipadapter_train" / "assets" / "samples"
 PACK_NODES = {"IPAdapterTrain_LoadTrainingImages", "IPAdapterTrain_Train", "IPAdapterTrain_Save",
-              "IPAdapterTrain_Load", "IPAdapterTrain_Apply", "IPAdapterTrain_Score"}
+              "IPAdapterTrain_Load", "IPAdapterTrain_Apply", "IPAdapterTrain_Score", "IPAdapterTrain_Search"}
 
 
 def workflow(server: ComfyServer, name: str, test_models, **size) -> dict:

@@ -38,11 +38,13 @@ NEEDS = {
     "train_then_apply": CHECKPOINT + CLIP_VISION + IMAGES,
     "score": CHECKPOINT + CLIP_VISION + ADAPTER + SCORER,
     "train_ip_adapter_sdxl": CHECKPOINT_SDXL + CLIP_VISION_SDXL + IMAGES + REFERENCE,
+    "search_ip_adapter": CHECKPOINT + CLIP_VISION + IMAGES + ["models/clip_scorers", "search.html"],
 }
-TRAINING = ("train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "train_ip_adapter_sdxl")
+TRAINING = ("train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "train_ip_adapter_sdxl",
+            "search_ip_adapter")
 # The order a user should meet them in: training first, then the CPU quick run, then using and scoring.
 ORDER = ["train_ip_adapter", "train_ip_adapter_cpu", "train_then_apply", "apply_ip_adapter", "score",
-         "train_ip_adapter_sdxl"]
+         "train_ip_adapter_sdxl", "search_ip_adapter"]
 # The public files the templates' loaders select -> the models folder ComfyUI keeps them in. ComfyUI's frontend
 # (1.32.9) lists a file in its Missing Models dialog when the loader's properties.models declares it with a url
 # (downloads only from these hosts, only these suffixes) and the folder's model list lacks it.
@@ -189,3 +191,17 @@ def test_the_readme_lists_the_same_files_and_the_opt_in():
     assert "IPADAPTER_TRAIN_ALLOW_ANY_FOLDER=1" in section
     assert all(stem in section for stem in SHIPPED.values())
     assert "Missing Models" in section and "On a CPU" in section
+
+
+def test_the_search_template_feeds_the_training_inputs_to_the_search_and_shows_its_table():
+    workflow = load_workflow("search_ip_adapter")
+    (search,) = nodes_of(workflow, "IPAdapterTrain_Search")
+    (loader,) = nodes_of(workflow, "IPAdapterTrain_LoadTrainingImages")
+    links = {link[0]: link for link in workflow["links"]}
+    fed = {i["name"]: links[i["link"]][1] for i in search["inputs"] if i.get("link") is not None}
+    assert fed["images"] == fed["captions"] == fed["image_names"] == loader["id"]
+    assert widget(search, "scorer") == "none" and widget(search, "trials") >= 2  # runs without a scorer to download
+    assert widget(search, "steps_low") <= widget(search, "steps_high")
+    shown = {n["id"]: n["type"] for n in workflow["nodes"]}
+    outputs = {link[2]: shown[link[3]] for link in workflow["links"] if link[1] == search["id"]}
+    assert outputs == {0: "IPAdapterTrain_Save", 1: "PreviewImage", 2: "PreviewAny"}
