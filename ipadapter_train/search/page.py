@@ -148,7 +148,8 @@ def render_search_page(folder: Path, rows: list[TrialRow], space: SearchSpace, o
     for r in rows:
         cls = " class='best'" if best is not None and r.number == best.number else ""
         figure = _figure(r)
-        cells = [str(r.number), r.state, *[_num(r.settings.get(n, "-")) for n in names],
+        state = f"{r.state}: {r.note}" if r.note else r.state
+        cells = [str(r.number), state, *[_num(r.settings.get(n, "-")) for n in names],
                  objective.format(figure) if figure is not None else "-", _num(r.steps if r.steps is not None else "-"),
                  _num(r.best_step or "-"), f"{r.seconds:.1f}" if r.seconds is not None else "-"]
         link = (f"<a href='{html.escape(r.name)}/previews.html'>{html.escape(r.name)}</a>"

@@ -123,6 +123,13 @@ class SearchSpace:
         config.validate()
         return config
 
+    def smallest(self, name: str, default: Any) -> Any:
+        """The smallest value the space may give setting `name` (`default` when the space does not have it)."""
+        for s in self.settings:
+            if s.name == name:
+                return min(s.choices) if s.choices is not None else s.value if s.fixed else s.low
+        return default
+
     def with_settings(self, settings: list[Setting]) -> SearchSpace:
         """This space with `settings` in place of those of the same names, new names added at the end."""
         given = {s.name: s for s in settings}

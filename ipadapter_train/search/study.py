@@ -27,6 +27,7 @@ from typing import Any, Callable
 from ..config import TrainConfig
 from ..errors import IPAdapterError, TrainingCancelled
 from ..training.plan import PREVIEWED, Progress, RunEvent
+from . import memory
 from .objective import SCORE, Objective
 from .page import write_search_page
 from .space import SearchSpace
@@ -93,11 +94,12 @@ def open_study(settings: SearchSettings, objective: Objective = SCORE):
 
 
 def finished(study) -> int:
-    """Trials of the study that count towards its budget: complete or pruned."""
+    """Trials of the study that count towards its budget: complete or pruned (not those whose batch did not fit in
+    memory, search/memory.py)."""
     import optuna
 
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return len(study.get_trials(deepcopy=False, states=states))
+    return sum(memory.NOTE not in t.user_attrs for t in study.get_trials(deepcopy=False, states=states))
 
 
 def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, folder: Path,
@@ -138,8 +140,27 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
                     pruned.append(event.step)
                     raise TrainingCancelled()
 
+        limit = memory.too_big(study, config.batch_size)
+        if limit is not None:  # not trained: a batch this size or smaller ran out of memory in an earlier trial
+            trial.set_user_attr(memory.NOTE, f"batch size {config.batch_size} is not below {limit}, which did not "
+                                             "fit in memory")
+            raise optuna.TrialPruned()
         start = time.perf_counter()
-        result = train_trial(config, folder / f"{name}.safetensors", folder / name, hook)
+        try:
+            result = train_trial(config, folder / f"{name}.safetensors", folder / name, hook)
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            memory.release_memory()
+            if config.batch_size <= space.smallest("batch_size", config.batch_size):
+                raise IPAdapterError(f"Trial {trial.number} ran out of memory at batch size {config.batch_size}, the "
+                                     "smallest the search may draw: lower --resolution, turn on "
+                                     "--gradient-checkpointing, or allow a smaller batch size.") from None
+            memory.note_too_big(study, config.batch_size)
+            trial.set_user_attr(memory.NOTE, f"batch size {config.batch_size} ran out of memory")
+            log.warning("Trial %d ran out of memory at batch size %d: the search goes on with smaller batches.",
+                        trial.number, config.batch_size)
+            raise optuna.TrialPruned() from None
         previews = result.report.get("previews") or {}
         trial.set_user_attr("run_dir", str(result.run_dir))
         trial.set_user_attr("adapter", str(folder / f"{name}.safetensors"))
@@ -176,10 +197,10 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
     if finished(study) >= settings.trials:
         log.info("The study %s already has %d finished trials: nothing to run.", settings.study_name, finished(study))
         return study
-    remaining = settings.trials - finished(study)
     try:
-        # n_trials bounds this process; `enough` stops it sooner when other processes finish trials of the study
-        study.optimize(run_trial, n_trials=remaining, timeout=settings.timeout, callbacks=[enough],
+        # `enough` stops this process once the study (all its processes together) has its trials; no n_trials bound,
+        # since a trial whose batch did not fit in memory does not count
+        study.optimize(run_trial, n_trials=None, timeout=settings.timeout, callbacks=[enough],
                        catch=(), gc_after_trial=True)
     except KeyboardInterrupt:
         write_page()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .memory import NOTE as MEMORY_NOTE
 from .objective import Objective
 
 STATES = {"COMPLETE": "finished", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running", "WAITING": "queued"}
@@ -30,6 +31,7 @@ class TrialRow:
     rounds: list[tuple[int, float]] = field(default_factory=list)  # (step, the objective's figure), per round
     started: float | None = None  # POSIX time
     ended: float | None = None
+    note: str | None = None  # why a pruned trial was not trained (its batch did not fit in memory)
 
     @property
     def name(self) -> str:
@@ -55,7 +57,7 @@ def trial_rows(study) -> list[TrialRow]:
             attrs.get("best_step"), attrs.get("run_dir"), attrs.get("adapter"),
             sorted((int(s), float(v)) for s, v in t.intermediate_values.items()),
             t.datetime_start.timestamp() if t.datetime_start else None,
-            t.datetime_complete.timestamp() if t.datetime_complete else None))
+            t.datetime_complete.timestamp() if t.datetime_complete else None, attrs.get(MEMORY_NOTE)))
     return rows
 
 
