@@ -15,6 +15,8 @@ frontend served by a real ComfyUI server with this pack, on CPU with random-weig
 - the latest preview grid of that short run appears under the chart on the Train node (loaded through
   ComfyUI's /view), and again after a page reload (from GET /ipadapter_train/runs). Screenshots are saved
   under tests/artifacts/browser/;
+- the search template's node shows its running trial's chart ("trial 1/2: ...") and its table of trials from the
+  search's events (dispatched in the page: test_server_search.py runs a real search);
 - the training workflow with a taken Save name: Run is answered 400, ComfyUI's error dialog shows the sentence,
   and nothing runs.
 
@@ -258,7 +260,7 @@ def test_shipped_workflows_load_and_convert_like_the_editor(server, page):
             f"{name}: editor_to_api differs from the editor's graphToPrompt"
         # the chart and preview widgets are not inputs: they must not reach the prompt
         for node in editor.values():
-            assert "loss_chart" not in node["inputs"] and "preview_grid" not in node["inputs"]
+            assert not {"loss_chart", "preview_grid", "search_trials"} & set(node["inputs"])
 
 
 # The public files each template's loaders select (what the test server lacks), as the frontend's Missing Models
@@ -267,7 +269,8 @@ SD15_FILES = ["checkpoints / v1-5-pruned-emaonly-fp16.safetensors",
               "clip_vision / CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"]
 MISSING = {"train_ip_adapter": SD15_FILES, "train_ip_adapter_cpu": SD15_FILES, "train_then_apply": SD15_FILES,
            "apply_ip_adapter": SD15_FILES, "score": SD15_FILES + ["clip_scorers / clip-vit-large-patch14.safetensors"],
-           "train_ip_adapter_sdxl": ["checkpoints / sd_xl_base_1.0.safetensors", SD15_FILES[1]]}
+           "train_ip_adapter_sdxl": ["checkpoints / sd_xl_base_1.0.safetensors", SD15_FILES[1]],
+           "search_ip_adapter": SD15_FILES}
 
 
 @PHASES("missing models dialog")
@@ -569,3 +572,37 @@ def test_a_refused_save_name_stops_the_whole_run_and_the_error_dialog_says_why(s
     assert not queue["queue_running"] and not queue["queue_pending"]
     assert len(server.get("/history")) == history
     assert len(server.get("/ipadapter_train/runs")["runs"]) == runs  # Train never ran
+
+
+TRIALS = ".ipadapter-train-trials"
+
+
+def test_the_search_node_shows_its_running_trial_and_its_table_of_trials(server, page):
+    load_in_editor(page, server, "search_ip_adapter")
+    state = page.evaluate(f"""() => {{
+        const app = window.comfyAPI.app.app, api = window.comfyAPI.api.api;
+        const node = app.graph._nodes.find((n) => n.type === 'IPAdapterTrain_Search');
+        const ids = {{node: String(node.id), prompt_id: 'search-p1', workflow_id: String(app.rootGraph.id),
+                      client_id: null, started: Date.now() / 1000}};
+        const send = (type, detail) => api.dispatchEvent(new CustomEvent(type, {{detail}}));
+        const trial = {{number: 1, index: 2, trials: 2}};
+        send('ipadapter_train.search', {{...ids, trials: 2, objective: 'held-out validation loss', done: false,
+            folder: 'ipadapter_train/search-x', note: null, best: {{number: 0, value: 1.2, text: '1.2000'}},
+            rows: [{{number: 0, state: 'finished', value: 1.2, best: true,
+                     text: 'trial 1/2: lr 1.0e-04, steps 2, base -> 1.2000'}},
+                   {{number: null, state: 'running', value: null, best: false,
+                     text: 'trial 2/2: lr 3.0e-04, steps 2, base -> running'}}]}});
+        send('ipadapter_train.phase', {{...ids, trial, phase: 'encoding', done: 0, total: 2, eta_seconds: null}});
+        send('ipadapter_train.progress', {{...ids, trial, step: 1, total: 2, loss: 0.5, eta_seconds: 3}});
+        return new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(() => done({{
+            status: document.querySelector('{CHART} .ipadapter-train-status')?.textContent ?? '',
+            trials: document.querySelector('{TRIALS}')?.textContent ?? '',
+            rows: document.querySelector('{TRIALS}')?.dataset.rows,
+        }}))));
+    }}""")
+    assert state["status"].startswith("trial 2/2: step 1/2, loss 0.5000"), state
+    lines = state["trials"].split("\n")
+    assert state["rows"] == "2" and lines[0] == "search by the held-out validation loss, best trial 0 (1.2000)", lines
+    assert lines[1:] == ["★ trial 1/2: lr 1.0e-04, steps 2, base -> 1.2000",
+                         "trial 2/2: lr 3.0e-04, steps 2, base -> running"], lines
+    shot(page, "search_node.png")
