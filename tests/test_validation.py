@@ -67,3 +67,34 @@ def test_fewer_than_two_images_is_skipped_with_a_note(setup):
     adapter, backend, data = setup
     gain = conditioning_gain(adapter, backend, data, dataclasses.replace(CONFIG, validation_max_images=1))
     assert gain["gain"] is None and "at least 2 images" in gain["note"]
+
+
+def test_the_held_out_loss_is_the_same_each_round_for_the_same_adapter_and_moves_with_the_adapter(setup):
+    """previews/heldout_loss.py: the references' own-feature denoising loss, with the same noise every round, so two
+    rounds differ only by training; it equals the conditioning gain's own loss computed the same way."""
+    from ipadapter_train.previews.heldout_loss import HeldOutLoss
+    from ipadapter_train.storage.data import load_image_folder
+    from ipadapter_train.training.batches import centre_view
+    from ipadapter_train.training.validation import noise_losses
+
+    from conftest import SAMPLES
+
+    adapter, backend, data = setup
+    references = load_image_folder(SAMPLES)[0][:2]
+    heldout = HeldOutLoss(references, CONFIG)
+    assert heldout.calls == 2 * len(CONFIG.validation_timesteps) and heldout.measure(adapter, backend) is None
+    heldout.set_up(backend, CLIPFeatureEncoder(micro_clip()))
+    first, again = heldout.measure(adapter, backend), heldout.measure(adapter, backend)
+    assert math.isfinite(first) and first == again
+    gen = torch.Generator().manual_seed(CONFIG.seed + 104729)
+    by_hand = [float(noise_losses(adapter, backend, heldout.data, i, heldout.data.features[i:i + 1], t,
+                                  torch.randn((1, *centre_view(heldout.data, i)[0].shape), generator=gen))[0])
+               for i in range(2) for t in CONFIG.validation_timesteps]
+    assert first == pytest.approx(sum(by_hand) / len(by_hand), rel=1e-6)
+    with torch.no_grad():  # a step of training changes it
+        adapter.image_proj.proj.weight.add_(0.5)
+    try:
+        assert heldout.measure(adapter, backend) != first
+    finally:
+        with torch.no_grad():
+            adapter.image_proj.proj.weight.sub_(0.5)
