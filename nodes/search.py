@@ -22,22 +22,19 @@ from typing import Any
 import comfy.model_management
 import folder_paths
 
-from ..ipadapter_train.api import (RANDOM_MODELS_NOTE, IPAdapter, IPAdapterError, PreviewSource, Sample, TrainConfig,
-                                   TrainingCancelled, load_adapter_module)
-from ..ipadapter_train.search.objective import Objective, objective_for
-from ..ipadapter_train.search.space import SearchSpace, Setting
-from ..ipadapter_train.search.study import SearchSettings, run_search
-from ..ipadapter_train.search.table_image import setting_text, table_image
-from ..ipadapter_train.search.trials import TrialRow, best_row, trial_rows
+from ..ipadapter_train.api import (RANDOM_MODELS_NOTE, IPAdapter, IPAdapterError, Objective, PreviewSource, Sample,
+                                   SearchSettings, SearchSpace, Setting, TrainConfig, TrainingCancelled, TrialRow,
+                                   best_row, load_adapter_module, objective_for, run_search, setting_text, table_image,
+                                   trial_rows)
 from . import runs
 from .training import make_run_dir, train_in_graph
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("search", "base", "plus")  # the node's variant menu: "search" draws base or plus per trial
-NO_SCORER_NOTE = ("No scorer: the trials were judged by the held-out validation loss (the denoising loss of the held-out "
-                  "images, lower is better), which says less about the pictures than CLIP scores; pick a scorer "
-                  "for the preview score.")
+NO_SCORER_NOTE = ("No scorer: the trials were judged by the held-out validation loss (the denoising loss of the "
+                  "held-out images, lower is better), which says less about the pictures than CLIP scores; pick a "
+                  "scorer for the preview score.")
 SHORT = {"learning_rate": "lr", "max_steps": "steps", "batch_size": "batch", "drop": "drop", "variant": ""}
 
 

@@ -259,9 +259,9 @@ def specs() -> dict[str, dict]:
                     N("save", "IPAdapterTrain_Save", 2, {"name": search_name, "overwrite": False}), saved_to(2),
                     N("table", "PreviewImage", 2, title="Trials", width=420, height=260),
                     N("report", "PreviewAny", 2, title="Search report", width=420)]
-    search_links = [(a, out, "search" if b == "train" else b, inp) for a, out, b, inp in train_links
-                    if b == "train"] + [("search", "adapter", "save", "adapter"), ("save", "path", "saved", "source"),
-                                        ("search", "table", "table", "images"), ("search", "report", "report", "source")]
+    search_links = [(a, out, "search", inp) for a, out, b, inp in train_links if b == "train"]
+    search_links += [("search", "adapter", "save", "adapter"), ("save", "path", "saved", "source"),
+                     ("search", "table", "table", "images"), ("search", "report", "report", "source")]
     return {
         "train_ip_adapter": {"nodes": train_nodes, "links": train_links, "outputs": CONTRACT_OUTPUTS},
         "train_ip_adapter_cpu": {"nodes": cpu_nodes, "links": cpu_links, "outputs": CONTRACT_OUTPUTS},

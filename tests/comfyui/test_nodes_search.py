@@ -115,7 +115,8 @@ def test_the_best_trial_s_adapter_comes_back_from_its_file_and_the_table_follows
     adapter, rows, objective, folder, stopped = run(2)
     assert stopped is None and objective.name == "held-out validation loss"
     # each trial trained into its own folder inside the search folder, under ComfyUI's output directory
-    assert folder.parent == output_dir / "ipadapter_train" and folder.name.startswith("search-") and "node7" in folder.name
+    assert folder.parent == output_dir / "ipadapter_train"
+    assert folder.name.startswith("search-") and folder.name.endswith("node7")
     assert [c.run_dir for c in calls] == [folder / "trial_000", folder / "trial_001"]
     assert [c.trial["index"] for c in calls] == [1, 2] and all(c.trial["trials"] == 2 for c in calls)
     assert all(c.previews.heldout_loss for c in calls)

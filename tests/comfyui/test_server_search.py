@@ -1,6 +1,6 @@
 """Search IP-Adapter Settings in a real ComfyUI server: the shipped search template, queued through POST /prompt with
-2 trials of 2 steps at 64 px on 2 photos (no scorer: judged by the held-out validation loss), returns the best trial's adapter
-(Save writes it, Apply samples with it), the table image and the report; each trial's run sits in the search
+2 trials of 2 steps at 64 px on 2 photos (no scorer: judged by the held-out validation loss), returns the best trial's
+adapter (Save writes it, Apply samples with it), the table image and the report; each trial's run sits in the search
 folder under output/, its events say which trial it is, and the node's table of trials is sent after each trial and
 listed by GET /ipadapter_train/runs. A cancel in the first trial fails the node in one sentence.
 
