@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from test_nodes_support import comfy_or_skip, pack, random_adapter
+from test_nodes_support import ROOT, comfy_models, comfy_or_skip, pack, random_adapter
 
 pytestmark = pytest.mark.unit
 
@@ -167,3 +167,35 @@ def test_the_table_image_has_a_row_per_trial():
     heads, cells = core_table.table_rows(rows, objective.SCORE)
     assert heads == ["trial", "state", "learning_rate", "variant", "score (%)", "steps", "seconds"]
     assert cells[0] == ["0", "finished", "1.0e-04", "base", "50.0", "2", "1.5"] and cells[1][4] == "-"
+
+
+def test_a_trial_stopped_by_the_search_s_hook_is_pruned_not_a_stopped_run_of_the_node(sent, output_dir):
+    """train_in_graph as a trial runs it: into the given folder and file, the search's hook after the node's own,
+    every event naming the trial; a TrainingCancelled from the hook ends the run as "pruned after step N"."""
+    core, runs, training = pack("ipadapter_train.api"), pack("nodes.runs"), pack("nodes.training")
+    data, image_ops = pack("ipadapter_train.storage.data"), pack("ipadapter_train.storage.image_ops")
+    photos = data.load_image_folder(ROOT / "ipadapter_train" / "assets" / "samples")[0][:2]
+    samples = [core.Sample(path=s.path, image=image_ops.center_crop(image_ops.resize_short_side(s.image, 64), 64),
+                           caption=s.caption) for s in photos]
+    seen = []
+
+    def hook(event):
+        seen.append(event.phase)
+        if event.phase == core.TRAINING and event.done == 1:
+            raise core.TrainingCancelled()
+
+    graph = comfy_models()
+    run_dir = output_dir / "ipadapter_train" / "search-x" / "trial_003"
+    stopped_before = runs.stopped_runs("7")
+    with torch.inference_mode():
+        _, result = training.train_in_graph(
+            graph["model"], graph["clip"], graph["vae"], graph["clip_vision"], samples,
+            core.TrainConfig(resolution=64, max_steps=5, preview_every=0, validation=False), "7", "p-9",
+            run_dir=run_dir, adapter_out=run_dir.with_suffix(".safetensors"), hook=hook,
+            trial={"number": 3, "index": 2, "trials": 4})
+    assert result.cancelled and result.steps_done == 1 and run_dir.with_suffix(".safetensors").is_file()
+    assert seen[0] == core.ENCODING and seen[-1] == core.TRAINING  # every event, after the node's own reporter
+    done = [d for e, d in sent if e == "ipadapter_train.done"][-1]
+    assert done["note"] == "pruned after step 1" and done["cancelled"]
+    assert all(d["trial"] == {"number": 3, "index": 2, "trials": 4} for e, d in sent if e.startswith("ipadapter_train."))
+    assert runs.stopped_runs("7") == stopped_before  # a pruned trial is the search's business, not a stopped run
