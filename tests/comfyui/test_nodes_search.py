@@ -2,7 +2,8 @@
 one batch size or a chosen variant fix a setting), bad ranges are refused in one sentence when queued, and around
 the core's real Optuna study (trials stood in for by a fake `train_in_graph` that reports one preview round and
 writes a small adapter): the best trial's adapter is read back from its file, the node's table of trials is sent,
-and a cancel after a finished trial returns that trial's adapter (one in the first trial fails in one sentence).
+and a cancel after a finished trial returns that trial's adapter (one in the first trial fails in one sentence). A
+real in-graph run (the in-process test graph) checks how a trial's run ends when the search's hook prunes it.
 
 test_server_search.py runs real trials in a real server."""
 from __future__ import annotations
