@@ -90,7 +90,7 @@ def test_an_interrupted_search_is_continued_by_two_processes_sharing_its_sqlite_
     first.send_signal(signal.SIGINT)
     _, err = first.communicate(timeout=120)
     assert first.returncode == 130, err
-    assert "run the same command to continue it" in err and "No scorer (--clip) was given" in err
+    assert "run the same command to continue it" in err and "No scorer was given" in err
     assert [t.state.name for t in trials_of(storage)] == ["COMPLETE", "FAIL"]
     kept = (folder / "trial_000.safetensors").stat().st_mtime_ns
 

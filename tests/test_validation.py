@@ -70,9 +70,9 @@ def test_fewer_than_two_images_is_skipped_with_a_note(setup):
 
 
 def test_the_held_out_loss_is_the_same_each_round_for_the_same_adapter_and_moves_with_the_adapter(setup):
-    """previews/heldout_loss.py: the references' own-feature denoising loss, with the same noise every round, so two
+    """training/heldout_loss.py: the references' own-feature denoising loss, with the same noise every round, so two
     rounds differ only by training; it equals the conditioning gain's own loss computed the same way."""
-    from ipadapter_train.previews.heldout_loss import HeldOutLoss
+    from ipadapter_train.training.heldout_loss import HeldOutLoss
     from ipadapter_train.storage.data import load_image_folder
     from ipadapter_train.training.batches import centre_view
     from ipadapter_train.training.validation import noise_losses

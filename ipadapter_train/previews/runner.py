@@ -32,7 +32,6 @@ from ..scoring.scorer import grade
 from ..storage.weights_io import atomic_write, atomic_write_text
 from ..storage.write_failures import write_cause
 from .grid import compose_grid
-from .heldout_loss import HeldOutLoss
 from .page import PAGE, write_page
 from .rounds import PreviewPlan
 from .scores import PreviewScorer, ScoreBook
@@ -53,7 +52,7 @@ class PreviewRunner:
 
     def __init__(self, previews: Previews, plan: PreviewPlan, scorer: Any, run_dir: Path, total: int,
                  random_weights: bool = False, figures_label: str | None = None,
-                 figures_note: str | None = None) -> None:
+                 figures_note: str | None = None, heldout: Any = None) -> None:
         self.previews, self.config, self.run_dir, self.total = previews, previews.config, Path(run_dir), total
         self.plan = plan  # with the measured time of a step once there is one (`measured`)
         self.random_weights = random_weights or bool(scorer is not None and scorer.random_weights)
@@ -65,9 +64,9 @@ class PreviewRunner:
         self.book = ScoreBook(scorer.name, self.random_weights, label=self.figures_label) \
             if scorer is not None else None
         self.best_state: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU, fp32)
-        # without a scorer a round measures the held-out validation loss instead: a figure a search can judge by
-        self.heldout = HeldOutLoss(previews.references, previews.config) \
-            if scorer is None and previews.heldout_loss else None
+        # without a scorer a round may measure the held-out validation loss instead (a figure a search can judge
+        # by): `heldout` is a training.heldout_loss.HeldOutLoss of the references, given by the trainer
+        self.heldout = heldout if scorer is None else None
         self.heldout_losses: list[dict[str, Any]] = []  # {"step", "loss"}, in the order measured
         self.rounds: list[dict[str, Any]] = []  # {"step", "grid"}, in the order rendered
         self.seconds = 0.0  # all preview work: set-up (encoding, the weight-0 images) and every round

@@ -40,7 +40,7 @@ class PreviewSource:
     prompts: Sequence[str] | None = None  # None: the references' captions
     scorer: object | None = None  # a `scoring.scorer.Scorer` (full CLIP) to score every preview; None: no scores
     folder: Path | None = None  # where `images` came from: an input, never written into
-    # without a scorer, measure the references' denoising loss each round (previews/heldout_loss.py): what a search
+    # without a scorer, measure the references' denoising loss each round (training/heldout_loss.py): what a search
     # judges by when it has no scorer; off by default, as it costs UNet calls at the training size
     heldout_loss: bool = False
 

@@ -7,7 +7,7 @@ Both are measured on the references the run holds out of training (or the user's
 round, so the pruner compares trials at the same step by the same figure. The score is the mean combined percent of
 the round's full-weight previews (CLIP-I against the reference, CLIP-T against the prompt); the trial's value is its
 best round, which is the adapter `keep = "best"` writes. The held-out loss is the denoising loss of the held-out
-images with their own CLIP features, at fixed timesteps and noise (previews/heldout_loss.py); lower is better, and a
+images with their own CLIP features, at fixed timesteps and noise (training/heldout_loss.py); lower is better, and a
 trial's value is its last round, the adapter it writes.
 """
 from __future__ import annotations
@@ -51,9 +51,9 @@ class Objective:
 SCORE = Objective("held-out preview score", "score", "maximize", "%")
 HELDOUT_LOSS = Objective(
     "held-out validation loss", "heldout_loss", "minimize", "",
-    note="No scorer (--clip) was given: the search judges trials by the held-out validation loss (the denoising "
-         "loss of the held-out images with their own CLIP features, lower is better), which says less about what "
-         "generated pictures look like than CLIP scores; give --clip for the preview score.")
+    note="No scorer was given: the search judges trials by the held-out validation loss (the denoising loss of the "
+         "held-out images with their own CLIP features, lower is better), which says less about what generated "
+         "pictures look like than CLIP scores; give a scorer (--clip, or the node's scorer) for the preview score.")
 
 
 def objective_for(has_scorer: bool) -> Objective:

@@ -1,10 +1,11 @@
 """The held-out validation loss: how well the adapter predicts the noise of pictures it was not trained on.
 
-Measured at each preview round of a run without a scorer (previews/runner.py), so a round has a figure even with no
-CLIP model to score it; a search without a scorer judges its trials by it (search/objective.py). The preview
-references (held out of training, or the user's preview images) are encoded once, like the training set, at the
-training resolution (centre square); each round computes the denoising loss of every reference with its own CLIP
-features at the validation timesteps, with the same noise every round, so two rounds differ only by training.
+Measured at each preview round of a run without a scorer that asks for it (`PreviewSource.heldout_loss`; the trainer
+hands it to previews/runner.py), so a round has a figure even with no CLIP model to score it; a search without a
+scorer judges its trials by it (search/objective.py). The preview references (held out of training, or the user's
+preview images) are encoded once, like the training set, at the training resolution (centre square); each round
+computes the denoising loss of every reference with its own CLIP features at the validation timesteps, with the
+same noise every round, so two rounds differ only by training.
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from ..adapter.module import IPAdapter
 from ..config import TrainConfig
 from ..diffusion.backend import DiffusionBackend, ImageFeatureEncoder
 from ..storage.data import Sample
-from ..training.batches import centre_view
-from ..training.encoding import EncodedDataset, encode_dataset
-from ..training.validation import noise_losses
+from .batches import centre_view
+from .encoding import EncodedDataset, encode_dataset
+from .validation import noise_losses
 
 NOISE_SEED_OFFSET = 104729  # the noise's seed is the run's plus this: fixed, apart from the training draws
 
