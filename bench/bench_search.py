@@ -91,7 +91,9 @@ def main() -> None:
             rows = trial_rows(study)
             best = best_row(rows, SCORE)
             trained = sum(r.seconds or 0.0 for r in rows)
+            images_trained = sum((r.steps or 0) * r.settings["batch_size"] for r in rows)  # the load-free measure
             entry[name] = {"wall": wall, "trials_seconds": trained, "overhead": (wall - trained) / wall,
+                           "images_trained": images_trained,
                            "pruned": sum(r.state == "pruned" for r in rows),
                            "bad_lr": {"state": rows[0].state, "value": rows[0].value,
                                       "last_round": rows[0].rounds[-1][1] if rows[0].rounds else None},
@@ -104,8 +106,9 @@ def main() -> None:
                   f"bad lr: {e['bad_lr']['state']}; {e['pruned']} pruned; {wall:.0f} s, overhead "
                   f"{e['overhead']:.2%}", flush=True)
     saved = 1 - entry["pruned"]["trials_seconds"] / entry["unpruned"]["trials_seconds"]
-    entry["pruning_saved"] = saved
-    print(f"pruning saved {saved:.0%} of the trials' time", flush=True)
+    saved_images = 1 - entry["pruned"]["images_trained"] / entry["unpruned"]["images_trained"]
+    entry.update(pruning_saved=saved, pruning_saved_images=saved_images)
+    print(f"pruning saved {saved:.0%} of the trials' time, {saved_images:.0%} of the images trained", flush=True)
     if args.no_record:
         return
     append_history(RESULTS, entry)
@@ -113,12 +116,13 @@ def main() -> None:
     append_row("search-world", "The search on the learned world (bench/bench_search.py)",
                ["date", "machine", "trials", "defaults: match at 1", "best (pruned search): settings",
                 "score", "match at 1", "bad lr 1e-7", "pruned trials", "trial time: pruned / unpruned search",
-                "pruning saved", "machinery overhead: pruned / unpruned", "best (unpruned): match at 1"],
+                "pruning saved: time / images trained", "machinery overhead: pruned / unpruned",
+                "best (unpruned): match at 1"],
                [entry["date"], entry["machine"], args.trials, f"{d['match']:.0%}",
                 ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in
                           pr["best"]["settings"].items()), f"{pr['best']['score']:.1f}%", f"{pr['match']:.0%}",
                 f"{pr['bad_lr']['state']} (last round {pr['bad_lr']['last_round']:.1f}%)", pr["pruned"],
-                f"{pr['trials_seconds']:.0f} s / {un['trials_seconds']:.0f} s", f"{saved:.0%}",
+                f"{pr['trials_seconds']:.0f} s / {un['trials_seconds']:.0f} s", f"{saved:.0%} / {saved_images:.0%}",
                 f"{pr['overhead']:.2%} / {un['overhead']:.2%}", f"{un['match']:.0%}"])
 
 
