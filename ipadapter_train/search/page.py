@@ -45,8 +45,9 @@ def _scale(low: float, high: float, log: bool):
 
 
 def _plot(title: str, xlabel: str, points: Sequence[tuple[Any, float, str]], setting: Setting | None = None,
-          line: Sequence[tuple[float, float]] = ()) -> str:
-    """An SVG scatter plot: `points` are (x, y, state); x is a number, or a choice of `setting`."""
+          line: Sequence[tuple[float, float]] = (), x_from: float | None = None) -> str:
+    """An SVG scatter plot: `points` are (x, y, state); x is a number, or a choice of `setting`; the x axis starts
+    at `x_from` when given."""
     if not points:
         return ""
     ys = [y for _, y, _ in points] + [y for _, y in line]
@@ -63,7 +64,7 @@ def _plot(title: str, xlabel: str, points: Sequence[tuple[Any, float, str]], set
         xs = [float(x) for x, _, _ in points] + [x for x, _ in line]
         xlo, xhi = (setting.low, setting.high) if setting is not None and setting.low is not None else (min(xs),
                                                                                                          max(xs))
-        xlo, xhi = min([xlo, *xs]), max([xhi, *xs])
+        xlo, xhi = min([xlo, *xs]) if x_from is None else x_from, max([xhi, *xs])
         fx = _scale(xlo, xhi, bool(setting and setting.log))
         ticks = [(0.0, f"{xlo:.3g}"), (1.0, f"{xhi:.3g}")]
 
@@ -117,8 +118,8 @@ def _plots(rows: list[TrialRow], space: SearchSpace, objective: Objective, best:
             better = best_so_far is None or (y > best_so_far if objective.higher_is_better else y < best_so_far)
             best_so_far = y if better else best_so_far
             line.append(((r.ended - start) / 60, best_so_far))
-        out.append(_plot(f"{objective.name} over time (line: best so far)", "minutes since the first trial",
-                         points, None, line))
+        out.append(_plot(f"{objective.name} over time (line: best so far)", "minutes since the first trial began",
+                         points, None, line, x_from=0.0))
     return [p for p in out if p]
 
 
