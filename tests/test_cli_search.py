@@ -23,7 +23,7 @@ from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.cli
 
-SPACE = ("[max_steps]\nvalue = 10\n\n[batch_size]\nvalue = 4\n\n[variant]\nvalue = \"base\"\n\n"
+SPACE = ("[max_steps]\nvalue = 6\n\n[batch_size]\nvalue = 4\n\n[variant]\nvalue = \"base\"\n\n"
          "[learning_rate]\nlow = 3e-4\nhigh = 3e-3\nlog = true\n")
 
 
@@ -36,10 +36,10 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
 
 def search_args(world: dict[str, Path], out: Path, *extra: str, clip: bool = True) -> list[str]:
-    """A short search: 10 steps a trial, a preview round after 5 and 10 (small, few sampling steps)."""
+    """A short search: 6 steps a trial, a preview round after 3 and 6 (small, few sampling steps)."""
     args = ["search", "--images", str(world["images"]), "--base-model", str(world["model"]), "--image-encoder",
             str(world["clip"]), "--out", str(out), "--space", str(world["space"]), "--resolution", "64",
-            "--preview-every", "5", "--preview-size", "64", "--preview-steps", "6", "--checkpoint-every", "0",
+            "--preview-every", "3", "--preview-size", "64", "--preview-steps", "6", "--checkpoint-every", "0",
             "--no-validation", *extra]
     return args + (["--clip", str(world["clip"])] if clip else [])
 
@@ -109,7 +109,7 @@ def test_an_interrupted_search_is_continued_by_two_processes_sharing_its_sqlite_
     assert (folder / "trial_000.safetensors").stat().st_mtime_ns == kept  # the finished trial was not run again
     for t in done:  # lower is better: the held-out loss of the last round, each round reported
         assert (folder / f"trial_{t.number:03d}" / "report.json").is_file() and t.value > 0
-        assert sorted(t.intermediate_values) == [5, 10] and t.value == t.intermediate_values[10]
+        assert sorted(t.intermediate_values) == [3, 6] and t.value == t.intermediate_values[6]
     # each process writes the best trial of the study as it found it at its end; the later one, the study's best
     adapters = {Path(t.user_attrs["adapter"]).read_bytes(): t for t in done}
     written = [adapters[(tmp_path / f"best{i}.safetensors").read_bytes()] for i in range(2)]

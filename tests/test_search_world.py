@@ -30,11 +30,11 @@ def world_search(tmp_path_factory):
     previews = PreviewSource(held_out_references(AttributeSet(), tmp / "references"), AttributeSet().prompts(2),
                              Scorer.load(files["clip"]), tmp / "references")
     space_file = tmp / "space.toml"
-    space_file.write_text("[max_steps]\nvalue = 30\n\n[batch_size]\nvalue = 4\n\n[variant]\nvalue = \"base\"\n\n"
+    space_file.write_text("[max_steps]\nvalue = 15\n\n[batch_size]\nvalue = 4\n\n[variant]\nvalue = \"base\"\n\n"
                           "[drop]\nvalue = 0.05\n\n[learning_rate]\nlow = 3e-4\nhigh = 3e-3\nlog = true\n",
                           encoding="utf-8")
     # one scored round per trial, at its end (the objective); no validation: the search does not read it
-    base = TrainConfig(**{**WORLD_DEMO, "preview_every": 30, "preview_steps": 12, "checkpoint_every": 0,
+    base = TrainConfig(**{**WORLD_DEMO, "preview_every": 15, "preview_steps": 6, "checkpoint_every": 0,
                           "validation": False})
     out = tmp / "best.safetensors"
     study = search_adapter(images, files["model"], files["clip"], out, base,
@@ -58,7 +58,7 @@ def test_trials_are_ordinary_runs_whose_adapters_load_like_any_other(world_searc
         run_dir = tmp / "best-search" / f"trial_{trial.number:03d}"
         assert (run_dir / "report.json").is_file() and (run_dir / "scores.json").is_file()
         assert inspect_adapter(trial.user_attrs["adapter"])["metadata"]["steps"] == str(trial.user_attrs["best_step"])
-        assert trial.user_attrs["steps"] == 30
+        assert trial.user_attrs["steps"] == 15
 
 
 def test_a_budget_of_0_trials_and_an_unreachable_storage_are_one_sentence(tmp_path):
