@@ -1,5 +1,6 @@
-"""The search's study (search/study.py) with a stand-in trial: batch sizes within memory (search/memory.py) and the
-search page's rows. The stand-in raises the out-of-memory error a GPU would (no GPU here); the rest is real Optuna."""
+"""The search's study (search/study.py) with a stand-in trial: batch sizes within memory (search/memory.py), the
+search page's rows, another objective's study refused, the timeout; and the CLI's --timeout and rerun command. The
+stand-in raises the out-of-memory error a GPU would (no GPU here); the rest is real Optuna."""
 from __future__ import annotations
 
 import math
@@ -68,3 +69,65 @@ def test_a_stored_study_judged_by_another_objective_is_refused(tmp_path):
     with pytest.raises(IPAdapterError, match="not judged by the held-out validation loss|judged by the held-out "
                                              "preview score, not"):
         run_search(StandIn(fits_below=99), SPACE, BASE, tmp_path, settings, objective=HELDOUT_LOSS)
+
+
+class Slow(StandIn):
+    """The stand-in, taking `seconds` a trial."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(fits_below=99)
+        self.seconds = seconds
+
+    def __call__(self, config, out, run_dir, hook):
+        import time
+
+        time.sleep(self.seconds)
+        return super().__call__(config, out, run_dir, hook)
+
+
+def test_a_timeout_stops_starting_trials_and_the_running_one_finishes(tmp_path):
+    trial = Slow(0.4)
+    study = run_search(trial, SPACE, BASE, tmp_path, SearchSettings(trials=50, timeout=1.0, prune=False))
+    # trials start at 0, 0.4, 0.8 s (before the 1 s limit); the third ends at 1.2 s, and none starts after it
+    assert 2 <= len(trial.trained) <= 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("90m", 5400.0), ("2h", 7200.0),
+                                           ("1.5h", 5400.0), ("1d", 86400.0), (" 2H ", 7200.0)])
+def test_timeouts_read_seconds_and_units(text, seconds):
+    from ipadapter_train.cli.search import timeout_seconds
+
+    assert timeout_seconds(text) == seconds
+
+
+def test_a_bad_timeout_is_one_sentence_from_the_command():
+    from conftest import run_cli
+
+    result = run_cli("search", "--images", "x", "--base-model", "m", "--image-encoder", "e", "--out", "o.safetensors",
+                     "--timeout", "soon")
+    assert result.returncode == 2 and "'soon' is not a time: give seconds or a number with s, m, h or d" in \
+        result.stderr
+
+
+def test_the_rerun_command_quotes_paths_with_spaces_and_fixes_what_the_search_fixed(tmp_path):
+    import shlex
+
+    from ipadapter_train.cli.main import build_parser
+    from ipadapter_train.cli.search import rerun_command
+
+    args = build_parser().parse_args(["search", "--images", str(tmp_path / "my photos"), "--base-model", "sd 15.ckpt",
+                                      "--image-encoder", "clip_vision", "--out", "o.safetensors", "--resolution",
+                                      "256", "--no-validation", "--flip"])
+    command = rerun_command(args, {"learning_rate": 0.00012345678901, "variant": "plus", "drop": 0.0},
+                            "o-rerun.safetensors")
+    words = shlex.split(command)
+    assert words[:2] == ["ipadapter-train", "train"] and words[words.index("--images") + 1] == str(tmp_path /
+                                                                                                    "my photos")
+    assert words[words.index("--base-model") + 1] == "sd 15.ckpt" and words[words.index("--out") + 1] == \
+        "o-rerun.safetensors"
+    assert float(words[words.index("--lr") + 1]) == 0.00012345678901  # exactly the trial's value
+    assert words[words.index("--variant") + 1] == "plus" and words[words.index("--drop") + 1] == "0.0"
+    assert words[words.index("--resolution") + 1] == "256" and "--no-validation" in words and "--flip" in words
+    # the command parses as a train command
+    train = build_parser().parse_args(words[1:])
+    assert train.lr == 0.00012345678901 and train.drop == 0.0 and train.validation is False and train.flip
