@@ -83,9 +83,15 @@ def test_the_held_out_loss_is_the_same_each_round_for_the_same_adapter_and_moves
     references = load_image_folder(SAMPLES)[0][:2]
     heldout = HeldOutLoss(references, CONFIG)
     assert heldout.calls == 2 * len(CONFIG.validation_timesteps) and heldout.measure(adapter, backend) is None
-    heldout.set_up(backend, CLIPFeatureEncoder(micro_clip()))
+    heldout.set_up(backend, CLIPFeatureEncoder(micro_clip()))  # CLIP features computed
     first, again = heldout.measure(adapter, backend), heldout.measure(adapter, backend)
     assert math.isfinite(first) and first == again
+    encoder, calls = CLIPFeatureEncoder(micro_clip()), []
+    encode = encoder.encode
+    encoder.encode = lambda *a, **k: calls.append(1) or encode(*a, **k)
+    given = HeldOutLoss(references, CONFIG)  # the previews' features given: the image encoder is not run again
+    given.set_up(backend, encoder, heldout.data.features.clone())
+    assert given.measure(adapter, backend) == first and not calls
     gen = torch.Generator().manual_seed(CONFIG.seed + 104729)
     by_hand = [float(noise_losses(adapter, backend, heldout.data, i, heldout.data.features[i:i + 1], t,
                                   torch.randn((1, *centre_view(heldout.data, i)[0].shape), generator=gen))[0])

@@ -99,8 +99,8 @@ class PreviewRunner:
             return
         t0 = time.perf_counter()
         self.previews.encode(backend, encoder)
-        if self.heldout is not None:
-            self.heldout.set_up(backend, encoder)
+        if self.heldout is not None:  # the same references: their CLIP features are not computed twice
+            self.heldout.set_up(backend, encoder, self.previews.features)
         if self._scorer is not None:
             self.scorer = PreviewScorer(self._scorer, self.previews)
         self.set_up_seconds = time.perf_counter() - t0

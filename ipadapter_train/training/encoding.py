@@ -106,8 +106,12 @@ def prepare_view(image: Image.Image, resolution: int, bucket: Bucket | None = No
 
 
 def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder: ImageFeatureEncoder,
-                   config: TrainConfig, progress: Progress | None = None) -> EncodedDataset:
-    """Encode every sample once; `progress(done, total)` is called after each image."""
+                   config: TrainConfig, progress: Progress | None = None,
+                   features: torch.Tensor | None = None) -> EncodedDataset:
+    """Encode every sample once; `progress(done, total)` is called after each image. `features`: the samples' CLIP
+    features when the caller already has them (one row per sample, no flips): the image encoder is not run again."""
+    if features is not None and (config.flip or len(features) != len(samples)):
+        raise ValueError("encode_dataset: given features need one row per sample and no flips")
     flips = config.flip
     means, stds, fmeans, fstds, feats, ffeats = [], [], [], [], [], []
     geometry: list[EncodedView] = []  # without their images, which are not kept
@@ -125,7 +129,7 @@ def encode_dataset(samples: Sequence[Sample], backend: DiffusionBackend, encoder
             fmeans.append(mean[1])
             fstds.append(std[1])
         clip_views = [sample.image, hflip(sample.image)] if flips else [sample.image]
-        f = encoder.encode(clip_views, config.variant)
+        f = encoder.encode(clip_views, config.variant) if features is None else features[i:i + 1]
         feats.append(f[0])
         if flips:
             ffeats.append(f[1])

@@ -39,10 +39,11 @@ class HeldOutLoss:
         """UNet calls one round's measure makes."""
         return len(self.references) * len(self.config.validation_timesteps)
 
-    def set_up(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder) -> None:
-        """Encode the references (latents, CLIP features, captions) once."""
+    def set_up(self, backend: DiffusionBackend, encoder: ImageFeatureEncoder,
+               features: torch.Tensor | None = None) -> None:
+        """Encode the references (latents, captions; CLIP features unless the previews' `features` are given) once."""
         if self.references:
-            self.data = encode_dataset(self.references, backend, encoder, self.config)
+            self.data = encode_dataset(self.references, backend, encoder, self.config, features=features)
 
     def measure(self, adapter: IPAdapter, backend: DiffusionBackend, autocast=None) -> float | None:
         """The mean loss over references and timesteps (None without references)."""
