@@ -9,7 +9,8 @@ class IPAdapterError(Exception):
 class TrainingCancelled(Exception):
     """Raised by a run's progress hook (or the user pressing Ctrl-C) to stop training early.
 
-    The trainer catches it, saves the adapter trained so far and a resumable checkpoint.
+    The trainer catches it, saves the adapter trained so far and a resumable checkpoint. A message, when given,
+    says why (the search's pruner gives one), and the trainer logs it instead of a cancel warning.
     """
 
 

@@ -138,7 +138,8 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
                 trial.report(value, event.step)
                 if trial.should_prune():
                     pruned.append(event.step)
-                    raise TrainingCancelled()
+                    raise TrainingCancelled(f"trial {trial.number} pruned by the search (its {objective.name} "
+                                            "was behind the other trials' at this step)")
 
         limit = memory.too_big(study, config.batch_size)
         if limit is not None:  # not trained: a batch this size or smaller ran out of memory in an earlier trial
@@ -168,8 +169,7 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
         trial.set_user_attr("seconds", time.perf_counter() - start)
         trial.set_user_attr("best_step", previews.get("best_step"))
         if pruned:
-            log.info("Trial %d pruned after step %d: its score was below the other trials' there.",
-                     trial.number, pruned[0])
+            log.info("Trial %d pruned after step %d.", trial.number, pruned[0])
             raise optuna.TrialPruned()
         if result.cancelled:  # Ctrl-C or a cancel from the caller: not a result; the search stops
             raise TrainingCancelled()

@@ -223,10 +223,13 @@ class TrainingRun:
                 if self.stopped_early:
                     log.info("Training %s.", self.stopped_early)
                     break
-        except (TrainingCancelled, KeyboardInterrupt):
+        except (TrainingCancelled, KeyboardInterrupt) as stop:
             self.cancelled = True
-            log.warning("Training cancelled after %d of %d steps; saving the adapter trained so far.",
-                        self.done, self.total)
+            if isinstance(stop, TrainingCancelled) and str(stop):  # the hook said why (a search's pruner)
+                log.info("Training stopped after %d of %d steps: %s.", self.done, self.total, stop)
+            else:
+                log.warning("Training cancelled after %d of %d steps; saving the adapter trained so far.",
+                            self.done, self.total)
         finally:
             self.backend.detach()
             previews = (self.preview.seconds if self.preview else 0.0) - previews_before
