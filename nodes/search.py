@@ -93,7 +93,7 @@ def row_text(row: TrialRow, objective: Objective, trials: int, index: int | None
         tail = objective.format(row.value)
     elif row.state == "pruned":
         tail = f"pruned after step {row.rounds[-1][0]}" if row.rounds else \
-            f"not trained: {row.note}" if row.note else "pruned"
+            f"pruned ({row.note})" if row.note else "pruned"
     else:
         tail = row.state
     return f"{head}: {settings_text(row.settings)} -> {tail}"

@@ -131,3 +131,26 @@ def test_the_rerun_command_quotes_paths_with_spaces_and_fixes_what_the_search_fi
     # the command parses as a train command
     train = build_parser().parse_args(words[1:])
     assert train.lr == 0.00012345678901 and train.drop == 0.0 and train.validation is False and train.flip
+
+
+class Diverging(StandIn):
+    """The stand-in, whose loss becomes NaN above a learning rate of 3e-4, as the trainer reports it."""
+
+    def __call__(self, config, out, run_dir, hook):
+        from ipadapter_train.errors import TrainingDiverged
+
+        if config.learning_rate > 3e-4:
+            raise TrainingDiverged("The loss became nan at step 3: training stopped and no checkpoint was written "
+                                   "before it; lower the learning rate.")
+        return super().__call__(config, out, run_dir, hook)
+
+
+def test_a_trial_that_diverges_is_pruned_and_the_search_goes_on(tmp_path):
+    trial = Diverging(fits_below=99)
+    study = run_search(trial, SPACE, BASE, tmp_path, SearchSettings(trials=6, prune=False,
+                                                                    enqueue=({"learning_rate": 1e-3},)))
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.state.name == "PRUNED" and first.user_attrs["diverged"] == "The loss became nan at step 3"
+    assert finished(study) == 6 and len(study.trials) == 6  # a diverged trial counts: it is a result, the worst
+    assert study.best_trial.params["learning_rate"] <= 3e-4
+    assert "pruned: The loss became nan at step 3" in (tmp_path / "search.html").read_text(encoding="utf-8")

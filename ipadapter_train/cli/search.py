@@ -168,7 +168,7 @@ def summary_lines(study: Any, space: Any, objective: Any, folder: Path, out: Pat
     lines = [f"search: {len(rows)} trial(s) in {folder}, judged by the {objective.name}"]
     for r in rows:
         values = ", ".join(f"{n}={_short(r.settings.get(n))}" for n in names)
-        figure = objective.format(r.value) if r.value is not None else f"not trained: {r.note}" if r.note else (
+        figure = objective.format(r.value) if r.value is not None else f"pruned ({r.note})" if r.note else (
             f"pruned at step {r.rounds[-1][0]} ({objective.format(r.rounds[-1][1])})" if r.state == "pruned"
             and r.rounds else r.state)
         took = f", {r.steps} steps, {r.seconds:.0f} s" if r.seconds is not None else ""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import TrainConfig
-from ..errors import IPAdapterError, TrainingCancelled
+from ..errors import IPAdapterError, TrainingCancelled, TrainingDiverged
 from ..training.plan import PREVIEWED, Progress, RunEvent
 from . import memory
 from .objective import SCORE, Objective
@@ -35,6 +35,7 @@ from .space import SearchSpace
 log = logging.getLogger(__name__)
 
 TrainTrial = Callable[[TrainConfig, Path, Path, Progress], Any]  # config, adapter out, run folder, hook -> TrainResult
+DIVERGED = "diverged"  # a trial's user attribute: its loss became NaN or infinite (the sentence's first part)
 RACE_RETRIES = 5  # opening a storage that another process is creating at the same moment
 TrialDone = Callable[[Any, Any], None]  # (the study, the optuna.trial.FrozenTrial just finished, pruned or failed)
 
@@ -149,6 +150,12 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
         start = time.perf_counter()
         try:
             result = train_trial(config, folder / f"{name}.safetensors", folder / name, hook)
+        except TrainingDiverged as exc:  # a learning rate too high for the data: the worst of results, not an error
+            trial.set_user_attr(DIVERGED, str(exc).split(":", 1)[0])
+            trial.set_user_attr("seconds", time.perf_counter() - start)
+            log.warning("Trial %d diverged (%s): it is pruned and the search goes on.", trial.number,
+                        trial.user_attrs[DIVERGED])
+            raise optuna.TrialPruned() from None
         except Exception as exc:
             if not memory.is_out_of_memory(exc):
                 raise

@@ -31,7 +31,8 @@ class TrialRow:
     rounds: list[tuple[int, float]] = field(default_factory=list)  # (step, the objective's figure), per round
     started: float | None = None  # POSIX time
     ended: float | None = None
-    note: str | None = None  # why a pruned trial was not trained (its batch did not fit in memory)
+    # why a pruned trial has no figure: its batch did not fit in memory, or its loss diverged
+    note: str | None = None
 
     @property
     def name(self) -> str:
@@ -57,7 +58,8 @@ def trial_rows(study) -> list[TrialRow]:
             attrs.get("best_step"), attrs.get("run_dir"), attrs.get("adapter"),
             sorted((int(s), float(v)) for s, v in t.intermediate_values.items()),
             t.datetime_start.timestamp() if t.datetime_start else None,
-            t.datetime_complete.timestamp() if t.datetime_complete else None, attrs.get(MEMORY_NOTE)))
+            t.datetime_complete.timestamp() if t.datetime_complete else None,
+            attrs.get(MEMORY_NOTE) or attrs.get("diverged")))
     return rows
 
 
