@@ -57,13 +57,18 @@ def trials_of(storage: str, name: str = "ipadapter-search") -> list[optuna.trial
 @pytest.mark.unit
 def test_search_writes_the_best_adapter_a_page_and_a_rerun_command_that_trains_it_again(world, tmp_path):
     out = tmp_path / "best.safetensors"
-    result = run_cli(*search_args(world, out, "--trials", "2", "--no-prune"))
+    result = run_cli(*search_args(world, out, "--trials", "2", "--no-prune", "--try", "defaults"))
     assert result.returncode == 0, result.stderr
     folder = tmp_path / "best-search"
     study = optuna.load_study(study_name="ipadapter-search", storage=f"sqlite:///{folder / 'search.db'}")
     best = study.best_trial
     assert len(study.trials) == 2 and out.read_bytes() == Path(best.user_attrs["adapter"]).read_bytes()
     assert "judged by the held-out preview score" in result.stdout
+    # the defaults were tried first (the training default lr 1e-4, the dropout 0.05), and the summary says so
+    first = min(study.trials, key=lambda t: t.number)
+    assert first.params == {"learning_rate": 1e-4, "drop": 0.05} and first.user_attrs["tried"] == "defaults"
+    assert "trial   0 (defaults): learning_rate=0.0001, drop=0.05 -> " in result.stdout
+    assert ("against the defaults (trial 0): " in result.stdout) == (best.number != 0)  # compared unless best
     page = (folder / "search.html").read_text(encoding="utf-8")
     assert page.count("<tr") == 3 and page.count("<svg") == 3  # learning rate, dropout, time
     assert f"src='trial_{best.number:03d}/previews/step_" in page

@@ -154,3 +154,27 @@ def test_a_trial_that_diverges_is_pruned_and_the_search_goes_on(tmp_path):
     assert finished(study) == 6 and len(study.trials) == 6  # a diverged trial counts: it is a result, the worst
     assert study.best_trial.params["learning_rate"] <= 3e-4
     assert "pruned: The loss became nan at step 3" in (tmp_path / "search.html").read_text(encoding="utf-8")
+
+
+def test_settings_tried_first_keep_their_label_and_a_bad_one_is_one_sentence(tmp_path):
+    from ipadapter_train.search.study import Tried
+    from ipadapter_train.search.trials import trial_rows
+
+    space = SPACE.with_settings([Setting("variant", choices=("base", "plus"))])
+    defaults = space.values_of(BASE)
+    assert defaults == {"learning_rate": 1e-4, "batch_size": 1, "variant": "base"}
+    assert space.parse_values("learning_rate=3e-4, variant=plus,batch_size=2") == {
+        "learning_rate": 3e-4, "variant": "plus", "batch_size": 2}
+    for text, words in (("lr=1e-4", "'lr=1e-4' is not a searched setting's value"),
+                        ("batch_size=two", "'batch_size=two' has 'two', which is not a whole number"),
+                        (" , ", "gives no value")):
+        with pytest.raises(IPAdapterError, match=words) as err:
+            space.parse_values(text)
+        assert "\n" not in str(err.value)
+    study = run_search(StandIn(fits_below=99), space, BASE, tmp_path, SearchSettings(
+        trials=3, prune=False, enqueue=(Tried(defaults, "defaults"), Tried({"learning_rate": 1e-3}, "high lr"))))
+    rows = trial_rows(study)
+    assert [r.label for r in rows] == ["defaults", "high lr", None]
+    assert rows[0].settings == defaults and rows[1].settings["learning_rate"] == 1e-3
+    page = (tmp_path / "search.html").read_text(encoding="utf-8")
+    assert "<td>0 (defaults)</td>" in page and "<td>1 (high lr)</td>" in page

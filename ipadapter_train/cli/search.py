@@ -159,6 +159,15 @@ def _space(args: argparse.Namespace):
     return space.with_settings(fixed)
 
 
+def _tried(text: str, space: Any, config: Any):
+    """--try: "defaults" (the base settings' values of the searched settings) or name=value pairs."""
+    from ..search.study import Tried
+
+    if text.strip() == "defaults":
+        return Tried(space.values_of(config), "defaults")
+    return Tried(space.parse_values(text), text.strip())
+
+
 def summary_lines(study: Any, space: Any, objective: Any, folder: Path, out: Path, rerun: str | None) -> list[str]:
     """The search's summary: a line per trial, the best one, where its files are, and its rerun command."""
     from ..search.trials import best_row, trial_rows
@@ -172,11 +181,15 @@ def summary_lines(study: Any, space: Any, objective: Any, folder: Path, out: Pat
             f"pruned at step {r.rounds[-1][0]} ({objective.format(r.rounds[-1][1])})" if r.state == "pruned"
             and r.rounds else r.state)
         took = f", {r.steps} steps, {r.seconds:.0f} s" if r.seconds is not None else ""
-        lines.append(f"  trial {r.number:3d}: {values} -> {figure}{took}")
+        lines.append(f"  trial {r.number:3d}{f' ({r.label})' if r.label else ''}: {values} -> {figure}{took}")
     best = best_row(rows, objective)
     if best is not None:
         lines.append(f"best: trial {best.number}, {objective.format(best.value)}; its adapter is {out} (run folder "
                      f"{folder / best.name})")
+        for r in rows:
+            if r.label and r.number != best.number:  # the settings tried first, such as the defaults, to compare
+                lines.append(f"  against the {r.label} (trial {r.number}): "
+                             + (objective.format(r.value) if r.value is not None else r.state))
     lines.append(f"search page: {folder / 'search.html'}")
     if rerun:
         lines.append(f"rerun the best settings:\n  {rerun}")
@@ -203,12 +216,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         config.preview_every = PREVIEW_DEFAULT
     if args.clip and args.keep is None:
         config.keep = "best"  # the trial's adapter is the one its figure was measured on
+    tried = tuple(_tried(text, space, config) for text in args.try_first or ())  # refused before models load
     storage = args.storage or f"sqlite:///{(folder / 'search.db').resolve().as_posix()}"
     folder.mkdir(parents=True, exist_ok=True)
     previews = _preview_source(args)
     objective = objective_for(previews.scorer is not None)
     settings = SearchSettings(trials=args.trials, storage=storage, study_name=args.study_name,
-                              timeout=args.timeout, seed=args.search_seed, prune=not args.no_prune)
+                              timeout=args.timeout, seed=args.search_seed, prune=not args.no_prune,
+                              enqueue=tried)
     bars = SearchBars(args.trials, objective)
     try:
         study = search_adapter(args.images, args.base_model, args.image_encoder, out, config, settings, space,
@@ -259,6 +274,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "2h (the running trial finishes)")
     g.add_argument("--search-seed", type=int, default=0, help="the sampler's seed (default 0)")
     g.add_argument("--no-prune", action="store_true", help="never stop a trial early")
+    g.add_argument("--try", dest="try_first", action="append", metavar="SETTINGS",
+                   help="settings to try first, as their own trial: \"defaults\" (the training defaults, or the "
+                        "flags given), or name=value pairs such as \"learning_rate=1e-4,variant=plus\" (the others "
+                        "are drawn); may be given more than once; the summary compares the best with them")
     g.add_argument("--folder", help="where the trials' runs and search.html go (default <out>-search/)")
     _add_train_args(p)
     p.set_defaults(func=cmd_search)

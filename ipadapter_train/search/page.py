@@ -150,7 +150,8 @@ def render_search_page(folder: Path, rows: list[TrialRow], space: SearchSpace, o
         cls = " class='best'" if best is not None and r.number == best.number else ""
         figure = _figure(r)
         state = f"{r.state}: {r.note}" if r.note else r.state
-        cells = [str(r.number), state, *[_num(r.settings.get(n, "-")) for n in names],
+        cells = [f"{r.number} ({r.label})" if r.label else str(r.number), state,
+                 *[_num(r.settings.get(n, "-")) for n in names],
                  objective.format(figure) if figure is not None else "-", _num(r.steps if r.steps is not None else "-"),
                  _num(r.best_step or "-"), f"{r.seconds:.1f}" if r.seconds is not None else "-"]
         link = (f"<a href='{html.escape(r.name)}/previews.html'>{html.escape(r.name)}</a>"

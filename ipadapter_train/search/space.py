@@ -130,6 +130,34 @@ class SearchSpace:
                 return min(s.choices) if s.choices is not None else s.value if s.fixed else s.low
         return default
 
+    def values_of(self, config: TrainConfig) -> dict[str, Any]:
+        """The searched settings' values in `config` (what a trial of those settings draws): e.g. the defaults."""
+        values = {}
+        for name in self.searched():
+            value = getattr(config, DROP_FIELDS[0] if name == DROP else name, None)
+            if value is not None:  # max_steps None: the run goes by epochs, so the search draws it
+                values[name] = value
+        return values
+
+    def parse_values(self, text: str) -> dict[str, Any]:
+        """"learning_rate=1e-4, variant=plus" as values of searched settings; one sentence when a name is not one
+        of them or a value is not of its kind."""
+        searched = {s.name: s for s in self.settings if not s.fixed}
+        values = {}
+        for part in [p.strip() for p in text.split(",") if p.strip()]:
+            name, sep, raw = (x.strip() for x in part.partition("="))
+            if not sep or name not in searched:
+                raise IPAdapterError(f"{part!r} is not a searched setting's value: write name=value with one of "
+                                     f"{', '.join(searched)}, like learning_rate=1e-4.")
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:  # a bare word: plus, base
+                value = raw
+            values[name] = _typed(value, _searchable()[name], f"{part!r}")
+        if not values:
+            raise IPAdapterError(f"{text!r} gives no value: write name=value pairs, like learning_rate=1e-4.")
+        return values
+
     def with_settings(self, settings: list[Setting]) -> SearchSpace:
         """This space with `settings` in place of those of the same names, new names added at the end."""
         given = {s.name: s for s in settings}

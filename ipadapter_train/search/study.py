@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 TrainTrial = Callable[[TrainConfig, Path, Path, Progress], Any]  # config, adapter out, run folder, hook -> TrainResult
 DIVERGED = "diverged"  # a trial's user attribute: its loss became NaN or infinite (the sentence's first part)
+TRIED = "tried"  # a trial's user attribute: the label of the settings it was queued with
 RACE_RETRIES = 5  # opening a storage that another process is creating at the same moment
 TrialDone = Callable[[Any, Any], None]  # (the study, the optuna.trial.FrozenTrial just finished, pruned or failed)
 
@@ -51,9 +52,18 @@ class SearchSettings:
     seed: int = 0  # the sampler's
     prune: bool = True
     startup_trials: int = 2  # trials that are never pruned, to give the pruner something to compare against
-    # settings to try first, as the first trials (e.g. the defaults, or a planted bad one); a value per searched
-    # setting; one the study already has queued or ran is not queued again
-    enqueue: tuple[dict[str, Any], ...] = ()
+    # settings to try first, as the first trials (e.g. the defaults, or a planted bad one): a value per searched
+    # setting (the rest are drawn), or a `Tried` with a label the summary and the page show; one the study already
+    # has queued or ran is not queued again
+    enqueue: tuple[dict[str, Any] | Tried, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tried:
+    """Settings to try first, with a label ("defaults") that the trial keeps."""
+
+    values: dict[str, Any]
+    label: str | None = None
 
 
 def open_study(settings: SearchSettings, objective: Objective = SCORE):
@@ -122,8 +132,10 @@ def run_search(train_trial: TrainTrial, space: SearchSpace, base: TrainConfig, f
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     study = open_study(settings, objective)
-    for values in settings.enqueue:
-        study.enqueue_trial(dict(values), skip_if_exists=True)
+    for item in settings.enqueue:
+        tried = item if isinstance(item, Tried) else Tried(dict(item))
+        study.enqueue_trial(dict(tried.values), user_attrs={TRIED: tried.label} if tried.label else None,
+                            skip_if_exists=True)
 
     def run_trial(trial) -> float:
         values = space.suggest(trial)

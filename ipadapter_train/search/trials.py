@@ -33,6 +33,7 @@ class TrialRow:
     ended: float | None = None
     # why a pruned trial has no figure: its batch did not fit in memory, or its loss diverged
     note: str | None = None
+    label: str | None = None  # the settings it was queued with, when tried first ("defaults")
 
     @property
     def name(self) -> str:
@@ -59,7 +60,7 @@ def trial_rows(study) -> list[TrialRow]:
             sorted((int(s), float(v)) for s, v in t.intermediate_values.items()),
             t.datetime_start.timestamp() if t.datetime_start else None,
             t.datetime_complete.timestamp() if t.datetime_complete else None,
-            attrs.get(MEMORY_NOTE) or attrs.get("diverged")))
+            attrs.get(MEMORY_NOTE) or attrs.get("diverged"), attrs.get("tried")))
     return rows
 
 
