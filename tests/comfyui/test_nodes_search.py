@@ -198,5 +198,6 @@ def test_a_trial_stopped_by_the_search_s_hook_is_pruned_not_a_stopped_run_of_the
     assert seen[0] == core.ENCODING and seen[-1] == core.TRAINING  # every event, after the node's own reporter
     done = [d for e, d in sent if e == "ipadapter_train.done"][-1]
     assert done["note"] == "pruned after step 1" and done["cancelled"]
-    assert all(d["trial"] == {"number": 3, "index": 2, "trials": 4} for e, d in sent if e.startswith("ipadapter_train."))
+    trial = {"number": 3, "index": 2, "trials": 4}
+    assert all(d["trial"] == trial for e, d in sent if e.startswith("ipadapter_train."))
     assert runs.stopped_runs("7") == stopped_before  # a pruned trial is the search's business, not a stopped run
