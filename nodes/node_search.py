@@ -2,7 +2,6 @@
 each trial a Train run), returning the best trial's adapter."""
 from __future__ import annotations
 
-import dataclasses
 
 from comfy_api.latest import io
 from comfy_execution.utils import get_executing_context
@@ -139,7 +138,6 @@ class SearchIPAdapterSettings(io.ComfyNode):
         base.validate()
         source = preview_source(preview_images, preview_prompts,
                                 load_scorer(scorer_path(scorer)) if has_scorer else None)
-        source = dataclasses.replace(source, heldout_loss=not has_scorer)
         node_id, prompt_id = _ids(cls.hidden)
         stand_ins = stand_in_models(getattr(cls.hidden, "prompt", None), node_id)
         adapter, rows, objective, folder, stopped = search_in_graph(

@@ -24,17 +24,14 @@ import folder_paths
 
 from ..ipadapter_train.api import (RANDOM_MODELS_NOTE, IPAdapter, IPAdapterError, Objective, PreviewSource, Sample,
                                    SearchSettings, SearchSpace, Setting, TrainConfig, TrainingCancelled, TrialRow,
-                                   best_row, load_adapter_module, objective_for, run_search, setting_text, table_image,
-                                   trial_rows)
+                                   best_row, judged_previews, load_adapter_module, run_search, setting_text,
+                                   table_image, trial_rows)
 from . import runs
 from .training import make_run_dir, train_in_graph
 
 log = logging.getLogger(__name__)
 
 VARIANTS = ("search", "base", "plus")  # the node's variant menu: "search" draws base or plus per trial
-NO_SCORER_NOTE = ("No scorer: the trials were judged by the held-out validation loss (the denoising loss of the "
-                  "held-out images, lower is better), which says less about the pictures than CLIP scores; pick a "
-                  "scorer for the preview score.")
 SHORT = {"learning_rate": "lr", "max_steps": "steps", "batch_size": "batch", "drop": "drop", "variant": ""}
 
 
@@ -127,7 +124,7 @@ def search_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: 
                     random_weights: bool = False) -> tuple[IPAdapter, list[TrialRow], Objective, Path, str | None]:
     """Run the search on the graph's models; return the best trial's adapter (loaded from its file, `.metadata`
     set), the trials' rows, the objective, the search folder, and the stop's words when it was cancelled."""
-    objective = objective_for(source.scorer is not None)
+    objective, source = judged_previews(source)
     folder = make_run_dir(node_id, prefix="search")
     output = Path(folder_paths.get_output_directory())
     subfolder = folder.relative_to(output).as_posix()
@@ -202,8 +199,8 @@ def report_text(rows: list[TrialRow], objective: Objective, folder: Path, trials
         lines.append(f"Search {stopped}: the adapter is the best finished trial's.")
     lines.append(f"Searched {trials} trial(s) by the {objective.name}: {counts['finished']} finished, "
                  f"{counts['pruned']} pruned" + (f", {counts['failed']} failed" if counts["failed"] else "") + ".")
-    if not objective.higher_is_better:
-        lines.append(NO_SCORER_NOTE)
+    if objective.note:
+        lines.append(objective.note)
     if best is not None:
         lines.append(f"Best: trial {best.number}, {objective.format(best.value)}"
                      + (f" (its best step {best.best_step})" if best.best_step else "")

@@ -49,7 +49,7 @@ from ..training.report import RANDOM_MODELS_NOTE, plot_losses
 from ..training.outputs import cancelled_note, last_path
 from ..training.trainer import TrainResult, train
 # a search: its space, its study, how its trials are judged and shown (the Search node runs it on its own trials)
-from ..search.objective import Objective, objective_for
+from ..search.objective import Objective, judged_previews
 from ..search.space import SearchSpace, Setting
 from ..search.study import SearchSettings, run_search
 from ..search.table_image import setting_text, table_image
@@ -73,6 +73,6 @@ __all__ = [
     "GenerationSettings", "Generator", "ScoreReport", "Scorer", "convert_checkpoint", "evaluate", "format_report",
     "inspect_adapter", "load_adapter_module", "load_cases", "load_generator", "make_learned_world",
     "make_test_models", "save_adapter", "write_eval_files",
-    "Objective", "objective_for", "SearchSpace", "Setting", "SearchSettings", "run_search", "setting_text",
+    "Objective", "judged_previews", "SearchSpace", "Setting", "SearchSettings", "run_search", "setting_text",
     "table_image", "TrialRow", "best_row", "trial_rows",
 ]

@@ -7,14 +7,13 @@ written to `out` (search/study.py runs the study).
 """
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import IPAdapterError
 from ..previews.sources import PreviewSource
-from ..search.objective import objective_for
+from ..search.objective import judged_previews
 from ..search.space import SearchSpace
 from ..search.study import SearchSettings, TrialDone, run_search
 from ..storage.weights_io import atomic_write
@@ -38,10 +37,7 @@ def search_adapter(images: str | Path, base_model: str | Path, image_encoder: st
     out = Path(out)
     if out.exists() and not overwrite:
         raise IPAdapterError(f"{out} already exists: give another --out, or --overwrite to replace it.")
-    previews = previews or PreviewSource()
-    objective = objective_for(previews.scorer is not None)
-    if previews.scorer is None:  # each round measures the held-out loss, the objective
-        previews = dataclasses.replace(previews, heldout_loss=True)
+    objective, previews = judged_previews(previews)
     folder = Path(folder) if folder is not None else search_folder(out)
 
     def train_trial(config: TrainConfig, adapter_out: Path, run_dir: Path, hook: Progress):

@@ -12,8 +12,11 @@ trial's value is its last round, the adapter it writes.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from ..previews.sources import PreviewSource
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,11 @@ HELDOUT_LOSS = Objective(
 def objective_for(has_scorer: bool) -> Objective:
     """The preview score with a scorer, else the held-out validation loss."""
     return SCORE if has_scorer else HELDOUT_LOSS
+
+
+def judged_previews(previews: PreviewSource | None) -> tuple[Objective, PreviewSource]:
+    """What a search with these previews judges its trials by, and the previews set to measure it (without a
+    scorer, each round measures the held-out loss)."""
+    previews = previews or PreviewSource()
+    objective = objective_for(previews.scorer is not None)
+    return objective, dataclasses.replace(previews, heldout_loss=previews.scorer is None)

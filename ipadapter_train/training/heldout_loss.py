@@ -25,6 +25,13 @@ from .validation import noise_losses
 NOISE_SEED_OFFSET = 104729  # the noise's seed is the run's plus this: fixed, apart from the training draws
 
 
+def planned_heldout_loss(plan) -> HeldOutLoss | None:
+    """The held-out loss a run's preview rounds measure (its `RunPlan`): asked for (PreviewSource.heldout_loss) and
+    no scorer; else None."""
+    p = plan.previews
+    return HeldOutLoss(p.references, p.config) if p is not None and p.heldout_loss and plan.scorer is None else None
+
+
 class HeldOutLoss:
     """The references' denoising loss; `set_up` encodes them once, `measure` is one round's figure."""
 

@@ -45,7 +45,7 @@ from .outputs import cancelled_note, last_path
 from .plan import ENCODING, PREVIEWED, PREVIEWING, TRAINING, VALIDATING, RunEvent, RunHooks, RunPlan, fingerprint
 from .precision import make_accelerator
 from .report import RunTimes, training_report, write_report
-from .heldout_loss import HeldOutLoss
+from .heldout_loss import planned_heldout_loss
 from .validation import conditioning_gain
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class TrainingRun:
         self.preview = None if plan.previews is None else PreviewRunner(
             plan.previews, plan.rounds, plan.scorer, self.paths.run_dir, self.total,
             bool(self.hooks.metadata.get("random_weights", False)), backend.family.figures_label,
-            backend.family.figures_note, heldout_loss(plan))
+            backend.family.figures_note, planned_heldout_loss(plan))
 
     def run(self) -> TrainResult:
         """All four phases."""
@@ -377,12 +377,6 @@ class TrainingRun:
                         self.files["previews_page"] = self.paths.run_dir / "previews.html"
         return TrainResult(self.adapter.cpu(), self.done, self.total, self.cancelled, self.losses, report,
                            self.paths.run_dir, out_path, self.files, file_metadata(self.adapter.spec, self.metadata))
-
-
-def heldout_loss(plan: RunPlan) -> HeldOutLoss | None:
-    """The held-out loss a run's preview rounds measure: asked for (PreviewSource.heldout_loss) and no scorer."""
-    p = plan.previews
-    return HeldOutLoss(p.references, p.config) if p is not None and p.heldout_loss and plan.scorer is None else None
 
 
 def added_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
