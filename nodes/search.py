@@ -86,14 +86,7 @@ def settings_text(settings: dict[str, Any]) -> str:
 def row_text(row: TrialRow, objective: Objective, trials: int, index: int | None = None) -> str:
     """One trial as the node's table shows it: "trial 2/6: lr ..., steps 40, base -> 53.2%" (or pruned, running)."""
     head = f"trial {index if index is not None else row.number + 1}/{trials}"
-    if row.state == "finished":
-        tail = objective.format(row.value)
-    elif row.state == "pruned":
-        tail = f"pruned after step {row.rounds[-1][0]}" if row.rounds else \
-            f"pruned ({row.note})" if row.note else "pruned"
-    else:
-        tail = row.state
-    return f"{head}: {settings_text(row.settings)} -> {tail}"
+    return f"{head}: {settings_text(row.settings)} -> {row.outcome(objective)}"
 
 
 def search_state(rows: list[TrialRow], trials: int, objective: Objective, folder: str, done: bool = False,

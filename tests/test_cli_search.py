@@ -67,7 +67,7 @@ def test_search_writes_the_best_adapter_a_page_and_a_rerun_command_that_trains_i
     # the defaults were tried first (the training default lr 1e-4, the dropout 0.05), and the summary says so
     first = min(study.trials, key=lambda t: t.number)
     assert first.params == {"learning_rate": 1e-4, "drop": 0.05} and first.user_attrs["tried"] == "defaults"
-    assert "trial   0 (defaults): learning_rate=0.0001, drop=0.05 -> " in result.stdout
+    assert "trial   0 (defaults): learning_rate=1.0e-04, drop=0.05 -> " in result.stdout
     assert ("against the defaults (trial 0): " in result.stdout) == (best.number != 0)  # compared unless best
     page = (folder / "search.html").read_text(encoding="utf-8")
     assert page.count("<tr") == 3 and page.count("<svg") == 3  # learning rate, dropout, time

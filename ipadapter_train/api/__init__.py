@@ -52,8 +52,8 @@ from ..training.trainer import TrainResult, train
 from ..search.objective import Objective, judged_previews
 from ..search.space import SearchSpace, Setting
 from ..search.study import SearchSettings, run_search
-from ..search.table_image import setting_text, table_image
-from ..search.trials import TrialRow, best_row, trial_rows
+from ..search.table_image import table_image
+from ..search.trials import TrialRow, best_row, setting_text, trial_rows
 from .runs import check_init_encoder, default_run_dir, train_adapter, train_in_memory
 from .use import (GenerationSettings, Generator, ScoreReport, Scorer, convert_checkpoint, evaluate, format_report,
                   inspect_adapter, load_adapter_module, load_cases, load_generator, make_learned_world,

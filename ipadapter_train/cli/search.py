@@ -170,16 +170,14 @@ def _tried(text: str, space: Any, config: Any):
 
 def summary_lines(study: Any, space: Any, objective: Any, folder: Path, out: Path, rerun: str | None) -> list[str]:
     """The search's summary: a line per trial, the best one, where its files are, and its rerun command."""
-    from ..search.trials import best_row, trial_rows
+    from ..search.trials import best_row, setting_text, trial_rows
 
     rows = trial_rows(study)
     names = space.searched()
     lines = [f"search: {len(rows)} trial(s) in {folder}, judged by the {objective.name}"]
     for r in rows:
-        values = ", ".join(f"{n}={_short(r.settings.get(n))}" for n in names)
-        figure = objective.format(r.value) if r.value is not None else f"pruned ({r.note})" if r.note else (
-            f"pruned at step {r.rounds[-1][0]} ({objective.format(r.rounds[-1][1])})" if r.state == "pruned"
-            and r.rounds else r.state)
+        values = ", ".join(f"{n}={setting_text(r.settings.get(n))}" for n in names)
+        figure = r.outcome(objective)
         took = f", {r.steps} steps, {r.seconds:.0f} s" if r.seconds is not None else ""
         lines.append(f"  trial {r.number:3d}{f' ({r.label})' if r.label else ''}: {values} -> {figure}{took}")
     best = best_row(rows, objective)
@@ -188,16 +186,11 @@ def summary_lines(study: Any, space: Any, objective: Any, folder: Path, out: Pat
                      f"{folder / best.name})")
         for r in rows:
             if r.label and r.number != best.number:  # the settings tried first, such as the defaults, to compare
-                lines.append(f"  against the {r.label} (trial {r.number}): "
-                             + (objective.format(r.value) if r.value is not None else r.state))
+                lines.append(f"  against the {r.label} (trial {r.number}): {r.outcome(objective)}")
     lines.append(f"search page: {folder / 'search.html'}")
     if rerun:
         lines.append(f"rerun the best settings:\n  {rerun}")
     return lines
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def cmd_search(args: argparse.Namespace) -> int:

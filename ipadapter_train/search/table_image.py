@@ -7,26 +7,17 @@ marked. What the ComfyUI search node returns as its table IMAGE; a headless user
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
 from .objective import Objective
-from .trials import TrialRow, best_row
+from .trials import TrialRow, best_row, setting_text
 
 LINE = 20  # pixels per row
 PAD = 10  # around the table, and between columns
 BEST_FILL, STRIPE_FILL, HEAD_FILL = (253, 226, 226), (240, 244, 250), (225, 228, 235)
 TEXT, MUTED, HEAD = (30, 30, 30), (120, 120, 120), (10, 30, 90)
-
-
-def setting_text(value: Any) -> str:
-    """A setting's value in a few characters: 0.00012 -> "1.2e-04", 0.05 -> "0.05", "plus" -> "plus"."""
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
-    if value != 0 and abs(value) < 1e-2:
-        return f"{value:.1e}"
-    return f"{value:.3g}"
 
 
 def table_rows(rows: Sequence[TrialRow], objective: Objective) -> tuple[list[str], list[list[str]]]:

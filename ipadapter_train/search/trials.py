@@ -40,10 +40,31 @@ class TrialRow:
         """The trial's run name, `trial_NNN`."""
         return f"trial_{self.number:03d}"
 
+    def outcome(self, objective: Objective) -> str:
+        """What became of the trial, in words: its figure, or why it has none ("pruned after step 50 (86.3%)",
+        "pruned (batch size 4 ran out of memory)", "running")."""
+        if self.value is not None:
+            return objective.format(self.value)
+        if self.note:
+            return f"pruned ({self.note})"
+        if self.state == "pruned" and self.rounds:
+            step, value = self.rounds[-1]
+            return f"pruned after step {step} ({objective.format(value)})"
+        return self.state
+
     def grid(self) -> str | None:
         """The trial's preview grid of its chosen step (the best round, or the last), relative to the search folder."""
         step = self.best_step or (self.rounds[-1][0] if self.rounds else None)
         return f"{self.name}/previews/step_{step:04d}.png" if step else None
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value in a few characters: 0.00012 -> "1.2e-04", 0.05 -> "0.05", "plus" -> "plus"."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if value != 0 and abs(value) < 1e-2:
+        return f"{value:.1e}"
+    return f"{value:.3g}"
 
 
 def trial_rows(study) -> list[TrialRow]:
