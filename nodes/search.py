@@ -4,7 +4,7 @@ the Train node's run, into the search's own folder), show the trials live on the
 
 The search folder is `output/ipadapter_train/search-<date>-<time>-node<id>/`: `trial_NNN/` run folders (each with
 what a Train run writes), `trial_NNN.safetensors`, and the core's `search.html`. Every trial is drawn on the node as
-a Train run is (chart, ETA, latest grid: runs.py), its events carrying which trial it is; after each trial the
+a Train run is (chart, ETA, latest grid: run_reporter.py), its events carrying which trial it is; after each trial the
 node's table of trials (`ipadapter_train.search`, runs.search_update) lists each trial's settings and figure.
 
 Cancel stops the running trial within a step; the node then returns the best finished trial's adapter, or fails

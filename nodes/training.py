@@ -32,7 +32,7 @@ from ..ipadapter_train.api import (PREVIEW_BUDGET, RANDOM_MODELS_NOTE, FitWords,
 from .comfy_backend import ComfyBackend, ComfyImageEncoder
 from .images import pils_to_tensor, tensor_to_pils
 from .queue_checks import ENCODER_FIX, GIVEN_ENCODER, INIT_VARIANT
-from .runs import RunReporter
+from .run_reporter import RunReporter
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def train_in_graph(model: Any, clip: Any, vae: Any, clip_vision: Any, samples: l
     made here; default a fresh `make_run_dir`), `adapter_out` (default `<run_dir>/adapter.safetensors`), `hook` (the
     search's progress hook, called after the node's own for every event; a `TrainingCancelled` it raises stops the
     run as a cancel does, and the run's note says "pruned after step N") and `trial` (which trial this is, sent in the
-    run's events: see runs.RunReporter).
+    run's events: see run_reporter.RunReporter).
     """
     # ordinary tensors, not inference ones: the back end's schedule and state, the copy of init_adapter that trains
     with torch.inference_mode(False):

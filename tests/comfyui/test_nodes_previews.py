@@ -139,14 +139,14 @@ def test_previews_output_events_bar_and_runs_route(graph, server, bar, output_di
 
 
 def test_the_eta_counts_the_rounds_still_to_come():
-    runs, plans = pack("nodes.runs"), pack("ipadapter_train.previews.rounds")
+    reporters, plans = pack("nodes.run_reporter"), pack("ipadapter_train.previews.rounds")
     config = pack("ipadapter_train.config").TrainConfig(resolution=64, preview_every=5, preview_steps=8)
     plan = plans.plan_preview_rounds(config, 12, 1, 64)  # the core's plan: the node copies no schedule
     assert [plan.rounds_between(done, 12) for done in (0, 4, 5, 9, 10, 11, 12)] == [3, 3, 2, 2, 1, 1, 0]
     assert plan.rounds_between(0, 10) == 2 and plan.due(12, 12) and not plan.due(11, 12)
     render = 8 + plans.DECODE_CALLS  # a render at the training size, 1 cell: 8 calls and the decode, in steps
     # from the first step on, before any round: the core's measured first step and its estimates
-    reporter = runs.RunReporter("1", "p-eta", total=12, images=1)
+    reporter = reporters.RunReporter("1", "p-eta", total=12, images=1)
     reporter.preview_plan(plan.with_step_seconds(1.0))
     assert reporter._eta(1) == pytest.approx(11 * 1.0 + 3 * 2 * render + render)  # the first round's weight 0
     reporter._step_times.extend([1.0, 1.0])

@@ -236,12 +236,13 @@ def test_validation_off_skips_the_phase_and_the_gain(graph, dataset, server, bar
 
 def test_runs_of_two_workflows_that_share_a_node_id_are_kept_apart(server, monkeypatch):
     runs = pack("nodes.runs")
+    RunReporter = pack("nodes.run_reporter").RunReporter
     monkeypatch.setattr(runs, "RUNS", {})
-    first = runs.RunReporter("4", "p-x", total=2, images=1, workflow_id="wf-x")
+    first = RunReporter("4", "p-x", total=2, images=1, workflow_id="wf-x")
     first.encoding(1, 1)
     first.step(1, 2, 0.5)
     first.finish(cancelled=False)
-    second = runs.RunReporter("4", "p-y", total=3, images=1, workflow_id="wf-y")  # same node id, another workflow
+    second = RunReporter("4", "p-y", total=3, images=1, workflow_id="wf-y")  # same node id, another workflow
     second.step(1, 3, 0.25)
     listed = [(r["node"], r["prompt_id"], r["workflow_id"], r["losses"], r["phase"], r["done"])
               for r in runs.snapshot()["runs"]]
@@ -249,7 +250,7 @@ def test_runs_of_two_workflows_that_share_a_node_id_are_kept_apart(server, monke
     assert runs.snapshot()["runs"][0]["started"] <= runs.snapshot()["runs"][1]["started"]
     # finished runs are forgotten oldest first; the running one stays listed
     for i in range(runs.KEEP_FINISHED + 2):
-        runs.RunReporter("4", f"old-{i}", total=1, images=1).finish(cancelled=False)
+        RunReporter("4", f"old-{i}", total=1, images=1).finish(cancelled=False)
     kept = [r["prompt_id"] for r in runs.snapshot()["runs"]]
     assert "p-y" in kept and "p-x" not in kept and "old-0" not in kept and "old-1" not in kept
     assert len(kept) == runs.KEEP_FINISHED + 1
@@ -382,19 +383,19 @@ def test_cancel_while_encoding_stops_the_prompt_at_the_next_image(graph, dataset
 
 
 def test_cancel_with_no_server_is_seen_through_the_interrupt_flag(graph, dataset):
-    runs = pack("nodes.runs")
-    original = runs.RunReporter.step
+    RunReporter = pack("nodes.run_reporter").RunReporter
+    original = RunReporter.step
 
     def step(self, step, total, loss):
         if step == 1:
             comfy.model_management.interrupt_current_processing(True)
         return original(self, step, total, loss)
 
-    runs.RunReporter.step = step
+    RunReporter.step = step
     try:
         adapter, _, report, _ = train(graph, dataset, steps=6, node="10")
     finally:
-        runs.RunReporter.step = original
+        RunReporter.step = original
     assert report.startswith("Partial adapter: cancelled after 1 of 6 steps.") and adapter.metadata["cancelled_at_step"] == "1"
 
 
